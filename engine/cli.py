@@ -1,0 +1,241 @@
+"""`medsynth` subcommands: each builds a job and shows its events as tqdm progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InputError
+from engine.jobs import Checkpoint, Done, Event, Failed, Loss, Message, Progress, Requests
+
+EXIT_INPUT = 2
+EXIT_CANCELLED = 130
+
+
+class TqdmView:
+    """Turns job events into one progress bar per stage."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.bars: dict[str, Any] = {}
+        self.quiet = quiet
+        self.result: dict[str, Any] = {}
+        self.cancelled = False
+
+    def __call__(self, ev: Event) -> None:
+        if isinstance(ev, Progress):
+            if self.quiet or ev.stage == "load":
+                return
+            bar = self.bars.get(ev.stage)
+            if bar is None:
+                bar = self.bars[ev.stage] = self._tqdm(total=ev.total, desc=ev.stage, unit="step"
+                                                       if ev.stage == "train" else "img", dynamic_ncols=True)
+                bar.update(ev.done - 1 if ev.stage == "train" else 0)
+            bar.update(ev.done - bar.n)
+            loss = ev.info.get("loss")
+            if loss is not None and loss == loss:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        elif isinstance(ev, Message):
+            self.write(ev.text)
+        elif isinstance(ev, Checkpoint):
+            if not self.quiet:
+                self.write(f"checkpoint at step {ev.step}: {ev.path}")
+        elif isinstance(ev, Loss):
+            pass
+        elif isinstance(ev, Done):
+            self.close()
+            self.result, self.cancelled = ev.result, ev.cancelled
+        elif isinstance(ev, Failed):
+            self.close()
+
+    def write(self, text: str) -> None:
+        self._tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def run_job(job: Any, view: TqdmView) -> int:
+    """Run a job in the foreground; the first Ctrl-C asks it to stop cleanly, a second one kills."""
+    requests = getattr(job, "requests", None) or Requests()
+    if getattr(job, "requests", "absent") is None:
+        job.requests = requests
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if requests.stop:
+            raise KeyboardInterrupt
+        requests.stop = True
+        view.write("stopping after this step (Ctrl-C again to abort without saving)...")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        job.run(view, requests.cancelled)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return EXIT_CANCELLED if view.cancelled else 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    train: dict[str, Any] = {}
+    for key in ("steps", "batch", "loss", "lr", "device", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            train[key] = value
+    if getattr(args, "prediction", None):
+        train["prediction"] = args.prediction
+    data: dict[str, Any] = {"path": str(args.data)} if getattr(args, "data", None) else {}
+    if getattr(args, "mask_mode", None):
+        data["mask_mode"] = args.mask_mode
+    return {"train": train, "data": data}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.config import resolve
+    from engine.train import TrainJob
+
+    if args.resume:
+        job = TrainJob(None, args.out, resume=True, steps=args.steps, requests=Requests())
+    else:
+        from engine.data import load_images
+
+        cfg = resolve(args.preset, args.config, _overrides(args))
+        data = load_images(args.data, split=cfg.data.split)
+        job = TrainJob(cfg, args.out, data=data, requests=Requests())
+    view = TqdmView()
+    code = run_job(job, view)
+    r = view.result
+    if r:
+        print(f"trained to step {r['step']} (loss {r['loss']:.4f}) in {r['seconds']:.0f} s; "
+              f"checkpoint {r['checkpoint']}")
+        if r.get("peak_gpu_gib") is not None:
+            print(f"peak GPU memory {r['peak_gpu_gib']:.2f} GiB")
+    if code == EXIT_CANCELLED:
+        print(f"stopped; continue with: medsynth train --resume --out {args.out}")
+    return code
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from engine.sample import SampleJob
+
+    job = SampleJob(args.run, args.n, args.out, sampler_name=args.sampler, steps=args.steps, seed=args.seed,
+                    class_index=args.class_index, class_mix=args.class_mix, guidance=args.guidance,
+                    batch=args.batch, device=args.device, overwrite=args.force)
+    view = TqdmView()
+    code = run_job(job, view)
+    r = view.result
+    print(f"wrote {r.get('n', 0)} samples to {r.get('out')} in {r.get('seconds', 0):.1f} s")
+    return code
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from engine.info import describe
+
+    print(describe(args.file))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engine.export import export
+
+    bar = tqdm(desc="export", unit="sample")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    r = export(args.file, args.to, args.format, progress)
+    bar.close()
+    print(f"exported {r['n']} samples as {r['format']} to {r['out']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(Path(args.out), steps=args.steps, n=args.n, view=TqdmView())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine import __version__
+
+    p = argparse.ArgumentParser(prog="medsynth", description="Train diffusion models on medical images and "
+                                "generate synthetic, labeled data.")
+    p.add_argument("--version", action="version", version=f"medsynth {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="phantoms -> short training -> generation -> summary (headless)")
+    d.add_argument("--out", default="medsynth-demo", help="folder for the demo's files")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
+    d.add_argument("--n", type=int, default=64, help="samples to generate")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a diffusion model on DATA")
+    t.add_argument("data", nargs="?", help="npz, NIfTI, MedSynth .h5, or a folder (images/+masks/, MSD)")
+    t.add_argument("--out", required=True, help="run directory (config, checkpoints, loss log)")
+    t.add_argument("--preset", default=None, help="preset name (default: demo)")
+    t.add_argument("--config", default=None, help="TOML file with [model] [train] [data] settings")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--loss", choices=["l2", "l1", "huber"])
+    t.add_argument("--prediction", choices=["epsilon", "v_prediction"])
+    t.add_argument("--mask-mode", dest="mask_mode", choices=["joint", "condition", "none"])
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate samples from a trained run into an HDF5 file")
+    s.add_argument("run", help="run directory or checkpoint folder")
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--out", required=True, help="output .h5 file")
+    s.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm"])
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0, help="sample i gets seed SEED+i")
+    s.add_argument("--class", dest="class_index", type=int, default=None, help="generate only this class")
+    s.add_argument("--class-mix", default=None, help='weights per class, e.g. "0:0.5,3:0.5"')
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    s.set_defaults(func=cmd_sample)
+
+    i = sub.add_parser("info", help="what an HDF5 / NIfTI / npz file or run directory holds")
+    i.add_argument("file")
+    i.set_defaults(func=cmd_info)
+
+    e = sub.add_parser("export", help="export a MedSynth HDF5 file")
+    e.add_argument("file")
+    e.add_argument("--to", required=True, help="output folder (new or empty)")
+    e.add_argument("--format", required=True, choices=["png", "nnunet"])
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and not args.resume and not args.data:
+        parser.error("train needs DATA (or --resume)")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"medsynth: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("medsynth: aborted", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Run configuration: presets (TOML) → overrides → one resolved config saved as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from engine.errors import InputError
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+PRESETS = RESOURCES / "presets"
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 32
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    # Attention only at the coarsest levels: at 28-64 px it buys quality cheaply there
+    # and costs quadratic time at full resolution.
+    attention_levels: list[bool] = field(default_factory=lambda: [False, False, True])
+    attention_head_dim: int = 8
+    dropout: float = 0.0
+    # Filled from the data when training starts.
+    in_channels: int = 0
+    image_channels: int = 0
+    mask_labels: int = 0
+    num_classes: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 2e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    loss: str = "l2"  # l2 | l1 | huber
+    huber_delta: float = 0.1
+    prediction: str = "epsilon"  # epsilon | v_prediction
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    ema_decay: float = 0.999
+    # Dropping the class label this often trains the unconditional model that
+    # classifier-free guidance needs, in the same network.
+    cfg_dropout: float = 0.1
+    flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    preview_every: int = 0
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    split: str = "train"
+    mask_mode: str = "joint"  # joint (image+mask generated together) | condition (mask → image) | none
+    class_conditional: bool = True
+    modality: str = "auto"  # auto | CT | MR | generic
+
+
+@dataclass
+class RunConfig:
+    preset: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+_CHOICES = {
+    ("train", "loss"): {"l2", "l1", "huber"},
+    ("train", "prediction"): {"epsilon", "v_prediction"},
+    ("train", "mixed_precision"): {"auto", "no", "bf16", "fp16"},
+    ("train", "device"): {"auto", "cpu", "cuda"},
+    ("data", "mask_mode"): {"joint", "condition", "none"},
+}
+
+
+def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
+    """Apply {section: {key: value}} onto cfg, rejecting unknown keys with the source named."""
+    for section, entries in values.items():
+        if section == "preset":
+            cfg.preset = str(entries)
+            continue
+        if section not in _SECTIONS or not isinstance(entries, dict):
+            raise InputError(source, f"unknown section [{section}]; expected one of {sorted(_SECTIONS)}")
+        target = getattr(cfg, section)
+        names = {f.name for f in dataclasses.fields(target)}
+        for key, value in entries.items():
+            if key not in names:
+                raise InputError(source, f"unknown setting {section}.{key}")
+            allowed = _CHOICES.get((section, key))
+            if allowed and value not in allowed:
+                raise InputError(source, f"{section}.{key} = {value!r}; expected one of {sorted(allowed)}")
+            setattr(target, key, value)
+    return cfg
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(path, "does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"is not valid TOML ({exc})") from None
+
+
+def load_preset(name: str) -> RunConfig:
+    path = PRESETS / f"{name}.toml"
+    if not path.exists():
+        raise InputError(None, f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    cfg = merge(RunConfig(), load_toml(path), str(path))
+    cfg.preset = name
+    return cfg
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    return merge(RunConfig(), values, "config")
+
+
+def resolve(preset: str | None, config_file: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """Preset, then the user's TOML, then command-line overrides: the later wins."""
+    cfg = load_preset(preset or "demo")
+    if config_file:
+        cfg = merge(cfg, load_toml(config_file), str(config_file))
+    return merge(cfg, overrides, "command line")
+
+
+def save(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(cfg.to_json())
+
+
+def load(path: str | Path) -> RunConfig:
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(path, "does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"is not valid JSON ({exc})") from None
+    return from_dict(values)

@@ -1,0 +1,100 @@
+"""From an ImageSet in data units to the tensors a diffusion model trains on, and back.
+
+Intensities map to [-1, 1] by a per-modality rule whose parameters are stored with
+the run, so generated images return in the data's own units (HU for CT). Masks
+travel as one channel per foreground label at ±1, which a model can denoise like
+image channels; decoding takes the strongest positive channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.data.dataset import ImageSet
+
+# CT in HU: a wide window keeps air, soft tissue and bone apart.
+CT_WINDOW = (-1000.0, 1000.0)
+MR_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass
+class Normalisation:
+    modality: str
+    lo: float
+    hi: float
+    units: str = ""
+
+    def forward(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        return (x - self.lo) / (self.hi - self.lo) * 2.0 - 1.0
+
+    def inverse(self, y: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        return (y + 1.0) / 2.0 * (self.hi - self.lo) + self.lo
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalisation:
+        return cls(modality=d["modality"], lo=float(d["lo"]), hi=float(d["hi"]), units=d.get("units", ""))
+
+
+def fit_normalisation(s: ImageSet, modality: str = "auto") -> Normalisation:
+    mod = s.modality if modality == "auto" else modality
+    if mod == "CT":
+        return Normalisation("CT", *CT_WINDOW, units="HU")
+    if mod == "MR":
+        # Subsample: percentiles over millions of voxels are slow and gain nothing.
+        flat = s.images.reshape(-1)[:: max(1, s.images.size // 2_000_000)]
+        lo, hi = np.percentile(flat, MR_PERCENTILES)
+        lo, hi = float(min(lo, 0.0)), float(hi)
+        return Normalisation("MR", lo, hi if hi > lo else lo + 1.0, units="a.u.")
+    lo, hi = float(s.images.min()), float(s.images.max())
+    return Normalisation("generic", lo, hi if hi > lo else lo + 1.0)
+
+
+def encode_masks(masks: torch.Tensor, mask_labels: int) -> torch.Tensor:
+    """(N, H, W) label map → (N, mask_labels - 1, H, W) channels at ±1."""
+    labels = torch.arange(1, mask_labels, device=masks.device).view(1, -1, *([1] * (masks.dim() - 1)))
+    return (masks.unsqueeze(1).long() == labels).float() * 2.0 - 1.0
+
+
+def decode_masks(channels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N, K, H, W) channels → (N, H, W) uint8 labels; below zero everywhere means background."""
+    c = torch.as_tensor(channels).float()
+    best, idx = c.max(dim=1)
+    return torch.where(best > 0, idx + 1, torch.zeros_like(idx)).to(torch.uint8).cpu().numpy()
+
+
+def resize(images: torch.Tensor, size: int, *, nearest: bool = False) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    if nearest:
+        return F.interpolate(images, size=(size, size), mode="nearest-exact")
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+@dataclass
+class TrainingTensors:
+    x: torch.Tensor  # (N, C + K, H, W) image channels then mask channels, in [-1, 1]
+    labels: torch.Tensor | None  # (N,) int64
+    cond: torch.Tensor | None  # (N, K, H, W) mask channels when masks are the condition
+
+
+def to_tensors(s: ImageSet, norm: Normalisation, size: int, mask_mode: str, mask_labels: int,
+               class_conditional: bool) -> TrainingTensors:
+    images = torch.from_numpy(np.ascontiguousarray(norm.forward(s.images), dtype=np.float32))
+    x = resize(images, size).clamp(-1.0, 1.0)
+    cond = None
+    if s.masks is not None and mask_mode != "none":
+        m = resize(torch.from_numpy(s.masks.astype(np.float32)).unsqueeze(1), size, nearest=True)
+        channels = encode_masks(m[:, 0], mask_labels)
+        if mask_mode == "joint":
+            x = torch.cat([x, channels], dim=1)
+        else:
+            cond = channels
+    labels = torch.from_numpy(s.labels).long() if (class_conditional and s.labels is not None) else None
+    return TrainingTensors(x.contiguous(), labels, cond)

@@ -1,0 +1,92 @@
+"""`medsynth info`: what a file or run directory holds, as plain text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from engine import checkpoints
+from engine.errors import InputError
+
+
+def _h5(path: Path) -> list[str]:
+    from engine.store import attrs_dict, n_complete, open_file
+
+    with open_file(path) as f:
+        a = attrs_dict(f)
+        n = n_complete(f)
+        lines = [f"{path}: MedSynth HDF5 v{a.get('format_version')} ({a.get('kind')}), "
+                 f"{n} of {a.get('n_planned', n)} samples complete"]
+        for name in ("images", "masks", "labels", "seeds"):
+            if name in f:
+                d = f[name]
+                lines.append(f"  /{name:<7} {d.dtype} {tuple(d.shape)}")
+        if a.get("class_names"):
+            lines.append(f"  classes: {', '.join(a['class_names'])}")
+            if "labels" in f and n:
+                counts = np.bincount(f["labels"][:n], minlength=len(a["class_names"]))
+                lines.append("  per class: " + ", ".join(str(int(c)) for c in counts))
+        if a.get("label_names"):
+            lines.append("  mask labels: " + ", ".join(f"{k}={v}" for k, v in a["label_names"].items()))
+        norm = a.get("normalisation") or {}
+        if norm:
+            lines.append(f"  intensity: {norm.get('modality', '')} {a.get('intensity_units', '')} "
+                         f"range [{norm.get('lo', '?')}, {norm.get('hi', '?')}]")
+        lines.append(f"  spacing: {a.get('spacing')}  created: {a.get('created')}  "
+                     f"medsynth {a.get('medsynth_version')}")
+        metrics = f["metrics"].attrs if "metrics" in f else {}
+        figures = {k: v for k, v in metrics.items() if k != "summary"}
+        if figures:
+            lines.append("  metrics: " + ", ".join(f"{k}={float(v):.4g}" for k, v in figures.items()))
+    return lines
+
+
+def _run_dir(path: Path) -> list[str]:
+    ckpt = checkpoints.resolve(path)
+    state = checkpoints.read_state(ckpt)
+    cfg = state["config"]
+    steps = [int(p.name.split("_")[1]) for p in checkpoints.list_checkpoints(path)] if ckpt.parent.name \
+        == "checkpoints" and ckpt.parent.parent == path else [state["step"]]
+    lines = [f"{path}: training run, preset {cfg.get('preset') or '-'}, step {state['step']} of "
+             f"{cfg['train']['steps']}",
+             f"  checkpoints at steps: {', '.join(map(str, steps))}",
+             f"  model: {cfg['model']['image_size']} px, {cfg['model']['image_channels']} channel(s), "
+             f"mask {cfg['data']['mask_mode']} ({cfg['model']['mask_labels']} labels), "
+             f"{cfg['model']['num_classes']} classes",
+             f"  training: loss {cfg['train']['loss']}, {cfg['train']['prediction']}, batch "
+             f"{cfg['train']['batch']}, lr {cfg['train']['lr']}",
+             f"  data: {state.get('data_source')}"]
+    log = path / "loss.jsonl"
+    if log.exists():
+        rows = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+        if rows:
+            lines.append(f"  loss: {rows[0]['loss']:.4f} at step {rows[0]['step']} -> {rows[-1]['loss']:.4f} "
+                         f"at step {rows[-1]['step']}")
+    return lines
+
+
+def describe(path: str | Path) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "does not exist")
+    if p.is_dir() and ((p / "checkpoints").is_dir() or (p / "state.json").exists()):
+        return "\n".join(_run_dir(p))
+    if p.suffix in (".h5", ".hdf5"):
+        return "\n".join(_h5(p))
+    from engine.data import load_images
+
+    s = load_images(p)
+    lines = [f"{p}: {len(s)} image(s) of {s.size[0]}x{s.size[1]} px, {s.channels} channel(s), "
+             f"values {float(s.images.min()):.4g}..{float(s.images.max()):.4g} (modality {s.modality})"]
+    if s.masks is not None:
+        lines.append(f"  masks: labels {sorted(int(v) for v in np.unique(s.masks))} "
+                     f"{s.label_names or ''}")
+    if s.labels is not None:
+        counts = np.bincount(s.labels)
+        names = s.class_names or [str(i) for i in range(len(counts))]
+        lines.append("  classes: " + ", ".join(f"{n} ({int(c)})" for n, c in zip(names, counts)))
+    if s.spacing:
+        lines.append(f"  spacing: {tuple(round(v, 4) for v in s.spacing)}")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Generation as a job: a checkpoint in, a MedSynth HDF5 file out, batch by batch.
+
+Sample i uses seed ``seed + i`` for its starting noise, its sampler noise and its
+class draw, so ``--seed S --n 1`` regenerates any recorded sample on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine import checkpoints
+from engine.config import from_dict
+from engine.data.prepare import Normalisation, decode_masks
+from engine.diffusion import SAMPLERS, denoise, sampler
+from engine.errors import InputError
+from engine.jobs import Cancelled, Done, Emit, Message, Progress
+from engine.models import build_model, io_channels, null_class
+from engine.store import SampleWriter
+
+
+def parse_class_mix(text: str, class_names: list[str]) -> dict[int, float]:
+    """"0:0.7,2:0.3" or names ("no lesion:1,1 lesion:1") → normalised weights."""
+    mix: dict[int, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, weight = part.rpartition(":")
+        if not key:
+            key, weight = weight, "1"
+        k = int(key) if key.isdigit() else (class_names.index(key) if key in class_names else -1)
+        if k < 0 or k >= len(class_names):
+            raise InputError(None, f"class mix entry {part!r}: no such class (have {len(class_names)})")
+        mix[k] = float(weight)
+    total = sum(mix.values())
+    if total <= 0:
+        raise InputError(None, f"class mix {text!r} has no positive weight")
+    return {k: w / total for k, w in mix.items()}
+
+
+def class_for_seed(seed: int, mix: dict[int, float]) -> int:
+    keys = sorted(mix)
+    rng = np.random.default_rng([seed, 7])
+    return int(rng.choice(keys, p=[mix[k] for k in keys]))
+
+
+class Generator:
+    """A loaded checkpoint ready to sample: used by the sample job, previews and benches."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", use_ema: bool = True) -> None:
+        self.ckpt = checkpoints.resolve(checkpoint)
+        self.state = checkpoints.read_state(self.ckpt)
+        self.cfg = from_dict(self.state["config"])
+        self.norm = Normalisation.from_dict(self.state["normalisation"])
+        self.class_names = list(self.state.get("class_names") or [])
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if device == "auto" else device))
+        self.model = build_model(self.cfg)
+        weights = checkpoints.read_weights(self.ckpt, "ema" if use_ema else "model")
+        self.model.load_state_dict(weights)
+        self.model.to(self.device).eval()
+        self.null = null_class(self.cfg)
+        self.out_channels = io_channels(self.cfg)[1]
+        self.cond_channels = io_channels(self.cfg)[2]
+        self.sha256 = checkpoints.sha256(self.ckpt / ("ema.safetensors" if use_ema else "model.safetensors"))
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.model.num_classes
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def generate(self, seeds: list[int], labels: list[int] | None, sampler_name: str = "ddim",
+                 steps: int = 50, guidance: float = 1.0, cond: torch.Tensor | None = None,
+                 on_step: Any = None) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(images in data units (B, C, H, W), masks (B, H, W) or None); None if stopped."""
+        size = self.cfg.model.image_size
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        lab = None if labels is None or self.null is None else torch.tensor(labels, dtype=torch.long)
+        x = denoise(self.model, sampler(sampler_name, self.cfg.train), steps, (self.out_channels, size, size),
+                    gens, self.device, labels=lab, cond=cond, null_class=self.null, guidance=guidance,
+                    autocast=self.autocast, on_step=on_step)
+        if x is None:
+            return None
+        c = self.cfg.model.image_channels
+        images = self.norm.inverse(x[:, :c].float()).cpu().numpy().astype(np.float32)
+        masks = decode_masks(x[:, c:]) if self.cfg.data.mask_mode == "joint" else None
+        return images, masks
+
+
+class SampleJob:
+    def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str = "ddim",
+                 steps: int = 50, seed: int = 0, class_index: int | None = None, class_mix: str | None = None,
+                 guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False) -> None:
+        if sampler_name not in SAMPLERS:
+            raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(SAMPLERS)}")
+        if n < 1 or steps < 1 or batch < 1:
+            raise InputError(None, "--n, --steps and --batch must be positive")
+        self.checkpoint, self.n, self.out = checkpoint, int(n), Path(out)
+        self.sampler_name, self.steps, self.seed = sampler_name, int(steps), int(seed)
+        self.class_index, self.class_mix, self.guidance = class_index, class_mix, float(guidance)
+        self.batch, self.device, self.overwrite = int(batch), device, overwrite
+        if self.out.exists() and not overwrite:
+            raise InputError(self.out, "already exists; choose another name or pass --force")
+
+    def _labels(self, gen: Generator, seeds: np.ndarray) -> np.ndarray | None:
+        k = gen.num_classes
+        if k == 0:
+            if self.class_index is not None or self.class_mix:
+                raise InputError(gen.ckpt, "this model is not class-conditional; drop --class / --class-mix")
+            return None
+        names = gen.class_names or [str(i) for i in range(k)]
+        if self.class_index is not None:
+            if not 0 <= self.class_index < k:
+                raise InputError(None, f"--class {self.class_index}: the model has classes 0..{k - 1}")
+            return np.full(len(seeds), self.class_index, np.int64)
+        mix = parse_class_mix(self.class_mix, names) if self.class_mix else {i: 1.0 / k for i in range(k)}
+        return np.array([class_for_seed(int(s), mix) for s in seeds], np.int64)
+
+    def _conditions(self, gen: Generator, seeds: np.ndarray) -> torch.Tensor | None:
+        """Masks for a mask-conditioned model: training masks picked by each sample's seed."""
+        if gen.cond_channels == 0:
+            return None
+        from engine.data import load_images
+        from engine.data.prepare import to_tensors
+        data = load_images(gen.state["data_source"], split=gen.cfg.data.split)
+        t = to_tensors(data, gen.norm, gen.cfg.model.image_size, "condition", gen.cfg.model.mask_labels, False)
+        picks = [int(np.random.default_rng([int(s), 11]).integers(len(data))) for s in seeds]
+        return t.cond[picks]
+
+    def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
+        gen = Generator(self.checkpoint, self.device)
+        seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
+        labels = self._labels(gen, seeds)
+        conds = self._conditions(gen, seeds)
+        masks_out = gen.cfg.data.mask_mode != "none"
+        c, size = gen.cfg.model.image_channels, gen.cfg.model.image_size
+        st = gen.state
+        emit(Message(f"sampling {self.n} with {self.sampler_name} x {self.steps} steps on {gen.device}"))
+        t0 = time.perf_counter()
+        done = 0
+        stopped = False
+        with SampleWriter(self.out, self.n, (c, size, size), masks=masks_out, labels=labels is not None,
+                          class_names=gen.class_names,
+                          label_names={int(k): v for k, v in (st.get("label_names") or {}).items()},
+                          spacing=tuple(st["spacing"]) if st.get("spacing") else None,
+                          units=gen.norm.units, normalisation=gen.norm.to_dict(), config=st["config"],
+                          checkpoint_sha256=gen.sha256, overwrite=self.overwrite) as writer:
+            for lo in range(0, self.n, self.batch):
+                hi = min(lo + self.batch, self.n)
+                if cancelled():
+                    stopped = True
+                    break
+                lab = None if labels is None else labels[lo:hi].tolist()
+                cond = None if conds is None else conds[lo:hi]
+                out = gen.generate(seeds[lo:hi].tolist(), lab, self.sampler_name, self.steps, self.guidance,
+                                   cond, on_step=lambda i, k: not cancelled())
+                if out is None:
+                    stopped = True
+                    break
+                images, masks = out
+                if masks is None and conds is not None:
+                    masks = decode_masks(cond)
+                writer.append(images, seeds[lo:hi], masks, None if labels is None else labels[lo:hi])
+                done = hi
+                emit(Progress("sample", done, self.n, {"per_sample_s": (time.perf_counter() - t0) / done}))
+        result = {"out": str(self.out), "n": done, "seconds": time.perf_counter() - t0,
+                  "checkpoint": str(gen.ckpt)}
+        emit(Done(result, cancelled=stopped))
+        return result

@@ -1,0 +1,293 @@
+"""Diffusion training as a job: the same loop runs from the CLI, the app and under `accelerate launch`.
+
+Each step draws its batch, noise and timesteps from a generator seeded by
+(seed, step, rank). Resuming therefore needs only the weights, EMA, optimizer
+state and step count to continue exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine import checkpoints
+from engine.config import RunConfig
+from engine.config import load as load_config
+from engine.config import save as save_config
+from engine.data import load_images
+from engine.data.dataset import ImageSet
+from engine.data.prepare import Normalisation, fit_normalisation, to_tensors
+from engine.diffusion import denoise, sampler, train_scheduler
+from engine.errors import InputError
+from engine.jobs import Cancelled, Checkpoint, Done, Emit, Loss, Message, Preview, Progress
+from engine.models import build_model, count_parameters, io_channels, null_class
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "huber":
+        return F.huber_loss(pred, target, delta=delta)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+def step_generator(seed: int, step: int, rank: int = 0, world: int = 1) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * world + rank)
+
+
+class EMA:
+    """Exponential moving average of the weights, with the usual warm-up of the decay."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        sd = model.state_dict()
+        self.keys = [k for k, v in sd.items() if v.is_floating_point()]
+        self.live = [sd[k] for k in self.keys]
+        self.shadow = {k: v.detach().clone().float() for k, v in sd.items()}
+        self.shadow_list = [self.shadow[k] for k in self.keys]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow_list, [t.float() for t in self.live], 1.0 - d)
+
+    def load(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            self.shadow[k].copy_(v)
+
+
+def pick_device(requested: str) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda was asked for but no CUDA GPU is available to torch")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def mixed_precision(requested: str, device: str) -> str:
+    if device != "cuda":
+        return "no"
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return requested
+
+
+def complete_model_config(cfg: RunConfig, data: ImageSet) -> None:
+    """Channel, label and class counts come from the data, not the preset."""
+    cfg.model.image_channels = data.channels
+    cfg.model.mask_labels = data.num_mask_labels if cfg.data.mask_mode != "none" else 0
+    if data.masks is None:
+        cfg.data.mask_mode = "none"
+    cfg.model.num_classes = data.num_classes if cfg.data.class_conditional else 0
+    cfg.model.in_channels = io_channels(cfg)[0]
+
+
+class TrainJob:
+    def __init__(self, cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False,
+                 data: ImageSet | None = None, steps: int | None = None,
+                 requests: Any | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.data = data
+        self.requests = requests
+        if resume:
+            self.ckpt = checkpoints.resolve(self.run_dir)
+            self.cfg = load_config(self.run_dir / "config.json")
+        else:
+            if cfg is None:
+                raise ValueError("a config is needed for a new run")
+            if checkpoints.latest(self.run_dir) is not None:
+                raise InputError(self.run_dir, "already holds a training run; pass --resume to continue it "
+                                               "or choose a new --out")
+            self.ckpt = None
+            self.cfg = cfg
+        if steps is not None:
+            self.cfg.train.steps = int(steps)
+
+    def _request(self, name: str) -> bool:
+        return bool(self.requests is not None and self.requests.take(name))
+
+    def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
+        from accelerate import Accelerator
+
+        cfg, tc = self.cfg, self.cfg.train
+        if self.data is None:
+            emit(Progress("load", 0, 1))
+            self.data = load_images(cfg.data.path, split=cfg.data.split)
+        data = self.data
+        state: dict[str, Any] = checkpoints.read_state(self.ckpt) if self.ckpt else {}
+        if self.ckpt is None:
+            complete_model_config(cfg, data)
+            norm = fit_normalisation(data, cfg.data.modality)
+        else:
+            norm = Normalisation.from_dict(state["normalisation"])
+
+        device = pick_device(tc.device)
+        acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision(tc.mixed_precision, device))
+        rank, world = acc.process_index, acc.num_processes
+        tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.model.mask_labels,
+                             cfg.model.num_classes > 0)
+        x_all = tensors.x.to(acc.device)
+        labels_all = None if tensors.labels is None else tensors.labels.to(acc.device)
+        cond_all = None if tensors.cond is None else tensors.cond.to(acc.device)
+
+        torch.manual_seed(tc.seed)
+        model = build_model(cfg)
+        ema = EMA(model, tc.ema_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        start = 0
+        if self.ckpt is not None:
+            model.load_state_dict(checkpoints.read_weights(self.ckpt, "model"))
+            ema = EMA(model, tc.ema_decay)
+            ema.load(checkpoints.read_weights(self.ckpt, "ema"))
+            checkpoints.load_optimizer(opt, checkpoints.read_weights(self.ckpt, "optimizer"),
+                                       state["optimizer_param_groups"])
+            start = int(state["step"])
+        if acc.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        model, opt = acc.prepare(model, opt)
+        net = acc.unwrap_model(model)
+        forward = torch.compile(model) if (tc.compile and acc.device.type == "cuda") else model
+        noise_sched = train_scheduler(tc)
+        alphas = noise_sched.alphas_cumprod.to(acc.device)
+        null = null_class(cfg)
+        out_ch = io_channels(cfg)[1]
+
+        facts = {
+            "normalisation": norm.to_dict(), "class_names": data.class_names,
+            "label_names": {str(k): v for k, v in data.label_names.items()},
+            "spacing": list(data.spacing) if data.spacing else None, "data_source": data.source,
+            "config": cfg.to_dict(),
+        }
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.json")
+            (self.run_dir / "run.json").write_text(json.dumps(facts, indent=2))
+        log_path = self.run_dir / "loss.jsonl"
+        if acc.is_main_process and start > 0 and log_path.exists():
+            # Steps logged after the checkpoint we resume from will be trained again.
+            kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+        log = open(log_path, "a") if acc.is_main_process else None
+
+        def save(step: int) -> Path | None:
+            if not acc.is_main_process:
+                return None
+            path = checkpoints.save(self.run_dir, step, net, ema.shadow, opt.optimizer
+                                    if hasattr(opt, "optimizer") else opt, facts)
+            emit(Checkpoint(step, str(path)))
+            return path
+
+        def preview(step: int) -> None:
+            n = 8
+            gens = [torch.Generator().manual_seed(tc.seed + i) for i in range(n)]
+            labels = None if null is None else torch.arange(n) % max(cfg.model.num_classes, 1)
+            cond = None if cond_all is None else cond_all[:n]
+            net.eval()
+            with ema_weights(net, ema):
+                x = denoise(net, sampler("ddim", tc), 25, (out_ch, cfg.model.image_size, cfg.model.image_size),
+                            gens, acc.device, labels=labels, cond=cond, null_class=null, guidance=1.0,
+                            autocast=acc.autocast)
+            net.train()
+            emit(Preview(step, norm.inverse(x[:, :cfg.model.image_channels]).cpu().numpy()))
+
+        emit(Message(f"training {count_parameters(net) / 1e6:.2f} M parameters on {acc.device} "
+                     f"({world} process{'es' if world > 1 else ''}, precision {acc.mixed_precision}), "
+                     f"{len(data)} images at {cfg.model.image_size} px, steps {start}->{tc.steps}"))
+        model.train()
+        n = x_all.shape[0]
+        t0, t_last, step_last = time.perf_counter(), time.perf_counter(), start
+        running = torch.zeros((), device=acc.device)
+        last_loss = float("nan")
+        step = start
+        was_cancelled = False
+        while step < tc.steps:
+            if cancelled():
+                was_cancelled = True
+                break
+            g = step_generator(tc.seed, step, rank, world)
+            idx = torch.randint(n, (tc.batch,), generator=g).to(acc.device)
+            x0 = x_all[idx]
+            noise = torch.randn(x0.shape, generator=g).to(acc.device)
+            t = torch.randint(0, tc.num_train_timesteps, (tc.batch,), generator=g).to(acc.device)
+            if tc.flip:
+                flip = (torch.rand(tc.batch, generator=g) < 0.5).to(acc.device).view(-1, 1, 1, 1)
+                x0 = torch.where(flip, x0.flip(-1), x0)
+            a = alphas[t].view(-1, 1, 1, 1)
+            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            target = noise if tc.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+            inp = noisy
+            if cond_all is not None:
+                cond = cond_all[idx]
+                if tc.flip:
+                    cond = torch.where(flip, cond.flip(-1), cond)
+                inp = torch.cat([noisy, cond], dim=1)
+            labels = None
+            if labels_all is not None:
+                labels = labels_all[idx]
+                drop = (torch.rand(tc.batch, generator=g) < tc.cfg_dropout).to(acc.device)
+                labels = torch.where(drop, torch.full_like(labels, null), labels)
+            if acc.device.type == "cuda":
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            lr = lr_at(step, tc.lr, tc.warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with acc.autocast():
+                pred = forward(inp, t, class_labels=labels).sample
+            loss = diffusion_loss(pred.float(), target, tc.loss, tc.huber_delta)
+            acc.backward(loss)
+            acc.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(step)
+            running += loss.detach()
+            step += 1
+
+            if step % tc.log_every == 0 or step == tc.steps:
+                last_loss = float(running.item()) / max(1, step - step_last)
+                running.zero_()
+                now = time.perf_counter()
+                ips = (step - step_last) * tc.batch * world / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+                emit(Loss(step, last_loss, lr))
+                if log is not None:
+                    log.write(json.dumps({"step": step, "loss": round(last_loss, 6), "lr": lr,
+                                          "images_per_s": round(ips, 2), "time": round(now - t0, 3)}) + "\n")
+                    log.flush()
+            emit(Progress("train", step, tc.steps, {"loss": last_loss}))
+            if step % tc.checkpoint_every == 0 or self._request("save_now"):
+                save(step)
+            if (tc.preview_every and step % tc.preview_every == 0) or self._request("sample_now"):
+                preview(step)
+
+        if log is not None:
+            log.close()
+        path = save(step) if step > start or was_cancelled or self.ckpt is None else self.ckpt
+        peak = torch.cuda.max_memory_allocated() / 2**30 if acc.device.type == "cuda" else None
+        result = {"run_dir": str(self.run_dir), "step": step, "checkpoint": str(path) if path else None,
+                  "loss": last_loss, "seconds": time.perf_counter() - t0, "peak_gpu_gib": peak}
+        emit(Done(result, cancelled=was_cancelled))
+        return result
+
+
+@contextlib.contextmanager
+def ema_weights(net: torch.nn.Module, ema: EMA):
+    """Swap the EMA weights in for previews, then put the training weights back."""
+    backup = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    net.load_state_dict({k: v.to(backup[k].dtype) for k, v in ema.shadow.items()})
+    try:
+        yield
+    finally:
+        net.load_state_dict(backup)

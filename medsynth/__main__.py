@@ -1,0 +1,5 @@
+import sys
+
+from medsynth import main
+
+sys.exit(main())

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up .venv/ if needed, then runs the lint and the whole test suite.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bash "$root/scripts/setup.sh"
+cd "$root"
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny configs and a tiny trained run, made once per session."""
+
+from __future__ import annotations
+
+import os
+
+# A QApplication without a display aborts the whole process; GUI tests run offscreen.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+
+from engine.config import load_preset  # noqa: E402
+from engine.config import RunConfig  # noqa: E402
+from engine.data.phantoms import make_phantoms  # noqa: E402
+
+
+def tiny_config(steps: int = 20, mask_mode: str = "joint", **train: object) -> RunConfig:
+    """A model small enough that a training step takes milliseconds on 2 CPU cores."""
+    cfg = load_preset("demo")
+    cfg.model.image_size = 16
+    cfg.model.block_out_channels = [16, 32]
+    cfg.model.attention_levels = [False, True]
+    cfg.train.steps = steps
+    cfg.train.batch = 8
+    cfg.train.checkpoint_every = 10
+    cfg.train.log_every = 5
+    cfg.train.warmup_steps = 5
+    cfg.data.mask_mode = mask_mode
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def phantoms16():
+    return make_phantoms(64, size=16, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, phantoms16):
+    """A run directory with a few training steps done: enough to sample from."""
+    from engine.train import TrainJob
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    events: list = []
+    TrainJob(tiny_config(steps=20), run, data=phantoms16).run(events.append, lambda: False)
+    return run

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine import checkpoints
+from engine.jobs import Checkpoint, Done, Loss, Requests
+from engine.train import TrainJob
+from tests.conftest import tiny_config
+
+
+def run(job, cancel_after=None):
+    events = []
+    calls = {"n": 0}
+
+    def cancelled():
+        calls["n"] += 1
+        return cancel_after is not None and calls["n"] > cancel_after
+
+    job.run(events.append, cancelled)
+    return events
+
+
+@pytest.mark.parametrize("loss", ["l2", "huber"])
+def test_loss_falls_on_phantoms(tmp_path, phantoms16, loss):
+    cfg = tiny_config(steps=80, loss=loss, lr=2e-3)
+    events = run(TrainJob(cfg, tmp_path / "run", data=phantoms16))
+    losses = [e.loss for e in events if isinstance(e, Loss)]
+    assert len(losses) == 16
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(5, 81, 5))
+    assert isinstance(events[-1], Done) and events[-1].result["step"] == 80
+
+
+def test_run_directory_holds_config_checkpoints_and_log(tiny_run):
+    assert (tiny_run / "config.json").exists() and (tiny_run / "loss.jsonl").exists()
+    ckpts = checkpoints.list_checkpoints(tiny_run)
+    assert [p.name for p in ckpts] == ["step_0000010", "step_0000020"]
+    for name in ("model", "ema", "optimizer"):
+        assert (ckpts[-1] / f"{name}.safetensors").exists()
+    state = json.loads((ckpts[-1] / "state.json").read_text())
+    assert state["step"] == 20 and state["config"]["model"]["image_channels"] == 1
+    assert state["config"]["model"]["mask_labels"] == 3 and state["config"]["model"]["num_classes"] == 4
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, phantoms16):
+    straight = tmp_path / "straight"
+    run(TrainJob(tiny_config(steps=20), straight, data=phantoms16))
+    split = tmp_path / "split"
+    # Cancel partway: the job saves a checkpoint at the step it stopped on.
+    events = run(TrainJob(tiny_config(steps=20), split, data=phantoms16), cancel_after=7)
+    done = events[-1]
+    assert done.cancelled and done.result["step"] == 7
+    assert any(isinstance(e, Checkpoint) and e.step == 7 for e in events)
+    events = run(TrainJob(None, split, resume=True, data=phantoms16))
+    assert events[-1].result["step"] == 20
+    a = checkpoints.latest(straight)
+    b = checkpoints.latest(split)
+    for name in ("model", "ema", "optimizer"):
+        wa, wb = load_file(a / f"{name}.safetensors"), load_file(b / f"{name}.safetensors")
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=f"{name}.{k}")
+    la = (straight / "loss.jsonl").read_text().splitlines()
+    lb = (split / "loss.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in la] == [json.loads(x)["step"] for x in lb]
+
+
+def test_resume_can_extend_the_step_count(tmp_path, phantoms16):
+    run_dir = tmp_path / "run"
+    run(TrainJob(tiny_config(steps=10), run_dir, data=phantoms16))
+    events = run(TrainJob(None, run_dir, resume=True, steps=15, data=phantoms16))
+    assert events[-1].result["step"] == 15
+
+
+def test_new_run_refuses_a_folder_that_holds_one(tiny_run, phantoms16):
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match="--resume"):
+        TrainJob(tiny_config(), tiny_run, data=phantoms16)
+
+
+def test_save_now_and_sample_now_requests(tmp_path, phantoms16):
+    req = Requests()
+    req.save_now = True
+    req.sample_now = True
+    cfg = tiny_config(steps=3)
+    cfg.train.checkpoint_every = 1000
+    events = run(TrainJob(cfg, tmp_path / "run", data=phantoms16, requests=req))
+    assert [e.step for e in events if isinstance(e, Checkpoint)] == [1, 3]
+    previews = [e for e in events if type(e).__name__ == "Preview"]
+    assert len(previews) == 1 and previews[0].images.shape == (8, 1, 16, 16)
+
+
+def test_mask_conditioned_and_unconditional_models_train(tmp_path, phantoms16):
+    for mode in ("condition", "none"):
+        cfg = tiny_config(steps=2, mask_mode=mode)
+        cfg.data.class_conditional = mode == "none"
+        events = run(TrainJob(cfg, tmp_path / mode, data=phantoms16))
+        assert events[-1].result["step"] == 2
