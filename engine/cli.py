@@ -147,14 +147,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from engine.export import export
 
-    bar = tqdm(desc="export", unit="sample")
+    bars: list = []
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        # Created on first progress so that a refused export prints only its error line.
+        if not bars:
+            bars.append(tqdm(desc="export", unit="sample", total=total))
+        bars[0].update(done - bars[0].n)
 
     r = export(args.file, args.to, args.format, progress)
-    bar.close()
+    for bar in bars:
+        bar.close()
     print(f"exported {r['n']} samples as {r['format']} to {r['out']}")
     return 0
 

@@ -43,7 +43,7 @@ class SampleWriter:
         self.n = int(n)
         self.count = 0
         spatial = tuple(image_shape[1:])
-        self.f = h5py.File(self.path, "w")
+        self.f = h5py.File(self.path, "w", locking=False)
         opts = dict(compression="gzip", compression_opts=4, shuffle=True)
         self.images = self.f.create_dataset("images", (self.n, *image_shape), np.float32,
                                             chunks=(1, *image_shape), **opts)
@@ -130,7 +130,8 @@ def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -
 def open_file(path: str | Path) -> h5py.File:
     """Open a MedSynth HDF5 file read-only, or fail with one line naming it."""
     try:
-        f = h5py.File(path, "r")
+        # No file lock: the app reads files that a sampling job is still appending to.
+        f = h5py.File(path, "r", locking=False)
     except FileNotFoundError:
         raise InputError(path, "does not exist") from None
     except OSError as exc:

@@ -9,8 +9,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
 
-from engine.config import load_preset  # noqa: E402
-from engine.config import RunConfig  # noqa: E402
+from engine.config import RunConfig, load_preset  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 
 

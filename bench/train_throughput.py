@@ -1,0 +1,259 @@
+"""Training throughput: MedSynth's TrainJob against a bare PyTorch loop on the same model and data.
+
+Run from the repository root:
+
+    .venv/bin/python bench/train_throughput.py [--preset demo] [--steps N] [--batch B]
+
+Both loops run in this one process, alternated (bare, engine, bare, engine, ...),
+because on a small shared machine the same loop can vary 2x between runs; only
+figures taken side by side on the same machine are comparable. The last line is
+the engine/bare throughput ratio, which the engine should keep at 0.95 or above.
+
+The share of the machine's matrix-multiply limit puts the absolute figures in
+context: achieved GFLOP/s (images/s times the counted FLOPs per training image)
+over the rate of a large float32 torch.mm on the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# The script lives in bench/, so a plain `python bench/train_throughput.py` would not see `engine`.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from engine.config import RunConfig, load_preset  # noqa: E402
+from engine.data.dataset import ImageSet  # noqa: E402
+from engine.data.phantoms import make_phantoms  # noqa: E402
+from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  # noqa: E402
+from engine.diffusion import train_scheduler  # noqa: E402
+from engine.jobs import Event, Progress  # noqa: E402
+from engine.models import build_model  # noqa: E402
+from engine.train import TrainJob, complete_model_config, diffusion_loss, mixed_precision, pick_device  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    # CUDA work is asynchronous: without this a timer measures kernel launches, not kernels.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_config(preset: str, steps: int, batch: int, device: str) -> RunConfig:
+    cfg = load_preset(preset)
+    cfg.train.steps = steps
+    cfg.train.batch = batch
+    cfg.train.device = device
+    # Checkpoints and previews are I/O and sampling, not training; the final save still
+    # happens, but after the last timed Progress event.
+    cfg.train.checkpoint_every = steps + 1
+    cfg.train.preview_every = 0
+    return cfg
+
+
+def resolved(cfg: RunConfig, data: ImageSet) -> tuple[RunConfig, TrainingTensors]:
+    """The config as TrainJob completes it, and the very tensors it trains on."""
+    cfg = copy.deepcopy(cfg)
+    complete_model_config(cfg, data)
+    norm = fit_normalisation(data, cfg.data.modality)
+    tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.model.mask_labels,
+                         cfg.model.num_classes > 0)
+    return cfg, tensors
+
+
+def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    # Match the engine's precision choice, or a GPU comparison would be bf16 against fp32.
+    mp = mixed_precision(cfg.train.mixed_precision, device.type)
+    if mp == "no":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if mp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def bare_loop(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: torch.device) -> float:
+    """images/s of the minimum training step: sample, noise, forward, loss, backward, AdamW."""
+    cfg, tensors = resolved(cfg, data)
+    tc = cfg.train
+    x_all = tensors.x.to(device)
+    labels_all = None if tensors.labels is None else tensors.labels.to(device)
+    cond_all = None if tensors.cond is None else tensors.cond.to(device)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    alphas = train_scheduler(tc).alphas_cumprod.to(device)
+    autocast = autocast_for(cfg, device)
+    # One generator on the device: the cheapest way to draw the same kinds of random numbers.
+    gen = torch.Generator(device=device).manual_seed(tc.seed)
+    n, b = x_all.shape[0], tc.batch
+    t0 = time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        idx = torch.randint(n, (b,), generator=gen, device=device)
+        x0 = x_all[idx]
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.randint(0, tc.num_train_timesteps, (b,), generator=gen, device=device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        inp = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise if tc.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        if cond_all is not None:
+            inp = torch.cat([inp, cond_all[idx]], dim=1)
+        if device.type == "cuda":
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        labels = None if labels_all is None else labels_all[idx]
+        with autocast():
+            pred = model(inp, t, class_labels=labels).sample
+        loss = diffusion_loss(pred.float(), target, tc.loss, tc.huber_delta)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    return steps * b / (time.perf_counter() - t0)
+
+
+@dataclass
+class EngineResult:
+    images_per_s: float  # between the Progress events after warm-up and after the last step
+    logged_images_per_s: float | None  # loss.jsonl's own figure, as a cross-check
+
+
+def engine_run(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: torch.device,
+               threads: int) -> EngineResult:
+    """images/s of TrainJob itself, timed between Progress events so setup and the final save are out."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train.steps = warmup + steps
+    cfg.train.checkpoint_every = warmup + steps + 1
+    marks: dict[int, float] = {}
+
+    def emit(event: Event) -> None:
+        if isinstance(event, Progress) and event.stage == "train" and event.done in (warmup, warmup + steps):
+            sync(device)
+            marks[event.done] = time.perf_counter()
+            # A library that quietly changed the thread count would make the comparison meaningless.
+            if torch.get_num_threads() != threads:
+                raise RuntimeError(f"torch threads changed to {torch.get_num_threads()} inside TrainJob")
+
+    with tempfile.TemporaryDirectory(prefix="medsynth-bench-") as tmp:
+        run_dir = Path(tmp) / "run"
+        TrainJob(cfg, run_dir, data=data).run(emit, lambda: False)
+        rows = [json.loads(ln) for ln in (run_dir / "loss.jsonl").read_text().splitlines() if ln]
+    # The first logged window holds the warm-up steps; the rest are steady state.
+    steady = [r["images_per_s"] for r in rows[1:]]
+    ips = steps * cfg.train.batch / (marks[warmup + steps] - marks[warmup])
+    return EngineResult(ips, statistics.median(steady) if steady else None)
+
+
+def flops_per_image(cfg: RunConfig, data: ImageSet, device: torch.device) -> float:
+    """Counted FLOPs of one forward and backward pass, per image of the training batch."""
+    cfg, tensors = resolved(cfg, data)
+    b = cfg.train.batch
+    model = build_model(cfg).to(device).train()
+    idx = torch.arange(b) % tensors.x.shape[0]
+    inp = tensors.x[idx]
+    if tensors.cond is not None:
+        inp = torch.cat([inp, tensors.cond[idx]], dim=1)
+    labels = None if tensors.labels is None else tensors.labels[idx].to(device)
+    t = torch.randint(0, cfg.train.num_train_timesteps, (b,), device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        pred = model(inp.to(device), t, class_labels=labels).sample
+        pred.float().square().mean().backward()
+    return counter.get_total_flops() / b
+
+
+def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n x n torch.mm: roughly the most this device does for dense math."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)  # first call pays for library initialisation
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per repetition")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed window")
+    ap.add_argument("--batch", type=int, default=None, help="default: the preset's batch")
+    ap.add_argument("--repeats", type=int, default=2, help="repetitions of each loop, alternated")
+    ap.add_argument("--images", type=int, default=256, help="phantoms in the training set")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    device = torch.device(pick_device(args.device))
+    base = load_preset(args.preset)
+    batch = args.batch or base.train.batch
+    cfg = make_config(args.preset, args.warmup + args.steps, batch, args.device)
+    data = make_phantoms(args.images, size=cfg.model.image_size, seed=0)
+
+    bare: list[float] = []
+    engine: list[EngineResult] = []
+    for rep in range(args.repeats):
+        bare.append(bare_loop(cfg, data, args.warmup, args.steps, device))
+        engine.append(engine_run(cfg, data, args.warmup, args.steps, device, threads))
+        print(f"repetition {rep + 1}/{args.repeats}: bare {bare[-1]:.1f} images/s, "
+              f"engine {engine[-1].images_per_s:.1f} images/s", flush=True)
+
+    fpi = flops_per_image(cfg, data, device)
+    sgemm = gemm_rate(device, torch.float32)
+    mp = mixed_precision(cfg.train.mixed_precision, device.type)
+    # Under autocast the GPU's limit is the half-precision rate, not sgemm.
+    half = gemm_rate(device, torch.bfloat16 if mp == "bf16" else torch.float16) if mp != "no" else None
+
+    bare_best = max(bare)
+    engine_ips = [e.images_per_s for e in engine]
+    engine_best = max(engine_ips)
+    logged = [e.logged_images_per_s for e in engine if e.logged_images_per_s is not None]
+
+    print()
+    print(f"preset {args.preset}, {cfg.model.image_size} px, batch {batch}, device {device}, "
+          f"torch threads {threads}, precision {mp}, {args.steps} timed steps after {args.warmup} warm-up, "
+          f"{args.repeats} repetitions each")
+    print(f"{'':30s}{'best':>12s}{'median':>12s}")
+    print(f"{'bare loop images/s':30s}{bare_best:12.1f}{statistics.median(bare):12.1f}")
+    print(f"{'engine images/s':30s}{engine_best:12.1f}{statistics.median(engine_ips):12.1f}")
+    if logged:
+        print(f"{'engine images/s (loss.jsonl)':30s}{max(logged):12.1f}{statistics.median(logged):12.1f}")
+    print(f"{'GFLOP per training image':30s}{fpi / 1e9:12.3f}")
+    print(f"{'sgemm GFLOP/s (2048 fp32)':30s}{sgemm:12.1f}")
+    limit = sgemm
+    if half is not None:
+        print(f"{f'{mp} gemm GFLOP/s (2048)':30s}{half:12.1f}")
+        limit = half
+    for name, ips in (("bare loop", bare_best), ("engine", engine_best)):
+        achieved = ips * fpi / 1e9
+        print(f"{name + ' GFLOP/s (share)':30s}{achieved:12.1f}{achieved / limit:11.1%}")
+    ratio = engine_best / bare_best
+    print(f"engine/bare throughput ratio: {ratio:.2f} (engine overhead {(1 / ratio - 1) * 100:.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
