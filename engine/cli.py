@@ -112,12 +112,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     view = TqdmView()
     code = run_job(job, view)
     r = view.result
-    if r:
+    if r and r.get("main_process", True):
         print(f"trained to step {r['step']} (loss {r['loss']:.4f}) in {r['seconds']:.0f} s; "
               f"checkpoint {r['checkpoint']}")
         if r.get("peak_gpu_gib") is not None:
             print(f"peak GPU memory {r['peak_gpu_gib']:.2f} GiB")
-    if code == EXIT_CANCELLED:
+    if code == EXIT_CANCELLED and r.get("main_process", True):
         print(f"stopped; continue with: medsynth train --resume --out {args.out}")
     return code
 

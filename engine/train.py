@@ -203,6 +203,8 @@ class TrainJob:
             net.train()
             emit(Preview(step, norm.inverse(x[:, :cfg.model.image_channels]).cpu().numpy()))
 
+        if not acc.is_main_process:
+            emit = _only_done(emit)
         emit(Message(f"training {count_parameters(net) / 1e6:.2f} M parameters on {acc.device} "
                      f"({world} process{'es' if world > 1 else ''}, precision {acc.mixed_precision}), "
                      f"{len(data)} images at {cfg.model.image_size} px, steps {start}->{tc.steps}"))
@@ -214,7 +216,7 @@ class TrainJob:
         step = start
         was_cancelled = False
         while step < tc.steps:
-            if cancelled():
+            if stop_requested(acc, cancelled()):
                 was_cancelled = True
                 break
             g = step_generator(tc.seed, step, rank, world)
@@ -256,7 +258,8 @@ class TrainJob:
             step += 1
 
             if step % tc.log_every == 0 or step == tc.steps:
-                last_loss = float(running.item()) / max(1, step - step_last)
+                mean = acc.reduce(running, "mean") if world > 1 else running
+                last_loss = float(mean.item()) / max(1, step - step_last)
                 running.zero_()
                 now = time.perf_counter()
                 ips = (step - step_last) * tc.batch * world / max(now - t_last, 1e-9)
@@ -276,10 +279,24 @@ class TrainJob:
             log.close()
         path = save(step) if step > start or was_cancelled or self.ckpt is None else self.ckpt
         peak = torch.cuda.max_memory_allocated() / 2**30 if acc.device.type == "cuda" else None
-        result = {"run_dir": str(self.run_dir), "step": step, "checkpoint": str(path) if path else None,
+        result = {"run_dir": str(self.run_dir), "step": step, "main_process": acc.is_main_process,
+                  "checkpoint": str(path) if path else None,
                   "loss": last_loss, "seconds": time.perf_counter() - t0, "peak_gpu_gib": peak}
         emit(Done(result, cancelled=was_cancelled))
         return result
+
+
+def stop_requested(acc: Any, local: bool) -> bool:
+    """A stop seen by any process stops all of them at the same step; otherwise DDP deadlocks."""
+    if acc.num_processes == 1:
+        return local
+    flag = torch.tensor([1.0 if local else 0.0], device=acc.device)
+    return bool(acc.reduce(flag, "sum").item() > 0)
+
+
+def _only_done(emit: Emit) -> Emit:
+    """Processes other than the main one report only their end, so the console shows one run."""
+    return lambda ev: emit(ev) if isinstance(ev, Done) else None
 
 
 @contextlib.contextmanager
