@@ -212,7 +212,8 @@ class TrainJob:
         n = x_all.shape[0]
         t0, t_last, step_last = time.perf_counter(), time.perf_counter(), start
         running = torch.zeros((), device=acc.device)
-        last_loss = float("nan")
+        last_loss = last_ips = float("nan")
+        device_name = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "CPU"
         step = start
         was_cancelled = False
         while step < tc.steps:
@@ -262,14 +263,17 @@ class TrainJob:
                 last_loss = float(mean.item()) / max(1, step - step_last)
                 running.zero_()
                 now = time.perf_counter()
-                ips = (step - step_last) * tc.batch * world / max(now - t_last, 1e-9)
+                ips = last_ips = (step - step_last) * tc.batch * world / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
                 emit(Loss(step, last_loss, lr))
                 if log is not None:
                     log.write(json.dumps({"step": step, "loss": round(last_loss, 6), "lr": lr,
                                           "images_per_s": round(ips, 2), "time": round(now - t0, 3)}) + "\n")
                     log.flush()
-            emit(Progress("train", step, tc.steps, {"loss": last_loss}))
+            info = {"loss": last_loss, "images_per_s": last_ips, "device": device_name}
+            if acc.device.type == "cuda":
+                info["gpu_mem_gib"] = torch.cuda.memory_allocated() / 2**30
+            emit(Progress("train", step, tc.steps, info))
             if step % tc.checkpoint_every == 0 or self._request("save_now"):
                 save(step)
             if (tc.preview_every and step % tc.preview_every == 0) or self._request("sample_now"):

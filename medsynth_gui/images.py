@@ -1,0 +1,31 @@
+"""Arrays to pixels: the only image arithmetic the GUI does."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtGui import QImage, QPixmap
+
+
+def to_uint8(image: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """(H, W) or (3, H, W) in data units → uint8 (H, W) or (H, W, 3) over [lo, hi]."""
+    a = np.asarray(image, np.float32)
+    if lo is None or hi is None:
+        lo, hi = np.percentile(a, (0.5, 99.5)) if a.size else (0.0, 1.0)
+    scaled = np.clip((a - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0) * 255.0
+    out = scaled.astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(out, 0, -1) if out.ndim == 3 else out)
+
+
+def to_pixmap(image: np.ndarray, lo: float | None = None, hi: float | None = None, size: int = 0) -> QPixmap:
+    a = to_uint8(image, lo, hi)
+    h, w = a.shape[:2]
+    if a.ndim == 3:
+        qimg = QImage(a.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    else:
+        qimg = QImage(a.data, w, h, w, QImage.Format.Format_Grayscale8)
+    pix = QPixmap.fromImage(qimg.copy())  # copy: the numpy buffer dies with this frame
+    if size:
+        from PySide6.QtCore import Qt
+
+        pix = pix.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation)
+    return pix

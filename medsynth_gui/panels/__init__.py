@@ -1,0 +1,1 @@
+"""Side panels that set up and drive engine jobs (train, generate)."""

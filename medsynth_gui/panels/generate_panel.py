@@ -1,0 +1,194 @@
+"""Generate panel: checkpoint, count, sampler, class or class mix, seed → an HDF5 file that fills live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine import checkpoints
+from engine.errors import InputError
+from engine.jobs import Done, Progress
+from engine.sample import SampleJob
+from medsynth_gui.panels.train_panel import _path_row
+from medsynth_gui.worker import JobRunner
+
+DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 25}
+
+
+class GeneratePanel(QWidget):
+    file_started = Signal(str)  # the output file exists and is filling
+    file_progress = Signal(str)
+    file_done = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.runner = JobRunner(self)
+        self.runner.event.connect(self._on_event)
+        self.runner.done.connect(self._on_done)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.running_changed.connect(self._on_running)
+        self._announced = False
+        self._build()
+
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        box = QGroupBox("Generate synthetic data")
+        form = QFormLayout(box)
+        self.ckpt_edit = QLineEdit()
+        self.ckpt_edit.setPlaceholderText("a training run folder or one of its checkpoints")
+        self.ckpt_edit.editingFinished.connect(self._load_classes)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._pick_ckpt)
+        form.addRow("Model", _path_row(self.ckpt_edit, browse))
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        form.addRow("", self.model_info)
+        self.n_spin = QSpinBox(minimum=1, maximum=1_000_000, value=64)
+        form.addRow("Samples", self.n_spin)
+        self.sampler = QComboBox()
+        self.sampler.addItems(["dpm", "ddim", "ddpm"])
+        self.sampler.setItemText(0, "dpm")
+        self.sampler.setToolTip("dpm: DPM-Solver++ (fast); ddim: deterministic; ddpm: the original, 1000 steps")
+        self.sampler.currentTextChanged.connect(lambda s: self.steps_spin.setValue(DEFAULT_STEPS[s]))
+        form.addRow("Sampler", self.sampler)
+        self.steps_spin = QSpinBox(minimum=1, maximum=1000, value=DEFAULT_STEPS["dpm"])
+        form.addRow("Steps", self.steps_spin)
+        self.class_combo = QComboBox()
+        self.class_combo.addItem("Uniform mix of classes")
+        form.addRow("Class", self.class_combo)
+        self.mix_edit = QLineEdit()
+        self.mix_edit.setPlaceholderText('optional weights, e.g. "0:0.5,3:0.5"')
+        form.addRow("Class mix", self.mix_edit)
+        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=20.0, singleStep=0.5, value=1.0)
+        self.guidance.setToolTip("classifier-free guidance; 1 = none, 2-4 = stronger class fidelity")
+        form.addRow("Guidance", self.guidance)
+        self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1)
+        form.addRow("First seed", self.seed_spin)
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("output .h5 file")
+        out_btn = QPushButton("Save as…")
+        out_btn.clicked.connect(self._pick_out)
+        form.addRow("Output", _path_row(self.out_edit, out_btn))
+        outer.addWidget(box)
+        row = QHBoxLayout()
+        self.go_btn = QPushButton("Generate")
+        self.stop_btn = QPushButton("Stop")
+        self.go_btn.clicked.connect(self.start)
+        self.stop_btn.clicked.connect(self.runner.stop)
+        row.addWidget(self.go_btn)
+        row.addWidget(self.stop_btn)
+        outer.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m samples")
+        self.status = QLabel("Idle")
+        self.status.setWordWrap(True)
+        self.error = QLabel()
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #ff6b6b; font-weight: bold;")
+        self.error.hide()
+        outer.addWidget(self.progress)
+        outer.addWidget(self.status)
+        outer.addWidget(self.error)
+        outer.addStretch(1)
+        self._on_running(False)
+
+    def set_checkpoint(self, path: str) -> None:
+        self.ckpt_edit.setText(path)
+        self._load_classes()
+
+    def _load_classes(self) -> None:
+        self.class_combo.clear()
+        self.class_combo.addItem("Uniform mix of classes")
+        try:
+            state = checkpoints.read_state(checkpoints.resolve(self.ckpt_edit.text().strip()))
+        except InputError as exc:
+            self.model_info.setText(str(exc) if self.ckpt_edit.text().strip() else "")
+            return
+        cfg = state["config"]
+        names = state.get("class_names") or []
+        k = cfg["model"]["num_classes"]
+        for i in range(k):
+            self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
+        self.class_combo.setEnabled(k > 0)
+        self.mix_edit.setEnabled(k > 0)
+        self.guidance.setEnabled(k > 0)
+        masks = {"joint": "image + mask", "condition": "mask → image", "none": "image only"}
+        self.model_info.setText(f"step {state['step']}, {cfg['model']['image_size']} px, "
+                                f"{masks[cfg['data']['mask_mode']]}, {k} classes")
+
+    def _pick_ckpt(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Training run")
+        if path:
+            self.set_checkpoint(path)
+
+    def _pick_out(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Output file", "synthetic.h5", "MedSynth HDF5 (*.h5)")
+        if path:
+            self.out_edit.setText(path if path.endswith((".h5", ".hdf5")) else path + ".h5")
+
+    def start(self) -> None:
+        self.error.hide()
+        out = self.out_edit.text().strip()
+        if not out:
+            self._on_failed("Choose an output file.")
+            return
+        class_index = self.class_combo.currentData()
+        try:
+            job = SampleJob(self.ckpt_edit.text().strip(), self.n_spin.value(), out,
+                            sampler_name=self.sampler.currentText(), steps=self.steps_spin.value(),
+                            seed=self.seed_spin.value(), class_index=class_index,
+                            class_mix=self.mix_edit.text().strip() or None, guidance=self.guidance.value(),
+                            batch=16)
+        except InputError as exc:
+            self._on_failed(str(exc))
+            return
+        self.progress.setRange(0, self.n_spin.value())
+        self.progress.setValue(0)
+        self._announced = False
+        self._out = out
+        self.status.setText("Loading the model…")
+        self.runner.start(job)
+
+    def _on_running(self, running: bool) -> None:
+        self.go_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+
+    def _on_event(self, ev: object) -> None:
+        if isinstance(ev, Progress) and ev.stage == "sample":
+            self.progress.setValue(ev.done)
+            per = ev.info.get("per_sample_s", 0.0)
+            self.status.setText(f"{ev.done} of {ev.total} samples · {per:.2f} s per sample")
+            if not self._announced:
+                self._announced = True
+                self.file_started.emit(self._out)
+            else:
+                self.file_progress.emit(self._out)
+
+    def _on_done(self, done: Done) -> None:
+        r = done.result
+        verb = "Stopped" if done.cancelled else "Done"
+        self.status.setText(f"{verb}: {r.get('n', 0)} samples in {Path(r.get('out', '')).name} "
+                            f"({r.get('seconds', 0):.1f} s)")
+        if r.get("n"):
+            self.file_done.emit(r["out"])
+
+    def _on_failed(self, message: str) -> None:
+        self.error.setText(message)
+        self.error.show()
+        self.status.setText("Failed")

@@ -1,0 +1,347 @@
+"""Train panel: pick data and settings, start/stop/resume, watch loss, previews, ETA and device."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine import checkpoints
+from engine.config import load_preset, preset_names, resolve
+from engine.errors import InputError
+from engine.jobs import Checkpoint, Done, Loss, Message, Preview, Progress
+from engine.train import TrainJob
+from medsynth_gui.images import to_pixmap
+from medsynth_gui.worker import JobRunner
+
+SMOOTHING = 0.9
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "--"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
+    row = QWidget()
+    lay = QHBoxLayout(row)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit, 1)
+    for b in buttons:
+        lay.addWidget(b)
+    return row
+
+
+class TrainPanel(QWidget):
+    run_finished = Signal(str)  # run directory, when a run ends with a checkpoint
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.runner = JobRunner(self)
+        self.runner.event.connect(self._on_event)
+        self.runner.losses.connect(self._on_losses)
+        self.runner.done.connect(self._on_done)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.running_changed.connect(self._on_running)
+        self.steps: list[int] = []
+        self.raw: list[float] = []
+        self.smooth: list[float] = []
+        self._t_start = 0.0
+        self._step_start = 0
+        self._build()
+        self._apply_preset("demo")
+
+    # -- layout -------------------------------------------------------------------------
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        setup = QGroupBox("Training run")
+        form = QFormLayout(setup)
+        self.data_edit = QLineEdit()
+        self.data_edit.setPlaceholderText("npz, NIfTI, MedSynth .h5, or a folder (images/ + masks/, MSD)")
+        file_btn, folder_btn = QPushButton("File…"), QPushButton("Folder…")
+        file_btn.clicked.connect(self._pick_data_file)
+        folder_btn.clicked.connect(self._pick_data_folder)
+        form.addRow("Data", _path_row(self.data_edit, file_btn, folder_btn))
+        self.run_edit = QLineEdit()
+        self.run_edit.setPlaceholderText("folder for checkpoints and the loss log")
+        run_btn = QPushButton("Browse…")
+        run_btn.clicked.connect(self._pick_run)
+        form.addRow("Run folder", _path_row(self.run_edit, run_btn))
+        self.preset = QComboBox()
+        self.preset.addItems(preset_names())
+        self.preset.currentTextChanged.connect(self._apply_preset)
+        form.addRow("Preset", self.preset)
+        self.steps_spin = QSpinBox(maximum=10_000_000, singleStep=100)
+        self.batch_spin = QSpinBox(minimum=1, maximum=4096)
+        self.lr_spin = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-4)
+        self.loss_combo = QComboBox()
+        self.loss_combo.addItems(["l2", "l1", "huber"])
+        self.size_spin = QSpinBox(minimum=8, maximum=1024, singleStep=4)
+        self.classes_check = QCheckBox("class-conditional (when the data has labels)")
+        self.mask_combo = QComboBox()
+        self.mask_combo.addItems(["joint", "condition", "none"])
+        self.mask_combo.setToolTip("joint: generate image and mask together; condition: mask → image")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Batch", self.batch_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Loss", self.loss_combo)
+        form.addRow("Image size (px)", self.size_spin)
+        form.addRow("Masks", self.mask_combo)
+        form.addRow("", self.classes_check)
+        form.addRow("Device", self.device_combo)
+        outer.addWidget(setup)
+
+        buttons = QHBoxLayout()
+        self.start_btn = QPushButton("Start")
+        self.stop_btn = QPushButton("Stop")
+        self.resume_btn = QPushButton("Resume")
+        self.sample_btn = QPushButton("Preview now")
+        self.save_btn = QPushButton("Save now")
+        self.start_btn.clicked.connect(self.start)
+        self.stop_btn.clicked.connect(self.stop)
+        self.resume_btn.clicked.connect(self.resume)
+        self.sample_btn.clicked.connect(lambda: self.runner.request("sample_now"))
+        self.save_btn.clicked.connect(lambda: self.runner.request("save_now"))
+        for b in (self.start_btn, self.stop_btn, self.resume_btn, self.sample_btn, self.save_btn):
+            buttons.addWidget(b)
+        outer.addLayout(buttons)
+
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m steps")
+        self.status = QLabel("Idle")
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error = QLabel()
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #ff6b6b; font-weight: bold;")
+        self.error.hide()
+        outer.addWidget(self.progress)
+        outer.addWidget(self.status)
+        outer.addWidget(self.error)
+
+        self.plot = pg.PlotWidget()
+        self.plot.setMinimumHeight(160)
+        self.plot.setLabel("bottom", "step")
+        self.plot.setLabel("left", "loss")
+        self.plot.setLogMode(y=True)
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.addLegend(offset=(-10, 10))
+        self.raw_curve = self.plot.plot([], [], pen=pg.mkPen((150, 150, 150, 110), width=1), name="raw",
+                                       symbol="o", symbolSize=3, symbolPen=None,
+                                       symbolBrush=(150, 150, 150, 160))
+        self.smooth_curve = self.plot.plot([], [], pen=pg.mkPen((80, 170, 255), width=2), name="smoothed")
+        outer.addWidget(self.plot, 1)
+
+        previews = QGroupBox("Previews (EMA weights, DDIM 25 steps)")
+        self.preview_row = QHBoxLayout(previews)
+        self.preview_labels = [QLabel() for _ in range(8)]
+        for lab in self.preview_labels:
+            lab.setFixedSize(72, 72)
+            lab.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            lab.setStyleSheet("background: #111; border: 1px solid #333;")
+            self.preview_row.addWidget(lab)
+        self.preview_caption = QLabel("—")
+        outer.addWidget(previews)
+        outer.addWidget(self.preview_caption)
+        self._on_running(False)
+
+    # -- settings -----------------------------------------------------------------------
+    def _apply_preset(self, name: str) -> None:
+        if not name:
+            return
+        cfg = load_preset(name)
+        self.preset.blockSignals(True)
+        self.preset.setCurrentText(name)
+        self.preset.blockSignals(False)
+        self.steps_spin.setValue(cfg.train.steps)
+        self.batch_spin.setValue(cfg.train.batch)
+        self.lr_spin.setValue(cfg.train.lr)
+        self.loss_combo.setCurrentText(cfg.train.loss)
+        self.size_spin.setValue(cfg.model.image_size)
+        self.mask_combo.setCurrentText(cfg.data.mask_mode)
+        self.classes_check.setChecked(cfg.data.class_conditional)
+        self.device_combo.setCurrentText(cfg.train.device)
+
+    def config(self) -> Any:
+        overrides = {
+            "model": {"image_size": self.size_spin.value()},
+            "train": {"steps": self.steps_spin.value(), "batch": self.batch_spin.value(),
+                      "lr": self.lr_spin.value(), "loss": self.loss_combo.currentText(),
+                      "device": self.device_combo.currentText()},
+            "data": {"path": self.data_edit.text().strip(), "mask_mode": self.mask_combo.currentText(),
+                     "class_conditional": self.classes_check.isChecked()},
+        }
+        return resolve(self.preset.currentText(), None, overrides)
+
+    def _pick_data_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Training data", "", "Images (*.npz *.nii *.nii.gz *.h5 "
+                                              "*.hdf5);;All files (*)")
+        if path:
+            self.data_edit.setText(path)
+
+    def _pick_data_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Training data folder")
+        if path:
+            self.data_edit.setText(path)
+
+    def _pick_run(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Run folder")
+        if path:
+            self.run_edit.setText(path)
+
+    # -- actions ------------------------------------------------------------------------
+    def _show_error(self, text: str) -> None:
+        self.error.setText(text)
+        self.error.setVisible(bool(text))
+
+    def start(self) -> None:
+        self._show_error("")
+        if not self.data_edit.text().strip():
+            self._show_error("Choose the training data first.")
+            return
+        if not self.run_edit.text().strip():
+            self._show_error("Choose a run folder for checkpoints.")
+            return
+        try:
+            job = TrainJob(self.config(), self.run_edit.text().strip())
+        except InputError as exc:
+            self._show_error(str(exc))
+            return
+        self._reset_plot()
+        self._launch(job, 0)
+
+    def resume(self) -> None:
+        self._show_error("")
+        run = self.run_edit.text().strip()
+        try:
+            ckpt = checkpoints.resolve(run)
+            step = int(checkpoints.read_state(ckpt)["step"])
+            job = TrainJob(None, run, resume=True, steps=max(self.steps_spin.value(), step))
+        except InputError as exc:
+            self._show_error(str(exc))
+            return
+        self._reset_plot()
+        self._load_log(Path(run) / "loss.jsonl", step)
+        self._launch(job, step)
+
+    def _launch(self, job: TrainJob, step: int) -> None:
+        self.progress.setRange(0, job.cfg.train.steps)
+        self.progress.setValue(step)
+        self._t_start, self._step_start = time.monotonic(), step
+        self.status.setText("Loading data…")
+        QSettings().setValue("train/last_run", self.run_edit.text().strip())
+        self.runner.start(job)
+
+    def stop(self) -> None:
+        if self.runner.running:
+            self.status.setText("Stopping after this step; a checkpoint will be saved…")
+            self.runner.stop()
+
+    # -- events -------------------------------------------------------------------------
+    def _on_running(self, running: bool) -> None:
+        self.start_btn.setEnabled(not running)
+        self.resume_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+        self.sample_btn.setEnabled(running)
+        self.save_btn.setEnabled(running)
+        for w in (self.data_edit, self.run_edit, self.preset, self.steps_spin, self.batch_spin, self.lr_spin,
+                  self.loss_combo, self.size_spin, self.mask_combo, self.classes_check, self.device_combo):
+            w.setEnabled(not running)
+
+    def _on_event(self, ev: object) -> None:
+        if isinstance(ev, Progress) and ev.stage == "train":
+            self.progress.setMaximum(ev.total)
+            self.progress.setValue(ev.done)
+            elapsed = time.monotonic() - self._t_start
+            done = ev.done - self._step_start
+            rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
+            eta = (ev.total - ev.done) / rate if rate == rate and rate > 0 else float("nan")
+            parts = [f"{rate:.2f} it/s" if rate == rate else "-- it/s", f"ETA {format_eta(eta)}",
+                     str(ev.info.get("device", ""))]
+            if "gpu_mem_gib" in ev.info:
+                parts.append(f"{ev.info['gpu_mem_gib']:.2f} GiB GPU memory")
+            loss = ev.info.get("loss")
+            if loss is not None and loss == loss:
+                parts.insert(0, f"loss {loss:.4f}")
+            self.status.setText("  ·  ".join(p for p in parts if p))
+        elif isinstance(ev, Preview):
+            self._show_previews(ev)
+        elif isinstance(ev, Checkpoint):
+            self.preview_caption.setText(f"checkpoint saved at step {ev.step}")
+        elif isinstance(ev, Message):
+            self.status.setText(ev.text)
+
+    def _on_losses(self, losses: list[Loss]) -> None:
+        for ev in losses:
+            self._add_point(ev.step, ev.loss)
+        self._redraw()
+
+    def _add_point(self, step: int, loss: float) -> None:
+        if not (loss > 0 and math.isfinite(loss)):
+            return
+        prev = self.smooth[-1] if self.smooth else loss
+        self.steps.append(step)
+        self.raw.append(loss)
+        self.smooth.append(SMOOTHING * prev + (1 - SMOOTHING) * loss)
+
+    def _redraw(self) -> None:
+        self.raw_curve.setData(self.steps, self.raw)
+        self.smooth_curve.setData(self.steps, self.smooth)
+
+    def _reset_plot(self) -> None:
+        self.steps, self.raw, self.smooth = [], [], []
+        self._redraw()
+
+    def _load_log(self, path: Path, upto: int) -> None:
+        import json
+
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line) if line.strip() else None
+                if row and row["step"] <= upto:
+                    self._add_point(row["step"], row["loss"])
+            self._redraw()
+
+    def _show_previews(self, ev: Preview) -> None:
+        images = np.asarray(ev.images)
+        lo, hi = np.percentile(images, (0.5, 99.5))
+        for lab, image in zip(self.preview_labels, images):
+            lab.setPixmap(to_pixmap(image[0] if image.shape[0] == 1 else image, lo, hi, 72))
+        self.preview_caption.setText(f"previews at step {ev.step}")
+
+    def _on_done(self, done: Done) -> None:
+        r = done.result
+        verb = "Stopped" if done.cancelled else "Finished"
+        self.status.setText(f"{verb} at step {r.get('step')} — loss {r.get('loss', float('nan')):.4f}; "
+                            f"checkpoint {r.get('checkpoint')}")
+        if r.get("checkpoint"):
+            self.run_finished.emit(str(r.get("run_dir")))
+
+    def _on_failed(self, message: str) -> None:
+        self.status.setText("Failed")
+        self._show_error(message)

@@ -1,0 +1,100 @@
+"""Train and generate panels driving real engine jobs through the QThread worker."""
+
+from pathlib import Path
+
+import h5py
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from engine.data.phantoms import make_phantoms  # noqa: E402
+from engine.store import write_image_set  # noqa: E402
+from medsynth_gui.panels.generate_panel import GeneratePanel  # noqa: E402
+from medsynth_gui.panels.train_panel import TrainPanel  # noqa: E402
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def tiny(panel: TrainPanel, data: Path, run: Path, steps: int) -> None:
+    panel.data_edit.setText(str(data))
+    panel.run_edit.setText(str(run))
+    panel.steps_spin.setValue(steps)
+    panel.batch_spin.setValue(4)
+    panel.size_spin.setValue(16)
+
+
+@pytest.fixture
+def data16(tmp_path):
+    return write_image_set(tmp_path / "d.h5", make_phantoms(16, 16))
+
+
+def test_training_runs_from_the_panel_and_plots_loss(qtbot, data16, tmp_path):
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    panel.resize(520, 900)
+    panel.show()
+    tiny(panel, data16, tmp_path / "run", steps=30)
+    panel.start()
+    assert panel.runner.running and not panel.start_btn.isEnabled()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 10, timeout=120_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    panel.grab().save(str(ARTIFACTS / "train_panel_running.png"))
+    with qtbot.waitSignal(panel.runner.running_changed, timeout=120_000):
+        pass
+    assert not panel.runner.running
+    assert len(panel.steps) >= 3 and panel.steps[-1] == 30, panel.steps
+    xs, ys = panel.smooth_curve.getData()
+    assert len(xs) == len(panel.steps)
+    assert "Finished at step 30" in panel.status.text()
+    assert (tmp_path / "run" / "checkpoints" / "step_0000030").exists()
+
+
+def test_stop_ends_training_within_a_step_and_resume_continues(qtbot, data16, tmp_path):
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    tiny(panel, data16, tmp_path / "run", steps=100_000)
+    panel.start()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 3, timeout=120_000)
+    with qtbot.waitSignal(panel.runner.done, timeout=30_000) as blocker:
+        panel.stop()
+    done = blocker.args[0]
+    assert done.cancelled and done.result["step"] >= 3
+    stopped_at = done.result["step"]
+    assert "Stopped at step" in panel.status.text()
+    panel.steps_spin.setValue(stopped_at + 5)
+    with qtbot.waitSignal(panel.runner.done, timeout=120_000) as blocker:
+        panel.resume()
+    assert blocker.args[0].result["step"] == stopped_at + 5
+
+
+def test_a_bad_data_folder_shows_its_message_and_the_panel_stays_usable(qtbot, tmp_path):
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    bad = tmp_path / "empty"
+    bad.mkdir()
+    tiny(panel, bad, tmp_path / "run", steps=5)
+    with qtbot.waitSignal(panel.runner.failed, timeout=60_000):
+        panel.start()
+    assert "empty" in panel.error.text() and not panel.error.isHidden()
+    assert panel.start_btn.isEnabled() and not panel.runner.running
+
+
+def test_generate_panel_fills_a_file(qtbot, tiny_run, tmp_path):
+    panel = GeneratePanel()
+    qtbot.addWidget(panel)
+    panel.set_checkpoint(str(tiny_run))
+    assert panel.class_combo.count() == 5 and "4 classes" in panel.model_info.text()
+    panel.n_spin.setValue(20)
+    panel.steps_spin.setValue(3)
+    panel.class_combo.setCurrentIndex(2)  # class 1
+    out = tmp_path / "g.h5"
+    panel.out_edit.setText(str(out))
+    started = []
+    panel.file_started.connect(started.append)
+    with qtbot.waitSignal(panel.file_done, timeout=120_000):
+        panel.start()
+    assert started == [str(out)]
+    with h5py.File(out) as f:
+        assert f.attrs["n_complete"] == 20 and set(f["labels"][:]) == {1}
+    panel.start()  # the file exists now: refused with a message, nothing overwritten
+    assert "already exists" in panel.error.text()
