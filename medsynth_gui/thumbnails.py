@@ -1,0 +1,438 @@
+"""Thumbnails of a MedSynth file: rendering with mask outlines, and the lazy list model behind the gallery.
+
+Thumbnails are read one sample at a time, only when the view paints them, and in
+small time slices on the GUI thread so that scrolling never waits on a whole page of
+reads. The file stays open in the model; a file that a sampling job is still writing
+is re-opened on refresh, because HDF5 caches metadata per open file and would keep
+showing the old n_complete.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    Qt,
+    QTimer,
+    Signal,
+)
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import (
+    QWidget,
+)
+
+from engine.errors import InputError
+from engine.store import attrs_dict, n_complete, open_file
+
+# Outline colours for mask labels 1, 2, 3, ...: saturated hues that stay distinct on grey anatomy.
+LABEL_COLOURS: list[tuple[int, int, int]] = [
+    (255, 221, 0),    # 1 yellow
+    (0, 229, 255),    # 2 cyan
+    (255, 64, 255),   # 3 magenta
+    (255, 140, 0),    # 4 orange
+    (80, 255, 80),    # 5 green
+    (90, 140, 255),   # 6 blue
+    (255, 70, 70),    # 7 red
+    (255, 255, 255),  # 8 white
+]
+COLOUR_NAMES = ["yellow", "cyan", "magenta", "orange", "green", "blue", "red", "white"]
+MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 64, 192, 96
+CACHE_ITEMS = 2000
+CACHE_BYTES = 96 * 2**20  # 2,000 thumbnails at 192 px would be ~300 MB
+LOAD_BUDGET_S = 0.025  # per event-loop turn: long enough to fill a page, short enough to keep input smooth
+PREFETCH_BUDGET_S = 0.010
+WINDOW_SAMPLES = 8
+POLL_MS = 1000
+
+
+def label_colour(label: int) -> tuple[int, int, int]:
+    return LABEL_COLOURS[(int(label) - 1) % len(LABEL_COLOURS)]
+
+
+def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """Pixels of each labelled region that touch a different label (4-neighbours, `thickness` deep)."""
+    edge = np.zeros(mask.shape, bool)
+    padded = np.pad(mask, thickness, mode="edge")
+    h, w = mask.shape
+    for d in range(1, thickness + 1):
+        for dy, dx in ((d, 0), (-d, 0), (0, d), (0, -d)):
+            edge |= padded[thickness + dy:thickness + dy + h, thickness + dx:thickness + dx + w] != mask
+    return edge & (mask > 0)
+
+
+def _to_rgb32(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(C, H, W) in data units → (H, W) uint32 0xffRRGGBB; three channels stay colour, others show channel 0."""
+    planes = image if image.shape[0] == 3 else image[:1]
+    scaled = np.clip((planes - lo) * (255.0 / max(hi - lo, 1e-12)), 0.0, 255.0)
+    v = np.nan_to_num(scaled, copy=False).astype(np.uint32)
+    if len(v) == 3:
+        return (v[0] << 16) | (v[1] << 8) | v[2] | np.uint32(0xFF000000)
+    return v[0] * np.uint32(0x010101) | np.uint32(0xFF000000)
+
+
+def _packed(rgb: tuple[int, int, int]) -> np.uint32:
+    return np.uint32(0xFF000000 | rgb[0] << 16 | rgb[1] << 8 | rgb[2])
+
+
+def render_thumbnail(image: np.ndarray, mask: np.ndarray | None, window: tuple[float, float], size: int,
+                     aspect: float = 1.0) -> QImage:
+    """One (C, H, W) sample and its (H, W) label map → a QImage fitting size×size, outlines on top.
+
+    aspect is the physical height/width ratio of a pixel, so anisotropic images keep their shape.
+    """
+    _, h, w = image.shape
+    tall = h * aspect
+    th, tw = (size, max(1, round(size * w / tall))) if tall >= w else (max(1, round(size * tall / w)), size)
+    argb = np.ascontiguousarray(_to_rgb32(image, *window))
+    # RGB32 is the format Qt's smooth scaler is fastest on (3x RGB888 here).
+    src = QImage(argb.data, w, h, 4 * w, QImage.Format.Format_RGB32)
+    scaled = src.scaled(tw, th, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation)
+    stride = scaled.bytesPerLine() // 4
+    buf = np.frombuffer(scaled.constBits(), np.uint32, count=th * stride)
+    pixels = buf.reshape(th, stride)[:, :tw].copy()
+    if mask is not None and mask.any():
+        # Outline at display resolution so the line is crisp whatever the source size.
+        iy = np.minimum((np.arange(th) + 0.5) * h / th, h - 1).astype(np.intp)
+        ix = np.minimum((np.arange(tw) + 0.5) * w / tw, w - 1).astype(np.intp)
+        big = mask[iy][:, ix]
+        edge = outline(big, 1 if size < 128 else 2)
+        for label in np.unique(big[edge]):
+            pixels[edge & (big == label)] = _packed(label_colour(int(label)))
+    return QImage(pixels.data, tw, th, 4 * tw, QImage.Format.Format_RGB32).copy()
+
+
+class ThumbnailModel(QAbstractListModel):
+    """Rows are the complete samples that pass the class filter; DecorationRole loads lazily."""
+
+    SampleRole = Qt.ItemDataRole.UserRole + 1
+    loaded = Signal()  # every thumbnail the view asked for is loaded
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.path = ""
+        self.file: h5py.File | None = None
+        self.attrs: dict = {}
+        self.n_planned = 0
+        self.n_complete = 0
+        self.labels: np.ndarray | None = None
+        self.seeds: np.ndarray | None = None
+        self.class_names: list[str] = []
+        self.label_names: dict[int, str] = {}
+        self.class_filter: int | None = None
+        self.rows = np.zeros(0, np.int64)
+        self.size = DEFAULT_SIZE
+        self.window: tuple[float, float] | None = None
+        self.aspect = 1.0
+        self.volume = False
+        self.wanted: Callable[[int], bool] = lambda row: True
+        self._images: h5py.Dataset | None = None
+        self._masks: h5py.Dataset | None = None
+        self._cache: OrderedDict[int, QPixmap] = OrderedDict()
+        self._present: dict[int, tuple[int, ...]] = {}  # mask labels seen in each rendered sample
+        self._queue: OrderedDict[int, None] = OrderedDict()
+        self._ahead: list[int] = []
+        self._timer = QTimer(self, singleShot=True, interval=0)
+        self._timer.timeout.connect(self._load_some)
+
+    # ---- file ----
+    def load(self, path: str | Path) -> None:
+        """Open a MedSynth file; raises InputError naming it. Reads labels and seeds, never images."""
+        if self.path and Path(path).resolve() == Path(self.path).resolve():
+            # The same file again: let go first, or HDF5 would hand back the old cached metadata.
+            self._release()
+        try:
+            f, a, shape = self._open_checked(path)
+        except InputError:
+            if self.file is None and self.path:
+                self.unload()  # the file shown is gone: show nothing rather than a detached model
+            raise
+        self.beginResetModel()
+        try:
+            self._take(path, f, a, shape)
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            self._forget()
+            raise InputError(path, f"could not be read ({exc})") from None
+        finally:
+            self.endResetModel()
+
+    def _take(self, path: str | Path, f: h5py.File, a: dict, shape: tuple[int, ...]) -> None:
+        self.close()
+        self.path, self.attrs = str(path), a
+        self.class_filter = None
+        self._bind(f)
+        self.volume = len(shape) == 5
+        self.n_planned = int(a.get("n_planned", shape[0]))
+        self.class_names = [str(c) for c in (a.get("class_names") or [])]
+        self.label_names = {int(k): str(v) for k, v in (a.get("label_names") or {}).items()}
+        spacing = [float(s) for s in (a.get("spacing") or [])]
+        sy, sx = spacing[-2:] if len(spacing) >= 2 and min(spacing[-2:]) > 0 else (1.0, 1.0)
+        self.aspect = sy / sx
+        norm = a.get("normalisation") or {}
+        self.window = (float(norm["lo"]), float(norm["hi"])) if {"lo", "hi"} <= set(norm) else None
+        self.n_complete = 0
+        self.labels = np.zeros(0, np.int64) if "labels" in f else None
+        self.seeds = np.zeros(0, np.int64)
+        self._grow(n_complete(f))
+        self.rows = self._matching(0, self.n_complete)
+
+    @staticmethod
+    def _open_checked(path: str | Path) -> tuple[h5py.File, dict, tuple[int, ...]]:
+        f = open_file(path)
+        try:
+            a = attrs_dict(f)
+            shape = f["images"].shape
+            if len(shape) not in (4, 5) or shape[1] < 1:
+                raise InputError(path, f"/images has shape {shape}; expected (N, C, H, W) or (N, C, D, H, W)")
+            if "masks" in f and f["masks"].shape[1:] != shape[2:]:
+                raise InputError(path, f"/masks has shape {f['masks'].shape}, which does not match /images {shape}")
+        except InputError:
+            f.close()
+            raise
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            f.close()
+            raise InputError(path, f"has unreadable MedSynth attributes ({exc})") from None
+        return f, a, shape
+
+    def unload(self) -> None:
+        self.beginResetModel()
+        self._forget()
+        self.endResetModel()
+
+    def _forget(self) -> None:
+        self.close()
+        self.path, self.attrs, self.rows = "", {}, np.zeros(0, np.int64)
+        self.n_complete = self.n_planned = 0
+        self.labels = self.seeds = None
+        self.class_filter = None
+
+    def _bind(self, f: h5py.File) -> None:
+        # Dataset handles are kept: looking them up per thumbnail costs as much as reading one.
+        self.file = f
+        self._images = f["images"]
+        self._masks = f["masks"] if "masks" in f else None
+
+    def _release(self) -> None:
+        if self.file is not None and self.file.id.valid:
+            self.file.close()
+        self.file = self._images = self._masks = None
+
+    def close(self) -> None:
+        self._release()
+        self._cache.clear()
+        self._present.clear()
+        self._queue.clear()
+        self._ahead = []
+
+    def reopen(self) -> tuple[int, int]:
+        """Re-read n_complete (re-opening the file) and append new rows; returns (before, after)."""
+        before = self.n_complete
+        # Close first: HDF5 shares one metadata cache between handles of a file in a process.
+        self._release()
+        f = open_file(self.path)
+        self._bind(f)
+        now = n_complete(f)
+        if now < before:
+            return before, now  # a new run replaced the file under the same name: the caller starts over
+        if now > before:
+            self._grow(now)
+            new = self._matching(before, now)
+            if len(new):
+                self.beginInsertRows(QModelIndex(), len(self.rows), len(self.rows) + len(new) - 1)
+                self.rows = np.concatenate([self.rows, new])
+                self.endInsertRows()
+        return before, now
+
+    def _grow(self, now: int) -> None:
+        f, before = self.file, self.n_complete
+        assert f is not None
+        if now > before:
+            if self.labels is not None:
+                self.labels = np.concatenate([self.labels, f["labels"][before:now].astype(np.int64)])
+            if "seeds" in f:
+                self.seeds = np.concatenate([self.seeds, f["seeds"][before:now].astype(np.int64)])
+            self.n_complete = now
+        if self.window is None and now > 0:
+            self.window = self._percentile_window()
+
+    def _percentile_window(self) -> tuple[float, float]:
+        """A per-file window from a few samples spread over the file: one scale for every thumbnail."""
+        picks = np.unique(np.linspace(0, self.n_complete - 1, min(WINDOW_SAMPLES, self.n_complete)).astype(int))
+        values = np.concatenate([self._read(int(i))[0].ravel() for i in picks])
+        lo, hi = np.percentile(np.nan_to_num(values), (0.5, 99.5))
+        return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+    def _read(self, sample: int) -> tuple[np.ndarray, np.ndarray | None]:
+        images, masks = self._images, self._masks
+        if images is None:
+            raise OSError("file is closed")
+        if self.volume:
+            mid = images.shape[2] // 2  # central axial slice
+            return images[sample, :, mid], (None if masks is None else masks[sample, mid])
+        return images[sample], (None if masks is None else masks[sample])
+
+    # ---- filter and lookup ----
+    def _matching(self, lo: int, hi: int) -> np.ndarray:
+        if self.class_filter is None or self.labels is None:
+            return np.arange(lo, hi, dtype=np.int64)
+        return lo + np.flatnonzero(self.labels[lo:hi] == self.class_filter).astype(np.int64)
+
+    def set_class_filter(self, cls: int | None) -> None:
+        self.beginResetModel()
+        self.class_filter = cls
+        self.rows = self._matching(0, self.n_complete)
+        self._queue.clear()
+        self._ahead = []
+        self.endResetModel()
+
+    def class_counts(self) -> np.ndarray:
+        if self.labels is None:
+            return np.zeros(0, np.int64)
+        top = max(len(self.class_names), int(self.labels.max()) + 1 if len(self.labels) else 0)
+        return np.bincount(self.labels[self.labels >= 0], minlength=top)
+
+    def class_name(self, cls: int) -> str:
+        return self.class_names[cls] if 0 <= cls < len(self.class_names) else f"class {cls}"
+
+    def row_of(self, sample: int) -> int:
+        i = int(np.searchsorted(self.rows, sample))
+        return i if i < len(self.rows) and self.rows[i] == sample else -1
+
+    def sample_at(self, row: int) -> int:
+        return int(self.rows[row])
+
+    # ---- thumbnails ----
+    def set_size(self, size: int) -> None:
+        self.size = int(size)
+        self._cache.clear()
+        self._queue.clear()
+        self._ahead = []
+        if len(self.rows):
+            self.dataChanged.emit(self.index(0), self.index(len(self.rows) - 1), [Qt.ItemDataRole.DecorationRole])
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def has_thumbnail(self, sample: int) -> bool:
+        return sample in self._cache
+
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def render(self, sample: int) -> QImage:
+        """The thumbnail of one sample, read and drawn now (the view's path goes through the queue)."""
+        image, mask = self._read(sample)
+        if mask is not None:
+            self._present[sample] = tuple(int(v) for v in np.unique(mask) if v > 0)
+        return render_thumbnail(image, mask, self.window or (0.0, 1.0), self.size, self.aspect)
+
+    def _error_pixmap(self) -> QPixmap:
+        pix = QPixmap(self.size, self.size)
+        pix.fill(QColor(60, 20, 20))
+        p = QPainter(pix)
+        p.setPen(QPen(QColor(220, 80, 80), 2))
+        p.drawLine(8, 8, self.size - 8, self.size - 8)
+        p.drawLine(self.size - 8, 8, 8, self.size - 8)
+        p.end()
+        return pix
+
+    def prefetch(self, rows: Iterable[int]) -> None:
+        """Load these rows while the user is idle, after anything the view asks for."""
+        self._ahead = [s for s in (int(self.rows[r]) for r in rows if 0 <= r < len(self.rows))
+                       if s not in self._cache]
+        if self._ahead and not self._timer.isActive():
+            self._timer.start()
+
+    def _load_some(self) -> None:
+        start = time.perf_counter()
+        done: list[int] = []
+        visible = bool(self._queue)
+        while self._queue and time.perf_counter() - start < LOAD_BUDGET_S:
+            # Newest request first: those are what the view shows now after a fast scroll.
+            sample, _ = self._queue.popitem(last=True)
+            row = self.row_of(sample)
+            if row < 0 or sample in self._cache or not self.wanted(row):
+                continue
+            self._load(sample)
+            done.append(row)
+        # Prefetch in shorter slices: it must never delay a scroll the user is making.
+        while not self._queue and self._ahead and time.perf_counter() - start < PREFETCH_BUDGET_S:
+            sample = self._ahead.pop(0)
+            if sample not in self._cache and self.row_of(sample) >= 0:
+                self._load(sample)
+        if done:
+            self.dataChanged.emit(self.index(min(done)), self.index(max(done)), [Qt.ItemDataRole.DecorationRole])
+        if self._queue or self._ahead:
+            self._timer.start()
+        if visible and not self._queue:
+            self.loaded.emit()
+
+    def _load(self, sample: int) -> None:
+        try:
+            pix = QPixmap.fromImage(self.render(sample))
+        except (OSError, KeyError, ValueError, IndexError):
+            pix = self._error_pixmap()  # a damaged chunk shows as a red cross, the rest still loads
+        self._store(sample, pix)
+
+    def _store(self, sample: int, pix: QPixmap) -> None:
+        self._cache[sample] = pix
+        per_item = max(1, pix.width() * pix.height() * 4)
+        limit = max(64, min(CACHE_ITEMS, CACHE_BYTES // per_item))
+        while len(self._cache) > limit:
+            old, _ = self._cache.popitem(last=False)
+            self._present.pop(old, None)
+
+    # ---- Qt model API ----
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid() or not 0 <= index.row() < len(self.rows):
+            return None
+        sample = int(self.rows[index.row()])
+        if role == Qt.ItemDataRole.DecorationRole:
+            pix = self._cache.get(sample)
+            if pix is not None:
+                self._cache.move_to_end(sample)
+                return pix
+            if self.file is not None:
+                self._queue[sample] = None
+                self._queue.move_to_end(sample)
+                while len(self._queue) > 1024:
+                    self._queue.popitem(last=False)
+                if not self._timer.isActive():
+                    self._timer.start()
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            # Starts with the index so that typing a number in the view jumps to that sample.
+            if self.labels is None:
+                return f"{sample}"
+            return f"{sample} · {self.class_name(int(self.labels[sample]))}"
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(sample)
+        if role == self.SampleRole:
+            return sample
+        return None
+
+    def _tooltip(self, sample: int) -> str:
+        lines = [f"Sample #{sample}"]
+        if self.labels is not None:
+            lines.append(f"Class: {self.class_name(int(self.labels[sample]))}")
+        if self.seeds is not None and sample < len(self.seeds):
+            lines.append(f"Seed: {int(self.seeds[sample])}")
+        present = self._present.get(sample)
+        if present is not None:
+            names = [f"{self.label_names.get(k, f'label {k}')} ({COLOUR_NAMES[(k - 1) % len(COLOUR_NAMES)]})"
+                     for k in present]
+            lines.append("Outlines: " + (", ".join(names) if names else "none"))
+        lines.append("Double-click or press Enter to open")
+        return "\n".join(lines)
+
+
