@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -158,13 +159,13 @@ class TrainPanel(QWidget):
         outer.addWidget(self.plot, 1)
 
         previews = QGroupBox("Previews (EMA weights, DDIM 25 steps)")
-        self.preview_row = QHBoxLayout(previews)
+        grid = QGridLayout(previews)
         self.preview_labels = [QLabel() for _ in range(8)]
-        for lab in self.preview_labels:
+        for i, lab in enumerate(self.preview_labels):
             lab.setFixedSize(72, 72)
             lab.setAlignment(Qt.AlignmentFlag.AlignCenter)
             lab.setStyleSheet("background: #111; border: 1px solid #333;")
-            self.preview_row.addWidget(lab)
+            grid.addWidget(lab, i // 4, i % 4)
         self.preview_caption = QLabel("—")
         outer.addWidget(previews)
         outer.addWidget(self.preview_caption)

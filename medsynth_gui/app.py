@@ -1,0 +1,48 @@
+"""Starts the desktop app: `medsynth`, `medsynth gui [FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def dark_palette(app: object) -> None:
+    """A dark theme: radiology reading rooms are dim, and images read better on dark grey."""
+    from PySide6.QtGui import QColor, QPalette
+
+    p = QPalette()
+    base, text = QColor(37, 37, 40), QColor(225, 225, 225)
+    for role, color in ((QPalette.ColorRole.Window, QColor(45, 45, 48)), (QPalette.ColorRole.WindowText, text),
+                        (QPalette.ColorRole.Base, base), (QPalette.ColorRole.AlternateBase, QColor(50, 50, 54)),
+                        (QPalette.ColorRole.Text, text), (QPalette.ColorRole.Button, QColor(58, 58, 62)),
+                        (QPalette.ColorRole.ButtonText, text), (QPalette.ColorRole.Highlight, QColor(42, 130, 218)),
+                        (QPalette.ColorRole.HighlightedText, QColor(255, 255, 255)),
+                        (QPalette.ColorRole.ToolTipBase, base), (QPalette.ColorRole.ToolTipText, text),
+                        (QPalette.ColorRole.PlaceholderText, QColor(130, 130, 130))):
+        p.setColor(role, color)
+    p.setColor(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text, QColor(120, 120, 120))
+    p.setColor(QPalette.ColorGroup.Disabled, QPalette.ColorRole.ButtonText, QColor(120, 120, 120))
+    app.setPalette(p)  # type: ignore[attr-defined]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medsynth gui", description="Open the MedSynth desktop app.")
+    parser.add_argument("file", nargs="?", help="a file or folder to open")
+    args = parser.parse_args(list(argv or []))
+
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("MedSynth")
+    app.setApplicationName("MedSynth")
+    app.setStyle("Fusion")
+    dark_palette(app)
+
+    from medsynth_gui.main_window import MainWindow
+
+    win = MainWindow()
+    win.show()
+    if args.file:
+        win.open_path(args.file)
+    return app.exec()

@@ -1,0 +1,334 @@
+"""The main window: viewer, gallery and compare in the centre; train and generate panels docked."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QStackedWidget,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine import __version__
+from engine.config import RESOURCES
+from engine.errors import InputError
+from medsynth_gui.gallery import Gallery
+from medsynth_gui.loaders import Displayable, h5_sample, nifti_volume
+from medsynth_gui.panels.generate_panel import GeneratePanel
+from medsynth_gui.panels.train_panel import TrainPanel
+from medsynth_gui.viewer import CompareView, Viewer
+
+DEMO_DIR = RESOURCES / "demo"
+MAX_RECENT = 10
+SHORTCUTS = [
+    ("Mouse wheel, Up/Down", "next / previous slice"),
+    ("Page Up / Page Down", "jump ten slices"),
+    ("Left click, Shift + move", "set the crosshair in all views"),
+    ("Ctrl + wheel", "zoom"),
+    ("Middle drag", "pan"),
+    ("Right drag", "window (left-right) and level (up-down)"),
+    ("w", "window/level mode for the left button"),
+    ("g", "show / hide the mask overlay"),
+    ("r", "reset zoom and pan"),
+    ("Ctrl+O", "open a file"),
+]
+
+
+def user_dir() -> Path:
+    d = Path.home() / "MedSynth"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+class MainWindow(QMainWindow):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle(f"MedSynth {__version__}")
+        self.setAcceptDrops(True)
+        self.settings = QSettings()
+        self.current: Displayable | None = None
+        self.current_ref: tuple[str, int] | None = None
+        self._build_centre()
+        self._build_docks()
+        self._build_menus()
+        self.statusBar().showMessage("Open a file, drop one here, or try the demo.")
+        self.viewer.readout.connect(self.statusBar().showMessage)
+        self.gallery.sample_activated.connect(self.open_sample)
+        self.gallery.failed.connect(lambda message: self.show_error(message))
+        self.train.run_finished.connect(self.generate.set_checkpoint)
+        self.generate.file_started.connect(self._generation_started)
+        self.generate.file_progress.connect(lambda _p: self.gallery.refresh())
+        self.generate.file_done.connect(lambda p: (self.gallery.refresh(), self._remember(p)))
+        geometry = self.settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1500, 900)
+        state = self.settings.value("window/state")
+        self._sized_docks = state is not None and self.restoreState(state)
+        # Tests replace this to answer the close question without a modal dialog.
+        self.confirm = lambda title, text: QMessageBox.question(self, title, text) == QMessageBox.StandardButton.Yes
+
+    # -- layout -------------------------------------------------------------------------
+    def _build_centre(self) -> None:
+        self.stack = QStackedWidget()
+        self.welcome = self._welcome_page()
+        self.tabs = QTabWidget()
+        self.viewer = Viewer()
+        self.gallery = Gallery()
+        self.compare = CompareView()
+        compare_page = QWidget()
+        lay = QVBoxLayout(compare_page)
+        buttons = QHBoxLayout()
+        left_btn = QPushButton("Current sample → left")
+        right_btn = QPushButton("Current sample → right")
+        left_btn.clicked.connect(lambda: self._to_compare("left"))
+        right_btn.clicked.connect(lambda: self._to_compare("right"))
+        buttons.addWidget(left_btn)
+        buttons.addWidget(right_btn)
+        buttons.addStretch(1)
+        lay.addLayout(buttons)
+        lay.addWidget(self.compare, 1)
+        self.tabs.addTab(self.viewer, "Viewer")
+        self.tabs.addTab(self.gallery, "Gallery")
+        self.tabs.addTab(compare_page, "Compare")
+        self.stack.addWidget(self.welcome)
+        self.stack.addWidget(self.tabs)
+        self.setCentralWidget(self.stack)
+
+    def _welcome_page(self) -> QWidget:
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        lay.addStretch(1)
+        title = QLabel("<h1>MedSynth</h1><p>Train diffusion models on your own medical images and "
+                       "generate synthetic, labeled data.</p>")
+        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        lay.addWidget(title)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        demo = QPushButton("Open the demo")
+        demo.setToolTip("A small phantom dataset with lesion masks and a demo model: generate in seconds")
+        demo.clicked.connect(self.open_demo)
+        open_btn = QPushButton("Open a file…")
+        open_btn.clicked.connect(self.open_dialog)
+        for b in (demo, open_btn):
+            b.setMinimumSize(180, 44)
+            row.addWidget(b)
+        row.addStretch(1)
+        lay.addLayout(row)
+        hint = QLabel("MedSynth HDF5 · NIfTI · MedMNIST .npz · image folders — or drop a file here")
+        hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        hint.setStyleSheet("color: #999;")
+        lay.addWidget(hint)
+        lay.addStretch(2)
+        return page
+
+    def _build_docks(self) -> None:
+        self.train = TrainPanel()
+        self.generate = GeneratePanel()
+        self.train_dock = QDockWidget("Train", self)
+        self.train_dock.setObjectName("train_dock")
+        self.train_dock.setWidget(self.train)
+        self.generate_dock = QDockWidget("Generate", self)
+        self.generate_dock.setObjectName("generate_dock")
+        self.generate_dock.setWidget(self.generate)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.train_dock)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.generate_dock)
+        self.tabifyDockWidget(self.train_dock, self.generate_dock)
+        self.generate_dock.raise_()
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        act = QAction("&Open…", self, shortcut=QKeySequence.StandardKey.Open, triggered=self.open_dialog)
+        file_menu.addAction(act)
+        file_menu.addAction(QAction("Open &folder…", self, triggered=self.open_folder_dialog))
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        self._refresh_recent()
+        file_menu.addAction(QAction("Open the &demo", self, triggered=self.open_demo))
+        file_menu.addSeparator()
+        file_menu.addAction(QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close))
+        view_menu = self.menuBar().addMenu("&View")
+        view_menu.addAction(self.train_dock.toggleViewAction())
+        view_menu.addAction(self.generate_dock.toggleViewAction())
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(QAction("&Keyboard shortcuts", self, shortcut="F1", triggered=self.show_shortcuts))
+        help_menu.addAction(QAction("&About MedSynth", self, triggered=self.show_about))
+
+    # -- opening ------------------------------------------------------------------------
+    def open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open", str(self.settings.value("open/dir", "")),
+                                              "Medical images (*.h5 *.hdf5 *.nii *.nii.gz *.npz);;All files (*)")
+        if path:
+            self.open_path(path)
+
+    def open_folder_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open folder", str(self.settings.value("open/dir", "")))
+        if path:
+            self.open_path(path)
+
+    def open_path(self, path: str | Path) -> bool:
+        """Open anything MedSynth reads; errors go to a message, never a traceback."""
+        p = Path(path)
+        self.settings.setValue("open/dir", str(p.parent))
+        try:
+            if p.suffix in (".h5", ".hdf5"):
+                if not self.gallery.open_file(str(p)):
+                    return False  # the gallery has said why, through its failed signal
+                self.stack.setCurrentWidget(self.tabs)
+                self.tabs.setCurrentWidget(self.gallery)
+                if self.gallery.count():
+                    self.open_sample(str(p), 0, switch=False)
+            elif p.name.endswith((".nii", ".nii.gz")):
+                self.show_image(nifti_volume(p))
+            else:
+                self._open_as_dataset(p)
+        except InputError as exc:
+            self.show_error(str(exc))
+            return False
+        self._remember(str(p))
+        return True
+
+    def _open_as_dataset(self, p: Path) -> None:
+        """npz and image folders: read through the engine, then browse as a MedSynth file."""
+        from engine.data import load_images
+        from engine.store import write_image_set
+
+        data = load_images(p)
+        cache = Path(tempfile.gettempdir()) / "medsynth-view"
+        cache.mkdir(exist_ok=True)
+        out = cache / (p.name.replace(".", "_") + ".h5")
+        write_image_set(out, data, overwrite=True)
+        self.gallery.open_file(str(out))
+        self.stack.setCurrentWidget(self.tabs)
+        self.tabs.setCurrentWidget(self.gallery)
+
+    def open_sample(self, path: str, index: int, switch: bool = True) -> None:
+        try:
+            shown = h5_sample(path, index)
+        except InputError as exc:
+            self.show_error(str(exc))
+            return
+        self.current_ref = (path, index)
+        self.show_image(shown, switch=switch)
+
+    def show_image(self, d: Displayable, switch: bool = True) -> None:
+        self.current = d
+        self.viewer.set_image(d.image, mask=d.mask, affine=d.affine, spacing=d.spacing,
+                              label_names=d.label_names, units=d.units, title=d.title)
+        self.stack.setCurrentWidget(self.tabs)
+        if switch:
+            self.tabs.setCurrentWidget(self.viewer)
+
+    def _to_compare(self, side: str) -> None:
+        d = self.current
+        if d is None:
+            self.show_error("Open a sample first (double-click one in the gallery).")
+            return
+        setter = self.compare.set_left if side == "left" else self.compare.set_right
+        setter(d.image, mask=d.mask, affine=d.affine, spacing=d.spacing, label_names=d.label_names,
+               units=d.units, title=d.title)
+
+    def open_demo(self) -> None:
+        data = DEMO_DIR / "phantoms.h5"
+        run = DEMO_DIR / "run"
+        if not data.exists():
+            self.show_error(f"{data}: the bundled demo data is missing from this installation")
+            return
+        self.open_path(data)
+        if run.exists():
+            self.generate.set_checkpoint(str(run))
+        self.generate.out_edit.setText(str(self._fresh_name(user_dir() / "demo-synthetic.h5")))
+        self.train.data_edit.setText(str(data))
+        self.train.run_edit.setText(str(self._fresh_name(user_dir() / "demo-run")))
+        self.generate_dock.raise_()
+        self.statusBar().showMessage("Demo: phantom images with lesion masks. Press Generate to make new ones.")
+
+    @staticmethod
+    def _fresh_name(path: Path) -> Path:
+        if not path.exists():
+            return path
+        stem, suffix = (path.stem, path.suffix) if path.suffix == ".h5" else (path.name, "")
+        i = 2
+        while path.with_name(f"{stem}-{i}{suffix}").exists():
+            i += 1
+        return path.with_name(f"{stem}-{i}{suffix}")
+
+    def _generation_started(self, path: str) -> None:
+        self.gallery.open_file(path)
+        self.stack.setCurrentWidget(self.tabs)
+        self.tabs.setCurrentWidget(self.gallery)
+
+    # -- recent files -------------------------------------------------------------------
+    def _recent(self) -> list[str]:
+        value = self.settings.value("recent", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _remember(self, path: str) -> None:
+        items = [path] + [p for p in self._recent() if p != path]
+        self.settings.setValue("recent", items[:MAX_RECENT])
+        self._refresh_recent()
+
+    def _refresh_recent(self) -> None:
+        self.recent_menu.clear()
+        items = self._recent()
+        for path in items:
+            self.recent_menu.addAction(QAction(path, self, triggered=lambda _=False, p=path: self.open_path(p)))
+        self.recent_menu.setEnabled(bool(items))
+
+    # -- messages -----------------------------------------------------------------------
+    def show_error(self, text: str) -> None:
+        self.statusBar().showMessage(text, 15000)
+        if self.isVisible() and not getattr(self, "quiet_errors", False):
+            QMessageBox.warning(self, "MedSynth", text)
+
+    def show_shortcuts(self) -> None:
+        rows = "".join(f"<tr><td><b>{k}</b></td><td>&nbsp;&nbsp;{v}</td></tr>" for k, v in SHORTCUTS)
+        QMessageBox.information(self, "Keyboard shortcuts", f"<table>{rows}</table>")
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About MedSynth", f"MedSynth {__version__}<br>Synthetic, labeled medical images "
+                          "from diffusion models trained on your own data.")
+
+    def showEvent(self, event: object) -> None:
+        super().showEvent(event)
+        if not self._sized_docks:
+            # Docks only take a width once the window has its own; the images get the rest.
+            self._sized_docks = True
+            self.resizeDocks([self.train_dock], [min(480, self.width() // 3)], Qt.Orientation.Horizontal)
+
+    # -- drag and drop, closing ---------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        for url in event.mimeData().urls():
+            if url.isLocalFile():
+                self.open_path(url.toLocalFile())
+                break
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.train.runner.running:
+            if not self.confirm("Training is running", "Stop training, save a checkpoint and quit?"):
+                event.ignore()
+                return
+            self.train.runner.stop()
+            self.train.runner.wait()
+        if self.generate.runner.running:
+            self.generate.runner.stop()
+            self.generate.runner.wait()
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        event.accept()
