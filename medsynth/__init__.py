@@ -6,19 +6,25 @@ headless node without Qt libraries.
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import sys
 from collections.abc import Sequence
+
+
+def _no_display() -> bool:
+    """On Linux without X11/Wayland, Qt aborts the process; say so plainly instead."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] == "gui":
-        if importlib.util.find_spec("medsynth_gui") is None:
-            # Until the desktop app lands, no arguments runs the headless demo.
-            from engine.cli import main as cli_main
-
-            return cli_main(["demo"] if not args else ["--help"])
+        if _no_display():
+            print("medsynth: error: no display found (DISPLAY / WAYLAND_DISPLAY unset); the desktop app needs "
+                  "one. Run `medsynth demo` for the headless demo, or `medsynth --help`.", file=sys.stderr)
+            return 2
         from medsynth_gui.app import main as gui_main
 
         return gui_main(args[1:])
