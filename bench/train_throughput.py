@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -83,8 +84,21 @@ def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextli
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def bare_loop(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: torch.device) -> float:
-    """images/s of the minimum training step: sample, noise, forward, loss, backward, AdamW."""
+@dataclass
+class Rate:
+    images_per_s: float  # wall clock: what a user waits for
+    # Process CPU time: on a machine shared with other jobs it moves far less than wall time, so it
+    # tells engine overhead from the neighbours' load. Only with one torch thread, though: with more,
+    # threads waiting at a barrier for a descheduled sibling spin and bill CPU time too. CPU only.
+    images_per_cpu_s: float
+
+
+def rate(images: int, wall: float, cpu: float) -> Rate:
+    return Rate(images / wall, images / max(cpu, 1e-9))
+
+
+def bare_loop(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: torch.device) -> Rate:
+    """Throughput of the minimum training step: sample, noise, forward, loss, backward, AdamW."""
     cfg, tensors = resolved(cfg, data)
     tc = cfg.train
     x_all = tensors.x.to(device)
@@ -101,11 +115,11 @@ def bare_loop(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: t
     # One generator on the device: the cheapest way to draw the same kinds of random numbers.
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     n, b = x_all.shape[0], tc.batch
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
         idx = torch.randint(n, (b,), generator=gen, device=device)
         x0 = x_all[idx]
         noise = torch.randn(x0.shape, generator=gen, device=device)
@@ -125,27 +139,26 @@ def bare_loop(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: t
         opt.step()
         opt.zero_grad(set_to_none=True)
     sync(device)
-    return steps * b / (time.perf_counter() - t0)
+    return rate(steps * b, time.perf_counter() - t0, time.process_time() - c0)
 
 
 @dataclass
-class EngineResult:
-    images_per_s: float  # between the Progress events after warm-up and after the last step
-    logged_images_per_s: float | None  # loss.jsonl's own figure, as a cross-check
+class EngineRate(Rate):
+    logged_images_per_s: float | None = None  # loss.jsonl's own figure, as a cross-check
 
 
 def engine_run(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: torch.device,
-               threads: int) -> EngineResult:
+               threads: int) -> EngineRate:
     """images/s of TrainJob itself, timed between Progress events so setup and the final save are out."""
     cfg = copy.deepcopy(cfg)
     cfg.train.steps = warmup + steps
     cfg.train.checkpoint_every = warmup + steps + 1
-    marks: dict[int, float] = {}
+    marks: dict[int, tuple[float, float]] = {}
 
     def emit(event: Event) -> None:
         if isinstance(event, Progress) and event.stage == "train" and event.done in (warmup, warmup + steps):
             sync(device)
-            marks[event.done] = time.perf_counter()
+            marks[event.done] = (time.perf_counter(), time.process_time())
             # A library that quietly changed the thread count would make the comparison meaningless.
             if torch.get_num_threads() != threads:
                 raise RuntimeError(f"torch threads changed to {torch.get_num_threads()} inside TrainJob")
@@ -156,8 +169,9 @@ def engine_run(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: 
         rows = [json.loads(ln) for ln in (run_dir / "loss.jsonl").read_text().splitlines() if ln]
     # The first logged window holds the warm-up steps; the rest are steady state.
     steady = [r["images_per_s"] for r in rows[1:]]
-    ips = steps * cfg.train.batch / (marks[warmup + steps] - marks[warmup])
-    return EngineResult(ips, statistics.median(steady) if steady else None)
+    (t0, c0), (t1, c1) = marks[warmup], marks[warmup + steps]
+    r = rate(steps * cfg.train.batch, t1 - t0, c1 - c0)
+    return EngineRate(r.images_per_s, r.images_per_cpu_s, statistics.median(steady) if steady else None)
 
 
 def flops_per_image(cfg: RunConfig, data: ImageSet, device: torch.device) -> float:
@@ -178,8 +192,12 @@ def flops_per_image(cfg: RunConfig, data: ImageSet, device: torch.device) -> flo
     return counter.get_total_flops() / b
 
 
-def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Best GFLOP/s of an n x n torch.mm: roughly the most this device does for dense math."""
+def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """Best GFLOP/s of an n x n torch.mm: roughly the most this device does for dense math.
+
+    Best of several, as for the loops: with fewer, a busy neighbour can push the measured
+    limit below what the training loops reached at their best, and the share above 100%.
+    """
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)  # first call pays for library initialisation
@@ -199,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=30, help="timed steps per repetition")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed window")
     ap.add_argument("--batch", type=int, default=None, help="default: the preset's batch")
-    ap.add_argument("--repeats", type=int, default=2, help="repetitions of each loop, alternated")
+    ap.add_argument("--repeats", type=int, default=3, help="repetitions of each loop, alternated")
     ap.add_argument("--images", type=int, default=256, help="phantoms in the training set")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
@@ -214,46 +232,67 @@ def main(argv: list[str] | None = None) -> None:
     cfg = make_config(args.preset, args.warmup + args.steps, batch, args.device)
     data = make_phantoms(args.images, size=cfg.model.image_size, seed=0)
 
-    bare: list[float] = []
-    engine: list[EngineResult] = []
+    load_before = os.getloadavg()[0]
+    # First, so that one-time library set-up (oneDNN/BLAS kernels, allocator growth) falls on
+    # neither loop; it would otherwise count against whichever runs first.
+    fpi = flops_per_image(cfg, data, device)
+    sgemm = gemm_rate(device, torch.float32)
+    bare: list[Rate] = []
+    engine: list[EngineRate] = []
     for rep in range(args.repeats):
         bare.append(bare_loop(cfg, data, args.warmup, args.steps, device))
         engine.append(engine_run(cfg, data, args.warmup, args.steps, device, threads))
-        print(f"repetition {rep + 1}/{args.repeats}: bare {bare[-1]:.1f} images/s, "
+        print(f"repetition {rep + 1}/{args.repeats}: bare {bare[-1].images_per_s:.1f} images/s, "
               f"engine {engine[-1].images_per_s:.1f} images/s", flush=True)
+    load_after = os.getloadavg()[0]
 
-    fpi = flops_per_image(cfg, data, device)
-    sgemm = gemm_rate(device, torch.float32)
+    # Again after, keeping the best: one busy moment must not set the machine's limit.
+    sgemm = max(sgemm, gemm_rate(device, torch.float32))
     mp = mixed_precision(cfg.train.mixed_precision, device.type)
     # Under autocast the GPU's limit is the half-precision rate, not sgemm.
     half = gemm_rate(device, torch.bfloat16 if mp == "bf16" else torch.float16) if mp != "no" else None
 
-    bare_best = max(bare)
-    engine_ips = [e.images_per_s for e in engine]
-    engine_best = max(engine_ips)
-    logged = [e.logged_images_per_s for e in engine if e.logged_images_per_s is not None]
+    def row(name: str, values: list[float], fmt: str = "12.1f") -> None:
+        print(f"{name:32s}{max(values):{fmt}}{statistics.median(values):{fmt}}")
+
+    bare_best = max(r.images_per_s for r in bare)
+    engine_best = max(r.images_per_s for r in engine)
+    logged = [r.logged_images_per_s for r in engine if r.logged_images_per_s is not None]
+    cores = os.cpu_count() or 1
 
     print()
     print(f"preset {args.preset}, {cfg.model.image_size} px, batch {batch}, device {device}, "
           f"torch threads {threads}, precision {mp}, {args.steps} timed steps after {args.warmup} warm-up, "
           f"{args.repeats} repetitions each")
-    print(f"{'':30s}{'best':>12s}{'median':>12s}")
-    print(f"{'bare loop images/s':30s}{bare_best:12.1f}{statistics.median(bare):12.1f}")
-    print(f"{'engine images/s':30s}{engine_best:12.1f}{statistics.median(engine_ips):12.1f}")
+    print(f"load average {load_before:.1f} before, {load_after:.1f} after, on {cores} CPU cores")
+    if load_before > 0.5 * cores:
+        # Other processes were already running: wall-clock figures are theirs as much as ours.
+        print("warning: the machine was busy before the benchmark started: wall-clock rows carry that load, "
+              "the CPU-time rows much less so (least with --threads 1)")
+    print(f"{'':32s}{'best':>12s}{'median':>12s}")
+    row("bare loop images/s", [r.images_per_s for r in bare])
+    row("engine images/s", [r.images_per_s for r in engine])
     if logged:
-        print(f"{'engine images/s (loss.jsonl)':30s}{max(logged):12.1f}{statistics.median(logged):12.1f}")
-    print(f"{'GFLOP per training image':30s}{fpi / 1e9:12.3f}")
-    print(f"{'sgemm GFLOP/s (2048 fp32)':30s}{sgemm:12.1f}")
+        row("engine images/s (loss.jsonl)", logged)
+    if device.type == "cpu":
+        row("bare loop images/CPU-s", [r.images_per_cpu_s for r in bare])
+        row("engine images/CPU-s", [r.images_per_cpu_s for r in engine])
+    print(f"{'GFLOP per training image':32s}{fpi / 1e9:12.3f}")
+    print(f"{'sgemm GFLOP/s (2048 fp32)':32s}{sgemm:12.1f}")
     limit = sgemm
     if half is not None:
-        print(f"{f'{mp} gemm GFLOP/s (2048)':30s}{half:12.1f}")
+        print(f"{f'{mp} gemm GFLOP/s (2048)':32s}{half:12.1f}")
         limit = half
-    for name, ips in (("bare loop", bare_best), ("engine", engine_best)):
+    print(f"{'':32s}{'GFLOP/s':>12s}{'share':>12s}")
+    for name, ips in (("bare loop (best)", bare_best), ("engine (best)", engine_best)):
         achieved = ips * fpi / 1e9
-        print(f"{name + ' GFLOP/s (share)':30s}{achieved:12.1f}{achieved / limit:11.1%}")
+        print(f"{name:32s}{achieved:12.1f}{achieved / limit:12.1%}")
+    if device.type == "cpu":
+        cpu_ratio = max(r.images_per_cpu_s for r in engine) / max(r.images_per_cpu_s for r in bare)
+        print(f"engine/bare CPU-time ratio: {cpu_ratio:.2f} (engine overhead {(1 / cpu_ratio - 1) * 100:.1f}%)")
     ratio = engine_best / bare_best
+    # Overhead as extra time per image: 1/ratio - 1, so 0.97 reads as 3.1%.
     print(f"engine/bare throughput ratio: {ratio:.2f} (engine overhead {(1 / ratio - 1) * 100:.1f}%)")
-
 
 if __name__ == "__main__":
     main()
