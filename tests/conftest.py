@@ -6,6 +6,9 @@ import os
 
 # A QApplication without a display aborts the whole process; GUI tests run offscreen.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Test models are tiny: one thread each is faster than two threads fighting over two cores,
+# and subprocesses (the CLI, two-process training) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -46,7 +46,8 @@ def double_click(qtbot, view, pos) -> None:
 def settle(qtbot, g: Gallery) -> None:
     """Let the view paint and the lazy loader drain."""
     qtbot.wait(10)
-    qtbot.waitUntil(lambda: g.pending_thumbnails() == 0, timeout=5000)
+    # Painting requests the thumbnails; on a busy machine the first paint can come late.
+    qtbot.waitUntil(lambda: g.pending_thumbnails() == 0 and g.screen_loaded(), timeout=10000)
 
 
 def pixels(img: QImage) -> np.ndarray:
