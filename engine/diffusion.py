@@ -29,8 +29,11 @@ def sampler(name: str, tc: TrainConfig) -> DDPMScheduler | DDIMScheduler | DPMSo
     if name == "ddim":
         return DDIMScheduler(**common, timestep_spacing="trailing")
     if name == "dpm":
+        # Clipping lambda keeps the solver finite where the cosine schedule's alpha reaches ~0
+        # (diffusers documents -5.1 for squaredcos_cap_v2); without it samples blow up.
+        clip = -5.1 if tc.beta_schedule == "squaredcos_cap_v2" else float("-inf")
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                           timestep_spacing="trailing")
+                                           timestep_spacing="trailing", lambda_min_clipped=clip)
     raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
 
 
