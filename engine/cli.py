@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="sample i gets seed SEED+i")
     s.add_argument("--class", dest="class_index", type=int, default=None, help="generate only this class")
     s.add_argument("--class-mix", default=None, help='weights per class, e.g. "0:0.5,3:0.5"')
-    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--guidance", type=float, default=2.0,
+                   help="classifier-free guidance scale for class-conditional models (1 = none)")
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")

@@ -36,7 +36,8 @@ def run_demo(out: Path, *, steps: int | None = None, n: int = 64, view: Any = No
     if code:
         return code
     synth = out / "synthetic.h5"
-    code = run_job(SampleJob(run_dir, n, synth, sampler_name="ddim", steps=25, seed=0, overwrite=True), view)
+    code = run_job(SampleJob(run_dir, n, synth, sampler_name="dpm", steps=25, seed=0, guidance=2.0,
+                                  overwrite=True), view)
     if code:
         return code
     with h5py.File(synth, "r") as f:

@@ -75,7 +75,7 @@ class GeneratePanel(QWidget):
         self.mix_edit = QLineEdit()
         self.mix_edit.setPlaceholderText('optional weights, e.g. "0:0.5,3:0.5"')
         form.addRow("Class mix", self.mix_edit)
-        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=20.0, singleStep=0.5, value=1.0)
+        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=20.0, singleStep=0.5, value=2.0)
         self.guidance.setToolTip("classifier-free guidance; 1 = none, 2-4 = stronger class fidelity")
         form.addRow("Guidance", self.guidance)
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1)

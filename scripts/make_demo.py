@@ -1,0 +1,76 @@
+"""Rebuild the bundled demo: resources/demo/phantoms.h5 and the demo model in resources/demo/run/.
+
+The model is the `demo` preset trained on 512 phantoms for 1,500 steps (about 20
+minutes on two CPU cores with OMP_NUM_THREADS=1). Only the EMA weights, the state
+and the config ship (a few MB); the optimizer state stays out, so the bundled run
+samples but does not resume.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/make_demo.py [--from-run RUN_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import checkpoints  # noqa: E402
+from engine.config import RESOURCES, load_preset  # noqa: E402
+from engine.data.phantoms import make_phantoms  # noqa: E402
+from engine.store import read_image_set, write_image_set  # noqa: E402
+from engine.train import TrainJob  # noqa: E402
+
+DEMO = RESOURCES / "demo"
+STEPS = 1500
+
+
+def train(data: Path, run: Path) -> None:
+    cfg = load_preset("demo")
+    cfg.data.path = str(data)
+    cfg.train.steps = STEPS
+    cfg.train.ema_decay = 0.995
+    cfg.train.checkpoint_every = 250
+    cfg.train.preview_every = 0
+    TrainJob(cfg, run, data=read_image_set(data)).run(lambda ev: None, lambda: False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--from-run", type=Path, help="copy this finished run instead of training one")
+    args = parser.parse_args()
+    DEMO.mkdir(parents=True, exist_ok=True)
+    data = DEMO / "phantoms.h5"
+    if not data.exists():
+        write_image_set(data, make_phantoms(512, size=32, seed=0))
+    run = args.from_run or Path(tempfile.mkdtemp()) / "run"
+    if args.from_run is None:
+        train(data, run)
+    ckpt = checkpoints.latest(run)
+    if ckpt is None:
+        raise SystemExit(f"{run}: no checkpoint")
+    out = DEMO / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    target = out / "checkpoints" / ckpt.name
+    target.mkdir(parents=True)
+    for name in ("ema.safetensors", "state.json"):
+        shutil.copy2(ckpt / name, target / name)
+    # The bundled run points at the bundled data, wherever the app is installed.
+    state = checkpoints.read_state(target)
+    state["data_source"] = "resources/demo/phantoms.h5"
+    state["config"]["data"]["path"] = "resources/demo/phantoms.h5"
+    state.pop("optimizer_param_groups", None)
+    import json
+
+    (target / "state.json").write_text(json.dumps(state, indent=2))
+    shutil.copy2(run / "config.json", out / "config.json")
+    if (run / "loss.jsonl").exists():
+        shutil.copy2(run / "loss.jsonl", out / "loss.jsonl")
+    print(f"demo model: {target} ({sum(p.stat().st_size for p in target.iterdir()) / 2**20:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
