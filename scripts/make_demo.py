@@ -11,6 +11,7 @@ samples but does not resume.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -63,10 +64,10 @@ def main() -> None:
     state["data_source"] = "resources/demo/phantoms.h5"
     state["config"]["data"]["path"] = "resources/demo/phantoms.h5"
     state.pop("optimizer_param_groups", None)
-    import json
-
     (target / "state.json").write_text(json.dumps(state, indent=2))
-    shutil.copy2(run / "config.json", out / "config.json")
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["path"] = "resources/demo/phantoms.h5"
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     if (run / "loss.jsonl").exists():
         shutil.copy2(run / "loss.jsonl", out / "loss.jsonl")
     print(f"demo model: {target} ({sum(p.stat().st_size for p in target.iterdir()) / 2**20:.1f} MB)")
