@@ -31,19 +31,12 @@ from PySide6.QtWidgets import (
 
 from engine.errors import InputError
 from engine.store import attrs_dict, n_complete, open_file
+from medsynth_gui.viewer.colors import PALETTE, label_color
 
-# Outline colours for mask labels 1, 2, 3, ...: saturated hues that stay distinct on grey anatomy.
-LABEL_COLOURS: list[tuple[int, int, int]] = [
-    (255, 221, 0),    # 1 yellow
-    (0, 229, 255),    # 2 cyan
-    (255, 64, 255),   # 3 magenta
-    (255, 140, 0),    # 4 orange
-    (80, 255, 80),    # 5 green
-    (90, 140, 255),   # 6 blue
-    (255, 70, 70),    # 7 red
-    (255, 255, 255),  # 8 white
-]
-COLOUR_NAMES = ["yellow", "cyan", "magenta", "orange", "green", "blue", "red", "white"]
+# The viewer's palette (ITK-SNAP's order), so a label has one colour everywhere in the app.
+LABEL_COLOURS: list[tuple[int, int, int]] = list(PALETTE)
+COLOUR_NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple", "lime", "pink", "teal",
+                "brown"]
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 64, 192, 96
 CACHE_ITEMS = 2000
 CACHE_BYTES = 96 * 2**20  # 2,000 thumbnails at 192 px would be ~300 MB
@@ -54,7 +47,7 @@ POLL_MS = 1000
 
 
 def label_colour(label: int) -> tuple[int, int, int]:
-    return LABEL_COLOURS[(int(label) - 1) % len(LABEL_COLOURS)]
+    return label_color(int(label))
 
 
 def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:

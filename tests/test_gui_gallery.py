@@ -138,13 +138,13 @@ def test_thumbnail_brightness_follows_the_sample(gallery, tmp_path, phantoms32):
 def test_mask_outlines_in_label_colours(gallery, tmp_path, phantoms32):
     gallery.open_file(write_image_set(tmp_path / "ph.h5", phantoms32))
     masks = phantoms32.masks
-    yellow, cyan = LABEL_COLOURS[0], LABEL_COLOURS[1]
+    first, second = LABEL_COLOURS[0], LABEL_COLOURS[1]
     only1 = next(i for i in range(64) if set(np.unique(masks[i])) == {0, 1})
     only2 = next(i for i in range(64) if set(np.unique(masks[i])) == {0, 2})
     empty = next(i for i in range(64) if not masks[i].any())
     rgb1, rgb2, rgb0 = (pixels(gallery.thumbnail(i)) for i in (only1, only2, empty))
-    assert coloured(rgb1, yellow) > 5 and coloured(rgb1, cyan) == 0
-    assert coloured(rgb2, cyan) > 5 and coloured(rgb2, yellow) == 0
+    assert coloured(rgb1, first) > 5 and coloured(rgb1, second) == 0
+    assert coloured(rgb2, second) > 5 and coloured(rgb2, first) == 0
     spread = rgb0.astype(int).max(axis=2) - rgb0.astype(int).min(axis=2)
     assert spread.max() < 10  # a sample without lesions stays pure grey
 
