@@ -75,6 +75,15 @@ def describe(path: str | Path) -> str:
         return "\n".join(_run_dir(p))
     if p.suffix in (".h5", ".hdf5"):
         return "\n".join(_h5(p))
+    from engine.data.dicom import is_dicom_folder, read_dicom_series
+
+    if is_dicom_folder(p):
+        v = read_dicom_series(p)
+        import nibabel as nib
+
+        return (f"{p}: DICOM series ({v.modality}), volume {v.array.shape} voxels of "
+                f"{tuple(round(s, 3) for s in v.spacing)} mm, orientation {''.join(nib.aff2axcodes(v.affine))}, "
+                f"values {float(v.array.min()):.4g}..{float(v.array.max()):.4g} {v.units}")
     from engine.data import load_images
 
     s = load_images(p)

@@ -93,3 +93,10 @@ def nifti_volume(path: str | Path) -> Displayable:
     units = "HU" if float(np.percentile(data, 1)) < -500 else ""
     zooms = tuple(float(z) for z in img.header.get_zooms()[:data.ndim])
     return Displayable(data, mask, img.affine, zooms, label_names, units, p.name)
+
+
+def dicom_volume(folder: str | Path) -> Displayable:
+    from engine.data.dicom import read_dicom_series
+
+    v = read_dicom_series(folder)
+    return Displayable(v.array, None, v.affine, v.spacing, {}, v.units, Path(folder).name)

@@ -23,9 +23,10 @@ from PySide6.QtWidgets import (
 
 from engine import __version__
 from engine.config import RESOURCES
+from engine.data.dicom import is_dicom_folder
 from engine.errors import InputError
 from medsynth_gui.gallery import Gallery
-from medsynth_gui.loaders import Displayable, h5_sample, nifti_volume
+from medsynth_gui.loaders import Displayable, dicom_volume, h5_sample, nifti_volume
 from medsynth_gui.panels.generate_panel import GeneratePanel
 from medsynth_gui.panels.train_panel import TrainPanel
 from medsynth_gui.viewer import CompareView, Viewer
@@ -128,7 +129,7 @@ class MainWindow(QMainWindow):
             row.addWidget(b)
         row.addStretch(1)
         lay.addLayout(row)
-        hint = QLabel("MedSynth HDF5 · NIfTI · MedMNIST .npz · image folders — or drop a file here")
+        hint = QLabel("MedSynth HDF5 · NIfTI · DICOM series · MedMNIST .npz · image folders — or drop one here")
         hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         hint.setStyleSheet("color: #999;")
         lay.addWidget(hint)
@@ -192,6 +193,8 @@ class MainWindow(QMainWindow):
                     self.open_sample(str(p), 0, switch=False)
             elif p.name.endswith((".nii", ".nii.gz")):
                 self.show_image(nifti_volume(p))
+            elif is_dicom_folder(p):
+                self.show_image(dicom_volume(p))
             else:
                 self._open_as_dataset(p)
         except InputError as exc:
