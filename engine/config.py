@@ -27,6 +27,7 @@ class ModelConfig:
     attention_head_dim: int = 8
     dropout: float = 0.0
     # Filled from the data when training starts.
+    spatial_dims: int = 0
     in_channels: int = 0
     image_channels: int = 0
     mask_labels: int = 0

@@ -1,8 +1,9 @@
-"""Network construction from a resolved config (2D: diffusers UNet2DModel)."""
+"""Network construction from a resolved config: diffusers UNet2DModel in 2D, MONAI's 3D UNet in 3D."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 from diffusers import UNet2DModel
@@ -27,7 +28,22 @@ def null_class(cfg: RunConfig) -> int | None:
     return cfg.model.num_classes if cfg.model.num_classes > 0 else None
 
 
-def build_model(cfg: RunConfig) -> UNet2DModel:
+class MonaiUNet3D(torch.nn.Module):
+    """MONAI's 3D diffusion UNet behind the call signature of diffusers' UNet2DModel,
+    so training and sampling code does not care which one it drives."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> SimpleNamespace:
+        return SimpleNamespace(sample=self.net(x, timesteps, class_labels=class_labels))
+
+
+def build_model(cfg: RunConfig) -> torch.nn.Module:
+    if cfg.model.spatial_dims == 3:
+        return _build_3d(cfg)
     m = cfg.model
     in_ch, out_ch, _ = io_channels(cfg)
     levels = len(m.block_out_channels)
@@ -49,6 +65,26 @@ def build_model(cfg: RunConfig) -> UNet2DModel:
         # One extra embedding is the "no class" token for classifier-free guidance.
         num_class_embeds=(m.num_classes + 1) if m.num_classes > 0 else None,
     )
+
+
+def _build_3d(cfg: RunConfig) -> MonaiUNet3D:
+    from monai.networks.nets import DiffusionModelUNet
+
+    m = cfg.model
+    in_ch, out_ch, _ = io_channels(cfg)
+    levels = len(m.block_out_channels)
+    net = DiffusionModelUNet(
+        spatial_dims=3,
+        in_channels=in_ch,
+        out_channels=out_ch,
+        channels=tuple(m.block_out_channels),
+        num_res_blocks=m.layers_per_block,
+        attention_levels=tuple((list(m.attention_levels) + [False] * levels)[:levels]),
+        norm_num_groups=math.gcd(*m.block_out_channels, 32),
+        num_head_channels=m.attention_head_dim,
+        num_class_embeds=(m.num_classes + 1) if m.num_classes > 0 else None,
+    )
+    return MonaiUNet3D(net)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

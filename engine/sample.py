@@ -82,7 +82,8 @@ class Generator:
         size = self.cfg.model.image_size
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         lab = None if labels is None or self.null is None else torch.tensor(labels, dtype=torch.long)
-        x = denoise(self.model, sampler(sampler_name, self.cfg.train), steps, (self.out_channels, size, size),
+        shape = (self.out_channels,) + (size,) * max(self.cfg.model.spatial_dims, 2)
+        x = denoise(self.model, sampler(sampler_name, self.cfg.train), steps, shape,
                     gens, self.device, labels=lab, cond=cond, null_class=self.null, guidance=guidance,
                     autocast=self.autocast, on_step=on_step)
         if x is None:
@@ -145,7 +146,8 @@ class SampleJob:
         t0 = time.perf_counter()
         done = 0
         stopped = False
-        with SampleWriter(self.out, self.n, (c, size, size), masks=masks_out, labels=labels is not None,
+        dims = max(gen.cfg.model.spatial_dims, 2)
+        with SampleWriter(self.out, self.n, (c,) + (size,) * dims, masks=masks_out, labels=labels is not None,
                           class_names=gen.class_names,
                           label_names={int(k): v for k, v in (st.get("label_names") or {}).items()},
                           spacing=tuple(st["spacing"]) if st.get("spacing") else None,

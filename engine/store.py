@@ -160,15 +160,13 @@ def attrs_dict(f: h5py.File) -> dict[str, Any]:
 
 
 def read_image_set(path: str | Path) -> ImageSet:
-    """The complete samples of a MedSynth file as an ImageSet (2D files only for now)."""
+    """The complete samples of a MedSynth file (images or volumes) as an ImageSet."""
     with open_file(path) as f:
         n = n_complete(f)
         a = attrs_dict(f)
         images = f["images"][:n].astype(np.float32)
         masks = f["masks"][:n] if "masks" in f else None
         labels = f["labels"][:n].astype(np.int64) if "labels" in f else None
-    if images.ndim != 4:
-        raise InputError(path, f"holds {images.ndim - 2}D samples; this reader takes 2D images")
     norm = a.get("normalisation") or {}
     s = ImageSet(images=images, masks=masks, labels=labels, class_names=list(a.get("class_names") or []),
                  label_names={int(k): v for k, v in (a.get("label_names") or {}).items()},

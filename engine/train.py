@@ -87,6 +87,7 @@ def mixed_precision(requested: str, device: str) -> str:
 def complete_model_config(cfg: RunConfig, data: ImageSet) -> None:
     """Channel, label and class counts come from the data, not the preset."""
     cfg.model.image_channels = data.channels
+    cfg.model.spatial_dims = data.spatial_dims
     cfg.model.mask_labels = data.num_mask_labels if cfg.data.mask_mode != "none" else 0
     if data.masks is None:
         cfg.data.mask_mode = "none"
@@ -155,7 +156,8 @@ class TrainJob:
             checkpoints.load_optimizer(opt, checkpoints.read_weights(self.ckpt, "optimizer"),
                                        state["optimizer_param_groups"])
             start = int(state["step"])
-        if acc.device.type == "cuda":
+        channels_last = acc.device.type == "cuda" and x_all.dim() == 4
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
         model, opt = acc.prepare(model, opt)
         net = acc.unwrap_model(model)
@@ -164,6 +166,7 @@ class TrainJob:
         alphas = noise_sched.alphas_cumprod.to(acc.device)
         null = null_class(cfg)
         out_ch = io_channels(cfg)[1]
+        dims = max(cfg.model.spatial_dims, 2)
 
         facts = {
             "normalisation": norm.to_dict(), "class_names": data.class_names,
@@ -191,17 +194,20 @@ class TrainJob:
             return path
 
         def preview(step: int) -> None:
-            n = 8
+            n = 8 if dims == 2 else 2
             gens = [torch.Generator().manual_seed(tc.seed + i) for i in range(n)]
             labels = None if null is None else torch.arange(n) % max(cfg.model.num_classes, 1)
             cond = None if cond_all is None else cond_all[:n]
             net.eval()
             with ema_weights(net, ema):
-                x = denoise(net, sampler("ddim", tc), 25, (out_ch, cfg.model.image_size, cfg.model.image_size),
+                x = denoise(net, sampler("ddim", tc), 25, (out_ch,) + (cfg.model.image_size,) * dims,
                             gens, acc.device, labels=labels, cond=cond, null_class=null, guidance=1.0,
                             autocast=acc.autocast)
             net.train()
-            emit(Preview(step, norm.inverse(x[:, :cfg.model.image_channels]).cpu().numpy()))
+            images = norm.inverse(x[:, :cfg.model.image_channels]).cpu().numpy()
+            if dims == 3:
+                images = images[:, :, images.shape[2] // 2]  # previews show the central slice
+            emit(Preview(step, images))
 
         if not acc.is_main_process:
             emit = _only_done(emit)
@@ -210,6 +216,7 @@ class TrainJob:
                      f"{len(data)} images at {cfg.model.image_size} px, steps {start}->{tc.steps}"))
         model.train()
         n = x_all.shape[0]
+        bshape = (-1,) + (1,) * (x_all.dim() - 1)  # per-sample scalars broadcast over C and space
         t0, t_last, step_last = time.perf_counter(), time.perf_counter(), start
         running = torch.zeros((), device=acc.device)
         last_loss = last_ips = float("nan")
@@ -226,9 +233,9 @@ class TrainJob:
             noise = torch.randn(x0.shape, generator=g).to(acc.device)
             t = torch.randint(0, tc.num_train_timesteps, (tc.batch,), generator=g).to(acc.device)
             if tc.flip:
-                flip = (torch.rand(tc.batch, generator=g) < 0.5).to(acc.device).view(-1, 1, 1, 1)
+                flip = (torch.rand(tc.batch, generator=g) < 0.5).to(acc.device).view(bshape)
                 x0 = torch.where(flip, x0.flip(-1), x0)
-            a = alphas[t].view(-1, 1, 1, 1)
+            a = alphas[t].view(bshape)
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             target = noise if tc.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
             inp = noisy
@@ -242,7 +249,7 @@ class TrainJob:
                 labels = labels_all[idx]
                 drop = (torch.rand(tc.batch, generator=g) < tc.cfg_dropout).to(acc.device)
                 labels = torch.where(drop, torch.full_like(labels, null), labels)
-            if acc.device.type == "cuda":
+            if channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last)
             lr = lr_at(step, tc.lr, tc.warmup_steps)
             for group in opt.param_groups:

@@ -14,8 +14,9 @@ from engine.errors import InputError
 class ImageSet:
     """Images in their own units plus what is known about them.
 
-    images: float32 (N, C, H, W) in the data's units (not yet normalised), C = 1 or 3.
-    masks:  uint8 (N, H, W) label maps, 0 = background, or None.
+    images: float32 (N, C, H, W) or, for volumes, (N, C, D, H, W) in the data's units
+            (not yet normalised), C = 1 or 3.
+    masks:  uint8 (N, H, W) or (N, D, H, W) label maps, 0 = background, or None.
     labels: int64 (N,) class index, or None.
     """
 
@@ -37,8 +38,13 @@ class ImageSet:
         return int(self.images.shape[1])
 
     @property
-    def size(self) -> tuple[int, int]:
-        return int(self.images.shape[-2]), int(self.images.shape[-1])
+    def size(self) -> tuple[int, ...]:
+        """Spatial shape: (H, W) or (D, H, W)."""
+        return tuple(int(v) for v in self.images.shape[2:])
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.images.ndim - 2
 
     @property
     def num_classes(self) -> int:
@@ -72,8 +78,8 @@ def check_pair(image_path: str | Path, image_shape: tuple[int, ...], mask_path: 
 def validate(s: ImageSet) -> ImageSet:
     """Checks that hold for every reader's output; raises InputError naming the source."""
     src = s.source or None
-    if s.images.ndim != 4:
-        raise InputError(src, f"expected images of shape (N, C, H, W), got {s.images.shape}")
+    if s.images.ndim not in (4, 5):
+        raise InputError(src, f"expected images of shape (N, C, H, W) or (N, C, D, H, W), got {s.images.shape}")
     if len(s) == 0:
         raise InputError(src, "holds no images")
     if s.channels not in (1, 3):

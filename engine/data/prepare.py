@@ -70,11 +70,16 @@ def decode_masks(channels: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def resize(images: torch.Tensor, size: int, *, nearest: bool = False) -> torch.Tensor:
-    if images.shape[-1] == size and images.shape[-2] == size:
+    """(N, C, H, W) or (N, C, D, H, W) to an isotropic grid of `size` per axis."""
+    spatial = tuple(images.shape[2:])
+    target = (size,) * len(spatial)
+    if spatial == target:
         return images
     if nearest:
-        return F.interpolate(images, size=(size, size), mode="nearest-exact")
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return F.interpolate(images, size=target, mode="nearest-exact")
+    if len(spatial) == 3:
+        return F.interpolate(images, size=target, mode="trilinear", align_corners=False)
+    return F.interpolate(images, size=target, mode="bilinear", align_corners=False, antialias=True)
 
 
 @dataclass
