@@ -39,3 +39,23 @@ def test_3d_model_trains_and_samples_volumes_with_masks(tmp_path):
         assert f["masks"].shape == (3, 16, 16, 16) and f["masks"].dtype == np.uint8
         assert list(f["seeds"][:]) == [7, 8, 9] and set(f["labels"][:]) <= {0, 1, 2, 3}
         assert np.isfinite(f["images"][:]).all()
+
+
+def test_a_file_of_volumes_opens_in_the_gallery_and_the_three_views(tmp_path, qtbot):
+    from PySide6.QtCore import QSettings
+
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    from medsynth_gui.main_window import MainWindow
+
+    s = make_phantoms(3, size=16, dims=3)
+    path = write_image_set(tmp_path / "vol.h5", s)
+    win = MainWindow()
+    win.quiet_errors = True
+    qtbot.addWidget(win)
+    assert win.open_path(path) and win.gallery.count() == 3
+    win.open_sample(str(path), 1)
+    assert len(win.viewer.slice_views) == 3
+    # Stored (D, H, W) → the viewer's voxel order (X, Y, Z).
+    np.testing.assert_array_equal(win.current.image, s.images[1, 0].transpose(2, 1, 0))
+    np.testing.assert_array_equal(win.current.mask, s.masks[1].transpose(2, 1, 0))
