@@ -60,8 +60,9 @@ def phantom(seed: int, size: int = 32, dims: int = 2) -> tuple[np.ndarray, np.nd
     while len(placed) < count:
         radius = float(rng.uniform(0.08, 0.18))
         centre = body_c + rng.uniform(-0.55, 0.55, dims) * body_r
-        # Lesions are kept apart so the count (the class) stays visible.
-        if any(np.linalg.norm(centre - c) < radius + r + 0.05 for c, r in placed):
+        # Lesions are kept apart so the count (the class) stays visible: radii grow by up to
+        # 1.2x below, and the gap must stay more than a pixel at 32 px.
+        if any(np.linalg.norm(centre - c) < 1.2 * (radius + r) + 0.1 for c, r in placed):
             continue
         placed.append((centre, radius))
         kind = int(rng.integers(1, 3))
