@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def run_demo(out: Path, *, steps: int | None = None, n: int = 64, view: Any = No
         labels = f["labels"][:k]
         masks = f["masks"][:k]
         images = f["images"][:k]
-        names = [str(x) for x in np.atleast_1d(__import__("json").loads(f.attrs["class_names"]))]
+        names = [str(x) for x in json.loads(f.attrs["class_names"])]
     counts = np.bincount(labels, minlength=len(names))
     print(f"demo done: {k} synthetic images with masks and labels in {synth}")
     print("  classes: " + ", ".join(f"{name}: {int(c)}" for name, c in zip(names, counts)))

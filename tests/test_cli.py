@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.cli import main
+from engine.data.phantoms import make_phantoms
 from engine.store import write_image_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +83,7 @@ def test_bad_options_are_one_line_too(tiny_run, tmp_path, capsys):
     assert "unknown preset 'nope'" in error_line(capsys)
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("[train]\nsteps = 'many'\nwho = 1\n")
-    data = write_image_set(tmp_path / "d.h5", __import__("engine.data.phantoms", fromlist=["x"])
-                           .make_phantoms(4, 16))
+    data = write_image_set(tmp_path / "d.h5", make_phantoms(4, 16))
     assert main(["train", str(data), "--out", str(tmp_path / "r"), "--config", str(bad_toml)]) == 2
     assert "bad.toml: unknown setting train.who" in error_line(capsys)
     assert main(["sample", str(tmp_path / "norun"), "--n", "2", "--out", str(tmp_path / "x.h5")]) == 2
@@ -137,8 +137,7 @@ def test_demo_end_to_end_through_the_console_script(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
-    data = write_image_set(tmp_path / "d.h5", __import__("engine.data.phantoms", fromlist=["x"])
-                           .make_phantoms(16, 16))
+    data = write_image_set(tmp_path / "d.h5", make_phantoms(16, 16))
     cfg = tmp_path / "tiny.toml"
     cfg.write_text("[model]\nimage_size = 16\nblock_out_channels = [16, 32]\nattention_levels = [false, true]\n"
                    "[train]\ncheckpoint_every = 100000\nlog_every = 1\nbatch = 4\n")

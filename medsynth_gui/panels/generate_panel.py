@@ -25,7 +25,7 @@ from engine import checkpoints
 from engine.errors import InputError
 from engine.jobs import Done, Progress
 from engine.sample import SampleJob
-from medsynth_gui.panels.train_panel import _path_row
+from medsynth_gui.panels.widgets import path_row
 from medsynth_gui.worker import JobRunner
 
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 25}
@@ -55,7 +55,7 @@ class GeneratePanel(QWidget):
         self.ckpt_edit.editingFinished.connect(self._load_classes)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._pick_ckpt)
-        form.addRow("Model", _path_row(self.ckpt_edit, browse))
+        form.addRow("Model", path_row(self.ckpt_edit, browse))
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
         form.addRow("", self.model_info)
@@ -84,7 +84,7 @@ class GeneratePanel(QWidget):
         self.out_edit.setPlaceholderText("output .h5 file")
         out_btn = QPushButton("Save as…")
         out_btn.clicked.connect(self._pick_out)
-        form.addRow("Output", _path_row(self.out_edit, out_btn))
+        form.addRow("Output", path_row(self.out_edit, out_btn))
         outer.addWidget(box)
         row = QHBoxLayout()
         self.go_btn = QPushButton("Generate")

@@ -34,6 +34,7 @@ from engine.errors import InputError
 from engine.jobs import Checkpoint, Done, Loss, Message, Preview, Progress
 from engine.train import TrainJob
 from medsynth_gui.images import to_pixmap
+from medsynth_gui.panels.widgets import path_row
 from medsynth_gui.worker import JobRunner
 
 SMOOTHING = 0.9
@@ -45,16 +46,6 @@ def format_eta(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
-    row = QWidget()
-    lay = QHBoxLayout(row)
-    lay.setContentsMargins(0, 0, 0, 0)
-    lay.addWidget(edit, 1)
-    for b in buttons:
-        lay.addWidget(b)
-    return row
 
 
 class TrainPanel(QWidget):
@@ -86,12 +77,12 @@ class TrainPanel(QWidget):
         file_btn, folder_btn = QPushButton("File…"), QPushButton("Folder…")
         file_btn.clicked.connect(self._pick_data_file)
         folder_btn.clicked.connect(self._pick_data_folder)
-        form.addRow("Data", _path_row(self.data_edit, file_btn, folder_btn))
+        form.addRow("Data", path_row(self.data_edit, file_btn, folder_btn))
         self.run_edit = QLineEdit()
         self.run_edit.setPlaceholderText("folder for checkpoints and the loss log")
         run_btn = QPushButton("Browse…")
         run_btn.clicked.connect(self._pick_run)
-        form.addRow("Run folder", _path_row(self.run_edit, run_btn))
+        form.addRow("Run folder", path_row(self.run_edit, run_btn))
         self.preset = QComboBox()
         self.preset.addItems(preset_names())
         self.preset.currentTextChanged.connect(self._apply_preset)
