@@ -47,3 +47,14 @@ def tiny_run(tmp_path_factory, phantoms16):
     events: list = []
     TrainJob(tiny_config(steps=20), run, data=phantoms16).run(events.append, lambda: False)
     return run
+
+
+def tiny_cli_setup(folder, n: int, train: str):
+    """Phantom data and a tiny-model TOML for tests that run `medsynth train` as a process."""
+    from engine.store import write_image_set
+
+    data = write_image_set(folder / "d.h5", make_phantoms(n, 16))
+    cfg = folder / "tiny.toml"
+    cfg.write_text("[model]\nimage_size = 16\nblock_out_channels = [16, 32]\nattention_levels = [false, true]\n"
+                   f"[train]\n{train}\nbatch = 4\n")
+    return data, cfg

@@ -15,6 +15,7 @@ from PIL import Image
 from engine.cli import main
 from engine.data.phantoms import make_phantoms
 from engine.store import write_image_set
+from tests.conftest import tiny_cli_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,10 +138,7 @@ def test_demo_end_to_end_through_the_console_script(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
-    data = write_image_set(tmp_path / "d.h5", make_phantoms(16, 16))
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text("[model]\nimage_size = 16\nblock_out_channels = [16, 32]\nattention_levels = [false, true]\n"
-                   "[train]\ncheckpoint_every = 100000\nlog_every = 1\nbatch = 4\n")
+    data, cfg = tiny_cli_setup(tmp_path, 16, "checkpoint_every = 100000\nlog_every = 1")
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "medsynth", "train", str(data), "--out", str(run),
                              "--config", str(cfg), "--steps", "100000"], cwd=ROOT,

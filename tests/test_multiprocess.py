@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.phantoms import make_phantoms
-from engine.store import write_image_set
+from tests.conftest import tiny_cli_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_two_processes_train_one_run(tmp_path):
-    data = write_image_set(tmp_path / "d.h5", make_phantoms(32, 16))
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text("[model]\nimage_size = 16\nblock_out_channels = [16, 32]\nattention_levels = [false, true]\n"
-                   "[train]\ncheckpoint_every = 5\nlog_every = 2\nbatch = 4\n")
+    data, cfg = tiny_cli_setup(tmp_path, 32, "checkpoint_every = 5\nlog_every = 2")
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "-m", "medsynth", "train", str(data), "--out", str(run), "--config", str(cfg),
