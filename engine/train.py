@@ -289,6 +289,10 @@ class TrainJob:
         if log is not None:
             log.close()
         path = save(step) if step > start or was_cancelled or self.ckpt is None else self.ckpt
+        if world > 1:
+            # Every process waits for the main one's final checkpoint before exiting: a process
+            # that leaves the group early made gloo abort at exit (2 runs in 6 here).
+            acc.wait_for_everyone()
         peak = torch.cuda.max_memory_allocated() / 2**30 if acc.device.type == "cuda" else None
         result = {"run_dir": str(self.run_dir), "step": step, "main_process": acc.is_main_process,
                   "checkpoint": str(path) if path else None,
