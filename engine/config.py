@@ -72,6 +72,14 @@ class DataConfig:
     mask_mode: str = "joint"  # joint (image+mask generated together) | condition (mask → image) | none
     class_conditional: bool = True
     modality: str = "auto"  # auto | CT | MR | generic
+    # 3 reads NIfTI / MSD / DICOM inputs as whole volumes; 0 lets the reader decide (slices for
+    # NIfTI and MSD, volumes for 3D npz and HDF5 files).
+    dims: int = 0
+    # Target voxel spacing in mm (x, y, z) for volumes; empty picks the finest isotropic spacing
+    # at which every case's foreground fits the training size.
+    spacing: list[float] = field(default_factory=list)
+    crop: str = "foreground"  # foreground | center: where the training-size box sits in each volume
+    channel: int = 0  # which channel of a multi-channel (4D) MSD volume to train on
 
 
 @dataclass
@@ -95,6 +103,8 @@ _CHOICES = {
     ("train", "mixed_precision"): {"auto", "no", "bf16", "fp16"},
     ("train", "device"): {"auto", "cpu", "cuda"},
     ("data", "mask_mode"): {"joint", "condition", "none"},
+    ("data", "dims"): {0, 2, 3},
+    ("data", "crop"): {"foreground", "center"},
 }
 
 

@@ -25,7 +25,11 @@ class ImageSet:
     labels: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     label_names: dict[int, str] = field(default_factory=dict)
+    # Voxel size in mm; for volumes in (x, y, z) order, i.e. (W, H, D) of the stored arrays.
     spacing: tuple[float, ...] | None = None
+    # Volumes only: the 4x4 voxel-to-world (RAS, mm) matrix shared by every volume of the set,
+    # indexing voxels as (x, y, z) = (W, H, D) of the stored (D, H, W) arrays.
+    affine: np.ndarray | None = None
     modality: str = "generic"  # "CT", "MR", "generic": picks the intensity normalisation
     source: str = ""
     kind: str = "real"
