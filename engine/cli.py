@@ -221,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a MedSynth HDF5 file")
     e.add_argument("file")
     e.add_argument("--to", required=True, help="output folder (new or empty)")
-    e.add_argument("--format", required=True, choices=["png", "nnunet"])
+    # No argparse choices: the export checks the name, so a wrong one is one error line naming the file.
+    e.add_argument("--format", required=True, metavar="{png,nifti,nnunet}",
+                   help="png: 2D images + masks; nifti: .nii.gz + _seg.nii.gz per sample, affine kept; "
+                   "nnunet: imagesTr/ labelsTr/ dataset.json (nnU-Net v2 raw)")
     e.set_defaults(func=cmd_export)
     return p
 

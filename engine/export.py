@@ -1,19 +1,23 @@
-"""Exports of a MedSynth file: PNG pairs, and the nnU-Net raw layout a segmentation model trains on."""
+"""Exports of a MedSynth file: PNG pairs, loose NIfTI files, and the nnU-Net raw layout a segmentation model trains on.
+
+Every export also writes `samples.csv` (file, mask, seed, class) so that what a sample
+is, and how to make it again, survives outside the HDF5 file.
+"""
 
 from __future__ import annotations
 
-import json
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from PIL import Image
 
 from engine.errors import InputError
+from engine.export_nifti import NiftiExport
 from engine.store import attrs_dict, n_complete, open_file
 
-FORMATS = ("png", "nnunet")
+FORMATS = ("png", "nifti", "nnunet")
 
 
 def _to_uint(image: np.ndarray, norm: dict, bits: int) -> np.ndarray:
@@ -24,64 +28,76 @@ def _to_uint(image: np.ndarray, norm: dict, bits: int) -> np.ndarray:
     return np.round(scaled).astype(np.uint16 if bits == 16 else np.uint8)
 
 
-def export(path: str | Path, to: str | Path, fmt: str,
-           progress: Callable[[int, int], None] | None = None) -> dict:
+class PngExport:
+    """images/NAME.png (16-bit gray or 8-bit colour over the normalisation range) and masks/NAME.png."""
+
+    def __init__(self, out: Path, attrs: dict, has_masks: bool) -> None:
+        self.out, self.norm = out, attrs.get("normalisation") or {}
+        (out / "images").mkdir()
+        if has_masks:
+            (out / "masks").mkdir()
+
+    def write(self, name: str, image: np.ndarray, mask: np.ndarray | None) -> tuple[list[str], str]:
+        pixels = _to_uint(image, self.norm, 16 if image.shape[0] == 1 else 8)
+        pixels = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+        Image.fromarray(pixels).save(self.out / "images" / f"{name}.png")
+        if mask is None:
+            return [f"images/{name}.png"], ""
+        Image.fromarray(mask).save(self.out / "masks" / f"{name}.png")
+        return [f"images/{name}.png"], f"masks/{name}.png"
+
+    def finish(self) -> None:
+        pass
+
+
+def _check(path: str | Path, out: Path, fmt: str) -> None:
     if fmt not in FORMATS:
-        raise InputError(None, f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    out = Path(to)
+        raise InputError(path, f"cannot be exported as {fmt!r}; formats are {', '.join(FORMATS)}")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "is a file; choose an empty or new folder")
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "exists and is not empty; choose an empty or new folder")
+
+
+def export(path: str | Path, to: str | Path, fmt: str,
+           progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write the complete samples of MedSynth file `path` into the new or empty folder `to` as `fmt`.
+
+    Every refusal comes before the folder is made, so a refused export leaves nothing behind.
+    """
+    out = Path(to)
+    _check(path, out, fmt)
     with open_file(path) as f:
         a = attrs_dict(f)
-        if a.get("spatial_dims", 2) != 2:
-            raise InputError(path, "holds volumes; volume export comes with the 3D engine")
         n = n_complete(f)
         if n == 0:
             raise InputError(path, "holds no complete samples")
-        norm = a.get("normalisation") or {}
+        volumes = a.get("spatial_dims", 2) == 3
         has_masks = "masks" in f
-        label_names = a.get("label_names") or {}
-        spacing = list(a.get("spacing") or [1.0, 1.0])
+        if fmt == "png" and volumes:
+            raise InputError(path, "holds volumes; PNG is for 2D images, export volumes with --format nifti or nnunet")
+        if fmt == "nnunet" and not has_masks:
+            raise InputError(path, "has no masks; an nnU-Net dataset needs a label map for every case")
         out.mkdir(parents=True, exist_ok=True)
-        if fmt == "png":
-            (out / "images").mkdir()
-            if has_masks:
-                (out / "masks").mkdir()
-        else:
-            (out / "imagesTr").mkdir()
-            (out / "labelsTr").mkdir()
+        writer = (PngExport(out, a, has_masks) if fmt == "png" else
+                  NiftiExport(out, a, int(f["images"].shape[1]), fmt == "nnunet", Path(path).name))
+        class_names = list(a.get("class_names") or [])
+        seeds = f["seeds"][:n] if "seeds" in f else None
+        labels = f["labels"][:n] if "labels" in f else None
+        rows = []
+        # One sample in memory at a time: a file of volumes can be many times the RAM.
         for i in range(n):
-            image = f["images"][i]
-            mask = f["masks"][i] if has_masks else None
             name = f"synth_{i:05d}"
-            if fmt == "png":
-                pixels = _to_uint(image, norm, 16 if image.shape[0] == 1 else 8)
-                pixels = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
-                Image.fromarray(pixels).save(out / "images" / f"{name}.png")
-                if mask is not None:
-                    Image.fromarray(mask).save(out / "masks" / f"{name}.png")
-            else:
-                if mask is None:
-                    raise InputError(path, "has no masks; an nnU-Net dataset needs labels")
-                affine = np.diag([spacing[0], spacing[1], 1.0, 1.0])
-                for c in range(image.shape[0]):
-                    # nnU-Net takes 2D data as (x, y, 1) volumes, one file per channel.
-                    vol = image[c].T[:, :, None].astype(np.float32)
-                    nib.save(nib.Nifti1Image(vol, affine), out / "imagesTr" / f"{name}_{c:04d}.nii.gz")
-                nib.save(nib.Nifti1Image(mask.T[:, :, None].astype(np.uint8), affine),
-                         out / "labelsTr" / f"{name}.nii.gz")
+            files, mask_file = writer.write(name, f["images"][i], f["masks"][i] if has_masks else None)
+            label = None if labels is None else int(labels[i])
+            rows.append([";".join(files), mask_file, "" if seeds is None else int(seeds[i]),
+                         "" if label is None else label,
+                         class_names[label] if label is not None and 0 <= label < len(class_names) else ""])
             if progress:
                 progress(i + 1, n)
-        if fmt == "nnunet":
-            labels = {"background": 0}
-            labels.update({v: int(k) for k, v in label_names.items() if int(k) != 0})
-            highest = int(f["masks"][:n].max())
-            for k in range(1, highest + 1):
-                if k not in labels.values():
-                    labels[f"label_{k}"] = k
-            channels = {str(c): norm.get("modality", "generic") for c in range(f["images"].shape[1])}
-            (out / "dataset.json").write_text(json.dumps({
-                "channel_names": channels, "labels": labels, "numTraining": n, "file_ending": ".nii.gz",
-                "name": "MedSynth synthetic", "description": f"exported from {Path(path).name}",
-            }, indent=2))
+        writer.finish()
+    with open(out / "samples.csv", "w", newline="", encoding="utf-8") as fh:
+        table = csv.writer(fh)
+        table.writerow(["file", "mask", "seed", "class_index", "class_name"])
+        table.writerows(rows)
     return {"out": str(out), "n": n, "format": fmt}

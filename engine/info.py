@@ -36,11 +36,28 @@ def _h5(path: Path) -> list[str]:
                          f"range [{norm.get('lo', '?')}, {norm.get('hi', '?')}]")
         lines.append(f"  spacing: {a.get('spacing')}  created: {a.get('created')}  "
                      f"medsynth {a.get('medsynth_version')}")
+        if a.get("spatial_dims") == 3:
+            lines.append("  " + _orientation(a))
         metrics = f["metrics"].attrs if "metrics" in f else {}
         figures = {k: v for k, v in metrics.items() if k != "summary"}
         if figures:
             lines.append("  metrics: " + ", ".join(f"{k}={float(v):.4g}" for k, v in figures.items()))
     return lines
+
+
+def _orientation(attrs: dict) -> str:
+    import nibabel as nib
+
+    from engine.export_nifti import sample_affine
+
+    # The geometry a NIfTI export writes, so what info says is what Slicer will show.
+    affine = sample_affine(attrs)
+    try:
+        letters = "".join(c or "?" for c in nib.aff2axcodes(affine))
+    except ValueError:
+        letters = "???"
+    origin = ", ".join(f"{v:.4g}" for v in affine[:3, 3])
+    return f"orientation: {letters} (voxel x, y, z = stored W, H, D), origin ({origin}) mm"
 
 
 def _run_dir(path: Path) -> list[str]:

@@ -65,11 +65,20 @@ def default_affine(spacing: tuple[float, ...]) -> np.ndarray:
     return a
 
 
-def _ornt(affine: np.ndarray) -> np.ndarray:
+ARRAY_ORDER = np.array([[0, 1], [1, 1], [2, 1]], float)
+
+
+def _ornt(affine: np.ndarray) -> np.ndarray | None:
+    """Each voxel axis' nearest world axis and sign, or None when the affine does not say.
+
+    nibabel does not raise for a degenerate affine (a zero or NaN column, e.g. a header with a
+    zero pixdim): it returns NaN rows, which used to crash the viewer on int(nan).
+    """
     try:
-        return nib.orientations.io_orientation(affine)
-    except Exception:  # a degenerate affine (zero column): fall back to array order
-        return np.array([[0, 1], [1, 1], [2, 1]], float)
+        ornt = nib.orientations.io_orientation(affine)
+    except Exception:
+        return None
+    return ornt if np.isfinite(ornt).all() else None
 
 
 def planes_for(affine: np.ndarray, shape: tuple[int, ...]) -> list[Plane]:
@@ -78,10 +87,11 @@ def planes_for(affine: np.ndarray, shape: tuple[int, ...]) -> list[Plane]:
         # A photograph-like image: row 0 at the top, column 0 at the left, no anatomy letters.
         return [Plane("Image", None, h_axis=1, h_flip=False, v_axis=0, v_flip=True)]
     ornt = _ornt(affine)
-    try:
-        codes = nib.aff2axcodes(affine)
-    except Exception:
-        codes = ("R", "A", "S")
+    if ornt is None:
+        # Array order, with "?" at every edge: naming directions the file does not give would mislead.
+        ornt, codes = ARRAY_ORDER, (None, None, None)
+    else:
+        codes = nib.orientations.ornt2axcodes(ornt)
     # For each world axis: the voxel axis closest to it and whether the index grows with it.
     voxel_of_world = {int(w): (axis, int(s)) for axis, (w, s) in enumerate(ornt)}
 
