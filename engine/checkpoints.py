@@ -60,14 +60,19 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": fixed})
 
 
-def save(run_dir: str | Path, step: int, model: torch.nn.Module, ema: dict[str, torch.Tensor],
-         opt: torch.optim.Optimizer | None, state: dict[str, Any], keep: int = KEEP) -> Path:
+def save(run_dir: str | Path, step: int, model: torch.nn.Module, ema: dict[str, torch.Tensor] | None,
+         opt: torch.optim.Optimizer | None, state: dict[str, Any], keep: int = KEEP,
+         extra_weights: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoints/step_N; `extra_weights` adds named weight files (a latent model's autoencoder)."""
     final = checkpoint_dir(run_dir) / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_contiguous(model.state_dict()), str(tmp / "model.safetensors"))
-    save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
+    if ema is not None:
+        save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
+    for name, weights in (extra_weights or {}).items():
+        save_file(_contiguous(weights), str(tmp / f"{name}.safetensors"))
     extra = dict(state, step=step)
     if opt is not None:
         tensors, groups = optimizer_tensors(opt)

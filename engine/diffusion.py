@@ -18,16 +18,20 @@ def train_scheduler(tc: TrainConfig) -> DDPMScheduler:
                          prediction_type=tc.prediction)
 
 
-def sampler(name: str, tc: TrainConfig) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
-    """A sampler built on the exact noise schedule the model was trained with."""
+def sampler(name: str, tc: TrainConfig, latent: bool = False
+            ) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+    """A sampler built on the exact noise schedule the model was trained with.
+
+    Latents are not bounded to [-1, 1] as normalised pixels are, so they are never clipped.
+    """
     common = dict(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
                   prediction_type=tc.prediction)
     if name == "ddpm":
-        return DDPMScheduler(**common)
+        return DDPMScheduler(**common, clip_sample=not latent)
     # "trailing" spacing reaches the pure-noise end of the schedule even with few steps,
     # which matters for the cosine schedule at 20-50 steps.
     if name == "ddim":
-        return DDIMScheduler(**common, timestep_spacing="trailing")
+        return DDIMScheduler(**common, timestep_spacing="trailing", clip_sample=not latent)
     if name == "dpm":
         # Clipping lambda keeps the solver finite where the cosine schedule's alpha reaches ~0
         # (diffusers documents -5.1 for squaredcos_cap_v2); without it samples blow up.
@@ -48,7 +52,7 @@ def denoise(model: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler | D
             labels: torch.Tensor | None = None, cond: torch.Tensor | None = None,
             null_class: int | None = None, guidance: float = 1.0,
             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-            on_step: Callable[[int, int], bool] | None = None) -> torch.Tensor | None:
+            on_step: Callable[[int, int], bool] | None = None, clip: bool = True) -> torch.Tensor | None:
     """Run the reverse process for one batch; returns None if ``on_step`` asks to stop.
 
     Classifier-free guidance runs the conditional and unconditional halves in one
@@ -77,4 +81,4 @@ def denoise(model: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler | D
         x = scheduler.step(pred, t, x, generator=generators).prev_sample
         if on_step is not None and not on_step(i + 1, len(scheduler.timesteps)):
             return None
-    return x.clamp(-1.0, 1.0)
+    return x.clamp(-1.0, 1.0) if clip else x

@@ -15,12 +15,31 @@ def mask_channels(cfg: RunConfig) -> int:
     return max(cfg.model.mask_labels - 1, 0) if cfg.data.mask_mode != "none" else 0
 
 
+def pixel_channels(cfg: RunConfig) -> int:
+    """Channels of a training volume in pixel space: the image, then the jointly generated mask."""
+    return cfg.model.image_channels + (mask_channels(cfg) if cfg.data.mask_mode == "joint" else 0)
+
+
 def io_channels(cfg: RunConfig) -> tuple[int, int, int]:
-    """(network input, network output, condition) channel counts."""
+    """(network input, network output, condition) channel counts of the diffusion network."""
     k = mask_channels(cfg)
-    out = cfg.model.image_channels + (k if cfg.data.mask_mode == "joint" else 0)
+    out = cfg.autoencoder.latent_channels if cfg.autoencoder.enabled else pixel_channels(cfg)
     cond = k if cfg.data.mask_mode == "condition" else 0
     return out + cond, out, cond
+
+
+def latent_factor(cfg: RunConfig) -> int:
+    return 2 ** (len(cfg.autoencoder.channels) - 1) if cfg.autoencoder.enabled else 1
+
+
+def diffusion_size(cfg: RunConfig) -> int:
+    """Edge length of what the diffusion network sees: the image, or the autoencoder's latent."""
+    return cfg.model.image_size // latent_factor(cfg)
+
+
+def diffusion_shape(cfg: RunConfig) -> tuple[int, ...]:
+    """Shape of one sample the diffusion network denoises, without the batch axis."""
+    return (io_channels(cfg)[1],) + (diffusion_size(cfg),) * max(cfg.model.spatial_dims, 2)
 
 
 def null_class(cfg: RunConfig) -> int | None:
@@ -43,7 +62,36 @@ class MonaiUNet3D(torch.nn.Module):
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
     if cfg.model.spatial_dims == 3:
-        return _build_3d(cfg)
+        model = _build_3d(cfg)
+        if cfg.train.gradient_checkpointing:
+            checkpoint_blocks(model.net)
+        return model
+    model = _build_2d(cfg)
+    if cfg.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def checkpoint_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """Recompute each UNet block in the backward pass (MONAI's 3D UNet has no switch for it).
+
+    The block's forward is replaced on the instance, so parameter names and checkpoints stay
+    the same with and without it. Returns the blocks, which the memory estimate also uses.
+    """
+    blocks = [*net.down_blocks, net.middle_block, *net.up_blocks]
+    for block in blocks:
+        inner = block.forward
+
+        def run(*args, _inner=inner, **kwargs):
+            if not torch.is_grad_enabled():
+                return _inner(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = run
+    return blocks
+
+
+def _build_2d(cfg: RunConfig) -> torch.nn.Module:
     m = cfg.model
     in_ch, out_ch, _ = io_channels(cfg)
     levels = len(m.block_out_channels)
@@ -85,6 +133,28 @@ def _build_3d(cfg: RunConfig) -> MonaiUNet3D:
         num_class_embeds=(m.num_classes + 1) if m.num_classes > 0 else None,
     )
     return MonaiUNet3D(net)
+
+
+def build_autoencoder(cfg: RunConfig) -> torch.nn.Module:
+    """MONAI's KL autoencoder over the pixel-space channels (image, and the mask when joint)."""
+    from monai.networks.nets import AutoencoderKL
+
+    a = cfg.autoencoder
+    ch = pixel_channels(cfg)
+    levels = len(a.channels)
+    return AutoencoderKL(
+        spatial_dims=max(cfg.model.spatial_dims, 2),
+        in_channels=ch,
+        out_channels=ch,
+        channels=tuple(a.channels),
+        num_res_blocks=a.layers_per_block,
+        attention_levels=(False,) * (levels - 1) + (bool(a.attention),),
+        latent_channels=a.latent_channels,
+        norm_num_groups=math.gcd(*a.channels, 32),
+        with_encoder_nonlocal_attn=bool(a.attention),
+        with_decoder_nonlocal_attn=bool(a.attention),
+        use_checkpoint=cfg.train.gradient_checkpointing,
+    )
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from engine import checkpoints
+from engine import autoencoder, checkpoints
 from engine.config import from_dict
 from engine.data.prepare import Normalisation, decode_masks
 from engine.diffusion import SAMPLERS, denoise, sampler
 from engine.errors import InputError
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
-from engine.models import build_model, io_channels, null_class
+from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.store import SampleWriter
 
 
@@ -61,6 +62,13 @@ class Generator:
         weights = checkpoints.read_weights(self.ckpt, "ema" if use_ema else "model")
         self.model.load_state_dict(weights)
         self.model.to(self.device).eval()
+        # A latent model's checkpoint carries its autoencoder, which turns latents into volumes.
+        self.autoencoder = None
+        self.latent_scale = float(self.state.get("latent_scale") or 1.0)
+        if self.cfg.autoencoder.enabled:
+            self.autoencoder = build_autoencoder(self.cfg)
+            self.autoencoder.load_state_dict(checkpoints.read_weights(self.ckpt, "autoencoder"))
+            self.autoencoder.to(self.device).eval()
         self.null = null_class(self.cfg)
         self.out_channels = io_channels(self.cfg)[1]
         self.cond_channels = io_channels(self.cfg)[2]
@@ -79,15 +87,21 @@ class Generator:
                  steps: int = 50, guidance: float = 1.0, cond: torch.Tensor | None = None,
                  on_step: Any = None) -> tuple[np.ndarray, np.ndarray | None] | None:
         """(images in data units (B, C, H, W), masks (B, H, W) or None); None if stopped."""
-        size = self.cfg.model.image_size
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         lab = None if labels is None or self.null is None else torch.tensor(labels, dtype=torch.long)
-        shape = (self.out_channels,) + (size,) * max(self.cfg.model.spatial_dims, 2)
-        x = denoise(self.model, sampler(sampler_name, self.cfg.train), steps, shape,
+        latent = self.autoencoder is not None
+        shape = diffusion_shape(self.cfg)
+        if latent and cond is not None:
+            pool = F.adaptive_avg_pool3d if cond.dim() == 5 else F.adaptive_avg_pool2d
+            cond = pool(cond.float(), shape[1:])
+        x = denoise(self.model, sampler(sampler_name, self.cfg.train, latent), steps, shape,
                     gens, self.device, labels=lab, cond=cond, null_class=self.null, guidance=guidance,
-                    autocast=self.autocast, on_step=on_step)
+                    autocast=self.autocast, on_step=on_step, clip=not latent)
         if x is None:
             return None
+        if latent:
+            with self.autocast():
+                x = autoencoder.decode(self.autoencoder, x, self.latent_scale)
         c = self.cfg.model.image_channels
         images = self.norm.inverse(x[:, :c].float()).cpu().numpy().astype(np.float32)
         masks = decode_masks(x[:, c:]) if self.cfg.data.mask_mode == "joint" else None
@@ -151,6 +165,7 @@ class SampleJob:
                           class_names=gen.class_names,
                           label_names={int(k): v for k, v in (st.get("label_names") or {}).items()},
                           spacing=tuple(st["spacing"]) if st.get("spacing") else None,
+                          affine=np.asarray(st["affine"]) if st.get("affine") else None,
                           units=gen.norm.units, normalisation=gen.norm.to_dict(), config=st["config"],
                           checkpoint_sha256=gen.sha256, overwrite=self.overwrite) as writer:
             for lo in range(0, self.n, self.batch):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoints
+from engine import autoencoder, checkpoints, memory
 from engine.config import RunConfig
 from engine.config import load as load_config
 from engine.config import save as save_config
@@ -26,7 +26,16 @@ from engine.data.prepare import Normalisation, fit_normalisation, to_tensors
 from engine.diffusion import denoise, sampler, train_scheduler
 from engine.errors import InputError
 from engine.jobs import Cancelled, Checkpoint, Done, Emit, Loss, Message, Preview, Progress
-from engine.models import build_model, count_parameters, io_channels, null_class
+from engine.models import (
+    build_autoencoder,
+    build_model,
+    count_parameters,
+    diffusion_shape,
+    diffusion_size,
+    io_channels,
+    null_class,
+    pixel_channels,
+)
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
@@ -104,12 +113,16 @@ class TrainJob:
         self.data = data
         self.requests = requests
         if resume:
-            self.ckpt = checkpoints.resolve(self.run_dir)
+            # A latent run stopped during stage 1 has autoencoder checkpoints but no diffusion one yet.
+            in_stage1 = checkpoints.latest(self.run_dir) is None and \
+                checkpoints.latest(autoencoder.stage_dir(self.run_dir)) is not None
+            self.ckpt = None if in_stage1 else checkpoints.resolve(self.run_dir)
             self.cfg = load_config(self.run_dir / "config.json")
         else:
             if cfg is None:
                 raise ValueError("a config is needed for a new run")
-            if checkpoints.latest(self.run_dir) is not None:
+            if checkpoints.latest(self.run_dir) is not None or \
+                    checkpoints.latest(autoencoder.stage_dir(self.run_dir)) is not None:
                 raise InputError(self.run_dir, "already holds a training run; pass --resume to continue it "
                                                "or choose a new --out")
             self.ckpt = None
@@ -129,13 +142,19 @@ class TrainJob:
             self.data = load_images(cfg.data.path, split=cfg.data.split)
         data = self.data
         state: dict[str, Any] = checkpoints.read_state(self.ckpt) if self.ckpt else {}
-        if self.ckpt is None:
+        fresh = self.ckpt is None and not self.resume
+        if fresh:
             complete_model_config(cfg, data)
+        if self.ckpt is None:
             norm = fit_normalisation(data, cfg.data.modality)
         else:
             norm = Normalisation.from_dict(state["normalisation"])
 
         device = pick_device(tc.device)
+        voxels = len(data) * cfg.model.image_size ** max(cfg.model.spatial_dims, 2)
+        data_bytes = voxels * (pixel_channels(cfg) + io_channels(cfg)[2]) * 4
+        fits = memory.check(cfg, device, cfg.preset, data_bytes=data_bytes)
+        emit(Message(fits.describe()))
         acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision(tc.mixed_precision, device))
         rank, world = acc.process_index, acc.num_processes
         tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.model.mask_labels,
@@ -143,6 +162,44 @@ class TrainJob:
         x_all = tensors.x.to(acc.device)
         labels_all = None if tensors.labels is None else tensors.labels.to(acc.device)
         cond_all = None if tensors.cond is None else tensors.cond.to(acc.device)
+        facts = {
+            "normalisation": norm.to_dict(), "class_names": data.class_names,
+            "label_names": {str(k): v for k, v in data.label_names.items()},
+            "spacing": list(data.spacing) if data.spacing else None,
+            "affine": data.affine.tolist() if data.affine is not None else None,
+            "data_source": data.source, "config": cfg.to_dict(),
+        }
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.json")
+            (self.run_dir / "run.json").write_text(json.dumps(facts, indent=2))
+
+        ae = None
+        if cfg.autoencoder.enabled:
+            if self.ckpt is not None:
+                ae = build_autoencoder(cfg)
+                ae.load_state_dict(checkpoints.read_weights(self.ckpt, "autoencoder"))
+                ae.to(acc.device)
+            else:
+                ae, stopped = autoencoder.train_autoencoder(cfg, x_all, self.run_dir, acc, emit, cancelled,
+                                                            stop_requested, step_generator)
+                if stopped:
+                    result = {"run_dir": str(self.run_dir), "step": 0, "main_process": acc.is_main_process,
+                              "checkpoint": str(checkpoints.latest(autoencoder.stage_dir(self.run_dir))),
+                              "loss": float("nan"), "seconds": 0.0, "peak_gpu_gib": peak_gpu(acc),
+                              "stage": "autoencoder"}
+                    emit(Done(result, cancelled=True))
+                    return result
+            emit(Progress("encode", 0, 1))
+            latents = autoencoder.encode_all(ae, x_all)
+            scale = float(state["latent_scale"]) if state else autoencoder.latent_scale(latents)
+            facts["latent_scale"] = scale
+            x_all = latents * scale
+            del latents
+            if cond_all is not None:
+                # The condition meets the latent at its resolution; averaging keeps partial voxels.
+                cond_all = F.adaptive_avg_pool3d(cond_all, x_all.shape[2:]) if x_all.dim() == 5 else \
+                    F.adaptive_avg_pool2d(cond_all, x_all.shape[2:])
 
         torch.manual_seed(tc.seed)
         model = build_model(cfg)
@@ -165,19 +222,9 @@ class TrainJob:
         noise_sched = train_scheduler(tc)
         alphas = noise_sched.alphas_cumprod.to(acc.device)
         null = null_class(cfg)
-        out_ch = io_channels(cfg)[1]
         dims = max(cfg.model.spatial_dims, 2)
-
-        facts = {
-            "normalisation": norm.to_dict(), "class_names": data.class_names,
-            "label_names": {str(k): v for k, v in data.label_names.items()},
-            "spacing": list(data.spacing) if data.spacing else None, "data_source": data.source,
-            "config": cfg.to_dict(),
-        }
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.json")
-            (self.run_dir / "run.json").write_text(json.dumps(facts, indent=2))
+        latent = ae is not None
+        extra = {"autoencoder": ae.state_dict()} if latent else None
         log_path = self.run_dir / "loss.jsonl"
         if acc.is_main_process and start > 0 and log_path.exists():
             # Steps logged after the checkpoint we resume from will be trained again.
@@ -189,7 +236,7 @@ class TrainJob:
             if not acc.is_main_process:
                 return None
             path = checkpoints.save(self.run_dir, step, net, ema.shadow, opt.optimizer
-                                    if hasattr(opt, "optimizer") else opt, facts)
+                                    if hasattr(opt, "optimizer") else opt, facts, extra_weights=extra)
             emit(Checkpoint(step, str(path)))
             return path
 
@@ -200,10 +247,12 @@ class TrainJob:
             cond = None if cond_all is None else cond_all[:n]
             net.eval()
             with ema_weights(net, ema):
-                x = denoise(net, sampler("ddim", tc), 25, (out_ch,) + (cfg.model.image_size,) * dims,
-                            gens, acc.device, labels=labels, cond=cond, null_class=null, guidance=1.0,
-                            autocast=acc.autocast)
+                x = denoise(net, sampler("ddim", tc, latent), 25, diffusion_shape(cfg), gens, acc.device,
+                            labels=labels, cond=cond, null_class=null, guidance=1.0, autocast=acc.autocast,
+                            clip=not latent)
             net.train()
+            if latent:
+                x = autoencoder.decode(ae, x, facts["latent_scale"])
             images = norm.inverse(x[:, :cfg.model.image_channels]).cpu().numpy()
             if dims == 3:
                 images = images[:, :, images.shape[2] // 2]  # previews show the central slice
@@ -213,7 +262,8 @@ class TrainJob:
             emit = _only_done(emit)
         emit(Message(f"training {count_parameters(net) / 1e6:.2f} M parameters on {acc.device} "
                      f"({world} process{'es' if world > 1 else ''}, precision {acc.mixed_precision}), "
-                     f"{len(data)} images at {cfg.model.image_size} px, steps {start}->{tc.steps}"))
+                     f"{len(data)} images at {cfg.model.image_size} px"
+                     f"{f' (latent {diffusion_size(cfg)})' if latent else ''}, steps {start}->{tc.steps}"))
         model.train()
         n = x_all.shape[0]
         bshape = (-1,) + (1,) * (x_all.dim() - 1)  # per-sample scalars broadcast over C and space
@@ -293,12 +343,17 @@ class TrainJob:
             # Every process waits for the main one's final checkpoint before exiting: a process
             # that leaves the group early made gloo abort at exit (2 runs in 6 here).
             acc.wait_for_everyone()
-        peak = torch.cuda.max_memory_allocated() / 2**30 if acc.device.type == "cuda" else None
+        peak = peak_gpu(acc)
         result = {"run_dir": str(self.run_dir), "step": step, "main_process": acc.is_main_process,
                   "checkpoint": str(path) if path else None,
                   "loss": last_loss, "seconds": time.perf_counter() - t0, "peak_gpu_gib": peak}
         emit(Done(result, cancelled=was_cancelled))
         return result
+
+
+def peak_gpu(acc: Any) -> float | None:
+    """Peak GPU memory of this process in GiB, the figure users compare with their card."""
+    return torch.cuda.max_memory_allocated() / 2**30 if acc.device.type == "cuda" else None
 
 
 def stop_requested(acc: Any, local: bool) -> bool:

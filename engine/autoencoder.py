@@ -1,0 +1,151 @@
+"""Stage 1 of latent diffusion: train the KL autoencoder, then encode the training set into its latent space.
+
+The autoencoder lives in ``RUN/autoencoder/checkpoints`` with the same safetensors
+format and the same (seed, step, rank) batches as the diffusion model, so a
+cancelled stage 1 resumes exactly too. Each diffusion checkpoint later carries a
+copy of the finished autoencoder, which makes a checkpoint folder all a sampler needs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine import checkpoints
+from engine.config import RunConfig
+from engine.jobs import Cancelled, Checkpoint, Emit, Message, Progress
+from engine.models import build_autoencoder, count_parameters
+
+STAGE_DIR = "autoencoder"
+
+
+def stage_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / STAGE_DIR
+
+
+def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma) || N(0, 1)) summed over latent voxels, averaged over the batch."""
+    var = sigma.pow(2)
+    per_sample = 0.5 * (mu.pow(2) + var - torch.log(var.clamp_min(1e-12)) - 1.0)
+    return per_sample.flatten(1).sum(1).mean()
+
+
+def load_finished(run_dir: str | Path, cfg: RunConfig) -> torch.nn.Module | None:
+    """The trained autoencoder of a run, or None while stage 1 is unfinished."""
+    ckpt = checkpoints.latest(stage_dir(run_dir))
+    if ckpt is None or int(checkpoints.read_state(ckpt)["step"]) < cfg.autoencoder.steps:
+        return None
+    ae = build_autoencoder(cfg)
+    ae.load_state_dict(checkpoints.read_weights(ckpt, "model"))
+    return ae
+
+
+def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, acc: Any, emit: Emit,
+                      cancelled: Cancelled, stop: Any, step_generator: Any) -> tuple[torch.nn.Module, bool]:
+    """Train (or resume) stage 1 on pixel-space tensors x_all in [-1, 1].
+
+    Returns (autoencoder, cancelled). `stop(acc, local)` agrees a stop across processes and
+    `step_generator(seed, step, rank, world)` is the diffusion loop's per-step generator.
+    """
+    a, seed = cfg.autoencoder, cfg.train.seed
+    out = stage_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed + 1)
+    ae = build_autoencoder(cfg)
+    opt = torch.optim.AdamW(ae.parameters(), lr=a.lr)
+    start = 0
+    ckpt = checkpoints.latest(out)
+    if ckpt is not None:
+        state = checkpoints.read_state(ckpt)
+        ae.load_state_dict(checkpoints.read_weights(ckpt, "model"))
+        checkpoints.load_optimizer(opt, checkpoints.read_weights(ckpt, "optimizer"), state["optimizer_param_groups"])
+        start = int(state["step"])
+    if start >= a.steps:
+        return ae.to(acc.device), False
+    model, opt = acc.prepare(_Reconstruct(ae), opt)
+    net = acc.unwrap_model(model).ae
+    rank, world = acc.process_index, acc.num_processes
+    emit(Message(f"stage 1: autoencoder, {count_parameters(net) / 1e6:.2f} M parameters, "
+                 f"{x_all.shape[2]}^{x_all.dim() - 2} -> latent {a.latent_channels} x "
+                 f"{x_all.shape[2] // 2 ** (len(a.channels) - 1)}^{x_all.dim() - 2}, steps {start}->{a.steps}"))
+
+    def save(step: int) -> None:
+        if acc.is_main_process:
+            path = checkpoints.save(out, step, net, None, opt.optimizer if hasattr(opt, "optimizer") else opt,
+                                    {"stage": "autoencoder", "config": cfg.to_dict()})
+            emit(Checkpoint(step, str(path)))
+
+    log = open(out / "loss.jsonl", "a") if acc.is_main_process else None
+    n = x_all.shape[0]
+    step, was_cancelled = start, False
+    model.train()
+    while step < a.steps:
+        if stop(acc, cancelled()):
+            was_cancelled = True
+            break
+        g = step_generator(seed + 7919, step, rank, world)
+        idx = torch.randint(n, (a.batch,), generator=g).to(acc.device)
+        x = x_all[idx]
+        with acc.autocast():
+            recon, mu, sigma = model(x, g)
+        loss = F.l1_loss(recon.float(), x) + a.kl_weight * kl_divergence(mu.float(), sigma.float())
+        for group in opt.param_groups:
+            group["lr"] = a.lr * min(1.0, (step + 1) / 50)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        value = float(loss.detach())
+        if log is not None and (step % cfg.train.log_every == 0 or step == a.steps):
+            log.write(json.dumps({"step": step, "loss": round(value, 6)}) + "\n")
+            log.flush()
+        emit(Progress("autoencoder", step, a.steps, {"loss": value}))
+        if step % a.checkpoint_every == 0:
+            save(step)
+    if log is not None:
+        log.close()
+    if step > start or was_cancelled:
+        save(step)
+    if world > 1:
+        acc.wait_for_everyone()
+    net.eval()
+    return net, was_cancelled
+
+
+class _Reconstruct(torch.nn.Module):
+    """Encode, draw, decode in one forward, so DDP sees a single call and syncs gradients."""
+
+    def __init__(self, ae: torch.nn.Module) -> None:
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, sigma = self.ae.encode(x)
+        # Drawn from our generator (MONAI's own sampling uses the global RNG), so a resumed
+        # stage 1 repeats the uninterrupted run.
+        eps = torch.randn(mu.shape, generator=g).to(device=mu.device, dtype=mu.dtype)
+        return self.ae.decode(mu + sigma * eps), mu, sigma
+
+
+@torch.no_grad()
+def encode_all(ae: torch.nn.Module, x_all: torch.Tensor, batch: int = 2) -> torch.Tensor:
+    """Latent means of every training volume; the mean (not a draw) is the deterministic code."""
+    ae.eval()
+    return torch.cat([ae.encode(x_all[i:i + batch])[0].float() for i in range(0, x_all.shape[0], batch)])
+
+
+def latent_scale(latents: torch.Tensor) -> float:
+    """1/std of the latents, so the diffusion model sees unit variance as in pixel space (the LDM recipe)."""
+    return float(1.0 / latents.float().std().clamp_min(1e-6))
+
+
+@torch.no_grad()
+def decode(ae: torch.nn.Module, z: torch.Tensor, scale: float, batch: int = 2) -> torch.Tensor:
+    """Scaled latents → pixel-space channels in [-1, 1]."""
+    parts = [ae.decode(z[i:i + batch] / scale).float() for i in range(0, z.shape[0], batch)]
+    return torch.cat(parts).clamp(-1.0, 1.0)
