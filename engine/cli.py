@@ -30,13 +30,14 @@ class TqdmView:
 
     def __call__(self, ev: Event) -> None:
         if isinstance(ev, Progress):
-            if self.quiet or ev.stage == "load":
+            if self.quiet or ev.stage in ("load", "encode"):
                 return
             bar = self.bars.get(ev.stage)
             if bar is None:
+                stepped = ev.stage in ("train", "autoencoder")
                 bar = self.bars[ev.stage] = self._tqdm(total=ev.total, desc=ev.stage, unit="step"
-                                                       if ev.stage == "train" else "img", dynamic_ncols=True)
-                bar.update(ev.done - 1 if ev.stage == "train" else 0)
+                                                       if stepped else "img", dynamic_ncols=True)
+                bar.update(ev.done - 1 if stepped else 0)
             bar.update(ev.done - bar.n)
             loss = ev.info.get("loss")
             if loss is not None and loss == loss:
@@ -91,10 +92,18 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             train[key] = value
     if getattr(args, "prediction", None):
         train["prediction"] = args.prediction
+    if getattr(args, "gradient_checkpointing", False):
+        train["gradient_checkpointing"] = True
+    if getattr(args, "memory_limit", None) is not None:
+        train["memory_limit_gib"] = args.memory_limit
     data: dict[str, Any] = {"path": str(args.data)} if getattr(args, "data", None) else {}
     if getattr(args, "mask_mode", None):
         data["mask_mode"] = args.mask_mode
-    return {"train": train, "data": data}
+    if getattr(args, "spacing", None):
+        data["spacing"] = list(args.spacing)
+    model = {"image_size": args.size} if getattr(args, "size", None) else {}
+    ae = {"steps": args.autoencoder_steps} if getattr(args, "autoencoder_steps", None) is not None else {}
+    return {"train": train, "data": data, "model": model, "autoencoder": ae}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -104,10 +113,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         job = TrainJob(None, args.out, resume=True, steps=args.steps, requests=Requests())
     else:
-        from engine.data import load_images
+        from engine.data import load_images, volume_options
 
         cfg = resolve(args.preset, args.config, _overrides(args))
-        data = load_images(args.data, split=cfg.data.split)
+        data = load_images(args.data, split=cfg.data.split, volumes=volume_options(cfg))
         job = TrainJob(cfg, args.out, data=data, requests=Requests())
     view = TqdmView()
     code = run_job(job, view)
@@ -170,6 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from engine import __version__
+    from engine.config import preset_names
 
     p = argparse.ArgumentParser(prog="medsynth", description="Train diffusion models on medical images and "
                                 "generate synthetic, labeled data.")
@@ -185,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a diffusion model on DATA")
     t.add_argument("data", nargs="?", help="npz, NIfTI, MedSynth .h5, or a folder (images/+masks/, MSD)")
     t.add_argument("--out", required=True, help="run directory (config, checkpoints, loss log)")
-    t.add_argument("--preset", default=None, help="preset name (default: demo)")
+    t.add_argument("--preset", default=None, help=f"one of {', '.join(preset_names())} (default: demo)")
     t.add_argument("--config", default=None, help="TOML file with [model] [train] [data] settings")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch", type=int)
@@ -194,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prediction", choices=["epsilon", "v_prediction"])
     t.add_argument("--mask-mode", dest="mask_mode", choices=["joint", "condition", "none"])
     t.add_argument("--seed", type=int)
+    t.add_argument("--size", type=int, help="training size in pixels / voxels per axis (default: the preset's)")
+    t.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="voxel spacing in mm for volumes (default: the finest at which every case fits)")
+    t.add_argument("--autoencoder-steps", dest="autoencoder_steps", type=int,
+                   help="stage-1 steps of a latent preset (brain-128, ct-128)")
+    t.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory, about a third slower")
+    t.add_argument("--memory-limit", dest="memory_limit", type=float, metavar="GIB",
+                   help="refuse a run whose estimated memory exceeds this (default: the device's)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.set_defaults(func=cmd_train)

@@ -141,9 +141,9 @@ class SampleJob:
         """Masks for a mask-conditioned model: training masks picked by each sample's seed."""
         if gen.cond_channels == 0:
             return None
-        from engine.data import load_images
+        from engine.data import load_images, volume_options
         from engine.data.prepare import to_tensors
-        data = load_images(gen.state["data_source"], split=gen.cfg.data.split)
+        data = load_images(gen.state["data_source"], split=gen.cfg.data.split, volumes=volume_options(gen.cfg))
         t = to_tensors(data, gen.norm, gen.cfg.model.image_size, "condition", gen.cfg.model.mask_labels, False)
         picks = [int(np.random.default_rng([int(s), 11]).integers(len(data))) for s in seeds]
         return t.cond[picks]

@@ -20,7 +20,7 @@ from engine import autoencoder, checkpoints, memory
 from engine.config import RunConfig
 from engine.config import load as load_config
 from engine.config import save as save_config
-from engine.data import load_images
+from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet
 from engine.data.prepare import Normalisation, fit_normalisation, to_tensors
 from engine.diffusion import denoise, sampler, train_scheduler
@@ -139,7 +139,7 @@ class TrainJob:
         cfg, tc = self.cfg, self.cfg.train
         if self.data is None:
             emit(Progress("load", 0, 1))
-            self.data = load_images(cfg.data.path, split=cfg.data.split)
+            self.data = load_images(cfg.data.path, split=cfg.data.split, volumes=volume_options(cfg))
         data = self.data
         state: dict[str, Any] = checkpoints.read_state(self.ckpt) if self.ckpt else {}
         fresh = self.ckpt is None and not self.resume

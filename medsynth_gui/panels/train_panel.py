@@ -266,7 +266,11 @@ class TrainPanel(QWidget):
             w.setEnabled(not running)
 
     def _on_event(self, ev: object) -> None:
-        if isinstance(ev, Progress) and ev.stage == "train":
+        if isinstance(ev, Progress) and ev.stage in ("train", "autoencoder"):
+            if ev.stage != getattr(self, "_stage", "train"):
+                # A latent run trains its autoencoder first: rate and ETA restart with each stage.
+                self._t_start, self._step_start = time.monotonic(), ev.done - 1
+            self._stage = ev.stage
             self.progress.setMaximum(ev.total)
             self.progress.setValue(ev.done)
             elapsed = time.monotonic() - self._t_start
@@ -280,6 +284,8 @@ class TrainPanel(QWidget):
             loss = ev.info.get("loss")
             if loss is not None and loss == loss:
                 parts.insert(0, f"loss {loss:.4f}")
+            if ev.stage == "autoencoder":
+                parts.insert(0, f"stage 1 of 2, autoencoder {ev.done}/{ev.total}")
             self.status.setText("  ·  ".join(p for p in parts if p))
         elif isinstance(ev, Preview):
             self._show_previews(ev)
