@@ -39,9 +39,11 @@ def sample_affine(attrs: dict) -> np.ndarray:
 def to_nifti_order(array: np.ndarray) -> np.ndarray:
     """Stored (D, H, W) → NIfTI (x, y, z) = (W, H, D); a 2D (H, W) image → (x, y, 1), as nnU-Net takes 2D data.
 
-    A transposed view, not a copy: nibabel writes column-major, which is this view's memory order.
+    A view, not a copy: nibabel writes column-major, which is this view's memory order. A 2D
+    picture's top row becomes the highest y (anterior), the way NIfTI viewers and the engine's
+    own MSD reader put it back on screen upright.
     """
-    return array.T[:, :, None] if array.ndim == 2 else array.transpose(2, 1, 0)
+    return array[::-1].T[:, :, None] if array.ndim == 2 else array.transpose(2, 1, 0)
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:

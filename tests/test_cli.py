@@ -120,7 +120,8 @@ def test_export_png_and_nnunet(tiny_run, tmp_path, capsys):
     lab = nib.load(tmp_path / "nn" / "labelsTr" / "synth_00000.nii.gz")
     assert img.shape == lab.shape == (16, 16, 1)
     with h5py.File(h5) as f:
-        np.testing.assert_array_equal(np.asarray(lab.dataobj)[:, :, 0].T, f["masks"][0])
+        # Top row of the picture = highest y, so NIfTI viewers show it upright.
+        np.testing.assert_array_equal(np.asarray(lab.dataobj)[:, :, 0].T[::-1], f["masks"][0])
     capsys.readouterr()
     assert main(["export", str(h5), "--to", str(tmp_path / "nn"), "--format", "nnunet"]) == 2
     assert "not empty" in error_line(capsys)

@@ -150,12 +150,16 @@ def test_2d_file_exports_as_nifti_and_nnunet(tmp_path):
     img = nib.load(tmp_path / "nii" / "synth_00001.nii.gz")
     # 2D spacing is (rows, columns); NIfTI's x runs along the columns.
     assert img.shape == (10, 8, 1) and img.header.get_zooms() == pytest.approx((0.8, 0.5, 1.0))
-    np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 0], images[1, 0].T)
+    # The picture's top row is the highest y, so viewers show it upright.
+    np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 0], images[1, 0][::-1].T)
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "nii" / "synth_00001_seg.nii.gz").dataobj)[:, :, 0],
-                                  masks[1].T)
+                                  masks[1][::-1].T)
     export(h5, tmp_path / "nn", "nnunet")
     s = read_msd(tmp_path / "nn")
     assert s.images.shape == (2, 1, 8, 10) and s.spacing == pytest.approx((0.5, 0.8))
+    # Read back by the engine's own reader, the dataset is the samples as they were.
+    np.testing.assert_array_equal(s.images[:, 0], images[:, 0])
+    np.testing.assert_array_equal(s.masks, masks)
     assert json.loads((tmp_path / "nn" / "dataset.json").read_text())["labels"] == {"background": 0, "polyp": 1}
 
 
