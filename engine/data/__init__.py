@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.data.dataset import ImageSet
+from engine.data.dicom import is_dicom_folder
 from engine.data.readers import (
     IMAGE_SUFFIXES,
     is_nifti,
@@ -14,23 +16,49 @@ from engine.data.readers import (
     read_nifti,
     read_npz,
 )
+from engine.data.volumes import VolumeOptions, read_volumes
 from engine.errors import InputError
 
-__all__ = ["ImageSet", "load_images", "read_folder_pairs", "read_msd", "read_nifti", "read_npz"]
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+
+__all__ = ["ImageSet", "VolumeOptions", "load_images", "read_folder_pairs", "read_msd", "read_nifti", "read_npz",
+           "read_volumes", "volume_options"]
 
 _EXPECTED = ("a MedMNIST .npz, a .nii/.nii.gz file, a MedSynth .h5 file, or a folder holding "
              "dataset.json + imagesTr/ (MSD / nnU-Net), images/ (+ masks/), or image files")
 
 
-def load_images(path: str | Path, *, split: str = "train", class_names: list[str] | None = None) -> ImageSet:
-    """Read any supported 2D input into a validated ImageSet.
+def volume_options(cfg: RunConfig) -> VolumeOptions | None:
+    """How a run reads NIfTI / MSD / DICOM inputs: as whole volumes when data.dims is 3, else None
+    (slices, the 2D readers' way)."""
+    if cfg.data.dims != 3:
+        return None
+    spacing = None
+    if cfg.data.spacing:
+        if len(cfg.data.spacing) != 3:
+            raise InputError(None, f"data.spacing {list(cfg.data.spacing)} needs three sizes in mm (x, y, z), "
+                                   "or none for automatic")
+        x, y, z = (float(s) for s in cfg.data.spacing)
+        spacing = (x, y, z)
+    return VolumeOptions(size=int(cfg.model.image_size), spacing=spacing, crop=cfg.data.crop,
+                         channel=int(cfg.data.channel))
+
+
+def load_images(path: str | Path, *, split: str = "train", class_names: list[str] | None = None,
+                volumes: VolumeOptions | None = None) -> ImageSet:
+    """Read any supported input into a validated ImageSet.
 
     `split` picks the MedMNIST split; `class_names` names numeric classes of a .npz file (when
-    the file has none) or of an image folder's labels.csv.
+    the file has none) or of an image folder's labels.csv. With `volumes`, NIfTI files and
+    folders, MSD / nnU-Net folders and DICOM series are read as whole size³ volumes
+    (`read_volumes`); .npz and .h5 files keep their own form either way.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "does not exist")
+    if volumes is not None and _holds_volumes(path):
+        return read_volumes(path, volumes)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".npz":
@@ -50,6 +78,18 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
     if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
         return read_folder_pairs(path, class_names=class_names)
     raise InputError(path, f"holds no data MedSynth can read; expected {_EXPECTED}")
+
+
+def _holds_volumes(path: Path) -> bool:
+    """Whether `path` is read by read_volumes when volumes are asked for: everything but .npz / .h5
+    files and picture folders, which keep their own form. Unknown inputs go to read_volumes too,
+    whose error then speaks of the 3D inputs it reads."""
+    if path.is_file():
+        return path.suffix.lower() not in (".npz", ".h5", ".hdf5")
+    if (path / "dataset.json").exists() or (path / "imagesTr").is_dir() or is_dicom_folder(path):
+        return True
+    return not (path / "images").is_dir() and not any(
+        p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
 
 
 def _read_store(path: Path) -> ImageSet:

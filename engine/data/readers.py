@@ -294,6 +294,11 @@ def _load_volume(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float]
 def _load_labels(path: Path, image_path: Path, image: np.ndarray, allowed: set[int] | None) -> np.ndarray:
     labels, _ = _load_volume(path, "label map")
     check_pair(image_path, image.shape, path, labels.shape)
+    return _label_map(path, labels, allowed)
+
+
+def _label_map(path: Path, labels: np.ndarray, allowed: set[int] | None) -> np.ndarray:
+    """Label values checked (whole, 0..255, known to dataset.json when `allowed`) and made uint8."""
     values = np.unique(labels)
     if np.any(values != np.rint(values)) or values.min() < 0 or values.max() > 255:
         raise InputError(path, "is not a label map: values must be whole numbers 0..255")
@@ -377,16 +382,20 @@ def _dataset_json(root: Path) -> tuple[dict[int, str], str]:
         raise InputError(path, "'labels' holds no whole-number label values")
     channels = meta.get("modality") or meta.get("channel_names") or {}
     channels = channels if isinstance(channels, dict) else {}
-    first = str(channels.get("0", next(iter(channels.values()), ""))).upper()
-    if first == "CT":
-        modality = "CT"
-    elif first.startswith(("MR", "T1", "T2", "FLAIR", "ADC", "DWI", "PD")):
-        modality = "MR"
-    else:
-        modality = "generic"
+    modality = _channel_modality(str(channels.get("0", next(iter(channels.values()), ""))))
     if len(channels) > 1:
         log.info("%s: %d channels; the 2D engine reads channel 0 only", path, len(channels))
     return names, modality
+
+
+def _channel_modality(name: str) -> str:
+    """A dataset.json channel name ("CT", "MRI", "T2", "FLAIR", ...) → "CT", "MR" or "generic"."""
+    name = name.upper()
+    if name == "CT":
+        return "CT"
+    if name.startswith(("MR", "T1", "T2", "FLAIR", "ADC", "DWI", "PD")):
+        return "MR"
+    return "generic"
 
 
 def read_msd(root: str | Path) -> ImageSet:
@@ -399,6 +408,21 @@ def read_msd(root: str | Path) -> ImageSet:
     """
     root = Path(root)
     label_names, modality = _dataset_json(root)
+    cases, label_files = _msd_cases(root)
+    slices = []
+    for case in sorted(cases):
+        volume, spacing = _load_volume(cases[case], "image")
+        labels = None
+        if label_files is not None:
+            labels = _load_labels(label_files[case], cases[case], volume, set(label_names))
+        images, masks = _axial_slices(volume, labels)
+        slices.append((images, masks, spacing))
+    return _slices_to_set(slices, root, label_names, modality)
+
+
+def _msd_cases(root: Path) -> tuple[dict[str, Path], dict[str, Path] | None]:
+    """{case: channel-0 image file} (nnU-Net's `case_0000`, or MSD's one file per case) and
+    {case: label file}, or None without labelsTr/; every image must have its label and back."""
     image_dir, label_dir = root / "imagesTr", root / "labelsTr"
     if not image_dir.is_dir():
         raise InputError(image_dir, "is missing")
@@ -425,12 +449,4 @@ def read_msd(root: str | Path) -> ImageSet:
         for case, p in label_files.items():
             if case not in cases:
                 raise InputError(p, f"is a label file without an image in {image_dir}")
-    slices = []
-    for case in sorted(cases):
-        volume, spacing = _load_volume(cases[case], "image")
-        labels = None
-        if label_files is not None:
-            labels = _load_labels(label_files[case], cases[case], volume, set(label_names))
-        images, masks = _axial_slices(volume, labels)
-        slices.append((images, masks, spacing))
-    return _slices_to_set(slices, root, label_names, modality)
+    return cases, label_files
