@@ -94,3 +94,23 @@ def test_cancel_in_stage_1_then_resume_finishes_both_stages(tmp_path, volumes):
     ae_steps = [e.done for e in events if isinstance(e, Progress) and e.stage == "autoencoder"]
     assert ae_steps[0] == 4 and ae_steps[-1] == 6  # stage 1 went on from step 3
     assert checkpoints.read_state(checkpoints.latest(tmp_path / "run"))["step"] == 2
+
+
+def test_latent_run_resumed_in_stage_2_matches_the_uninterrupted_run(tmp_path, volumes):
+    from safetensors.torch import load_file
+
+    TrainJob(tiny_latent(ae_steps=3, steps=4), tmp_path / "full", data=volumes).run(lambda ev: None, lambda: False)
+    calls = {"n": 0}
+
+    def cancel_in_stage_2() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5  # 3 autoencoder steps, then 2 diffusion steps
+
+    TrainJob(tiny_latent(ae_steps=3, steps=4), tmp_path / "cut", data=volumes).run(lambda ev: None,
+                                                                                    cancel_in_stage_2)
+    assert checkpoints.read_state(checkpoints.latest(tmp_path / "cut"))["step"] == 2
+    TrainJob(None, tmp_path / "cut", resume=True, data=volumes).run(lambda ev: None, lambda: False)
+    full = load_file(str(checkpoints.latest(tmp_path / "full") / "ema.safetensors"))
+    cut = load_file(str(checkpoints.latest(tmp_path / "cut") / "ema.safetensors"))
+    for k, v in full.items():
+        np.testing.assert_allclose(cut[k].numpy(), v.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)

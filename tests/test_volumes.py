@@ -41,6 +41,20 @@ def test_3d_model_trains_and_samples_volumes_with_masks(tmp_path):
         assert np.isfinite(f["images"][:]).all()
 
 
+def test_3d_model_with_masks_as_condition_generates_volumes_for_given_masks(tmp_path):
+    volumes = read_image_set(write_image_set(tmp_path / "vol.h5", make_phantoms(4, size=16, dims=3, seed=2)))
+    cfg = tiny_3d(2)
+    cfg.data.mask_mode = "condition"
+    TrainJob(cfg, tmp_path / "run", data=volumes).run(lambda ev: None, lambda: False)
+    out = tmp_path / "synth.h5"
+    SampleJob(tmp_path / "run", 2, out, steps=2, batch=2, seed=3).run(lambda ev: None, lambda: False)
+    with h5py.File(out) as f:
+        assert f["images"].shape == (2, 1, 16, 16, 16)
+        # Each volume was generated for a training mask, which the file keeps beside it.
+        for m in f["masks"][:]:
+            assert any(np.array_equal(m, v) for v in volumes.masks)
+
+
 def test_a_file_of_volumes_opens_in_the_gallery_and_the_three_views(tmp_path, qtbot):
     from PySide6.QtCore import QSettings
 
