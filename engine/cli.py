@@ -164,11 +164,31 @@ def cmd_export(args: argparse.Namespace) -> int:
             bars.append(tqdm(desc="export", unit="sample", total=total))
         bars[0].update(done - bars[0].n)
 
-    r = export(args.file, args.to, args.format, progress)
+    r = export(args.file, args.to, args.format, progress, max_corr=args.max_corr, train_data=args.train_data)
     for bar in bars:
         bar.close()
-    print(f"exported {r['n']} samples as {r['format']} to {r['out']}")
+    left = f"; left out {r['left_out']} too close to a training image" if args.max_corr is not None else ""
+    print(f"exported {r['n']} samples as {r['format']} to {r['out']}{left}")
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.evaluate import EvalSettings, EvaluateJob
+
+    settings = EvalSettings(fid_weights=args.fid_weights, max_samples=args.max_samples, nn_threshold=args.threshold,
+                            utility=not args.no_utility, utility_steps=args.utility_steps, seed=args.seed,
+                            device=args.device)
+    job = EvaluateJob(args.file, args.real, args.train_data, settings)
+    view = TqdmView()
+    code = run_job(job, view)
+    r = view.result
+    for key, value in sorted((r.get("figures") or {}).items()):
+        print(f"  {key:32s} {value:.4f}")
+    if r.get("report"):
+        print(f"report: {r['report']}")
+    print(f"figures written to {args.file} /metrics in {r.get('seconds', 0):.0f} s"
+          + ("" if r.get("complete", True) else " (stopped early: partial)"))
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -244,7 +264,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, metavar="{png,nifti,nnunet}",
                    help="png: 2D images + masks; nifti: .nii.gz + _seg.nii.gz per sample, affine kept; "
                    "nnunet: imagesTr/ labelsTr/ dataset.json (nnU-Net v2 raw)")
+    e.add_argument("--max-corr", dest="max_corr", type=float, default=None, metavar="T",
+                   help="leave out samples whose nearest training image correlates above T (e.g. 0.95)")
+    e.add_argument("--train-data", dest="train_data", default=None,
+                   help="training data to compute those correlations against (default: what evaluate stored)")
     e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="is the synthetic data like the real data, diverse, free of copies, useful?")
+    v.add_argument("file", help="MedSynth .h5 file of synthetic samples")
+    v.add_argument("--real", default=None, help="held-out real data (any input medsynth train reads)")
+    v.add_argument("--train-data", dest="train_data", default=None,
+                   help="the generator's training data (default: the path recorded in the file)")
+    v.add_argument("--fid-weights", dest="fid_weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (default: $MEDSYNTH_FID_WEIGHTS or the torch hub cache)")
+    v.add_argument("--max-samples", dest="max_samples", type=int, default=1000,
+                   help="samples per set for the distribution distances")
+    v.add_argument("--threshold", type=float, default=0.95, help="memorization threshold on the correlation")
+    v.add_argument("--utility-steps", dest="utility_steps", type=int, default=300,
+                   help="training steps for each downstream segmenter / classifier")
+    v.add_argument("--no-utility", dest="no_utility", action="store_true", help="skip the downstream training")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    v.set_defaults(func=cmd_evaluate)
     return p
 
 

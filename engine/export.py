@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -59,19 +60,45 @@ def _check(path: str | Path, out: Path, fmt: str) -> None:
         raise InputError(out, "exists and is not empty; choose an empty or new folder")
 
 
+def nearest_correlations(path: str | Path, f: Any, n: int, train_data: str | Path | None) -> np.ndarray:
+    """Each sample's correlation with its nearest training image: computed against `train_data`
+    when given, else the ones `medsynth evaluate` stored in the file."""
+    if train_data is not None:
+        from engine.evaluate import load_training_like
+        from engine.metrics.memorization import nearest_training
+
+        synth, train = load_training_like(path, train_data)
+        return nearest_training(synth[:n], train)[1]
+    stored = f.get("metrics/nn_corr")
+    if stored is None or stored.shape[0] < n:
+        raise InputError(path, "has no nearest-training-image correlations for every sample; run medsynth evaluate "
+                               "on it first, or pass --train-data DATA")
+    return np.asarray(stored[:n], np.float64)
+
+
 def export(path: str | Path, to: str | Path, fmt: str,
-           progress: Callable[[int, int], None] | None = None) -> dict:
+           progress: Callable[[int, int], None] | None = None, *, max_corr: float | None = None,
+           train_data: str | Path | None = None) -> dict:
     """Write the complete samples of MedSynth file `path` into the new or empty folder `to` as `fmt`.
 
-    Every refusal comes before the folder is made, so a refused export leaves nothing behind.
+    With `max_corr`, samples whose nearest training image correlates above it are left out,
+    so data can be shared without sharing a patient's image. Every refusal comes before the
+    folder is made, so a refused export leaves nothing behind.
     """
     out = Path(to)
     _check(path, out, fmt)
+    if max_corr is not None and not -1.0 <= max_corr <= 1.0:
+        raise InputError(None, f"--max-corr {max_corr} is not a correlation between -1 and 1")
     with open_file(path) as f:
         a = attrs_dict(f)
         n = n_complete(f)
         if n == 0:
             raise InputError(path, "holds no complete samples")
+        corr = nearest_correlations(path, f, n, train_data) if max_corr is not None else None
+        keep = np.ones(n, bool) if corr is None else corr <= max_corr
+        if not keep.any():
+            raise InputError(path, f"every sample correlates above {max_corr} with a training image; nothing to "
+                                   "export")
         volumes = a.get("spatial_dims", 2) == 3
         has_masks = "masks" in f
         if fmt == "png" and volumes:
@@ -85,19 +112,24 @@ def export(path: str | Path, to: str | Path, fmt: str,
         seeds = f["seeds"][:n] if "seeds" in f else None
         labels = f["labels"][:n] if "labels" in f else None
         rows = []
+        written = 0
         # One sample in memory at a time: a file of volumes can be many times the RAM.
         for i in range(n):
-            name = f"synth_{i:05d}"
+            if not keep[i]:
+                continue
+            name = f"synth_{i:05d}"  # the file's own index, so names still point at the HDF5 sample
             files, mask_file = writer.write(name, f["images"][i], f["masks"][i] if has_masks else None)
             label = None if labels is None else int(labels[i])
             rows.append([";".join(files), mask_file, "" if seeds is None else int(seeds[i]),
                          "" if label is None else label,
-                         class_names[label] if label is not None and 0 <= label < len(class_names) else ""])
+                         class_names[label] if label is not None and 0 <= label < len(class_names) else "",
+                         "" if corr is None else round(float(corr[i]), 4)])
+            written += 1
             if progress:
-                progress(i + 1, n)
+                progress(written, int(keep.sum()))
         writer.finish()
     with open(out / "samples.csv", "w", newline="", encoding="utf-8") as fh:
         table = csv.writer(fh)
-        table.writerow(["file", "mask", "seed", "class_index", "class_name"])
+        table.writerow(["file", "mask", "seed", "class_index", "class_name", "nn_corr"])
         table.writerows(rows)
-    return {"out": str(out), "n": n, "format": fmt}
+    return {"out": str(out), "n": written, "left_out": int(n - written), "format": fmt}

@@ -1,0 +1,432 @@
+"""`medsynth evaluate`: every trust figure for a synthetic file, into its /metrics group and a report.
+
+The job answers four questions — is it like my data, is it diverse, does it copy
+patients, does it help a segmentation model — each with a real-vs-real reference
+beside it where one exists, because a bare FID or correlation means little to a reader.
+
+Sets, all brought to the synthetic file's size and scaled to [0, 1] with its stored
+normalisation so every metric compares like with like:
+  synth  the file's complete samples;
+  train  the generator's training data (memorization, and the "real" arm of utility);
+  test   held-out real data (`--real`) that utility figures are scored on. Without a
+         separate test set, a fixed fifth of the training data is held out and the
+         report says that the generator has seen those cases.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from engine.config import from_dict
+from engine.data import load_images, volume_options
+from engine.data.dataset import ImageSet
+from engine.data.prepare import resize
+from engine.errors import InputError
+from engine.jobs import Cancelled, Done, Emit, Message, Progress
+from engine.metrics.utility import UtilityCancelled
+from engine.store import _json, attrs_dict, open_file, read_image_set
+
+FID_DIMS = (64, 192, 768, 2048)
+FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
+STAGES = ("load", "fid", "radiomics", "diversity", "memorization", "labels", "utility", "report")
+
+
+@dataclass
+class EvalSettings:
+    fid_weights: str | None = None
+    fid_dims: tuple[int, ...] = FID_DIMS
+    max_samples: int = 1000  # per set, for the distribution distances; memorization uses every sample
+    nn_threshold: float = 0.95
+    utility: bool = True
+    utility_steps: int = 300
+    test_share: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    report: bool = True
+    skip: list[str] = field(default_factory=list)  # stage names to leave out
+
+
+class EvaluationCancelled(Exception):
+    pass
+
+
+def scaled(s: ImageSet, size: tuple[int, ...], lo: float, hi: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images in [0, 1] by the synthetic file's normalisation, at its size; masks resized by nearest."""
+    x = torch.from_numpy(np.ascontiguousarray((s.images - lo) / max(hi - lo, 1e-12), dtype=np.float32))
+    if tuple(x.shape[2:]) != tuple(size):
+        if len(set(size)) != 1:
+            raise InputError(s.source, f"has size {tuple(x.shape[2:])}; the synthetic samples are {tuple(size)}")
+        x = resize(x, size[0])
+    masks = None
+    if s.masks is not None:
+        m = torch.from_numpy(s.masks.astype(np.float32))[:, None]
+        if tuple(m.shape[2:]) != tuple(size):
+            m = resize(m, size[0], nearest=True)
+        masks = m[:, 0].numpy().astype(np.uint8)
+    return x.clamp(0.0, 1.0).numpy(), masks
+
+
+def _subset(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k]) if n > k else np.arange(n)
+
+
+def _read_synth(path: Path) -> tuple[ImageSet, dict, Any, float, float]:
+    """The synthetic set, its attributes, its run config (or None) and its normalisation range."""
+    synth = read_image_set(path)
+    with open_file(path) as f:
+        a = attrs_dict(f)
+    config = a.get("config") or {}
+    cfg = from_dict(config) if config else None
+    norm = a.get("normalisation") or {}
+    lo = float(norm.get("lo", synth.images.min()))
+    hi = float(norm.get("hi", synth.images.max()))
+    return synth, a, cfg, lo, hi
+
+
+def load_real_like(path: str | Path, cfg: Any, spacing: tuple[float, ...] | None, split: str) -> ImageSet:
+    """Real data read the way the run read it: volumes at the synthetic file's spacing."""
+    opts = volume_options(cfg) if cfg is not None else None
+    if opts is not None and spacing:
+        opts.spacing = tuple(float(v) for v in spacing)
+    return load_images(path, split=split, volumes=opts)
+
+
+def load_training_like(synth_path: str | Path, train_data: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(synthetic images, training images), both at the file's size and in [0, 1]: what the
+    memorization gate of an export compares."""
+    synth, a, cfg, lo, hi = _read_synth(Path(synth_path))
+    train = load_real_like(train_data, cfg, tuple(a.get("spacing") or ()) or None, "train")
+    return scaled(synth, synth.size, lo, hi)[0], scaled(train, synth.size, lo, hi)[0]
+
+
+class EvaluateJob:
+    def __init__(self, synth: str | Path, real: str | Path | None = None, train_data: str | Path | None = None,
+                 settings: EvalSettings | None = None) -> None:
+        self.synth_path = Path(synth)
+        if not self.synth_path.exists():
+            raise InputError(self.synth_path, "does not exist")
+        self.real_path = Path(real) if real else None
+        self.train_path = Path(train_data) if train_data else None
+        self.settings = settings or EvalSettings()
+        self.figures: dict[str, float] = {}
+        self.summary: dict[str, Any] = {}
+        self.extras: dict[str, Any] = {}  # arrays the report and /metrics need: features, neighbours
+
+    # ----------------------------------------------------------------------------- data
+    def _sets(self, emit: Emit) -> dict[str, Any]:
+        synth, a, cfg, lo, hi = _read_synth(self.synth_path)
+        config = a.get("config") or {}
+        size = synth.size
+        spacing = tuple(a.get("spacing") or ()) or None
+        train_path = self.train_path
+        if train_path is None and config.get("data", {}).get("path"):
+            candidate = Path(config["data"]["path"])
+            if candidate.exists():
+                train_path = candidate
+        if train_path is None and self.real_path is None:
+            raise InputError(self.synth_path, "records no training data that still exists; pass --real DATA "
+                                              "(held-out real data) and/or --train-data DATA")
+        notes = []
+        train = load_real_like(train_path, cfg, spacing, "train") if train_path else None
+        test = load_real_like(self.real_path, cfg, spacing, "test") if self.real_path else None
+        if train is not None and test is not None and train_path.resolve() == self.real_path.resolve() \
+                and train_path.suffix.lower() != ".npz":
+            test = None  # the same cases twice: hold out a share instead
+        sets: dict[str, Any] = {"lo": lo, "hi": hi, "size": size, "attrs": a}
+        sets["synth"] = scaled(synth, size, lo, hi) + (synth.labels,)
+        if train is None:
+            train = test
+            test = None
+            notes.append("no training data given: memorization was measured against --real")
+        if test is None:
+            idx_train, idx_test = _split(len(train), self.settings.test_share, self.settings.seed)
+            full = scaled(train, size, lo, hi) + (train.labels,)
+            sets["train"] = _take(full, idx_train)
+            sets["test"] = _take(full, idx_test)
+            notes.append(f"held-out real data: {len(idx_test)} of the {len(train)} training cases, which the "
+                         "generator has seen — utility figures are optimistic; pass --real for unseen cases")
+        else:
+            sets["train"] = scaled(train, size, lo, hi) + (train.labels,)
+            sets["test"] = scaled(test, size, lo, hi) + (test.labels,)
+        for name in ("synth", "train", "test"):
+            if sets[name][0].shape[1] != sets["synth"][0].shape[1]:
+                raise InputError(self.real_path or train_path, f"has {sets[name][0].shape[1]} channels; the "
+                                                               f"synthetic samples have {sets['synth'][0].shape[1]}")
+        sets["notes"] = notes
+        sets["sources"] = {"synth": str(self.synth_path), "train": str(train_path) if train_path else None,
+                           "test": str(self.real_path) if self.real_path and test is not None else "held out"}
+        emit(Message(f"evaluating {len(sets['synth'][0])} synthetic samples against {len(sets['train'][0])} "
+                     f"training and {len(sets['test'][0])} held-out real samples"))
+        return sets
+
+    # ----------------------------------------------------------------------------- run
+    def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
+        st = self.settings
+        device = "cuda" if st.device == "auto" and torch.cuda.is_available() else \
+            ("cpu" if st.device == "auto" else st.device)
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        stages = [s for s in STAGES if s not in st.skip]
+        sets: dict[str, Any] = {}
+        was_cancelled = False
+
+        def check() -> None:
+            if cancelled():
+                raise EvaluationCancelled
+
+        try:
+            for i, stage in enumerate(stages):
+                emit(Progress("evaluate", i, len(stages), {"stage": stage}))
+                check()
+                t = time.perf_counter()
+                if stage == "load":
+                    sets = self._sets(emit)
+                    self.summary["notes"] = sets["notes"]
+                    self.summary["sources"] = sets["sources"]
+                elif stage == "report":
+                    continue  # written below, also after a cancel
+                else:
+                    getattr(self, f"_{stage}")(sets, device, emit, check)
+                timings[stage] = round(time.perf_counter() - t, 2)
+            emit(Progress("evaluate", len(stages), len(stages), {"stage": "done"}))
+        except (EvaluationCancelled, UtilityCancelled):
+            was_cancelled = True
+        self.summary["timings_s"] = timings
+        self.summary["settings"] = asdict(st) | {"device": device}
+        self.summary["complete"] = not was_cancelled
+        report_path = None
+        if sets:
+            self._write_metrics()
+            if st.report and "report" in stages:
+                from engine.evaluate_report import build_report
+
+                report_path = build_report(self.synth_path, self.figures, self.summary, sets, self.extras)
+        result = {"file": str(self.synth_path), "figures": dict(self.figures), "report": str(report_path)
+                  if report_path else None, "seconds": time.perf_counter() - t0, "complete": not was_cancelled}
+        emit(Done(result, cancelled=was_cancelled))
+        return result
+
+    def _set(self, key: str, value: float | None) -> None:
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            self.figures[key] = float(value)
+
+    # ----------------------------------------------------------------------------- stages
+    def _fid(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
+        from engine.metrics import inception
+        from engine.metrics.frechet import frechet_from_features, kid
+
+        st = self.settings
+        path = inception.find_weights(st.fid_weights)
+        if path is None:
+            self.summary["fid"] = {"available": False, "note": (
+                "FID and KID not computed: the FID Inception weights (pt_inception-2015-12-05-6726825d.pth) "
+                "were not found. Put the file in the torch hub cache (" +
+                str(Path(torch.hub.get_dir()) / "checkpoints") +
+                ") or pass --fid-weights PATH / set MEDSYNTH_FID_WEIGHTS; they are never downloaded.")}
+            emit(Message(self.summary["fid"]["note"]))
+            return
+        net = inception.load_fid_inception(path).to(device)
+        sha = inception.weights_sha256(path)
+        feats = {}
+        for name in ("synth", "test", "train"):
+            images = sets[name][0]
+            images = images[_subset(len(images), st.max_samples, st.seed)]
+            if images.ndim == 5:
+                images = inception.volume_slices(images)
+            feats[name] = inception.inception_features(images, tuple(st.fid_dims), net, device=device)
+            check()
+        out: dict[str, Any] = {"available": True, "weights": str(path), "sha256": sha, "values": {}}
+        for dim in st.fid_dims:
+            fid = frechet_from_features(feats["synth"][dim], feats["test"][dim])
+            ref = frechet_from_features(feats["train"][dim], feats["test"][dim])
+            self._set(f"fid_{dim}", fid)
+            self._set(f"fid_{dim}_real_vs_real", ref)
+            out["values"][str(dim)] = {"fid": fid, "real_vs_real": ref, "block": FID_BLOCKS.get(dim, str(dim))}
+        top = max(st.fid_dims)
+        k_mean, k_std = kid(feats["synth"][top], feats["test"][top], subsets=50,
+                            subset_size=min(1000, len(feats["synth"][top]), len(feats["test"][top])))
+        self._set(f"kid_{top}", k_mean)
+        self._set(f"kid_{top}_std", k_std)
+        out["kid"] = {"dim": top, "mean": k_mean, "std": k_std}
+        self.extras["fid_features"] = feats
+        self.summary["fid"] = out
+
+    def _radiomics(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
+        from engine.metrics.diversity import mmd
+        from engine.metrics.radiomics import frd
+
+        st = self.settings
+        pick = {n: sets[n][0][_subset(len(sets[n][0]), st.max_samples, st.seed)] for n in ("synth", "test", "train")}
+        value = frd(pick["test"], pick["synth"])
+        check()
+        ref = frd(pick["test"], pick["train"])
+        self._set("frd", value)
+        self._set("frd_real_vs_real", ref)
+        check()
+        self._set("mmd", mmd(pick["test"], pick["synth"]))
+        self._set("mmd_real_vs_real", mmd(pick["test"], pick["train"]))
+        self.summary["frd"] = {"value": value, "real_vs_real": ref}
+
+    def _diversity(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
+        from engine.metrics.diversity import ms_ssim_diversity
+
+        synth = ms_ssim_diversity(sets["synth"][0], seed=self.settings.seed)
+        check()
+        real = ms_ssim_diversity(sets["train"][0], seed=self.settings.seed)
+        self._set("ms_ssim_synth", synth)
+        self._set("ms_ssim_real", real)
+        self.summary["diversity"] = {"ms_ssim_synth": synth, "ms_ssim_real": real}
+
+    def _memorization(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
+        from engine.metrics.memorization import memorization_summary, nearest_training
+
+        st = self.settings
+        idx, corr = nearest_training(sets["synth"][0], sets["train"][0])
+        check()
+        _, ref_corr = nearest_training(sets["test"][0], sets["train"][0])
+        summary = memorization_summary(corr, st.nn_threshold)
+        ref = memorization_summary(ref_corr, st.nn_threshold)
+        self.extras["nn"] = (idx, corr)
+        order = np.argsort(-corr)[:8]
+        summary["closest"] = [[int(i), int(idx[i]), float(corr[i])] for i in order]
+        summary["real_vs_train"] = ref
+        self.summary["memorization"] = summary
+        self._set("nn_corr_max", float(corr.max()))
+        self._set("nn_corr_median", float(np.median(corr)))
+        self._set("nn_share_above", summary["share_above"])
+        self._set("nn_corr_max_real_vs_train", float(ref_corr.max()))
+        fid = self.extras.get("fid_features")
+        if fid is not None:
+            from engine.metrics.memorization import mifid
+
+            top = max(st.fid_dims)
+            self._set(f"mifid_{top}", mifid(self.figures[f"fid_{top}"], fid["synth"][top], fid["train"][top]))
+
+    def _labels(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
+        from engine.metrics import utility
+
+        st = self.settings
+        out: dict[str, Any] = {}
+        s_img, s_mask, s_lab = sets["synth"]
+        r_img, r_mask, r_lab = sets["train"]
+
+        def progress(done: int, total: int) -> None:
+            emit(Progress("labels", done, total))
+
+        if s_mask is not None and r_mask is not None:
+            k = int(max(s_mask.max(), r_mask.max())) + 1
+            model = utility.train_segmenter(r_img, r_mask, max(k, 2), steps=st.utility_steps, seed=st.seed,
+                                            device=device, progress=progress, cancelled=_poll(check))
+            agree = utility.dice_iou(utility.segment(model, s_img), s_mask, max(k, 2))
+            ref = utility.dice_iou(utility.segment(model, sets["test"][0]), sets["test"][1], max(k, 2)) \
+                if sets["test"][1] is not None else None
+            out["image_mask"] = {"synth": agree, "real_held_out": ref}
+            self._set("mask_dice", agree["dice"])
+            if ref is not None:
+                self._set("mask_dice_real", ref["dice"])
+        if s_lab is not None and r_lab is not None:
+            fid = utility.class_fidelity(r_img, r_lab, s_img, s_lab, steps=st.utility_steps, seed=st.seed,
+                                         device=device, progress=progress, cancelled=_poll(check))
+            out["class_fidelity"] = fid
+            self._set("class_fidelity", fid["accuracy"])
+            self._set("class_fidelity_real", fid["real_accuracy"])
+        self.summary["labels"] = out
+
+    def _utility(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
+        from engine.metrics import utility
+
+        st = self.settings
+        if not st.utility:
+            return
+        out: dict[str, Any] = {}
+
+        def progress(done: int, total: int) -> None:
+            emit(Progress("utility", done, total))
+
+        (s_img, s_mask, s_lab), (r_img, r_mask, r_lab), (t_img, t_mask, t_lab) = \
+            sets["synth"], sets["train"], sets["test"]
+        if s_mask is not None and r_mask is not None and t_mask is not None:
+            seg = utility.segmentation_utility((r_img, r_mask), (t_img, t_mask), (s_img, s_mask),
+                                               steps=st.utility_steps, seed=st.seed, device=device,
+                                               progress=progress, cancelled=_poll(check))
+            out["segmentation"] = seg
+            for arm in ("real", "synth", "both"):
+                self._set(f"dice_{arm}", seg[arm]["dice"])
+                self._set(f"iou_{arm}", seg[arm]["iou"])
+            self._set("dice_ratio_synth_real", seg["ratio_synth_real"])
+            self._set("dice_ratio_both_real", seg["ratio_both_real"])
+        if s_lab is not None and r_lab is not None and t_lab is not None:
+            cls = utility.classification_utility((r_img, r_lab), (t_img, t_lab), (s_img, s_lab),
+                                                 steps=st.utility_steps, seed=st.seed, device=device,
+                                                 progress=progress, cancelled=_poll(check))
+            out["classification"] = cls
+            for arm in ("real", "synth", "both"):
+                self._set(f"accuracy_{arm}", cls[arm]["accuracy"])
+            self._set("accuracy_ratio_synth_real", cls["ratio_synth_real"])
+            self._set("accuracy_ratio_both_real", cls["ratio_both_real"])
+        self.summary["utility"] = out
+
+    # ----------------------------------------------------------------------------- output
+    def _write_metrics(self) -> None:
+        with h5py.File(self.synth_path, "r+", locking=False) as f:
+            group = f.require_group("metrics")
+            for key in list(group.attrs):
+                if key != "summary":
+                    del group.attrs[key]  # a new evaluation replaces the old figures, never mixes with them
+            for key, value in self.figures.items():
+                group.attrs[key] = value
+            group.attrs["summary"] = _json(_plain(self.summary))
+            nn = self.extras.get("nn")
+            if nn is not None:
+                for name, values in (("nn_index", nn[0].astype(np.int64)), ("nn_corr", nn[1].astype(np.float32))):
+                    if name in group:
+                        del group[name]
+                    group.create_dataset(name, data=values)
+                group["nn_corr"].attrs["train_data"] = str(self.summary.get("sources", {}).get("train"))
+
+
+def _poll(check: Any) -> Any:
+    """The utility trainers poll a boolean; ours raises, so translate."""
+    def cancelled() -> bool:
+        try:
+            check()
+        except EvaluationCancelled:
+            return True
+        return False
+    return cancelled
+
+
+def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if n < 2:
+        raise InputError(None, "evaluation needs at least 2 real samples")
+    order = np.random.default_rng([seed, 99]).permutation(n)
+    k = min(max(int(round(n * share)), 1), n - 1)
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def _take(item: tuple, idx: np.ndarray) -> tuple:
+    return tuple(None if a is None else a[idx] for a in item)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars and arrays to Python, NaN to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
