@@ -210,7 +210,8 @@ class EvaluateJob:
 
                 report_path = build_report(self.synth_path, self.figures, self.summary, sets, self.extras)
         result = {"file": str(self.synth_path), "figures": dict(self.figures), "report": str(report_path)
-                  if report_path else None, "seconds": time.perf_counter() - t0, "complete": not was_cancelled}
+                  if report_path else None, "seconds": time.perf_counter() - t0, "complete": not was_cancelled,
+                  "summary": _plain(self.summary), **self._pictures(sets)}
         emit(Done(result, cancelled=was_cancelled))
         return result
 
@@ -260,19 +261,21 @@ class EvaluateJob:
         self.summary["fid"] = out
 
     def _radiomics(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.metrics.diversity import mmd
-        from engine.metrics.radiomics import frd
+        from engine.metrics.diversity import mmd_from_features
+        from engine.metrics.radiomics import frd_from_features, radiomic_features
 
         st = self.settings
-        pick = {n: sets[n][0][_subset(len(sets[n][0]), st.max_samples, st.seed)] for n in ("synth", "test", "train")}
-        value = frd(pick["test"], pick["synth"])
-        check()
-        ref = frd(pick["test"], pick["train"])
+        feats = {}
+        for n in ("synth", "test", "train"):
+            feats[n] = radiomic_features(sets[n][0][_subset(len(sets[n][0]), st.max_samples, st.seed)])
+            check()
+        value = frd_from_features(feats["test"], feats["synth"])
+        ref = frd_from_features(feats["test"], feats["train"])
         self._set("frd", value)
         self._set("frd_real_vs_real", ref)
         check()
-        self._set("mmd", mmd(pick["test"], pick["synth"]))
-        self._set("mmd_real_vs_real", mmd(pick["test"], pick["train"]))
+        self._set("mmd", mmd_from_features(feats["test"], feats["synth"], st.max_samples, seed=st.seed))
+        self._set("mmd_real_vs_real", mmd_from_features(feats["test"], feats["train"], st.max_samples, seed=st.seed))
         self.summary["frd"] = {"value": value, "real_vs_real": ref}
 
     def _diversity(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
@@ -375,6 +378,18 @@ class EvaluateJob:
         self.summary["utility"] = out
 
     # ----------------------------------------------------------------------------- output
+    def _pictures(self, sets: dict) -> dict[str, Any]:
+        """What the app plots: every sample's nearest correlation and the closest pairs as pictures."""
+        from engine.evaluate_report import picture
+
+        nn = self.extras.get("nn")
+        mem = self.summary.get("memorization") or {}
+        if nn is None or not sets:
+            return {"nn_corr": None, "pairs": []}
+        pairs = [(picture(sets["synth"][0][i]), picture(sets["train"][0][j]), f"#{i} vs train #{j}: {c:.3f}")
+                 for i, j, c in mem.get("closest", [])[:6]]
+        return {"nn_corr": np.asarray(nn[1]), "pairs": pairs}
+
     def _write_metrics(self) -> None:
         with h5py.File(self.synth_path, "r+", locking=False) as f:
             group = f.require_group("metrics")

@@ -11,7 +11,7 @@ import numpy as np
 from engine import report as r
 
 
-def _picture(image: np.ndarray) -> np.ndarray:
+def picture(image: np.ndarray) -> np.ndarray:
     """One sample (C, H, W) or (C, D, H, W) in [0, 1] as a 2D picture: the central slice of a volume."""
     a = np.asarray(image)
     if a.ndim == 4:
@@ -69,7 +69,7 @@ def _samples(sets: dict) -> str:
     rows = []
     for name, caption in (("synth", "synthetic"), ("test", "real (held out)")):
         images = sets[name][0][:8]
-        cells = "".join(f'<figure><img src="{r.png_data_uri(_picture(im))}" alt="{caption}"></figure>'
+        cells = "".join(f'<figure><img src="{r.png_data_uri(picture(im))}" alt="{caption}"></figure>'
                         for im in images)
         rows.append(f"<div><b>{caption}</b><div class='pairs'>{cells}</div></div>")
     return "".join(rows)
@@ -112,7 +112,7 @@ def _memorization(summary: dict, sets: dict, extras: dict) -> str:
                          threshold=mem.get("threshold"))]
     pairs = []
     for s_i, t_i, c in mem.get("closest", [])[:8]:
-        pairs.append((_picture(sets["synth"][0][s_i]), _picture(sets["train"][0][t_i]),
+        pairs.append((picture(sets["synth"][0][s_i]), picture(sets["train"][0][t_i]),
                       f"#{s_i} vs train #{t_i}: {c:.3f}"))
     parts.append("<p>Closest pairs (synthetic left, nearest training image right):</p>" + r.pairs_strip(pairs))
     return "".join(parts)

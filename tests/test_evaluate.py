@@ -121,7 +121,7 @@ def test_a_cancelled_evaluation_keeps_what_it_measured(files, tmp_path):
 
     def stop_in_diversity() -> bool:
         polls["n"] += 1
-        return polls["n"] > 5  # load (1 poll) and radiomics (3) finish; diversity is stopped
+        return polls["n"] > 6  # load (1 poll) and radiomics (5) finish; diversity is stopped
 
     events = []
     settings = EvalSettings(skip=["fid", "labels", "utility"])
