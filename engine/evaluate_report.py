@@ -106,7 +106,10 @@ def _memorization(summary: dict, sets: dict, extras: dict) -> str:
     if not mem or nn is None:
         return "<p>not measured</p>"
     idx, corr = nn
-    edges = list(np.linspace(min(0.0, float(corr.min())), 1.0, 21))
+    # Zoomed to where the samples are: similar anatomy puts every correlation high, and the
+    # gap between typical samples and copies is what the reader needs to see.
+    lo = max(-1.0, math.floor(float(corr.min()) * 20) / 20 - 0.05)
+    edges = list(np.linspace(lo, 1.0, 21))
     counts, _ = np.histogram(corr, bins=edges)
     parts = [r.histogram([int(c) for c in counts], edges, title="nearest-training-image correlation per sample",
                          threshold=mem.get("threshold"))]

@@ -91,7 +91,7 @@ def histogram(counts: list[int], edges: list[float], *, title: str, threshold: f
     parts.append(f'<line x1="{pad_l}" y1="{base}" x2="{width - 10}" y2="{base}" stroke="{MUTED}"/>')
     for v in np.linspace(lo, hi, 6):
         x = pad_l + (v - lo) / (hi - lo) * inner_w
-        parts.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle">{v:.1f}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle">{v:.2f}</text>')
     parts.append(f'<text x="{pad_l - 6}" y="{pad_t + 8}" text-anchor="end">{top}</text>')
     if threshold is not None and lo <= threshold <= hi:
         x = pad_l + (threshold - lo) / (hi - lo) * inner_w
@@ -126,7 +126,7 @@ padding-bottom:4px}.sub{color:#5b6875}
 table{border-collapse:collapse;margin:8px 0}td,th{padding:4px 10px;border-bottom:1px solid #e6ebf0;
 text-align:left}th{background:#f3f6f9}
 .answer{background:#f3f7fb;border-left:4px solid #3d7ab8;padding:10px 14px;margin:12px 0}
-.answer b{display:inline-block;min-width:260px}
+.answer div{display:grid;grid-template-columns:220px 1fr;gap:10px;margin:3px 0}
 .warn{background:#fff6e5;border-left:4px solid #e0a100;padding:8px 12px}
 svg.chart{font-size:12px;margin:6px 18px 6px 0}svg.chart .t{font-weight:600}
 .charts{display:flex;flex-wrap:wrap}.pairs{display:flex;flex-wrap:wrap;gap:10px}
