@@ -27,6 +27,7 @@ from engine.data.dicom import is_dicom_folder
 from engine.errors import InputError
 from medsynth_gui.gallery import Gallery
 from medsynth_gui.loaders import Displayable, dicom_volume, h5_sample, nifti_volume
+from medsynth_gui.panels.evaluate_panel import EvaluatePanel
 from medsynth_gui.panels.generate_panel import GeneratePanel
 from medsynth_gui.panels.train_panel import TrainPanel
 from medsynth_gui.viewer import CompareView, Viewer
@@ -72,6 +73,7 @@ class MainWindow(QMainWindow):
         self.generate.file_started.connect(self._generation_started)
         self.generate.file_progress.connect(lambda _p: self.gallery.refresh())
         self.generate.file_done.connect(lambda p: (self.gallery.refresh(), self._remember(p)))
+        self.generate.file_done.connect(self.evaluate.set_file)
         geometry = self.settings.value("window/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
@@ -105,6 +107,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.viewer, "Viewer")
         self.tabs.addTab(self.gallery, "Gallery")
         self.tabs.addTab(compare_page, "Compare")
+        self.evaluate = EvaluatePanel()
+        self.tabs.addTab(self.evaluate, "Evaluate")
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.tabs)
         self.setCentralWidget(self.stack)

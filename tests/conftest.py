@@ -10,6 +10,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # and subprocesses (the CLI, two-process training) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from engine.config import RunConfig, load_preset  # noqa: E402
@@ -58,3 +59,27 @@ def tiny_cli_setup(folder, n: int, train: str):
     cfg.write_text("[model]\nimage_size = 16\nblock_out_channels = [16, 32]\nattention_levels = [false, true]\n"
                    f"[train]\n{train}\nbatch = 4\n")
     return data, cfg
+
+
+COPIES = (4, 17, 31)  # synthetic indices that are copies of training images 10, 20, 30
+
+
+def make_evaluation_files(root):
+    """Training, held-out and "synthetic" phantom files for evaluation tests. The synthetic file is a
+    fresh phantom draw (a perfect generator) with three planted copies of training images."""
+    from engine.store import SampleWriter, write_image_set
+
+    train = make_phantoms(120, size=32, seed=0)
+    train_path = write_image_set(root / "train.h5", train)
+    test_path = write_image_set(root / "test.h5", make_phantoms(40, size=32, seed=5000))
+    synth = make_phantoms(48, size=32, seed=9000)
+    for k, i in enumerate(COPIES):
+        src = 10 * (k + 1)
+        synth.images[i], synth.masks[i], synth.labels[i] = train.images[src], train.masks[src], train.labels[src]
+    synth_path = root / "synth.h5"
+    with SampleWriter(synth_path, len(synth), synth.images.shape[1:], masks=True, labels=True,
+                      class_names=synth.class_names, label_names=synth.label_names,
+                      normalisation={"modality": "MR", "lo": 0.0, "hi": 1000.0, "units": "a.u."},
+                      config={"data": {"path": str(train_path)}}) as w:
+        w.append(synth.images, np.arange(len(synth)), synth.masks, synth.labels)
+    return root, train_path, test_path, synth_path

@@ -9,31 +9,14 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from engine.data.phantoms import make_phantoms
 from engine.evaluate import EvalSettings, EvaluateJob
 from engine.jobs import Done
-from engine.store import SampleWriter, write_image_set
-
-COPIES = (4, 17, 31)  # synthetic indices that are copies of training images 10, 20, 30
+from tests.conftest import COPIES, make_evaluation_files
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, monkeypatch_module):
-    root = tmp_path_factory.mktemp("evaluate")
-    train = make_phantoms(120, size=32, seed=0)
-    train_path = write_image_set(root / "train.h5", train)
-    test_path = write_image_set(root / "test.h5", make_phantoms(40, size=32, seed=5000))
-    synth = make_phantoms(48, size=32, seed=9000)
-    for k, i in enumerate(COPIES):
-        synth.images[i], synth.masks[i], synth.labels[i] = train.images[10 * (k + 1)], \
-            train.masks[10 * (k + 1)], train.labels[10 * (k + 1)]
-    synth_path = root / "synth.h5"
-    with SampleWriter(synth_path, len(synth), synth.images.shape[1:], masks=True, labels=True,
-                      class_names=synth.class_names, label_names=synth.label_names,
-                      normalisation={"modality": "MR", "lo": 0.0, "hi": 1000.0, "units": "a.u."},
-                      config={"data": {"path": str(train_path)}}) as w:
-        w.append(synth.images, np.arange(len(synth)), synth.masks, synth.labels)
-    return root, train_path, test_path, synth_path
+    return make_evaluation_files(tmp_path_factory.mktemp("evaluate"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,342 @@
+"""Evaluate page: run `medsynth evaluate` in the worker, then show the answers, figures and plots.
+
+FID values of different Inception depths stay in a table, one row each: they are on
+different scales, and a shared axis would invite comparing them.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QImage, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.errors import InputError
+from engine.evaluate import EvalSettings, EvaluateJob
+from engine.evaluate_report import answers
+from engine.jobs import Done, Message, Progress
+from medsynth_gui.panels.widgets import path_row
+from medsynth_gui.worker import JobRunner
+
+ACCENT = (61, 122, 184)
+STAGE_TEXT = {"load": "reading the data", "fid": "Inception features (FID, KID)", "radiomics": "radiomic features "
+              "(FRD, MMD)", "diversity": "MS-SSIM diversity", "memorization": "nearest training images",
+              "labels": "label quality (segmenter, classifier)", "utility": "downstream utility (3 segmenters)",
+              "report": "writing the report", "done": "done"}
+
+
+def _pixmap(picture: np.ndarray, size: int = 88) -> QPixmap:
+    a = np.asarray(picture)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    a = np.ascontiguousarray(a)
+    if a.ndim == 2:
+        img = QImage(a.data, a.shape[1], a.shape[0], a.strides[0], QImage.Format.Format_Grayscale8)
+    else:
+        img = QImage(a.data, a.shape[1], a.shape[0], a.strides[0], QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(img.copy()).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
+                                                Qt.TransformationMode.FastTransformation)
+
+
+class EvaluatePanel(QWidget):
+    evaluated = Signal(str)  # the file whose /metrics were just written
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.runner = JobRunner(self)
+        self.runner.event.connect(self._on_event)
+        self.runner.done.connect(self._on_done)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.running_changed.connect(self._on_running)
+        self.result: dict | None = None
+        self._build()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        outer = QHBoxLayout(self)
+        left = QVBoxLayout()
+        box = QGroupBox("Evaluate synthetic data")
+        form = QFormLayout(box)
+        self.synth_edit = QLineEdit()
+        self.synth_edit.setPlaceholderText("synthetic .h5 file")
+        b1 = QPushButton("Browse…")
+        b1.clicked.connect(lambda: self._pick_file(self.synth_edit, "MedSynth HDF5 (*.h5 *.hdf5)"))
+        form.addRow("Synthetic", path_row(self.synth_edit, b1))
+        self.real_edit = QLineEdit()
+        self.real_edit.setPlaceholderText("held-out real data (optional)")
+        b2, b2f = QPushButton("File…"), QPushButton("Folder…")
+        b2.clicked.connect(lambda: self._pick_file(self.real_edit, "Data (*.h5 *.npz *.nii *.nii.gz)"))
+        b2f.clicked.connect(lambda: self._pick_folder(self.real_edit))
+        form.addRow("Real (test)", path_row(self.real_edit, b2, b2f))
+        self.train_edit = QLineEdit()
+        self.train_edit.setPlaceholderText("the generator's training data (default: recorded in the file)")
+        b3, b3f = QPushButton("File…"), QPushButton("Folder…")
+        b3.clicked.connect(lambda: self._pick_file(self.train_edit, "Data (*.h5 *.npz *.nii *.nii.gz)"))
+        b3f.clicked.connect(lambda: self._pick_folder(self.train_edit))
+        form.addRow("Training data", path_row(self.train_edit, b3, b3f))
+        self.weights_edit = QLineEdit()
+        self.weights_edit.setPlaceholderText("pt_inception-2015-12-05-6726825d.pth (optional)")
+        b4 = QPushButton("Browse…")
+        b4.clicked.connect(lambda: self._pick_file(self.weights_edit, "PyTorch weights (*.pth *.pt)"))
+        form.addRow("FID weights", path_row(self.weights_edit, b4))
+        self.threshold = QDoubleSpinBox(minimum=0.5, maximum=1.0, singleStep=0.01, value=0.95, decimals=3)
+        self.threshold.setToolTip("a sample correlating above this with a training image counts as a copy")
+        form.addRow("Copy threshold", self.threshold)
+        self.max_samples = QSpinBox(minimum=10, maximum=100_000, value=1000)
+        form.addRow("Samples per set", self.max_samples)
+        self.steps = QSpinBox(minimum=10, maximum=100_000, value=300)
+        self.steps.setToolTip("training steps of each downstream segmenter / classifier")
+        form.addRow("Utility steps", self.steps)
+        self.utility_check = QCheckBox("train downstream segmenters (real / synthetic / both)")
+        self.utility_check.setChecked(True)
+        form.addRow("", self.utility_check)
+        left.addWidget(box)
+        row = QHBoxLayout()
+        self.go_btn = QPushButton("Evaluate")
+        self.stop_btn = QPushButton("Stop")
+        self.report_btn = QPushButton("Open report")
+        self.go_btn.clicked.connect(self.start)
+        self.stop_btn.clicked.connect(self.runner.stop)
+        self.report_btn.clicked.connect(self.open_report)
+        for b in (self.go_btn, self.stop_btn, self.report_btn):
+            row.addWidget(b)
+        left.addLayout(row)
+        self.progress = QProgressBar()
+        self.status = QLabel("Idle")
+        self.status.setWordWrap(True)
+        self.error = QLabel()
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #ff6b6b; font-weight: bold;")
+        self.error.hide()
+        left.addWidget(self.progress)
+        left.addWidget(self.status)
+        left.addWidget(self.error)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["figure", "value"])
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().hide()
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        left.addWidget(self.table, 1)
+        holder = QWidget()
+        holder.setLayout(left)
+        holder.setMaximumWidth(520)
+        outer.addWidget(holder)
+
+        right = QWidget()
+        grid = QVBoxLayout(right)
+        answers_box = QGroupBox("Answers")
+        av = QVBoxLayout(answers_box)
+        # One rich-text label: word-wrapped labels in a grid get squeezed to one line each.
+        self.answers_label = QLabel("Run an evaluation to answer: is it like my data, is it diverse, does it copy "
+                                    "patients, does it help segmentation?")
+        self.answers_label.setWordWrap(True)
+        self.answers_label.setTextFormat(Qt.TextFormat.RichText)
+        # The scroll area sizes its page from minimum heights, which ignore word wrapping.
+        self.answers_label.setMinimumHeight(130)
+        self.answers_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        av.addWidget(self.answers_label)
+        grid.addWidget(answers_box)
+        plots = QHBoxLayout()
+        self.hist_plot = pg.PlotWidget(title="Nearest-training-image correlation")
+        self.hist_plot.setLabel("bottom", "correlation")
+        self.hist_plot.setLabel("left", "samples")
+        self.dice_plot = pg.PlotWidget(title="Dice on held-out real data")
+        for p in (self.hist_plot, self.dice_plot):
+            p.setFixedHeight(260)
+            p.setMouseEnabled(False, False)
+            plots.addWidget(p)
+        grid.addLayout(plots)
+        pairs_box = QGroupBox("Closest pairs (synthetic | nearest training image)")
+        pairs_box.setMinimumHeight(150)
+        # A grid of three pairs per row: one long row would force the page wider than the window.
+        self.pairs_layout = QGridLayout(pairs_box)
+        grid.addWidget(pairs_box)
+        self.fid_table = QTableWidget(0, 4)
+        self.fid_table.setHorizontalHeaderLabels(["FID depth", "Inception block", "synthetic vs real", "real vs real"])
+        self.fid_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.fid_table.verticalHeader().hide()
+        self.fid_table.setFixedHeight(150)
+        self.fid_table.hide()
+        self.fid_note = QLabel("")
+        self.fid_note.setWordWrap(True)
+        self.fid_note.setMinimumHeight(60)
+        self.fid_note.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        grid.addWidget(self.fid_table)
+        grid.addWidget(self.fid_note)
+        grid.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(right)
+        outer.addWidget(scroll, 1)
+        self._on_running(False)
+        self.report_btn.setEnabled(False)
+
+    def _pick_file(self, edit: QLineEdit, pattern: str) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a file", "", pattern)
+        if path:
+            edit.setText(path)
+
+    def _pick_folder(self, edit: QLineEdit) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a folder")
+        if path:
+            edit.setText(path)
+
+    def set_file(self, path: str) -> None:
+        self.synth_edit.setText(path)
+
+    # ------------------------------------------------------------------ running
+    def settings(self) -> EvalSettings:
+        return EvalSettings(fid_weights=self.weights_edit.text().strip() or None, nn_threshold=self.threshold.value(),
+                            max_samples=self.max_samples.value(), utility=self.utility_check.isChecked(),
+                            utility_steps=self.steps.value())
+
+    def start(self) -> None:
+        self.error.hide()
+        try:
+            job = EvaluateJob(self.synth_edit.text().strip(), self.real_edit.text().strip() or None,
+                              self.train_edit.text().strip() or None, self.settings())
+        except InputError as exc:
+            self._on_failed(str(exc))
+            return
+        self.result = None
+        self.progress.setRange(0, 0)
+        self.status.setText("Starting…")
+        self.runner.start(job)
+
+    def _on_running(self, running: bool) -> None:
+        self.go_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+
+    def _on_event(self, ev: object) -> None:
+        if isinstance(ev, Progress):
+            if ev.stage == "evaluate":
+                self.progress.setRange(0, ev.total)
+                self.progress.setValue(ev.done)
+                stage = str(ev.info.get("stage", ""))
+                self.status.setText(f"{ev.done + (stage != 'done')}/{ev.total}: {STAGE_TEXT.get(stage, stage)}")
+            else:
+                self.status.setText(f"{STAGE_TEXT.get(ev.stage, ev.stage)}: step {ev.done} of {ev.total}")
+        elif isinstance(ev, Message):
+            self.status.setText(ev.text)
+
+    def _on_failed(self, text: str) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.error.setText(text)
+        self.error.show()
+        self.status.setText("Failed")
+
+    def _on_done(self, ev: Done) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        r = ev.result
+        self.status.setText(("Stopped: partial figures kept" if ev.cancelled else "Done") +
+                            f" in {r.get('seconds', 0):.0f} s")
+        self.show_result(r)
+        self.evaluated.emit(r.get("file", ""))
+
+    # ------------------------------------------------------------------ results
+    def show_result(self, r: dict) -> None:
+        self.result = r
+        figures, summary = r.get("figures", {}), r.get("summary", {})
+        self.table.setRowCount(0)
+        for key, value in sorted(figures.items()):
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            self.table.setItem(row, 0, QTableWidgetItem(key))
+            self.table.setItem(row, 1, QTableWidgetItem(f"{value:.4f}"))
+        self.answer_texts = [text for _, text in answers(figures, summary)]
+        rows = "".join(f"<tr><td style='padding:2px 12px 2px 0'><b>{html.escape(q)}</b></td>"
+                       f"<td style='padding:2px 0'>{html.escape(a)}</td></tr>" for q, a in answers(figures, summary))
+        self.answers_label.setText(f"<table width='100%'>{rows}</table>")
+        self._plot_hist(r.get("nn_corr"), (summary.get("memorization") or {}).get("threshold"))
+        self._plot_dice(figures)
+        self._show_pairs(r.get("pairs") or [])
+        self._show_fid(summary.get("fid") or {})
+        self.report_btn.setEnabled(bool(r.get("report")))
+
+    def _plot_hist(self, corr: np.ndarray | None, threshold: float | None) -> None:
+        self.hist_plot.clear()
+        if corr is None or len(corr) == 0:
+            return
+        lo = max(-1.0, np.floor(float(np.min(corr)) * 20) / 20 - 0.05)
+        counts, edges = np.histogram(corr, bins=np.linspace(lo, 1.0, 21))
+        self.hist_plot.addItem(pg.BarGraphItem(x0=edges[:-1], x1=edges[1:], height=counts, brush=pg.mkBrush(*ACCENT)))
+        if threshold is not None:
+            self.hist_plot.addItem(pg.InfiniteLine(threshold, angle=90, pen=pg.mkPen((192, 57, 43), width=2,
+                                                                                    style=Qt.PenStyle.DashLine)))
+
+    def _plot_dice(self, figures: dict) -> None:
+        self.dice_plot.clear()
+        arms = [("real", "real only"), ("synth", "synthetic"), ("both", "real + synth")]
+        values = [figures.get(f"dice_{a}") for a, _ in arms]
+        if all(v is None for v in values):
+            self.dice_plot.setTitle("Dice on held-out real data: not measured")
+            return
+        self.dice_plot.setTitle("Dice on held-out real data")
+        heights = [v if v is not None else 0.0 for v in values]
+        self.dice_plot.addItem(pg.BarGraphItem(x=np.arange(3), height=heights, width=0.6,
+                                               brush=pg.mkBrush(*ACCENT)))
+        self.dice_plot.getAxis("bottom").setTicks([[(i, name) for i, (_, name) in enumerate(arms)]])
+        self.dice_plot.setYRange(0, 1.0)  # Dice lives in [0, 1]; a fixed scale keeps runs comparable
+
+    def _show_pairs(self, pairs: list) -> None:
+        while self.pairs_layout.count():
+            item = self.pairs_layout.takeAt(0)
+            if item.widget():
+                item.widget().deleteLater()
+        for k, (synth, train, caption) in enumerate(pairs):
+            cell = QWidget()
+            lay = QVBoxLayout(cell)
+            lay.setContentsMargins(2, 2, 2, 2)
+            pics = QHBoxLayout()
+            for pic in (synth, train):
+                lab = QLabel()
+                lab.setPixmap(_pixmap(pic))
+                pics.addWidget(lab)
+            lay.addLayout(pics)
+            cap = QLabel(caption)
+            cap.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            lay.addWidget(cap)
+            self.pairs_layout.addWidget(cell, k // 3, k % 3)
+
+    def _show_fid(self, fid: dict) -> None:
+        self.fid_table.setRowCount(0)
+        self.fid_table.setVisible(bool(fid.get("available")))
+        if not fid.get("available"):
+            self.fid_note.setText(fid.get("note", ""))
+            return
+        for dim, v in fid.get("values", {}).items():
+            row = self.fid_table.rowCount()
+            self.fid_table.insertRow(row)
+            for col, text in enumerate([f"FID-{dim}", v["block"], f"{v['fid']:.3f}", f"{v['real_vs_real']:.3f}"]):
+                self.fid_table.setItem(row, col, QTableWidgetItem(text))
+        self.fid_note.setText(f"weights {Path(fid['weights']).name}, sha256 {fid['sha256'][:16]}…; "
+                              "each depth has its own scale — compare within a row")
+
+    def open_report(self) -> None:
+        if self.result and self.result.get("report"):
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.result["report"]))
