@@ -191,6 +191,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_reader_study(args: argparse.Namespace) -> int:
+    from engine import reader_study as rs
+
+    if args.action == "create":
+        if not (args.real and args.synth and args.out):
+            raise InputError(None, "reader-study create needs REAL SYNTH --out FOLDER")
+        path = rs.create_study(args.real, args.synth, args.out, args.n_real, args.n_synth, args.seed)
+        print(f"study with {args.n_real} real and {args.n_synth} synthetic items, blinded and shuffled: {path}")
+        print("readers open it in the app: Reader study tab, or `medsynth` then File > Open")
+        return 0
+    summary = rs.summarise(args.real)
+
+    def show(header: list[str], rows: list[list[str]]) -> None:
+        widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+        for line in [header, *rows]:
+            print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+
+    show(list(rs.FIGURE_COLUMNS), rs.figure_rows(summary))
+    agreement = rs.agreement_rows(summary)
+    if agreement:
+        print()
+        show(["agreement", "readers", "items", "kappa"], agreement)
+    print(f"\n{summary['convention']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
@@ -286,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     v.set_defaults(func=cmd_evaluate)
+
+    rsp = sub.add_parser("reader-study", help="blinded real / fake / unsure study for radiologists, and its summary",
+                         description="create REAL.h5 SYNTH.h5 --out FOLDER: a blinded, shuffled study; "
+                                     "summary FOLDER: accuracy, sensitivity, specificity and kappas per reader")
+    rsp.add_argument("action", choices=["create", "summary"])
+    rsp.add_argument("real", help="create: real MedSynth .h5 file; summary: the study folder")
+    rsp.add_argument("synth", nargs="?", help="create: synthetic MedSynth .h5 file")
+    rsp.add_argument("--out", help="create: new study folder")
+    rsp.add_argument("--n-real", dest="n_real", type=int, default=20)
+    rsp.add_argument("--n-synth", dest="n_synth", type=int, default=20)
+    rsp.add_argument("--seed", type=int, default=0)
+    rsp.set_defaults(func=cmd_reader_study)
     return p
 
 

@@ -30,6 +30,7 @@ from medsynth_gui.loaders import Displayable, dicom_volume, h5_sample, nifti_vol
 from medsynth_gui.panels.evaluate_panel import EvaluatePanel
 from medsynth_gui.panels.generate_panel import GeneratePanel
 from medsynth_gui.panels.train_panel import TrainPanel
+from medsynth_gui.reader_study import ReaderStudyWidget
 from medsynth_gui.viewer import CompareView, Viewer
 
 DEMO_DIR = RESOURCES / "demo"
@@ -109,6 +110,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(compare_page, "Compare")
         self.evaluate = EvaluatePanel()
         self.tabs.addTab(self.evaluate, "Evaluate")
+        self.reader_study = ReaderStudyWidget()
+        self.tabs.addTab(self.reader_study, "Reader study")
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.tabs)
         self.setCentralWidget(self.stack)

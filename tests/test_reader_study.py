@@ -417,3 +417,24 @@ def test_widget_reports_bad_input_in_place(widget, qtbot, files2d, tmp_path):
     assert "complete samples" in w.message.text() and w.stack.currentWidget() is w.start_page
     assert not w.open_study(tmp_path, "x")
     assert "study.json" in w.message.text()
+
+
+def test_cli_creates_a_study_and_prints_its_summary(tmp_path, capsys):
+    from engine import reader_study as rs
+    from engine.cli import main
+    from engine.data.phantoms import make_phantoms
+    from engine.store import write_image_set
+
+    real = write_image_set(tmp_path / "real.h5", make_phantoms(6, size=16, seed=1))
+    synth = write_image_set(tmp_path / "synth.h5", make_phantoms(6, size=16, seed=2))
+    assert main(["reader-study", "create", str(real), str(synth), "--out", str(tmp_path / "study"),
+                 "--n-real", "3", "--n-synth", "3", "--seed", "4"]) == 0
+    session = rs.Session(tmp_path / "study", "dr_a")
+    study = rs.load_study(tmp_path / "study")
+    for item in study.items:  # a perfect reader
+        session.answer(item.id, "real" if item.truth == "real" else "fake")
+    capsys.readouterr()
+    assert main(["reader-study", "summary", str(tmp_path / "study")]) == 0
+    out = capsys.readouterr().out
+    assert "dr_a" in out and "100.0%" in out and "Sensitivity" in out
+    assert main(["reader-study", "create", str(real)]) == 2
