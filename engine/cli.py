@@ -175,7 +175,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluate import EvalSettings, EvaluateJob
 
-    settings = EvalSettings(fid_weights=args.fid_weights, max_samples=args.max_samples, nn_threshold=args.threshold,
+    settings = EvalSettings(fid_weights=args.fid_weights, features_net=args.features_net,
+                            max_samples=args.max_samples, nn_threshold=args.threshold,
                             utility=not args.no_utility, utility_steps=args.utility_steps, seed=args.seed,
                             device=args.device)
     job = EvaluateJob(args.file, args.real, args.train_data, settings)
@@ -303,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the generator's training data (default: the path recorded in the file)")
     v.add_argument("--fid-weights", dest="fid_weights", default=None,
                    help="pt_inception-2015-12-05-6726825d.pth (default: $MEDSYNTH_FID_WEIGHTS or the torch hub cache)")
+    v.add_argument("--features-net", dest="features_net", default=None, metavar="FILE",
+                   help="TorchScript network mapping images or volumes to features, for a Fréchet distance "
+                        "on them (e.g. a 3D encoder)")
     v.add_argument("--max-samples", dest="max_samples", type=int, default=1000,
                    help="samples per set for the distribution distances")
     v.add_argument("--threshold", type=float, default=0.95, help="memorization threshold on the correlation")

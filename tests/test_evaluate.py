@@ -7,10 +7,14 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from engine.cli import main
+from engine.data.phantoms import make_phantoms
+from engine.errors import InputError
 from engine.evaluate import EvalSettings, EvaluateJob
 from engine.jobs import Done
+from engine.store import SampleWriter, write_image_set
 from tests.conftest import COPIES, make_evaluation_files
 
 
@@ -125,3 +129,40 @@ def test_cli_evaluate_and_its_bad_input(files, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.h5" in err[0]
+
+
+class TinyEncoder3D(torch.nn.Module):
+    """Stands in for a user's 3D feature network (e.g. a MedicalNet encoder) saved as TorchScript."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 6, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)).mean(dim=(2, 3, 4))
+
+
+def test_volumes_are_evaluated_with_a_users_3d_feature_network(tmp_path, monkeypatch_module):
+    torch.manual_seed(0)
+    net_path = tmp_path / "encoder.pt"
+    torch.jit.script(TinyEncoder3D()).save(str(net_path))
+    train = make_phantoms(24, size=16, dims=3, seed=0)
+    train_path = write_image_set(tmp_path / "train.h5", train)
+    test_path = write_image_set(tmp_path / "test.h5", make_phantoms(12, size=16, dims=3, seed=700))
+    synth = make_phantoms(12, size=16, dims=3, seed=900)
+    synth.images[5], synth.masks[5] = train.images[3], train.masks[3]
+    synth_path = tmp_path / "synth.h5"
+    with SampleWriter(synth_path, 12, synth.images.shape[1:], masks=True, labels=False,
+                      normalisation={"modality": "MR", "lo": 0.0, "hi": 1000.0},
+                      config={"data": {"path": str(train_path)}}) as w:
+        w.append(synth.images, np.arange(12), synth.masks)
+    settings = EvalSettings(features_net=str(net_path), utility_steps=10, nn_threshold=0.99)
+    result = EvaluateJob(synth_path, real=test_path, settings=settings).run(lambda ev: None, lambda: False)
+    f = result["figures"]
+    for key in ("fd_net", "fd_net_real_vs_real", "frd", "ms_ssim_synth", "mask_dice", "dice_real", "dice_synth"):
+        assert key in f and np.isfinite(f[key]), key
+    assert f["nn_share_above"] == pytest.approx(1 / 12)
+    assert result["summary"]["memorization"]["closest"][0][:2] == [5, 3]
+    assert result["summary"]["features_net"]["dim"] == 6
+    with pytest.raises(InputError, match="missing.pt"):
+        EvaluateJob(synth_path, real=test_path, settings=EvalSettings(features_net=str(tmp_path / "missing.pt")))

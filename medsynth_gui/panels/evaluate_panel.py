@@ -42,7 +42,8 @@ from medsynth_gui.panels.widgets import path_row
 from medsynth_gui.worker import JobRunner
 
 ACCENT = (61, 122, 184)
-STAGE_TEXT = {"load": "reading the data", "fid": "Inception features (FID, KID)", "radiomics": "radiomic features "
+STAGE_TEXT = {"load": "reading the data", "fid": "Inception features (FID, KID)",
+              "features": "your feature network's Fréchet distance", "radiomics": "radiomic features "
               "(FRD, MMD)", "diversity": "MS-SSIM diversity", "memorization": "nearest training images",
               "labels": "label quality (segmenter, classifier)", "utility": "downstream utility (3 segmenters)",
               "report": "writing the report", "done": "done"}
