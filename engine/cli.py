@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fid-weights", dest="fid_weights", default=None,
                    help="pt_inception-2015-12-05-6726825d.pth (default: $MEDSYNTH_FID_WEIGHTS or the torch hub cache)")
     v.add_argument("--features-net", dest="features_net", default=None, metavar="FILE",
-                   help="TorchScript network mapping images or volumes to features, for a Fréchet distance "
-                        "on them (e.g. a 3D encoder)")
+                   help="exported (.pt2) or TorchScript network mapping images or volumes to features, for a "
+                        "Fréchet distance on them (e.g. a 3D encoder)")
     v.add_argument("--max-samples", dest="max_samples", type=int, default=1000,
                    help="samples per set for the distribution distances")
     v.add_argument("--threshold", type=float, default=0.95, help="memorization threshold on the correlation")

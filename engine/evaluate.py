@@ -274,18 +274,18 @@ class EvaluateJob:
         if not st.features_net:
             return
         path = Path(st.features_net)
-        try:
-            net = torch.jit.load(str(path), map_location=device).eval()
-        except Exception as exc:  # TorchScript raises RuntimeError, ValueError, OSError... for a bad file
-            raise InputError(path, f"is not a TorchScript feature network ({type(exc).__name__})") from None
+        net = load_feature_net(path, device)
         feats = {}
         for name in ("synth", "test", "train"):
             images = sets[name][0][_subset(len(sets[name][0]), st.max_samples, st.seed)]
             parts = []
             with torch.no_grad():
                 for i in range(0, len(images), 8):
-                    out = net(torch.from_numpy(np.ascontiguousarray(images[i:i + 8])).to(device))
-                    parts.append(out.float().flatten(1).cpu().numpy())
+                    chunk = images[i:i + 8]
+                    # Exported programs may be specialised away from batch 1: pad the last batch.
+                    padded = np.concatenate([chunk] + [chunk[-1:]] * (8 - len(chunk)))
+                    out = net(torch.from_numpy(np.ascontiguousarray(padded)).to(device))
+                    parts.append(out.float().flatten(1).cpu().numpy()[:len(chunk)])
             feats[name] = np.concatenate(parts).astype(np.float64)
             check()
         value = frechet_from_features(feats["synth"], feats["test"])
@@ -452,6 +452,18 @@ def _poll(check: Any) -> Any:
             return True
         return False
     return cancelled
+
+
+def load_feature_net(path: Path, device: str) -> Any:
+    """A user's feature network: a torch.export program (.pt2) or a TorchScript file. Both load
+    without running pickled code, unlike a plain torch.save of a module."""
+    try:
+        if path.suffix == ".pt2":
+            return torch.export.load(str(path)).module().to(device)
+        return torch.jit.load(str(path), map_location=device).eval()
+    except Exception as exc:  # both loaders raise RuntimeError, ValueError, OSError... for a bad file
+        raise InputError(path, f"is not an exported (.pt2) or TorchScript feature network ({type(exc).__name__})") \
+            from None
 
 
 def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -132,7 +132,7 @@ def test_cli_evaluate_and_its_bad_input(files, tmp_path, capsys):
 
 
 class TinyEncoder3D(torch.nn.Module):
-    """Stands in for a user's 3D feature network (e.g. a MedicalNet encoder) saved as TorchScript."""
+    """Stands in for a user's 3D feature network (e.g. a MedicalNet encoder), exported with torch.export."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,8 +144,10 @@ class TinyEncoder3D(torch.nn.Module):
 
 def test_volumes_are_evaluated_with_a_users_3d_feature_network(tmp_path, monkeypatch_module):
     torch.manual_seed(0)
-    net_path = tmp_path / "encoder.pt"
-    torch.jit.script(TinyEncoder3D()).save(str(net_path))
+    net_path = tmp_path / "encoder.pt2"
+    program = torch.export.export(TinyEncoder3D(), (torch.zeros(8, 1, 16, 16, 16),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, str(net_path))
     train = make_phantoms(24, size=16, dims=3, seed=0)
     train_path = write_image_set(tmp_path / "train.h5", train)
     test_path = write_image_set(tmp_path / "test.h5", make_phantoms(12, size=16, dims=3, seed=700))
