@@ -34,7 +34,7 @@ class TqdmView:
                 return
             bar = self.bars.get(ev.stage)
             if bar is None:
-                stepped = ev.stage in ("train", "autoencoder")
+                stepped = ev.stage in ("train", "autoencoder", "labels", "utility")
                 bar = self.bars[ev.stage] = self._tqdm(total=ev.total, desc=ev.stage, unit="step"
                                                        if stepped else "img", dynamic_ncols=True)
                 bar.update(ev.done - 1 if stepped else 0)

@@ -297,7 +297,7 @@ class EvaluateJob:
 
     def _radiomics(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
         from engine.metrics.diversity import mmd_from_features
-        from engine.metrics.radiomics import frd_from_features, radiomic_features
+        from engine.metrics.radiomics import feature_names, frd_from_features, radiomic_features, standardise
 
         st = self.settings
         feats = {}
@@ -311,7 +311,14 @@ class EvaluateJob:
         check()
         self._set("mmd", mmd_from_features(feats["test"], feats["synth"], st.max_samples, seed=st.seed))
         self._set("mmd_real_vs_real", mmd_from_features(feats["test"], feats["train"], st.max_samples, seed=st.seed))
-        self.summary["frd"] = {"value": value, "real_vs_real": ref}
+        # Which features make the distance: the synthetic mean in real standard deviations, so a
+        # user learns *what* differs (texture, noise, brightness), not only how much.
+        zr, zs = standardise(feats["test"], feats["synth"])
+        shift = zs.mean(axis=0) - zr.mean(axis=0)
+        order = np.argsort(-np.abs(shift))[:5]
+        names = feature_names()
+        self.summary["frd"] = {"value": value, "real_vs_real": ref,
+                               "largest_shifts_sd": [[names[i], float(shift[i])] for i in order]}
 
     def _diversity(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
         from engine.metrics.diversity import ms_ssim_diversity

@@ -51,7 +51,9 @@ def answers(figures: dict[str, float], summary: dict[str, Any]) -> list[tuple[st
         copies = (f"{n_above} of {mem.get('n', '?')} samples ({_pct(mem.get('share_above', 0))}) correlate above "
                   f"{mem.get('threshold', 0.95):.2f} with a training image; highest {mem.get('max', float('nan')):.3f}")
         if ref is not None:
-            copies += f" (a held-out real case's highest: {ref:.3f})"
+            # Unrelated patients share anatomy too: the held-out real cases say what "close" means here.
+            copies += (f" (held-out real cases: {_pct(mem['real_vs_train'].get('share_above', 0))} above, "
+                       f"highest {ref:.3f})")
     helps = "not measured (needs masks in both sets)"
     if _ok(f.get("dice_real")) and _ok(f.get("dice_synth")):
         helps = (f"Dice on held-out real data: trained on synthetic {f['dice_synth']:.3f}, on real "
@@ -101,6 +103,10 @@ def _distances(figures: dict, summary: dict) -> str:
         rows.append(["MiFID-2048 (penalises memorized samples)", figures["mifid_2048"], None])
     if rows:
         parts.append(r.table(rows, ["distance", "synthetic vs real", "real vs real"]))
+    shifts = summary.get("frd", {}).get("largest_shifts_sd")
+    if shifts:
+        parts.append("<p>Radiomic features furthest from the real data (synthetic mean − real mean, in real "
+                     "standard deviations): " + ", ".join(f"{r._esc(n)} {v:+.1f}" for n, v in shifts) + "</p>")
     return "".join(parts)
 
 
