@@ -122,14 +122,15 @@ def export(path: str | Path, to: str | Path, fmt: str,
             label = None if labels is None else int(labels[i])
             rows.append([";".join(files), mask_file, "" if seeds is None else int(seeds[i]),
                          "" if label is None else label,
-                         class_names[label] if label is not None and 0 <= label < len(class_names) else "",
-                         "" if corr is None else round(float(corr[i]), 4)])
+                         class_names[label] if label is not None and 0 <= label < len(class_names) else ""]
+                        + ([] if corr is None else [round(float(corr[i]), 4)]))
             written += 1
             if progress:
                 progress(written, int(keep.sum()))
         writer.finish()
     with open(out / "samples.csv", "w", newline="", encoding="utf-8") as fh:
         table = csv.writer(fh)
-        table.writerow(["file", "mask", "seed", "class_index", "class_name", "nn_corr"])
+        # nn_corr only when the export was gated by it: the figure the decision rested on.
+        table.writerow(["file", "mask", "seed", "class_index", "class_name"] + ([] if corr is None else ["nn_corr"]))
         table.writerows(rows)
     return {"out": str(out), "n": written, "left_out": int(n - written), "format": fmt}

@@ -82,6 +82,8 @@ def test_export_gate_leaves_out_the_copies(files, evaluated, tmp_path, capsys):
     names = sorted(p.stem for p in (tmp_path / "gated" / "images").iterdir())
     assert len(names) == 45 and not {f"synth_{i:05d}" for i in COPIES} & set(names)
     assert "left out 3" in capsys.readouterr().out
+    rows = (tmp_path / "gated" / "samples.csv").read_text().splitlines()
+    assert rows[0].endswith(",nn_corr") and len(rows) == 46 and all(float(r.split(",")[-1]) <= 0.99 for r in rows[1:])
 
 
 def test_export_gate_computes_correlations_from_train_data_when_the_file_has_none(files, tmp_path):
