@@ -40,6 +40,9 @@ class TrainConfig:
     batch: int = 32
     lr: float = 2e-4
     warmup_steps: int = 50
+    # cosine: after warm-up the rate falls to a tenth by the last step, which settles the weights a
+    # short run ends on; constant keeps it flat (the EMA then does the settling).
+    lr_schedule: str = "constant"  # constant | cosine
     weight_decay: float = 0.0
     loss: str = "l2"  # l2 | l1 | huber
     huber_delta: float = 0.1
@@ -125,6 +128,7 @@ class RunConfig:
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "autoencoder": AutoencoderConfig}
 _CHOICES = {
     ("train", "loss"): {"l2", "l1", "huber"},
+    ("train", "lr_schedule"): {"constant", "cosine"},
     ("train", "prediction"): {"epsilon", "v_prediction"},
     ("train", "mixed_precision"): {"auto", "no", "bf16", "fp16"},
     ("train", "device"): {"auto", "cpu", "cuda"},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,13 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: f
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def lr_at(step: int, base: float, warmup: int) -> float:
-    return base * min(1.0, (step + 1) / max(1, warmup))
+def lr_at(step: int, base: float, warmup: int, total: int = 0, schedule: str = "constant") -> float:
+    if step < warmup:
+        return base * (step + 1) / max(1, warmup)
+    if schedule == "cosine" and total > warmup:
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return base
 
 
 def step_generator(seed: int, step: int, rank: int = 0, world: int = 1) -> torch.Generator:
@@ -301,7 +307,7 @@ class TrainJob:
                 labels = torch.where(drop, torch.full_like(labels, null), labels)
             if channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last)
-            lr = lr_at(step, tc.lr, tc.warmup_steps)
+            lr = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
             with acc.autocast():

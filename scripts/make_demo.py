@@ -33,6 +33,7 @@ def train(data: Path, run: Path) -> None:
     cfg = load_preset("demo")
     cfg.data.path = str(data)
     cfg.train.steps = STEPS
+    cfg.train.lr_schedule = "cosine"
     cfg.train.ema_decay = 0.995
     cfg.train.checkpoint_every = 250
     cfg.train.preview_every = 0

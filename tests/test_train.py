@@ -101,3 +101,13 @@ def test_mask_conditioned_and_unconditional_models_train(tmp_path, phantoms16):
         cfg.data.class_conditional = mode == "none"
         events = run(TrainJob(cfg, tmp_path / mode, data=phantoms16))
         assert events[-1].result["step"] == 2
+
+
+def test_cosine_schedule_warms_up_then_falls_to_a_tenth():
+    from engine.train import lr_at
+
+    assert lr_at(0, 1.0, 10, 110, "cosine") == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 110, "cosine") == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 10, 110, "cosine") == pytest.approx(0.55)
+    assert lr_at(110, 1.0, 10, 110, "cosine") == pytest.approx(0.1)
+    assert lr_at(60, 1.0, 10, 110) == 1.0  # constant stays flat
