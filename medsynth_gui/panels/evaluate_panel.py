@@ -103,6 +103,11 @@ class EvaluatePanel(QWidget):
         b4 = QPushButton("Browse…")
         b4.clicked.connect(lambda: self._pick_file(self.weights_edit, "PyTorch weights (*.pth *.pt)"))
         form.addRow("FID weights", path_row(self.weights_edit, b4))
+        self.net_edit = QLineEdit()
+        self.net_edit.setPlaceholderText("your feature network, .pt2 or TorchScript (optional, e.g. a 3D encoder)")
+        b5 = QPushButton("Browse…")
+        b5.clicked.connect(lambda: self._pick_file(self.net_edit, "Feature network (*.pt2 *.pt *.ts)"))
+        form.addRow("Feature network", path_row(self.net_edit, b5))
         self.threshold = QDoubleSpinBox(minimum=0.5, maximum=1.0, singleStep=0.01, value=0.95, decimals=3)
         self.threshold.setToolTip("a sample correlating above this with a training image counts as a copy")
         form.addRow("Copy threshold", self.threshold)
@@ -210,7 +215,8 @@ class EvaluatePanel(QWidget):
 
     # ------------------------------------------------------------------ running
     def settings(self) -> EvalSettings:
-        return EvalSettings(fid_weights=self.weights_edit.text().strip() or None, nn_threshold=self.threshold.value(),
+        return EvalSettings(fid_weights=self.weights_edit.text().strip() or None,
+                            features_net=self.net_edit.text().strip() or None, nn_threshold=self.threshold.value(),
                             max_samples=self.max_samples.value(), utility=self.utility_check.isChecked(),
                             utility_steps=self.steps.value())
 
