@@ -14,7 +14,6 @@ final average pool. Each is average-pooled to one vector per image.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.checkpoints import sha256
 from engine.errors import InputError
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -260,11 +260,7 @@ def find_weights(explicit: str | Path | None = None) -> Path | None:
 
 
 def weights_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256(path)
 
 
 def load_fid_inception(path: str | Path) -> FIDInception:

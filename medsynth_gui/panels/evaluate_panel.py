@@ -38,7 +38,7 @@ from engine.errors import InputError
 from engine.evaluate import EvalSettings, EvaluateJob
 from engine.evaluate_report import answers
 from engine.jobs import Done, Message, Progress
-from medsynth_gui.panels.widgets import path_row
+from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
 ACCENT = (61, 122, 184)
@@ -131,12 +131,7 @@ class EvaluatePanel(QWidget):
             row.addWidget(b)
         left.addLayout(row)
         self.progress = QProgressBar()
-        self.status = QLabel("Idle")
-        self.status.setWordWrap(True)
-        self.error = QLabel()
-        self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #ff6b6b; font-weight: bold;")
-        self.error.hide()
+        self.status, self.error = status_labels()
         left.addWidget(self.progress)
         left.addWidget(self.status)
         left.addWidget(self.error)

@@ -25,7 +25,7 @@ from engine import checkpoints
 from engine.errors import InputError
 from engine.jobs import Done, Progress
 from engine.sample import SampleJob
-from medsynth_gui.panels.widgets import path_row
+from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 25}
@@ -96,12 +96,7 @@ class GeneratePanel(QWidget):
         outer.addLayout(row)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m samples")
-        self.status = QLabel("Idle")
-        self.status.setWordWrap(True)
-        self.error = QLabel()
-        self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #ff6b6b; font-weight: bold;")
-        self.error.hide()
+        self.status, self.error = status_labels()
         outer.addWidget(self.progress)
         outer.addWidget(self.status)
         outer.addWidget(self.error)

@@ -34,7 +34,7 @@ from engine.errors import InputError
 from engine.jobs import Checkpoint, Done, Loss, Message, Preview, Progress
 from engine.train import TrainJob
 from medsynth_gui.images import to_pixmap
-from medsynth_gui.panels.widgets import path_row
+from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
 SMOOTHING = 0.9
@@ -126,12 +126,9 @@ class TrainPanel(QWidget):
 
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
-        self.status = QLabel("Idle")
+        self.status, self.error = status_labels()
+        self.status.setWordWrap(False)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.error = QLabel()
-        self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #ff6b6b; font-weight: bold;")
-        self.error.hide()
         outer.addWidget(self.progress)
         outer.addWidget(self.status)
         outer.addWidget(self.error)

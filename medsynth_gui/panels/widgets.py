@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
 
 
 def path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
@@ -14,3 +14,14 @@ def path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
     for b in buttons:
         lay.addWidget(b)
     return row
+
+
+def status_labels() -> tuple[QLabel, QLabel]:
+    """A panel's status line and its error line: red, bold and hidden until something fails."""
+    status = QLabel("Idle")
+    status.setWordWrap(True)
+    error = QLabel()
+    error.setWordWrap(True)
+    error.setStyleSheet("color: #ff6b6b; font-weight: bold;")
+    error.hide()
+    return status, error
