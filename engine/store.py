@@ -117,7 +117,7 @@ def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -
     """Write a whole ImageSet (e.g. real data or phantoms) as a MedSynth file of kind "real"."""
     with SampleWriter(path, len(s), s.images.shape[1:], masks=s.masks is not None,
                       labels=s.labels is not None, kind=s.kind, class_names=s.class_names,
-                      label_names=s.label_names, spacing=s.spacing,
+                      label_names=s.label_names, spacing=s.spacing, affine=s.affine,
                       normalisation={"modality": s.modality}, overwrite=overwrite) as w:
         for lo in range(0, len(s), 256):
             hi = min(lo + 256, len(s))
@@ -171,5 +171,6 @@ def read_image_set(path: str | Path) -> ImageSet:
     s = ImageSet(images=images, masks=masks, labels=labels, class_names=list(a.get("class_names") or []),
                  label_names={int(k): v for k, v in (a.get("label_names") or {}).items()},
                  spacing=tuple(a.get("spacing") or ()) or None, modality=norm.get("modality", "generic"),
-                 source=str(path), kind=str(a.get("kind", "real")))
+                 source=str(path), kind=str(a.get("kind", "real")),
+                 affine=np.asarray(a["affine"], np.float64) if a.get("spatial_dims") == 3 and "affine" in a else None)
     return validate(s)

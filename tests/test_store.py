@@ -79,3 +79,16 @@ def test_file_stays_readable_when_the_writer_is_killed(tiny_run, tmp_path):
         assert np.isfinite(images).all() and (np.abs(images).reshape(n, -1).max(axis=1) > 0).all()
         assert list(f["seeds"][:n]) == list(range(n))
     assert len(read_image_set(out)) == n
+
+
+def test_a_set_of_volumes_keeps_its_affine_through_the_file(tmp_path):
+    from engine.data.phantoms import make_phantoms
+    from engine.store import read_image_set, write_image_set
+
+    s = make_phantoms(2, size=8, dims=3)
+    s.spacing = (1.5, 1.5, 2.0)
+    s.affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    s.affine[:3, 3] = [-5.25, -5.25, -7.0]
+    back = read_image_set(write_image_set(tmp_path / "v.h5", s))
+    np.testing.assert_allclose(back.affine, s.affine)
+    assert back.spacing == (1.5, 1.5, 2.0)
