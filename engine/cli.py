@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Fréchet distance on them (e.g. a 3D encoder)")
     v.add_argument("--max-samples", dest="max_samples", type=int, default=1000,
                    help="samples per set for the distribution distances")
-    v.add_argument("--threshold", type=float, default=0.95, help="memorization threshold on the correlation")
+    v.add_argument("--threshold", type=float, default=None,
+                   help="correlation above which a sample counts as a copy (default: the larger of 0.95 and the "
+                        "99th percentile of held-out real cases' own nearest-training correlations)")
     v.add_argument("--utility-steps", dest="utility_steps", type=int, default=300,
                    help="training steps for each downstream segmenter / classifier")
     v.add_argument("--no-utility", dest="no_utility", action="store_true", help="skip the downstream training")

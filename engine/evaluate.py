@@ -47,7 +47,10 @@ class EvalSettings:
     # vectors: a Fréchet distance on features that suit volumes, which Inception's 2D ones do not.
     features_net: str | None = None
     max_samples: int = 1000  # per set, for the distribution distances; memorization uses every sample
-    nn_threshold: float = 0.95
+    # None: the larger of 0.95 and the 99th percentile of held-out real cases' own nearest-training
+    # correlations. Unrelated patients share anatomy, so a fixed 0.95 can flag honest samples; a
+    # sample counts as a copy when it is closer to a training image than 99% of real newcomers are.
+    nn_threshold: float | None = None
     utility: bool = True
     utility_steps: int = 300
     test_share: float = 0.2
@@ -337,8 +340,13 @@ class EvaluateJob:
         idx, corr = nearest_training(sets["synth"][0], sets["train"][0])
         check()
         _, ref_corr = nearest_training(sets["test"][0], sets["train"][0])
-        summary = memorization_summary(corr, st.nn_threshold)
-        ref = memorization_summary(ref_corr, st.nn_threshold)
+        threshold, rule = st.nn_threshold, "given"
+        if threshold is None:
+            threshold = max(0.95, float(np.percentile(ref_corr, 99)))
+            rule = "auto: max(0.95, 99th percentile of held-out real cases)"
+        summary = memorization_summary(corr, threshold)
+        ref = memorization_summary(ref_corr, threshold)
+        summary["threshold_rule"] = rule
         self.extras["nn"] = (idx, corr)
         order = np.argsort(-corr)[:8]
         summary["closest"] = [[int(i), int(idx[i]), float(corr[i])] for i in order]

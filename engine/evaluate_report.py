@@ -49,7 +49,7 @@ def answers(figures: dict[str, float], summary: dict[str, Any]) -> list[tuple[st
         n_above = mem.get("n_above", round(mem.get("share_above", 0) * mem.get("n", 0)))
         ref = mem.get("real_vs_train", {}).get("max")
         copies = (f"{n_above} of {mem.get('n', '?')} samples ({_pct(mem.get('share_above', 0))}) correlate above "
-                  f"{mem.get('threshold', 0.95):.2f} with a training image; highest {mem.get('max', float('nan')):.3f}")
+                  f"{mem.get('threshold', 0.95):.3f} with a training image; highest {mem.get('max', float('nan')):.3f}")
         if ref is not None:
             # Unrelated patients share anatomy too: the held-out real cases say what "close" means here.
             copies += (f" (held-out real cases: {_pct(mem['real_vs_train'].get('share_above', 0))} above, "

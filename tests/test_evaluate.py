@@ -128,6 +128,13 @@ def test_cli_evaluate_and_its_bad_input(files, tmp_path, capsys):
     assert main(["evaluate", str(copy), "--real", str(test_path), "--no-utility", "--utility-steps", "20"]) == 0
     out = capsys.readouterr().out
     assert "frd" in out and "report:" in out
+    with h5py.File(copy) as f:
+        mem = json.loads(f["metrics"].attrs["summary"])["memorization"]
+        corr = f["metrics/nn_corr"][:]
+    # No --threshold: a copy is what sits closer to training data than 99% of held-out real cases.
+    assert mem["threshold_rule"].startswith("auto") and 0.95 <= mem["threshold"] < 0.99
+    assert mem["threshold"] == pytest.approx(max(0.95, mem["real_vs_train"]["percentiles"]["p99"]))
+    assert all(corr[i] > mem["threshold"] for i in COPIES)
     assert main(["evaluate", str(tmp_path / "missing.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.h5" in err[0]

@@ -55,3 +55,13 @@ def test_evaluate_page_reports_bad_input_on_one_line(tmp_path, qtbot):
     panel.go_btn.click()
     assert panel.error.isVisibleTo(panel) and "nothing.h5" in panel.error.text()
     assert not panel.runner.running
+
+
+def test_copy_threshold_defaults_to_auto(qtbot):
+    from medsynth_gui.panels.evaluate_panel import EvaluatePanel
+
+    panel = EvaluatePanel()
+    qtbot.addWidget(panel)
+    assert panel.threshold.text() == "auto" and panel.settings().nn_threshold is None
+    panel.threshold.setValue(0.97)
+    assert panel.settings().nn_threshold == pytest.approx(0.97)

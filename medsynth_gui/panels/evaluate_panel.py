@@ -108,8 +108,11 @@ class EvaluatePanel(QWidget):
         b5 = QPushButton("Browse…")
         b5.clicked.connect(lambda: self._pick_file(self.net_edit, "Feature network (*.pt2 *.pt *.ts)"))
         form.addRow("Feature network", path_row(self.net_edit, b5))
-        self.threshold = QDoubleSpinBox(minimum=0.5, maximum=1.0, singleStep=0.01, value=0.95, decimals=3)
-        self.threshold.setToolTip("a sample correlating above this with a training image counts as a copy")
+        # The spin box's minimum stands for "auto", shown as text, so the default needs no extra control.
+        self.threshold = QDoubleSpinBox(minimum=0.499, maximum=1.0, singleStep=0.01, value=0.499, decimals=3)
+        self.threshold.setSpecialValueText("auto")
+        self.threshold.setToolTip("a sample correlating above this with a training image counts as a copy; auto: the "
+                                  "99th percentile of held-out real cases, at least 0.95")
         form.addRow("Copy threshold", self.threshold)
         self.max_samples = QSpinBox(minimum=10, maximum=100_000, value=1000)
         form.addRow("Samples per set", self.max_samples)
@@ -211,7 +214,9 @@ class EvaluatePanel(QWidget):
     # ------------------------------------------------------------------ running
     def settings(self) -> EvalSettings:
         return EvalSettings(fid_weights=self.weights_edit.text().strip() or None,
-                            features_net=self.net_edit.text().strip() or None, nn_threshold=self.threshold.value(),
+                            features_net=self.net_edit.text().strip() or None,
+                            nn_threshold=None if self.threshold.value() <= self.threshold.minimum()
+                            else self.threshold.value(),
                             max_samples=self.max_samples.value(), utility=self.utility_check.isChecked(),
                             utility_steps=self.steps.value())
 
