@@ -109,7 +109,10 @@ class EvaluatePanel(QWidget):
         b5.clicked.connect(lambda: self._pick_file(self.net_edit, "Feature network (*.pt2 *.pt *.ts)"))
         form.addRow("Feature network", path_row(self.net_edit, b5))
         # The spin box's minimum stands for "auto", shown as text, so the default needs no extra control.
-        self.threshold = QDoubleSpinBox(minimum=0.499, maximum=1.0, singleStep=0.01, value=0.499, decimals=3)
+        self.threshold = QDoubleSpinBox(singleStep=0.01)
+        self.threshold.setDecimals(3)  # before the range: with 2 decimals Qt would round 0.499 to 0.5
+        self.threshold.setRange(0.499, 1.0)
+        self.threshold.setValue(0.499)
         self.threshold.setSpecialValueText("auto")
         self.threshold.setToolTip("a sample correlating above this with a training image counts as a copy; auto: the "
                                   "99th percentile of held-out real cases, at least 0.95")
