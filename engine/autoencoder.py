@@ -34,16 +34,6 @@ def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return per_sample.flatten(1).sum(1).mean()
 
 
-def load_finished(run_dir: str | Path, cfg: RunConfig) -> torch.nn.Module | None:
-    """The trained autoencoder of a run, or None while stage 1 is unfinished."""
-    ckpt = checkpoints.latest(stage_dir(run_dir))
-    if ckpt is None or int(checkpoints.read_state(ckpt)["step"]) < cfg.autoencoder.steps:
-        return None
-    ae = build_autoencoder(cfg)
-    ae.load_state_dict(checkpoints.read_weights(ckpt, "model"))
-    return ae
-
-
 def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, acc: Any, emit: Emit,
                       cancelled: Cancelled, stop: Any, step_generator: Any) -> tuple[torch.nn.Module, bool]:
     """Train (or resume) stage 1 on pixel-space tensors x_all in [-1, 1].

@@ -128,6 +128,7 @@ class EvaluateJob:
         self.figures: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}  # arrays the report and /metrics need: features, neighbours
+        self._cancelled: Cancelled = lambda: False
 
     # ----------------------------------------------------------------------------- data
     def _sets(self, emit: Emit) -> dict[str, Any]:
@@ -186,6 +187,7 @@ class EvaluateJob:
         stages = [s for s in STAGES if s not in st.skip]
         sets: dict[str, Any] = {}
         was_cancelled = False
+        self._cancelled = cancelled  # the utility trainers poll it and raise UtilityCancelled
 
         def check() -> None:
             if cancelled():
@@ -377,7 +379,7 @@ class EvaluateJob:
         if s_mask is not None and r_mask is not None:
             k = int(max(s_mask.max(), r_mask.max())) + 1
             model = utility.train_segmenter(r_img, r_mask, max(k, 2), steps=st.utility_steps, seed=st.seed,
-                                            device=device, progress=progress, cancelled=_poll(check))
+                                            device=device, progress=progress, cancelled=self._cancelled)
             agree = utility.dice_iou(utility.segment(model, s_img), s_mask, max(k, 2))
             ref = utility.dice_iou(utility.segment(model, sets["test"][0]), sets["test"][1], max(k, 2)) \
                 if sets["test"][1] is not None else None
@@ -387,7 +389,7 @@ class EvaluateJob:
                 self._set("mask_dice_real", ref["dice"])
         if s_lab is not None and r_lab is not None:
             fid = utility.class_fidelity(r_img, r_lab, s_img, s_lab, steps=st.utility_steps, seed=st.seed,
-                                         device=device, progress=progress, cancelled=_poll(check))
+                                         device=device, progress=progress, cancelled=self._cancelled)
             out["class_fidelity"] = fid
             self._set("class_fidelity", fid["accuracy"])
             self._set("class_fidelity_real", fid["real_accuracy"])
@@ -409,7 +411,7 @@ class EvaluateJob:
         if s_mask is not None and r_mask is not None and t_mask is not None:
             seg = utility.segmentation_utility((r_img, r_mask), (t_img, t_mask), (s_img, s_mask),
                                                steps=st.utility_steps, seed=st.seed, device=device,
-                                               progress=progress, cancelled=_poll(check))
+                                               progress=progress, cancelled=self._cancelled)
             out["segmentation"] = seg
             for arm in ("real", "synth", "both"):
                 self._set(f"dice_{arm}", seg[arm]["dice"])
@@ -419,7 +421,7 @@ class EvaluateJob:
         if s_lab is not None and r_lab is not None and t_lab is not None:
             cls = utility.classification_utility((r_img, r_lab), (t_img, t_lab), (s_img, s_lab),
                                                  steps=st.utility_steps, seed=st.seed, device=device,
-                                                 progress=progress, cancelled=_poll(check))
+                                                 progress=progress, cancelled=self._cancelled)
             out["classification"] = cls
             for arm in ("real", "synth", "both"):
                 self._set(f"accuracy_{arm}", cls[arm]["accuracy"])
@@ -456,17 +458,6 @@ class EvaluateJob:
                         del group[name]
                     group.create_dataset(name, data=values)
                 group["nn_corr"].attrs["train_data"] = str(self.summary.get("sources", {}).get("train"))
-
-
-def _poll(check: Any) -> Any:
-    """The utility trainers poll a boolean; ours raises, so translate."""
-    def cancelled() -> bool:
-        try:
-            check()
-        except EvaluationCancelled:
-            return True
-        return False
-    return cancelled
 
 
 def load_feature_net(path: Path, device: str) -> Any:

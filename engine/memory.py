@@ -26,6 +26,7 @@ from engine.models import (
     diffusion_size,
     io_channels,
     pixel_channels,
+    unet_blocks,
 )
 
 GIB = 2**30
@@ -118,40 +119,33 @@ def _cast_copy_bytes(cfg: RunConfig, device: str, params: int) -> int:
     return params * 2 if device == "cuda" and cfg.train.mixed_precision != "no" else 0
 
 
-def _diffusion_stage(cfg: RunConfig, device: str) -> StageEstimate:
+def _on_meta(build: Callable[[RunConfig], torch.nn.Module], cfg: RunConfig) -> tuple[torch.nn.Module, int]:
+    """The network with shapes but no storage, and its parameter count. Built without checkpointing:
+    the estimate accounts for checkpointed regions itself, from the plain forward."""
     plain = copy.deepcopy(cfg)
     plain.train.gradient_checkpointing = False
     with torch.device("meta"):
-        model = build_model(plain)
-    dtype = torch.float32
-    params = sum(p.numel() for p in model.parameters())
+        net = build(plain)
+    return net, sum(p.numel() for p in net.parameters())
+
+
+def _diffusion_stage(cfg: RunConfig, device: str) -> StageEstimate:
+    model, params = _on_meta(build_model, cfg)
     dims = max(cfg.model.spatial_dims, 2)
     b = cfg.train.batch
-    x = torch.zeros((b, io_channels(cfg)[0]) + (diffusion_size(cfg),) * dims, device="meta", dtype=dtype)
+    x = torch.zeros((b, io_channels(cfg)[0]) + (diffusion_size(cfg),) * dims, device="meta")
     t = torch.zeros(b, dtype=torch.long, device="meta")
     labels = torch.zeros(b, dtype=torch.long, device="meta") if cfg.model.num_classes > 0 else None
-    regions: list[torch.nn.Module] = []
-    if cfg.train.gradient_checkpointing:
-        net = getattr(model, "net", None)
-        if net is not None:
-            regions = [*net.down_blocks, net.middle_block, *net.up_blocks]
-        else:
-            regions = [*model.down_blocks, model.mid_block, *model.up_blocks]
+    regions = unet_blocks(model) if cfg.train.gradient_checkpointing else []
     act = _saved_activation_bytes(lambda: model(x, t, class_labels=labels), regions)
     # weights + gradients + Adam m, v + EMA, all float32
     return StageEstimate("diffusion", params, params * 4 * 5 + _cast_copy_bytes(cfg, device, params), act)
 
 
 def _autoencoder_stage(cfg: RunConfig, device: str) -> StageEstimate:
-    plain = copy.deepcopy(cfg)
-    plain.train.gradient_checkpointing = False
-    with torch.device("meta"):
-        ae = build_autoencoder(plain)
-    dtype = torch.float32
-    params = sum(p.numel() for p in ae.parameters())
+    ae, params = _on_meta(build_autoencoder, cfg)
     dims = max(cfg.model.spatial_dims, 2)
-    x = torch.zeros((cfg.autoencoder.batch, pixel_channels(cfg)) + (cfg.model.image_size,) * dims,
-                    device="meta", dtype=dtype)
+    x = torch.zeros((cfg.autoencoder.batch, pixel_channels(cfg)) + (cfg.model.image_size,) * dims, device="meta")
     regions = [ae.encoder, ae.decoder] if cfg.train.gradient_checkpointing else []
     act = _saved_activation_bytes(lambda: ae(x), regions)
     # weights + gradients + Adam m, v (stage 1 keeps no EMA)

@@ -72,14 +72,20 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
     return model
 
 
-def checkpoint_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
+def unet_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The down, middle and up blocks of either UNet: the units gradient checkpointing recomputes."""
+    net = getattr(model, "net", model)
+    middle = getattr(net, "middle_block", None) or net.mid_block
+    return [*net.down_blocks, middle, *net.up_blocks]
+
+
+def checkpoint_blocks(net: torch.nn.Module) -> None:
     """Recompute each UNet block in the backward pass (MONAI's 3D UNet has no switch for it).
 
     The block's forward is replaced on the instance, so parameter names and checkpoints stay
-    the same with and without it. Returns the blocks, which the memory estimate also uses.
+    the same with and without it.
     """
-    blocks = [*net.down_blocks, net.middle_block, *net.up_blocks]
-    for block in blocks:
+    for block in unet_blocks(net):
         inner = block.forward
 
         def run(*args, _inner=inner, **kwargs):
@@ -88,7 +94,6 @@ def checkpoint_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
             return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
         block.forward = run
-    return blocks
 
 
 def _build_2d(cfg: RunConfig) -> torch.nn.Module:

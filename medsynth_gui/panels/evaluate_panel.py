@@ -81,33 +81,15 @@ class EvaluatePanel(QWidget):
         left = QVBoxLayout()
         box = QGroupBox("Evaluate synthetic data")
         form = QFormLayout(box)
-        self.synth_edit = QLineEdit()
-        self.synth_edit.setPlaceholderText("synthetic .h5 file")
-        b1 = QPushButton("Browse…")
-        b1.clicked.connect(lambda: self._pick_file(self.synth_edit, "MedSynth HDF5 (*.h5 *.hdf5)"))
-        form.addRow("Synthetic", path_row(self.synth_edit, b1))
-        self.real_edit = QLineEdit()
-        self.real_edit.setPlaceholderText("held-out real data (optional)")
-        b2, b2f = QPushButton("File…"), QPushButton("Folder…")
-        b2.clicked.connect(lambda: self._pick_file(self.real_edit, "Data (*.h5 *.npz *.nii *.nii.gz)"))
-        b2f.clicked.connect(lambda: self._pick_folder(self.real_edit))
-        form.addRow("Real (test)", path_row(self.real_edit, b2, b2f))
-        self.train_edit = QLineEdit()
-        self.train_edit.setPlaceholderText("the generator's training data (default: recorded in the file)")
-        b3, b3f = QPushButton("File…"), QPushButton("Folder…")
-        b3.clicked.connect(lambda: self._pick_file(self.train_edit, "Data (*.h5 *.npz *.nii *.nii.gz)"))
-        b3f.clicked.connect(lambda: self._pick_folder(self.train_edit))
-        form.addRow("Training data", path_row(self.train_edit, b3, b3f))
-        self.weights_edit = QLineEdit()
-        self.weights_edit.setPlaceholderText("pt_inception-2015-12-05-6726825d.pth (optional)")
-        b4 = QPushButton("Browse…")
-        b4.clicked.connect(lambda: self._pick_file(self.weights_edit, "PyTorch weights (*.pth *.pt)"))
-        form.addRow("FID weights", path_row(self.weights_edit, b4))
-        self.net_edit = QLineEdit()
-        self.net_edit.setPlaceholderText("your feature network, .pt2 or TorchScript (optional, e.g. a 3D encoder)")
-        b5 = QPushButton("Browse…")
-        b5.clicked.connect(lambda: self._pick_file(self.net_edit, "Feature network (*.pt2 *.pt *.ts)"))
-        form.addRow("Feature network", path_row(self.net_edit, b5))
+        data = "Data (*.h5 *.npz *.nii *.nii.gz)"
+        self.synth_edit = self._path_field(form, "Synthetic", "synthetic .h5 file", "MedSynth HDF5 (*.h5 *.hdf5)")
+        self.real_edit = self._path_field(form, "Real (test)", "held-out real data (optional)", data, folders=True)
+        self.train_edit = self._path_field(form, "Training data", "the generator's training data (default: "
+                                           "recorded in the file)", data, folders=True)
+        self.weights_edit = self._path_field(form, "FID weights", "pt_inception-2015-12-05-6726825d.pth (optional)",
+                                             "PyTorch weights (*.pth *.pt)")
+        self.net_edit = self._path_field(form, "Feature network", "your feature network, .pt2 or TorchScript "
+                                         "(optional, e.g. a 3D encoder)", "Feature network (*.pt2 *.pt *.ts)")
         # The spin box's minimum stands for "auto", shown as text, so the default needs no extra control.
         self.threshold = QDoubleSpinBox(singleStep=0.01)
         self.threshold.setDecimals(3)  # before the range: with 2 decimals Qt would round 0.499 to 0.5
@@ -200,6 +182,19 @@ class EvaluatePanel(QWidget):
         outer.addWidget(scroll, 1)
         self._on_running(False)
         self.report_btn.setEnabled(False)
+
+    def _path_field(self, form: QFormLayout, label: str, placeholder: str, pattern: str,
+                    folders: bool = False) -> QLineEdit:
+        """A path field with File… (and Folder…, for data that may be a folder) buttons, as a form row."""
+        edit = QLineEdit()
+        edit.setPlaceholderText(placeholder)
+        buttons = [QPushButton("File…" if folders else "Browse…")]
+        buttons[0].clicked.connect(lambda: self._pick_file(edit, pattern))
+        if folders:
+            buttons.append(QPushButton("Folder…"))
+            buttons[1].clicked.connect(lambda: self._pick_folder(edit))
+        form.addRow(label, path_row(edit, *buttons))
+        return edit
 
     def _pick_file(self, edit: QLineEdit, pattern: str) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a file", "", pattern)
