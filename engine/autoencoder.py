@@ -129,6 +129,12 @@ def encode_all(ae: torch.nn.Module, x_all: torch.Tensor, batch: int = 2) -> torc
     return torch.cat([ae.encode(x_all[i:i + batch])[0].float() for i in range(0, x_all.shape[0], batch)])
 
 
+def condition_at(cond: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """Mask-condition channels brought to the latent grid; averaging keeps partly covered voxels."""
+    pool = F.adaptive_avg_pool3d if cond.dim() == 5 else F.adaptive_avg_pool2d
+    return pool(cond.float(), tuple(spatial))
+
+
 def latent_scale(latents: torch.Tensor) -> float:
     """1/std of the latents, so the diffusion model sees unit variance as in pixel space (the LDM recipe)."""
     return float(1.0 / latents.float().std().clamp_min(1e-6))

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine import autoencoder, checkpoints
 from engine.config import from_dict
@@ -92,8 +91,7 @@ class Generator:
         latent = self.autoencoder is not None
         shape = diffusion_shape(self.cfg)
         if latent and cond is not None:
-            pool = F.adaptive_avg_pool3d if cond.dim() == 5 else F.adaptive_avg_pool2d
-            cond = pool(cond.float(), shape[1:])
+            cond = autoencoder.condition_at(cond, shape[1:])
         x = denoise(self.model, sampler(sampler_name, self.cfg.train, latent), steps, shape,
                     gens, self.device, labels=lab, cond=cond, null_class=self.null, guidance=guidance,
                     autocast=self.autocast, on_step=on_step, clip=not latent)

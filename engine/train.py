@@ -203,9 +203,7 @@ class TrainJob:
             x_all = latents * scale
             del latents
             if cond_all is not None:
-                # The condition meets the latent at its resolution; averaging keeps partial voxels.
-                cond_all = F.adaptive_avg_pool3d(cond_all, x_all.shape[2:]) if x_all.dim() == 5 else \
-                    F.adaptive_avg_pool2d(cond_all, x_all.shape[2:])
+                cond_all = autoencoder.condition_at(cond_all, x_all.shape[2:])
 
         torch.manual_seed(tc.seed)
         model = build_model(cfg)
