@@ -198,11 +198,13 @@ def cmd_reader_study(args: argparse.Namespace) -> int:
     if args.action == "create":
         if not (args.real and args.synth and args.out):
             raise InputError(None, "reader-study create needs REAL SYNTH --out FOLDER")
-        path = rs.create_study(args.real, args.synth, args.out, args.n_real, args.n_synth, args.seed)
-        print(f"study with {args.n_real} real and {args.n_synth} synthetic items, blinded and shuffled: {path}")
-        print("readers open it in the app: Reader study tab, or `medsynth` then File > Open")
+        made = rs.create_study(args.real, args.synth, args.out, args.n_real, args.n_synth, args.seed, key=args.key)
+        print(f"study with {args.n_real} real and {args.n_synth} synthetic items, blinded and shuffled: {made.folder}")
+        print("readers open that folder in the app (Reader study tab); give them nothing else")
+        print(f"answer key: {made.key}")
+        print("keep the answer key yourself and do not give it to readers; `reader-study summary` needs it")
         return 0
-    summary = rs.summarise(args.real)
+    summary = rs.summarise(args.real, key=args.key)
 
     def show(header: list[str], rows: list[list[str]]) -> None:
         widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
@@ -320,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_evaluate)
 
     rsp = sub.add_parser("reader-study", help="blinded real / fake / unsure study for radiologists, and its summary",
-                         description="create REAL.h5 SYNTH.h5 --out FOLDER: a blinded, shuffled study; "
-                                     "summary FOLDER: accuracy, sensitivity, specificity and kappas per reader")
+                         description="create REAL.h5 SYNTH.h5 --out FOLDER: a blinded, shuffled study for readers "
+                                     "and, outside it, its answer key; summary FOLDER: accuracy, sensitivity, "
+                                     "specificity and kappas per reader (needs the key)")
     rsp.add_argument("action", choices=["create", "summary"])
     rsp.add_argument("real", help="create: real MedSynth .h5 file; summary: the study folder")
     rsp.add_argument("synth", nargs="?", help="create: synthetic MedSynth .h5 file")
@@ -329,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     rsp.add_argument("--n-real", dest="n_real", type=int, default=20)
     rsp.add_argument("--n-synth", dest="n_synth", type=int, default=20)
     rsp.add_argument("--seed", type=int, default=0)
+    rsp.add_argument("--key", help="the answer key file, kept outside the study folder "
+                                   "(default: FOLDER.key.json beside the folder)")
     rsp.set_defaults(func=cmd_reader_study)
     return p
 

@@ -1,9 +1,20 @@
 """Reader studies: blinded real-vs-synthetic reading, 1-5 ratings, and the figures a paper reports.
 
-A study is a folder: ``study.json`` lists the items in their blinded, shuffled order
-(source file, index and truth are kept there, never shown), and each reader's
-answers go to ``answers-<reader>.jsonl``, one JSON line per answer, synced to disk
-before `Session.answer` returns, so a crash or a power cut loses nothing.
+A study is two things kept apart:
+
+* the **study folder**, the only thing readers are given: ``study.json`` (item count,
+  one shared geometry, nothing about sources), ``items.h5`` (the items' pixels in the
+  blinded, shuffled order) and each reader's ``answers-<reader>.jsonl``, one JSON line
+  per answer, synced to disk before `Session.answer` returns, so a crash or a power cut
+  loses nothing;
+* the **answer key** (which item is real, and its source file and index, the seed of the
+  draw), kept by the organiser outside that folder, by default beside it as
+  ``<folder>.key.json``. `summarise` needs it; reading never does.
+
+Every item is stored on one intensity scale: both sources are mapped through the same
+window (percentiles of the pooled drawn items) to 8-bit values, so no value range, dtype,
+precision or per-image contrast tells a real item from a synthetic one, and all items are
+shown with one fixed display window (`DISPLAY_LEVELS`).
 
 Conventions of `summarise`:
 
@@ -25,59 +36,93 @@ import json
 import math
 import os
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import h5py
 import numpy as np
 
 from engine.errors import InputError
 from engine.store import attrs_dict, n_complete, open_file
 
 STUDY_FILE = "study.json"
+ITEMS_FILE = "items.h5"
+KEY_SUFFIX = ".key.json"
 FORMAT = "medsynth-reader-study"
+KEY_FORMAT = "medsynth-reader-study-key"
+VERSION = 2  # 1 kept the key (truth, source files) inside study.json, in the folder readers open
 VERDICTS = ("real", "fake", "unsure")
 TRUTHS = ("real", "synthetic")
 RATINGS = ("realism", "anatomy", "consistency")
 READER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Items are stored as 8-bit display values and shown with this one window, the same for every item.
+DISPLAY_LEVELS = (0.0, 255.0)
+WINDOW_PERCENTILES = (0.5, 99.5)
+WINDOW_SAMPLES = 2_000_000  # voxels of the pooled items the study window is computed from
 CONVENTION = ("fake is the positive call; unsure answers are excluded from accuracy, sensitivity and specificity "
               "and reported as the unsure rate (accuracy_unsure_wrong counts them as wrong); kappas use all three "
               "categories; a reader's last answer to an item counts")
 
 
-# -- the study file ---------------------------------------------------------------------------------------------
+# -- the study folder and its key -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class StudyItem:
+class Study:
+    """What the readers' folder says: how many items and their one geometry; nothing about sources."""
+
+    folder: Path
+    study_id: str
+    spatial_dims: int
+    n_items: int
+    spacing: tuple[float, ...] | None
+    affine: np.ndarray | None
+
+    @property
+    def items_path(self) -> Path:
+        return self.folder / ITEMS_FILE
+
+
+@dataclass(frozen=True)
+class KeyItem:
     id: int
     truth: str  # "real" | "synthetic"
     index: int  # sample index in that source file
 
 
 @dataclass(frozen=True)
-class Study:
-    folder: Path
-    seed: int
-    spatial_dims: int
-    sources: dict[str, Path]  # truth -> HDF5 file
-    items: tuple[StudyItem, ...]  # blinded order
-    spacing: tuple[float, ...] | None
-    affine: np.ndarray | None
-    units: str
+class Key:
+    """The organiser's answer key: truth and source of every item, and how the study was drawn."""
 
-    def item(self, item_id: int) -> StudyItem:
-        for it in self.items:
-            if it.id == item_id:
-                return it
-        raise InputError(self.folder / STUDY_FILE, f"has no item {item_id}")
+    path: Path
+    study_id: str
+    seed: int
+    sources: dict[str, Path]  # truth -> HDF5 file
+    items: tuple[KeyItem, ...]  # blinded order
+
+    @property
+    def truth(self) -> dict[int, str]:
+        return {it.id: it.truth for it in self.items}
+
+
+class NewStudy(NamedTuple):
+    folder: Path  # give this to readers
+    key: Path  # keep this
 
 
 def study_folder(path: str | Path) -> Path:
     """The study folder, given the folder or its study.json."""
     p = Path(path)
     return p.parent if p.name == STUDY_FILE else p
+
+
+def default_key_path(study: str | Path) -> Path:
+    """Where the key goes unless the organiser names a place: beside the study folder, never in it."""
+    folder = study_folder(study).resolve()
+    return folder.parent / (folder.name + KEY_SUFFIX)
 
 
 def _sample_shape(f: Any) -> tuple[int, tuple[int, ...]]:
@@ -93,14 +138,75 @@ def _relative(path: Path, folder: Path) -> str | None:
         return None
 
 
-def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: int, n_synth: int,
-                 seed: int) -> Path:
-    """Draw n_real + n_synth samples, shuffle them into one blinded order, and write out/study.json.
+def _write_json(target: Path, doc: dict[str, Any]) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
 
-    Returns the path of study.json. The draw and the order come from `seed` alone, and the
-    file records both, so the file (not the seed) is the record of what readers saw.
+
+def _check_key_place(key: Path, out: Path) -> None:
+    k, o = key.resolve(), out.resolve()
+    if k == o or o in k.parents:
+        raise InputError(key, "is inside the study folder; the answer key must be kept where readers are not sent")
+    if key.exists():
+        raise InputError(key, "already exists; an answer key is never overwritten (choose another place)")
+
+
+def _study_window(sources: dict[str, Any], drawn: list[tuple[str, int]]) -> tuple[float, float]:
+    """One intensity window for every item: percentiles of the drawn items of both sources, pooled.
+
+    Each item gives the same number of voxels, so neither source's scale decides the window alone.
+    """
+    per_item = max(1, WINDOW_SAMPLES // len(drawn))
+    values = []
+    for truth, index in drawn:
+        x = np.asarray(sources[truth]["images"][index], np.float32).ravel()
+        x = x[:: max(1, x.size // per_item)]
+        values.append(x[np.isfinite(x)])
+    pooled = np.concatenate(values)
+    if pooled.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(pooled, WINDOW_PERCENTILES))
+    if hi <= lo:
+        lo, hi = float(pooled.min()), float(pooled.max())
+    return (lo, hi if hi > lo else lo + 1.0)
+
+
+def to_display(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Source intensities → 8-bit display values through the study's one window (clipped at both ends)."""
+    lo, hi = window
+    scaled = (np.nan_to_num(np.asarray(image, np.float32), nan=lo) - lo) / (hi - lo)
+    return np.round(np.clip(scaled, 0.0, 1.0) * DISPLAY_LEVELS[1]).astype(np.uint8)
+
+
+def _write_items(path: Path, sources: dict[str, Any], order: list[tuple[str, int]], shape: tuple[int, ...],
+                 window: tuple[float, float]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w", locking=False) as f:
+        # Uncompressed on purpose: a compressed chunk's size would tell smooth images from noisy ones.
+        images = f.create_dataset("images", (len(order), *shape), np.uint8, chunks=(1, *shape))
+        for row, (truth, index) in enumerate(order):
+            images[row] = to_display(sources[truth]["images"][index], window)
+        f.attrs["format"] = FORMAT + "-items"
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: int, n_synth: int,
+                 seed: int, key: str | Path | None = None) -> NewStudy:
+    """Draw n_real + n_synth samples, shuffle them into one blinded order, and write the study and its key.
+
+    The study folder `out` gets the items and nothing that names their source; the key goes to
+    `key` (default: `default_key_path(out)`), which must lie outside `out`. The draw and the
+    order come from `seed` alone; the key records it, so the key (not the seed) is the record.
     """
     real, synth, out = Path(real), Path(synth), Path(out)
+    key = Path(key) if key else default_key_path(out)
     if n_real < 1 or n_synth < 1:
         raise InputError(None, f"a study needs at least one real and one synthetic item (asked for {n_real} real, "
                                f"{n_synth} synthetic)")
@@ -108,6 +214,7 @@ def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: i
         raise InputError(synth, "is the same file as the real one; a study compares two different files")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "already exists and is not an empty folder; a study needs a new folder of its own")
+    _check_key_place(key, out)
     info: dict[str, dict[str, Any]] = {}
     for truth, path, wanted in (("real", real, n_real), ("synthetic", synth, n_synth)):
         with open_file(path) as f:
@@ -132,56 +239,127 @@ def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: i
     rng = np.random.default_rng(seed)
     drawn = [("real", int(i)) for i in sorted(rng.choice(r["n"], n_real, replace=False))]
     drawn += [("synthetic", int(i)) for i in sorted(rng.choice(s["n"], n_synth, replace=False))]
-    order = rng.permutation(len(drawn))
-    out.mkdir(parents=True, exist_ok=True)
-    items = [{"id": k + 1, "truth": drawn[j][0], "index": drawn[j][1]} for k, j in enumerate(order)]
+    order = [drawn[j] for j in rng.permutation(len(drawn))]
+    study_id = uuid.uuid4().hex
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     ra = r["attrs"]
-    doc = {
-        "format": FORMAT, "version": 1,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": int(seed), "spatial_dims": r["dims"], "image_shape": list(r["shape"]),
-        "n_real": n_real, "n_synthetic": n_synth,
-        "sources": {truth: {"path": str(v["path"].resolve()), "relative": _relative(v["path"], out),
-                            "n_complete": v["n"]} for truth, v in info.items()},
-        # Every item is shown with the real file's geometry: a spacing or orientation that
-        # differed between the sources would give the truth away.
-        "geometry": {"spacing": ra.get("spacing"), "affine": ra.get("affine") if r["dims"] == 3 else None,
-                     "units": str(ra.get("intensity_units", ""))},
-        "items": items,
-    }
-    target = out / STUDY_FILE
-    tmp = out / (STUDY_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    _fsync_dir(out)
-    return target
+    out.mkdir(parents=True, exist_ok=True)
+    key.parent.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        with open_file(real) as fr, open_file(synth) as fs:
+            files = {"real": fr, "synthetic": fs}
+            window = _study_window(files, drawn)
+            written.append(out / ITEMS_FILE)
+            _write_items(out / ITEMS_FILE, files, order, r["shape"], window)
+        written.append(key)
+        _write_json(key, {
+            "format": KEY_FORMAT, "version": VERSION, "study_id": study_id, "created": created,
+            "note": "the answer key of a reader study: keep it from the readers",
+            "study_folder": str(out.resolve()), "seed": int(seed), "n_real": n_real, "n_synthetic": n_synth,
+            "sources": {truth: {"path": str(v["path"].resolve()), "relative": _relative(v["path"], key.parent),
+                                "n_complete": v["n"]} for truth, v in info.items()},
+            "window": {"lo": window[0], "hi": window[1], "units": str(ra.get("intensity_units", "")),
+                       "percentiles": list(WINDOW_PERCENTILES)},
+            "items": [{"id": k + 1, "truth": truth, "index": index} for k, (truth, index) in enumerate(order)],
+        })
+        written.append(out / STUDY_FILE)
+        # The readers' file is written last: a study folder with study.json in it is complete.
+        _write_json(out / STUDY_FILE, {
+            "format": FORMAT, "version": VERSION, "study_id": study_id, "spatial_dims": r["dims"],
+            "image_shape": list(r["shape"]), "items": len(order), "items_file": ITEMS_FILE,
+            # Every item is shown with the real file's geometry: a spacing or orientation that
+            # differed between the sources would give the truth away.
+            "geometry": {"spacing": ra.get("spacing"), "affine": ra.get("affine") if r["dims"] == 3 else None},
+            "display_levels": list(DISPLAY_LEVELS),
+        })
+    except BaseException:
+        for p in written:
+            for leftover in (p, p.with_name(p.name + ".tmp")):
+                leftover.unlink(missing_ok=True)
+        raise
+    return NewStudy(out, key)
+
+
+def _read_json(file: Path, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(file, f"is not a readable {what} ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InputError(file, f"is not a {what}")
+    return doc
+
+
+def _study_doc(folder: Path) -> dict[str, Any]:
+    file = folder / STUDY_FILE
+    if not file.exists():
+        raise InputError(folder, f"holds no {STUDY_FILE}; create a study first")
+    doc = _read_json(file, "study file")
+    if doc.get("format") != FORMAT:
+        raise InputError(file, f"is not a MedSynth reader study (no format={FORMAT!r})")
+    return doc
+
+
+def _is_legacy(doc: dict[str, Any]) -> bool:
+    return int(doc.get("version", 1)) < 2
 
 
 def load_study(path: str | Path) -> Study:
+    """The readers' view of a study; a first-version study (its key inside the folder) is refused."""
     folder = study_folder(path)
-    file = folder / STUDY_FILE
+    doc = _study_doc(folder)
+    if _is_legacy(doc):
+        raise InputError(folder / STUDY_FILE, "is a first-version study that keeps its answer key in the folder "
+                                              "readers open; create the study again to read it blind (its answers "
+                                              "can still be summarised)")
+    if not (folder / doc.get("items_file", ITEMS_FILE)).exists():
+        raise InputError(folder, f"holds no {ITEMS_FILE}; the study folder is incomplete")
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(folder, f"holds no {STUDY_FILE}; create a study first") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(file, f"is not a readable study file ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise InputError(file, f"is not a MedSynth reader study (no format={FORMAT!r})")
+        geo = doc.get("geometry") or {}
+        spacing = tuple(float(v) for v in geo["spacing"]) if geo.get("spacing") else None
+        affine = np.asarray(geo["affine"], float) if geo.get("affine") is not None else None
+        return Study(folder, str(doc["study_id"]), int(doc["spatial_dims"]), int(doc["items"]), spacing, affine)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(folder / STUDY_FILE, f"is a damaged study file (bad or missing {exc})") from None
+
+
+def _key_items(doc: dict[str, Any]) -> tuple[KeyItem, ...]:
+    return tuple(KeyItem(int(it["id"]), str(it["truth"]), int(it["index"])) for it in doc["items"])
+
+
+def _sources(doc: dict[str, Any], base: Path) -> dict[str, Path]:
     sources = {}
     for truth, src in doc["sources"].items():
-        # Relative first: a study folder moved together with its data keeps working.
-        rel = (folder / src.get("relative", "")).resolve()
-        sources[truth] = rel if src.get("relative") and rel.exists() else Path(src["path"])
-    geo = doc.get("geometry") or {}
-    spacing = tuple(float(v) for v in geo["spacing"]) if geo.get("spacing") else None
-    affine = np.asarray(geo["affine"], float) if geo.get("affine") is not None else None
-    items = tuple(StudyItem(int(it["id"]), str(it["truth"]), int(it["index"])) for it in doc["items"])
-    return Study(folder, int(doc["seed"]), int(doc["spatial_dims"]), sources, items, spacing, affine,
-                 str(geo.get("units", "")))
+        # Relative first: files moved together keep working.
+        rel = (base / src["relative"]).resolve() if src.get("relative") else None
+        sources[truth] = rel if rel is not None and rel.exists() else Path(src["path"])
+    return sources
+
+
+def load_key(path: str | Path, study: Study | None = None) -> Key:
+    """The organiser's answer key; with `study`, it must be that study's key."""
+    file = Path(path)
+    if not file.exists():
+        raise InputError(file, "does not exist; the summary needs the study's answer key (kept by the organiser)")
+    doc = _read_json(file, "answer key")
+    if doc.get("format") != KEY_FORMAT:
+        raise InputError(file, f"is not the answer key of a MedSynth reader study (no format={KEY_FORMAT!r})")
+    if study is not None and doc.get("study_id") != study.study_id:
+        raise InputError(file, f"is the answer key of another study, not of {study.folder}")
+    return _key(file, doc, str(doc.get("study_id", "")), file.parent)
+
+
+def _key(file: Path, doc: dict[str, Any], study_id: str, base: Path) -> Key:
+    try:
+        return Key(file, study_id, int(doc["seed"]), _sources(doc, base), _key_items(doc))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(file, f"is a damaged answer key (bad or missing {exc})") from None
+
+
+def _legacy_key(folder: Path, doc: dict[str, Any]) -> Key:
+    # A first-version study.json is its own key.
+    return _key(folder / STUDY_FILE, doc, "", folder)
 
 
 # -- answers -------------------------------------------------------------------------------------------------------
@@ -210,7 +388,7 @@ class BlindImage:
     image: np.ndarray  # (H, W), (3, H, W), or a volume (X, Y, Z) as the viewer takes it
     spacing: tuple[float, ...] | None
     affine: np.ndarray | None
-    units: str
+    levels: tuple[float, float]  # the study's one display window, the same for every item
     spatial_dims: int
 
 
@@ -278,7 +456,7 @@ class Session:
         self.reader = check_reader(reader)
         self.path = answers_path(self.study.folder, reader)
         self._repair_torn_tail()
-        known = {it.id for it in self.study.items}
+        known = set(range(1, self.total + 1))
         self.answers = {k: a for k, a in load_answers(self.path).items() if k in known}
 
     def _repair_torn_tail(self) -> None:
@@ -293,7 +471,7 @@ class Session:
 
     @property
     def total(self) -> int:
-        return len(self.study.items)
+        return self.study.n_items
 
     @property
     def spatial_dims(self) -> int:
@@ -311,19 +489,19 @@ class Session:
         """The item at 1-based position `number` of the reading order."""
         if not 1 <= number <= self.total:
             raise InputError(None, f"the study has items 1..{self.total}, not {number}")
-        return BlindItem(self.study.items[number - 1].id, number, self.total)
+        # Items are numbered in reading order: an item's id is its position.
+        return BlindItem(number, number, self.total)
 
     def item(self, item_id: int) -> BlindItem:
-        for k, it in enumerate(self.study.items, 1):
-            if it.id == item_id:
-                return BlindItem(it.id, k, self.total)
-        raise InputError(self.study.folder / STUDY_FILE, f"has no item {item_id}")
+        if isinstance(item_id, bool) or not 1 <= int(item_id) <= self.total:
+            raise InputError(self.study.folder / STUDY_FILE, f"has no item {item_id}")
+        return BlindItem(int(item_id), int(item_id), self.total)
 
     def next_item(self) -> BlindItem | None:
         """The first item this reader has not answered, or None when all are answered."""
-        for k, it in enumerate(self.study.items, 1):
-            if it.id not in self.answers:
-                return BlindItem(it.id, k, self.total)
+        for k in range(1, self.total + 1):
+            if k not in self.answers:
+                return BlindItem(k, k, self.total)
         return None
 
     def answer(self, item_id: int, verdict: str, realism: int | None = None, anatomy: int | None = None,
@@ -352,19 +530,21 @@ class Session:
         return a
 
     def image(self, item_id: int) -> BlindImage:
-        """The item's pixels in the study's one geometry, ready for the viewer; nothing names the source."""
-        it = self.study.item(item_id)
-        path = self.study.sources[it.truth]
-        with open_file(path) as f:
-            if it.index >= n_complete(f):
-                raise InputError(path, f"has no complete sample {it.index}; was it changed after the study was made?")
-            image = np.asarray(f["images"][it.index], np.float32)
+        """The item's pixels in the study's one geometry and window, ready for the viewer; nothing names the source."""
+        row = self.item(item_id).id - 1
+        path = self.study.items_path
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                image = np.asarray(f["images"][row])
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(path, f"has no readable item {item_id} ({exc}); was it changed after the study was made?"
+                             ) from None
         if self.spatial_dims == 3:
             # Stored (C, D, H, W); the viewer takes voxel order (X, Y, Z). Only the first channel is read.
             image = np.ascontiguousarray(np.transpose(image[0], (2, 1, 0)))
         elif image.shape[0] != 3:
             image = image[0]
-        return BlindImage(image, self.study.spacing, self.study.affine, self.study.units, self.spatial_dims)
+        return BlindImage(image, self.study.spacing, self.study.affine, DISPLAY_LEVELS, self.spatial_dims)
 
 
 # -- figures ---------------------------------------------------------------------------------------------------------
@@ -430,12 +610,21 @@ def fleiss_kappa(counts: Sequence[Sequence[int]]) -> float | None:
     return None if math.isclose(p_e, 1.0) else (float(p_i.mean()) - p_e) / (1.0 - p_e)
 
 
-def summarise(study_dir: str | Path) -> dict[str, Any]:
-    """Per-reader and pooled figures and inter-reader agreement of a study (see the module's conventions)."""
-    study = load_study(study_dir)
-    truth = {it.id: it.truth for it in study.items}
-    answers = {r: {k: a for k, a in load_answers(answers_path(study.folder, r)).items() if k in truth}
-               for r in readers(study.folder)}
+def summarise(study_dir: str | Path, key: str | Path | None = None) -> dict[str, Any]:
+    """Per-reader and pooled figures and inter-reader agreement of a study (see the module's conventions).
+
+    `key` is the study's answer key (default: `default_key_path`); a first-version study holds its own.
+    """
+    folder = study_folder(study_dir)
+    doc = _study_doc(folder)
+    if _is_legacy(doc):
+        answer_key, dims = _legacy_key(folder, doc), int(doc["spatial_dims"])
+    else:
+        study = load_study(folder)
+        answer_key, dims = load_key(key if key else default_key_path(folder), study), study.spatial_dims
+    truth = answer_key.truth
+    answers = {r: {i: a for i, a in load_answers(answers_path(folder, r)).items() if i in truth}
+               for r in readers(folder)}
     per_reader = {}
     pooled: list[tuple[str, Answer]] = []
     for r, given in answers.items():
@@ -455,8 +644,8 @@ def summarise(study_dir: str | Path) -> dict[str, Any]:
         fleiss = {"readers": sorted(answers), "items": len(common), "kappa": fleiss_kappa(table)}
     n_real = sum(t == "real" for t in truth.values())
     return {
-        "study": {"folder": str(study.folder), "items": len(truth), "real": n_real, "synthetic": len(truth) - n_real,
-                  "seed": study.seed, "spatial_dims": study.spatial_dims},
+        "study": {"folder": str(folder), "key": str(answer_key.path), "items": len(truth), "real": n_real,
+                  "synthetic": len(truth) - n_real, "seed": answer_key.seed, "spatial_dims": dims},
         "convention": CONVENTION,
         "readers": per_reader,
         "pooled": reader_figures(pooled),

@@ -3,6 +3,10 @@
 The widget holds an engine `Session` and only ever asks it for blind items and
 pixels, so nothing that could name the source (file, index, seed, truth) reaches a
 label: blinding is a property of what the widget is given, not of what it hides.
+The study folder holds no answer key; only the organiser's Summary reads it. While
+reading, the viewer shows every item with the study's one display window and no
+crosshair, W/L numbers or value readout, and after each answer nothing on the rating
+or verdict buttons (focus, hover, pressed) is carried to the next item.
 """
 
 from __future__ import annotations
@@ -139,6 +143,7 @@ class ReaderStudyWidget(QWidget):
         browse = QPushButton("Browse…")
         browse.clicked.connect(lambda: self._pick_dir(self.study_edit, "Study folder"))
         form.addRow("Study folder", path_row(self.study_edit, browse))
+        self.study_edit.setToolTip("The folder the organiser gave you")
         self.reader_edit = QLineEdit()
         self.reader_edit.setPlaceholderText("your name or initials, e.g. jdoe")
         self.reader_edit.returnPressed.connect(self._start_clicked)
@@ -148,16 +153,12 @@ class ReaderStudyWidget(QWidget):
         self.start_button.setDefault(True)
         self.start_button.setMinimumHeight(34)
         self.start_button.clicked.connect(self._start_clicked)
-        self.summary_button = QPushButton("Summary")
-        self.summary_button.setToolTip("Figures of every reader so far (do not show to readers mid-study)")
-        self.summary_button.clicked.connect(lambda: self.show_summary(self.study_edit.text().strip()))
         buttons.addWidget(self.start_button)
-        buttons.addWidget(self.summary_button)
         buttons.addStretch(1)
         form.addRow("", buttons)
         col.addWidget(open_box)
 
-        new_box = QGroupBox("New study…")
+        new_box = QGroupBox("Organise a study: create one, see its results")
         nform = QFormLayout(new_box)
         self.real_edit = QLineEdit()
         self.real_edit.setPlaceholderText("MedSynth HDF5 of real samples")
@@ -180,14 +181,27 @@ class ReaderStudyWidget(QWidget):
         counts.addStretch(1)
         nform.addRow("Items", counts)
         self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("a new, empty folder for the study and its answers")
+        self.out_edit.setPlaceholderText("new and empty to create a study; the one to summarise")
+        self.out_edit.setToolTip("What readers are given: the items and their answers, no answer key")
         ob = QPushButton("Browse…")
-        ob.clicked.connect(lambda: self._pick_dir(self.out_edit, "New study folder"))
+        ob.clicked.connect(lambda: self._pick_dir(self.out_edit, "Study folder"))
         nform.addRow("Study folder", path_row(self.out_edit, ob))
+        self.key_edit = QLineEdit()
+        self.key_edit.setPlaceholderText(f"empty: beside the study folder, as <folder>{rs.KEY_SUFFIX}")
+        self.key_edit.setToolTip("Which item is real and where it came from. Keep it yourself, outside the study "
+                                 "folder; the summary needs it, readers must never get it.")
+        kb = QPushButton("Browse…")
+        kb.clicked.connect(self._pick_key)
+        nform.addRow("Answer key", path_row(self.key_edit, kb))
         self.create_button = QPushButton("Create study")
         self.create_button.clicked.connect(self._create_clicked)
+        self.summary_button = QPushButton("Summary")
+        self.summary_button.setToolTip("Figures of every reader so far, from the answer key (never show them to "
+                                       "readers mid-study)")
+        self.summary_button.clicked.connect(self._summary_clicked)
         crow = QHBoxLayout()
         crow.addWidget(self.create_button)
+        crow.addWidget(self.summary_button)
         crow.addStretch(1)
         nform.addRow("", crow)
         col.addWidget(new_box)
@@ -220,7 +234,8 @@ class ReaderStudyWidget(QWidget):
         top.addWidget(self.stop_button)
         lay.addLayout(top)
 
-        self.viewer = Viewer()
+        # Blind: no crosshair, W/L numbers or value readout; every item gets the study's one window.
+        self.viewer = Viewer(blind=True)
         # Items carry no masks (a mask on some items only would give them away): no overlay controls.
         for control in (self.viewer.controls.mask_box, self.viewer.controls.opacity):
             control.hide()
@@ -283,13 +298,11 @@ class ReaderStudyWidget(QWidget):
         lay.addWidget(self.done_label)
         row = QHBoxLayout()
         row.addStretch(1)
-        summary = QPushButton("Show summary")
-        summary.clicked.connect(lambda: self.show_summary())
+        # No summary here: it needs the answer key, which the organiser keeps from readers.
         again = QPushButton("Back to start")
         again.clicked.connect(self.stop)
-        for b in (summary, again):
-            b.setMinimumSize(160, 36)
-            row.addWidget(b)
+        again.setMinimumSize(160, 36)
+        row.addWidget(again)
         row.addStretch(1)
         lay.addLayout(row)
         lay.addStretch(2)
@@ -315,7 +328,7 @@ class ReaderStudyWidget(QWidget):
         lay.addStretch(1)
         row = QHBoxLayout()
         refresh = QPushButton("Refresh")
-        refresh.clicked.connect(lambda: self.show_summary(self._summary_study))
+        refresh.clicked.connect(lambda: self.show_summary(self._summary_study, self._summary_key))
         back = QPushButton("Back")
         back.clicked.connect(self.stop)
         row.addWidget(refresh)
@@ -323,6 +336,7 @@ class ReaderStudyWidget(QWidget):
         row.addStretch(1)
         lay.addLayout(row)
         self._summary_study: str | Path | None = None
+        self._summary_key: str | Path | None = None
         return page
 
     @staticmethod
@@ -345,6 +359,12 @@ class ReaderStudyWidget(QWidget):
         if path:
             edit.setText(path)
 
+    def _pick_key(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Answer key", self.key_edit.text(),
+                                              f"Answer key (*{rs.KEY_SUFFIX} *.json)")
+        if path:
+            self.key_edit.setText(path)
+
     def _pick_h5(self, edit: QLineEdit) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "MedSynth file", edit.text(), "MedSynth HDF5 (*.h5 *.hdf5)")
         if path:
@@ -362,23 +382,31 @@ class ReaderStudyWidget(QWidget):
 
     def _create_clicked(self) -> None:
         self.new_study(self.real_edit.text().strip(), self.synth_edit.text().strip(), self.out_edit.text().strip(),
-                       self.n_real_spin.value(), self.n_synth_spin.value(), self.seed_spin.value())
+                       self.n_real_spin.value(), self.n_synth_spin.value(), self.seed_spin.value(),
+                       self.key_edit.text().strip() or None)
+
+    def _summary_clicked(self) -> None:
+        self.show_summary(self.out_edit.text().strip() or self.study_edit.text().strip(),
+                          self.key_edit.text().strip() or None)
 
     def new_study(self, real: str | Path, synth: str | Path, out: str | Path, n_real: int, n_synth: int,
-                  seed: int) -> Path | None:
-        """Create a study (engine `create_study`) and put its folder in the study field."""
+                  seed: int, key: str | Path | None = None) -> rs.NewStudy | None:
+        """Create a study (engine `create_study`), put its folder in the study fields and its key in the key field."""
         if not (str(real) and str(synth) and str(out)):
             self._say("Choose a real file, a synthetic file and a new study folder.", error=True)
             return None
         try:
-            path = rs.create_study(Path(real), Path(synth), Path(out), n_real, n_synth, seed)
+            made = rs.create_study(Path(real), Path(synth), Path(out), n_real, n_synth, seed, key=key)
         except InputError as exc:
             self._say(str(exc), error=True)
             return None
-        self.study_edit.setText(str(path.parent))
+        self.study_edit.setText(str(made.folder))
+        self.out_edit.setText(str(made.folder))
+        self.key_edit.setText(str(made.key))
         self._say(f"Study created: {n_real + n_synth} items ({n_real} real, {n_synth} synthetic) in a blinded "
-                  "order. Enter a reader name and start.")
-        return path
+                  f"order. Give readers the study folder only. The answer key is {made.key}: keep it yourself, "
+                  "never give it to readers; the summary needs it.")
+        return made
 
     def open_study(self, study: str | Path, reader: str) -> bool:
         """Open `study` for `reader` and show the first unanswered item (or the done page)."""
@@ -416,7 +444,9 @@ class ReaderStudyWidget(QWidget):
             self._say(str(exc), error=True)
             return
         self.current = item
-        self.viewer.set_image(img.image, affine=img.affine, spacing=img.spacing, units=img.units)
+        self.viewer.set_image(img.image, affine=img.affine, spacing=img.spacing)
+        lo, hi = img.levels
+        self.viewer.state.window_level = (hi - lo, (lo + hi) / 2.0)
         self.progress.setText(f"Item {item.number} of {item.total}")
         before = self.session.answers.get(item.id)
         self.previous_note.setText(f"answered before: {VERDICT_TEXT[before.verdict]}" if before else "")
@@ -425,8 +455,21 @@ class ReaderStudyWidget(QWidget):
         self.back_button.setEnabled(item.number > 1)
         self.stack.setCurrentWidget(self.reading_page)
         self.viewer.reset_views()
-        self.setFocus()
+        self._neutral_focus()
         self._shown_at = time.monotonic()
+
+    def _neutral_focus(self) -> None:
+        """Leave no trace of the last click on a button: a focus frame, hover or pressed look reads as a choice."""
+        buttons = [b for row in self.ratings.values() for b in row.group.buttons()]
+        for b in [*buttons, *self.verdict_buttons.values(), self.back_button]:
+            b.setDown(False)
+            # The pointer is still where the reader clicked; without this the button under it keeps its
+            # hover highlight on the next item until the pointer moves off it.
+            b.setAttribute(Qt.WidgetAttribute.WA_UnderMouse, False)
+            b.clearFocus()
+            b.update()
+        # The image itself takes the keys: arrows move through slices, R / F / U still answer.
+        self.viewer.slice_views[0].setFocus(Qt.FocusReason.OtherFocusReason)
 
     def _show_done(self) -> None:
         assert self.session is not None
@@ -461,19 +504,21 @@ class ReaderStudyWidget(QWidget):
         self.current = None
         self.stack.setCurrentWidget(self.start_page)
 
-    def show_summary(self, study: str | Path | None = None) -> bool:
-        """Fill and show the Summary page for `study` (default: the open session's study)."""
+    def show_summary(self, study: str | Path | None = None, key: str | Path | None = None) -> bool:
+        """Fill and show the Summary page for `study` (default: the open session's study) from its answer key
+        (default: beside the study folder)."""
         if study is None or not str(study):
             study = self.session.study.folder if self.session is not None else None
         if study is None:
             self._say("Choose a study folder first.", error=True)
             return False
         try:
-            summary = rs.summarise(study)
+            summary = rs.summarise(study, key=key)
         except InputError as exc:
+            self.stack.setCurrentWidget(self.start_page)
             self._say(str(exc), error=True)
             return False
-        self._summary_study = study
+        self._summary_study, self._summary_key = study, key
         s = summary["study"]
         n_readers = len(summary["readers"])
         self.summary_title.setText(

@@ -52,7 +52,8 @@ class ControlBar(QWidget):
         self.title.setStyleSheet("font-weight: bold;")
         lay.addWidget(self.title)
 
-        lay.addWidget(QLabel("W/L"))
+        self.wl_label = QLabel("W/L")
+        lay.addWidget(self.wl_label)
         self.preset = QComboBox()
         self.preset.addItems([*PRESET_NAMES, CUSTOM])
         self._preset_help = ("Window/level presets (CT ones are in Hounsfield units).\n"
@@ -102,6 +103,11 @@ class ControlBar(QWidget):
                                ("link_zoom", self.zoom_button.setChecked)):
             state.subscribe(event, handler)
         self._on_image(None)
+
+    def hide_window_level(self) -> None:
+        """No W/L numbers or controls (blinded reading: the caller fixes one window for every image)."""
+        for w in (self.wl_label, self.preset, self.wl_button):
+            w.hide()
 
     # -- model -> widgets ------------------------------------------------------------------
     def _on_image(self, _: Any) -> None:

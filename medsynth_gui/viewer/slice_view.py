@@ -46,6 +46,7 @@ class SliceView(pg.GraphicsView):
         self._mask_buffer: np.ndarray | None = None  # this pane's overlay picture, reused per slice
         self._mask_region: tuple[slice, slice] = (slice(0), slice(0))
         self._wl_start: tuple[float, float] | None = None
+        self.blind = False  # see set_blind
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMinimumSize(160, 160)
 
@@ -239,6 +240,12 @@ class SliceView(pg.GraphicsView):
         self.wl_text.place(r.left(), r.bottom())
         self.position_text.place(r.right(), r.bottom())
 
+    def set_blind(self) -> None:
+        """For blinded reading: no crosshair, no W/L numbers, no value readout, and a window/level that stays."""
+        self.blind = True
+        for item in (self.v_line, self.h_line, self.wl_text):
+            item.hide()
+
     # -- pane -> model -------------------------------------------------------------------
     def voxel_at(self, scene_pos: QPointF, clip: bool = False) -> tuple[int, ...] | None:
         """The voxel under a scene position, or None off the picture (unless clip)."""
@@ -263,7 +270,8 @@ class SliceView(pg.GraphicsView):
         index = self.voxel_at(scene_pos, clip=True)
         if index is not None:
             self.state.cursor = index
-            self.readout.emit(self.state.describe(self.plane.name, index))
+            if not self.blind:
+                self.readout.emit(self.state.describe(self.plane.name, index))
 
     def _on_hover(self, scene_pos: QPointF) -> None:
         if self.plane is None or not self.vb.sceneBoundingRect().contains(scene_pos):
@@ -271,7 +279,8 @@ class SliceView(pg.GraphicsView):
         index = self.voxel_at(scene_pos)
         if index is None:
             return
-        self.readout.emit(self.state.describe(self.plane.name, index))
+        if not self.blind:
+            self.readout.emit(self.state.describe(self.plane.name, index))
         if QApplication.keyboardModifiers() & Qt.KeyboardModifier.ShiftModifier:
             self.state.cursor = index
 
@@ -286,6 +295,8 @@ class SliceView(pg.GraphicsView):
 
     def drag_window_level(self, ev: Any) -> None:
         # Right/left is the window (contrast), down/up the level (brightness), as in Slicer.
+        if self.blind:
+            return
         if ev.isStart() or self._wl_start is None:
             self._wl_start = self.state.window_level
         lo, hi = self.state.data_range
@@ -313,7 +324,7 @@ class SliceView(pg.GraphicsView):
             self.step_slice(steps[key])
         elif plain and key == Qt.Key.Key_R:
             self.reset_view()
-        elif plain and key == Qt.Key.Key_W:
+        elif plain and key == Qt.Key.Key_W and not self.blind:
             self.state.wl_mode = not self.state.wl_mode
         elif plain and key == Qt.Key.Key_G:
             self.state.mask_visible = not self.state.mask_visible

@@ -19,14 +19,19 @@ class Viewer(QWidget):
 
     `state` is the model behind it: set fields there (cursor, window_level, mask_visible,
     mask_opacity, ...) and every pane and control follows.
+
+    blind: for blinded reading (a reader study), show nothing that could tell one image's
+    source from another's: no crosshair, no window/level numbers or controls, no value
+    readout, no intensity summary; the caller sets one window/level and it stays.
     """
 
     readout = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, layout: str = "row") -> None:
+    def __init__(self, parent: QWidget | None = None, layout: str = "row", blind: bool = False) -> None:
         super().__init__(parent)
         if layout not in PANE_GRID:
             raise ValueError(f"layout must be 'row' or 'grid', got {layout!r}")
+        self.blind = blind
         self.state = ViewState()
         self._layout_kind = layout
         self._panes = [SliceView(self.state, i) for i in range(3)]
@@ -40,7 +45,10 @@ class Viewer(QWidget):
         grid.setSpacing(2)
         for pane, (row, col) in zip(self._panes, PANE_GRID[layout]):
             grid.addWidget(pane, row, col)
-            pane.readout.connect(self.readout)
+            if blind:
+                pane.set_blind()
+            else:
+                pane.readout.connect(self.readout)
             pane.zoomed.connect(self._on_zoomed)
         # In the 2x2 layout the fourth cell says what is on screen, as Slicer's data probe
         # does, and holds the legend, which leaves the control bar short enough for half a screen.
@@ -63,6 +71,8 @@ class Viewer(QWidget):
             self.legend = self.controls.legend
             self.info_cell.hide()
         cell.addStretch(1)
+        if blind:
+            self.controls.hide_window_level()
         # Panes share the area equally; the text cell must not claim a bigger row.
         self.info_cell.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         rows, cols = (1, 3) if layout == "row" else (2, 2)
@@ -115,7 +125,7 @@ class Viewer(QWidget):
         for pane in self._panes:
             pane.setVisible(pane.plane is not None)
         if self._layout_kind == "grid":
-            self.info_cell.setVisible(loaded and not single)
+            self.info_cell.setVisible(loaded and not single and not self.blind)
         # One pane takes the whole area instead of one cell of it; back to its cell for a volume.
         rows, cols = (2, 2) if self._layout_kind == "grid" else (1, 3)
         self._grid.addWidget(self._panes[0], 0, 0, *((rows, cols) if single else (1, 1)))
