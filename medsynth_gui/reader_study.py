@@ -193,6 +193,9 @@ class ReaderStudyWidget(QWidget):
         kb = QPushButton("Browse…")
         kb.clicked.connect(self._pick_key)
         nform.addRow("Answer key", path_row(self.key_edit, kb))
+        # The key filled in by Create belongs to that study: another folder starts with the default again.
+        self._filled_key = ""
+        self.out_edit.textChanged.connect(self._forget_filled_key)
         self.create_button = QPushButton("Create study")
         self.create_button.clicked.connect(self._create_clicked)
         self.summary_button = QPushButton("Summary")
@@ -385,6 +388,11 @@ class ReaderStudyWidget(QWidget):
                        self.n_real_spin.value(), self.n_synth_spin.value(), self.seed_spin.value(),
                        self.key_edit.text().strip() or None)
 
+    def _forget_filled_key(self) -> None:
+        if self._filled_key and self.key_edit.text() == self._filled_key:
+            self.key_edit.clear()
+        self._filled_key = ""
+
     def _summary_clicked(self) -> None:
         self.show_summary(self.out_edit.text().strip() or self.study_edit.text().strip(),
                           self.key_edit.text().strip() or None)
@@ -403,6 +411,7 @@ class ReaderStudyWidget(QWidget):
         self.study_edit.setText(str(made.folder))
         self.out_edit.setText(str(made.folder))
         self.key_edit.setText(str(made.key))
+        self._filled_key = str(made.key)
         self._say(f"Study created: {n_real + n_synth} items ({n_real} real, {n_synth} synthetic) in a blinded "
                   f"order. Give readers the study folder only. The answer key is {made.key}: keep it yourself, "
                   "never give it to readers; the summary needs it.")

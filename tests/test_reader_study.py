@@ -434,6 +434,15 @@ def test_widget_records_keys_buttons_and_ratings_and_stays_blind(widget, qtbot, 
     made = w.new_study(*files2d, tmp_path / "s", 3, 3, 11)
     assert made is not None and w.study_edit.text() == str(made.folder) and w.key_edit.text() == str(made.key)
     assert str(made.key) in w.message.text()  # the organiser is told where the key is
+    # A second study from the same page gets its own key, not the first one's.
+    w.real_edit.setText(str(files2d[0]))
+    w.synth_edit.setText(str(files2d[1]))
+    w.n_real_spin.setValue(2)
+    w.n_synth_spin.setValue(2)
+    w.out_edit.setText(str(tmp_path / "s2"))
+    assert w.key_edit.text() == ""
+    w.create_button.click()
+    assert w.key_edit.text() == str(tmp_path / "s2.key.json") and (tmp_path / "s2.key.json").exists()
     study = made.folder
     assert w.open_study(study, "dana")
     assert w.stack.currentWidget() is w.reading_page
