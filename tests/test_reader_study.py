@@ -559,11 +559,12 @@ def test_nothing_looks_preselected_on_the_next_item(widget, qtbot, files2d, tmp_
     assert w.progress.text() == "Item 3 of 6"
     for b in _rating_buttons(w) + list(w.verdict_buttons.values()):
         assert not (b.hasFocus() or b.isChecked() or b.isDown() or b.underMouse()), b.text()
-    qtbot.keyClick(w.viewer.slice_views[0], Qt.Key.Key_U)  # R / F / U still answer from the image
-    assert w.progress.text() == "Item 4 of 6"
+    qtbot.keyClick(w.viewer.slice_views[0], Qt.Key.Key_U)  # R / F / U still answer from the focused image
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_R)  # R answers; it does not reset the view there
+    assert w.progress.text() == "Item 5 of 6"
     answers = rs.load_answers(rs.answers_path(w.session.study.folder, "gil"))
-    assert [(answers[i].verdict, answers[i].realism, answers[i].anatomy) for i in (1, 2, 3)] == [
-        ("real", 4, None), ("fake", None, 2), ("unsure", None, None)]
+    assert [(answers[i].verdict, answers[i].realism, answers[i].anatomy) for i in (1, 2, 3, 4)] == [
+        ("real", 4, None), ("fake", None, 2), ("unsure", None, None), ("real", None, None)]
 
 
 def test_reading_shows_no_crosshair_no_window_numbers_and_one_window(widget, qtbot, tmp_path):
