@@ -176,17 +176,17 @@ class ViewCache:
     The copies live in a folder only the user can open (0700), one per source named by the hash of
     its absolute path (so two folders of the same name never overwrite each other, and the name
     says nothing about a patient), and are deleted by clear() when the window closes. Copies older
-    than a day, left by a session that crashed, are deleted when a cache starts.
+    than a week, left by a session that crashed, are deleted when a cache starts.
     """
 
-    STALE_S = 24 * 3600
+    STALE_S = 7 * 24 * 3600
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.titles: dict[str, str] = {}  # cache file -> what the gallery and viewer call it
         if self.root.is_dir():
             now = time.time()
-            for old in self.root.glob("*.h5"):
+            for old in self.root.glob("*.h5*"):  # copies, and parts of copies a crash cut short
                 with contextlib.suppress(OSError):
                     if now - old.stat().st_mtime > self.STALE_S:
                         old.unlink()

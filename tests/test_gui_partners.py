@@ -192,3 +192,17 @@ def test_gallery_captions_show_case_and_slice(window, tmp_path, qtbot):
     gallery.delegate.paint(painter, option, gallery.model.index(0))
     painter.end()
     assert painted == [gallery.delegate.names[0]] and "#" not in painted[0]
+
+
+def test_view_cache_removes_copies_a_crashed_session_left_behind(tmp_path):
+    from medsynth_gui.loaders import ViewCache
+
+    root = tmp_path / "views"
+    root.mkdir()
+    old, part, fresh = root / "0a1b.h5", root / "2c3d.h5.part", root / "4e5f.h5"
+    for f in (old, part, fresh):
+        f.write_bytes(b"x")
+    for f in (old, part):
+        os.utime(f, (0, 0))
+    ViewCache(root)
+    assert not old.exists() and not part.exists() and fresh.exists()
