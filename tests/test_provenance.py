@@ -67,6 +67,13 @@ def test_a_synthetic_file_names_its_data_by_base_name_and_hash_only(tmp_path):
 
     export(out, tmp_path / "png", "png")
     assert "Doe_John" not in (tmp_path / "png" / "samples.csv").read_text()
+    # Nor does an evaluation, in the file's /metrics or in its report, though it was given the full path.
+    from engine.evaluate import EvalSettings, EvaluateJob
+
+    result = EvaluateJob(out, train_data=data, settings=EvalSettings(utility=False, device="cpu")).run(
+        lambda e: None, lambda: False)
+    assert "Doe_John" not in _every_text(out)
+    assert "Doe_John" not in Path(result["report"]).read_text(encoding="utf-8")
 
 
 def test_record_full_path_keeps_the_path_when_asked(tmp_path):
