@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import checkpoints
-from engine.config import RunConfig
+from engine.config import RunConfig, public_config
 from engine.jobs import Cancelled, Checkpoint, Emit, Message, Progress
 from engine.models import build_autoencoder, count_parameters
 
@@ -66,7 +66,7 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, 
     def save(step: int) -> None:
         if acc.is_main_process:
             path = checkpoints.save(out, step, net, None, opt.optimizer if hasattr(opt, "optimizer") else opt,
-                                    {"stage": "autoencoder", "config": cfg.to_dict()})
+                                    {"stage": "autoencoder", "config": public_config(cfg.to_dict())})
             emit(Checkpoint(step, str(path)))
 
     log = open(out / "loss.jsonl", "a") if acc.is_main_process else None

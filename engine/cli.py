@@ -101,6 +101,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         data["mask_mode"] = args.mask_mode
     if getattr(args, "spacing", None):
         data["spacing"] = list(args.spacing)
+    if getattr(args, "record_full_path", False):
+        data["record_full_path"] = True
     model = {"image_size": args.size} if getattr(args, "size", None) else {}
     ae = {"steps": args.autoencoder_steps} if getattr(args, "autoencoder_steps", None) is not None else {}
     return {"train": train, "data": data, "model": model, "autoencoder": ae}
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--memory-limit", dest="memory_limit", type=float, metavar="GIB",
                    help="refuse a run whose estimated memory exceeds this (default: the device's)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--record-full-path", dest="record_full_path", action="store_true",
+                   help="write DATA's full path into checkpoints and samples (default: its base name and a hash)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.set_defaults(func=cmd_train)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +91,12 @@ class DataConfig:
     spacing: list[float] = field(default_factory=list)
     crop: str = "foreground"  # foreground | center: where the training-size box sits in each volume
     channel: int = 0  # which channel of a multi-channel (4D) MSD volume to train on
+    # Outputs (checkpoints, HDF5 files, reports) name the training data by its folder's base name and
+    # path_sha256, a hash of its absolute path: folder names above it often carry patient names or
+    # record numbers. True writes the full path instead. Only the run folder's config.json, which
+    # --resume reads, always holds the full path.
+    record_full_path: bool = False
+    path_sha256: str = ""
 
 
 @dataclass
@@ -191,6 +199,29 @@ def resolve(preset: str | None, config_file: str | Path | None, overrides: dict[
     if config_file:
         cfg = merge(cfg, load_toml(config_file), str(config_file))
     return merge(cfg, overrides, "command line")
+
+
+def path_sha256(path: str | Path) -> str:
+    """A short hash of a path made absolute: tells two data sets apart without naming their folders."""
+    return hashlib.sha256(str(Path(path).resolve()).encode("utf-8")).hexdigest()[:16]
+
+
+def public_path(path: str | Path, full: bool = False) -> str:
+    """How an output names a data path: "BraTS_subset (sha256 1a2b…)", or the full path when asked."""
+    return str(path) if full else f"{Path(path).name} (sha256 {path_sha256(path)})"
+
+
+def public_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A config (as a dict) fit for outputs: data.path cut to its base name plus path_sha256, unless
+    data.record_full_path. Applying it twice changes nothing."""
+    out = copy.deepcopy(values)
+    data = out.get("data")
+    if not isinstance(data, dict) or data.get("record_full_path") or not data.get("path"):
+        return out
+    if not data.get("path_sha256"):
+        data["path_sha256"] = path_sha256(data["path"])
+    data["path"] = Path(str(data["path"])).name
+    return out
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import torch
 
-from engine.config import from_dict
+from engine.config import from_dict, public_path
 from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet
 from engine.data.prepare import resize
@@ -171,8 +171,12 @@ class EvaluateJob:
                 raise InputError(self.real_path or train_path, f"has {sets[name][0].shape[1]} channels; the "
                                                                f"synthetic samples have {sets['synth'][0].shape[1]}")
         sets["notes"] = notes
-        sets["sources"] = {"synth": str(self.synth_path), "train": str(train_path) if train_path else None,
-                           "test": str(self.real_path) if self.real_path and test is not None else "held out"}
+        # Written into the file and its report: data folders by name and hash unless the run recorded full paths.
+        full = bool((config.get("data") or {}).get("record_full_path"))
+        sets["sources"] = {"synth": public_path(self.synth_path, full),
+                           "train": public_path(train_path, full) if train_path else None,
+                           "test": public_path(self.real_path, full) if self.real_path and test is not None
+                           else "held out"}
         emit(Message(f"evaluating {len(sets['synth'][0])} synthetic samples against {len(sets['train'][0])} "
                      f"training and {len(sets['test'][0])} held-out real samples"))
         return sets

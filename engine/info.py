@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine import checkpoints
 from engine.errors import InputError
+
+if TYPE_CHECKING:
+    from engine.data.dataset import ImageSet
 
 
 def _h5(path: Path) -> list[str]:
@@ -84,6 +88,48 @@ def _run_dir(path: Path) -> list[str]:
     return lines
 
 
+def source_kind(path: Path) -> str:
+    """What layout a data source has, in the words its users know it by."""
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return "MedMNIST file"
+        return "NIfTI file" if path.name.lower().endswith((".nii", ".nii.gz")) else f"{path.suffix} file"
+    if (path / "dataset.json").exists() or (path / "imagesTr").is_dir():
+        from engine.data import partners
+
+        meta = path / "dataset.json"
+        nnunet = meta.is_file() and "channel_names" in meta.read_text(encoding="utf-8", errors="replace")
+        images = path / "imagesTr"
+        nnunet = nnunet or (images.is_dir() and any(
+            partners.split_channel(partners.split_name(p)[0]) for p in images.iterdir()))
+        return "nnU-Net folder" if nnunet else "MSD folder"
+    return "image/mask folder" if (path / "masks").is_dir() else "image folder"
+
+
+def source_summary(path: str | Path, data: ImageSet) -> str:
+    """'nnU-Net folder, 12 cases' — the kind of a source and how much it holds, as the app titles it."""
+    path = Path(path)
+    kind = source_kind(path)
+    if kind in ("nnU-Net folder", "MSD folder"):
+        from engine.data.readers import _msd_cases
+
+        cases = len(_msd_cases(path)[0])
+        return f"{kind}, {cases} case{'s' * (cases != 1)}, {len(data)} slices"
+    return f"{kind}, {len(data)} image{'s' * (len(data) != 1)}"
+
+
+def _partner_line(path: Path) -> str | None:
+    from engine.data import partners
+
+    if not path.is_file():
+        return None
+    if partners.is_label_file(path):
+        image = partners.image_for(path)
+        return f"  label map of image {image}" if image is not None else None
+    label = partners.label_for(path)
+    return f"  label map: {label}" if label is not None else "  label map: none found"
+
+
 def describe(path: str | Path) -> str:
     p = Path(path)
     if not p.exists():
@@ -105,7 +151,10 @@ def describe(path: str | Path) -> str:
 
     s = load_images(p)
     lines = [f"{p}: {len(s)} image(s) of {s.size[0]}x{s.size[1]} px, {s.channels} channel(s), "
-             f"values {float(s.images.min()):.4g}..{float(s.images.max()):.4g} (modality {s.modality})"]
+             f"values {float(s.images.min()):.4g}..{float(s.images.max()):.4g} (modality {s.modality})",
+             f"  source: {source_summary(p, s)}"]
+    if p.name.lower().endswith((".nii", ".nii.gz")) and (partner := _partner_line(p)):
+        lines.append(partner)
     if s.masks is not None:
         lines.append(f"  masks: labels {sorted(int(v) for v in np.unique(s.masks))} "
                      f"{s.label_names or ''}")

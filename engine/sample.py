@@ -14,13 +14,29 @@ import numpy as np
 import torch
 
 from engine import autoencoder, checkpoints
-from engine.config import from_dict
+from engine.config import from_dict, public_config
+from engine.config import load as load_config
 from engine.data.prepare import Normalisation, decode_masks
 from engine.diffusion import SAMPLERS, denoise, sampler
 from engine.errors import InputError
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
 from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.store import SampleWriter
+
+
+def _training_data(ckpt: Path, state: dict[str, Any]) -> str:
+    """Where a mask-conditioned model's training masks are: the checkpoint names its data only by base
+    name and hash, so the full path comes from its run folder's config.json (or an older checkpoint)."""
+    config = ckpt.parent.parent / "config.json"
+    if ckpt.parent.name == "checkpoints" and config.is_file():
+        path = load_config(config).data.path
+        if path and Path(path).exists():
+            return path
+    recorded = str(state.get("data_source") or "")
+    if recorded and Path(recorded).exists():
+        return recorded
+    raise InputError(ckpt, "is a mask-conditioned model whose training masks cannot be found (its run folder's "
+                           f"config.json names none that exists; the checkpoint records {recorded or 'nothing'})")
 
 
 def parse_class_mix(text: str, class_names: list[str]) -> dict[int, float]:
@@ -141,7 +157,8 @@ class SampleJob:
             return None
         from engine.data import load_images, volume_options
         from engine.data.prepare import to_tensors
-        data = load_images(gen.state["data_source"], split=gen.cfg.data.split, volumes=volume_options(gen.cfg))
+        data = load_images(_training_data(gen.ckpt, gen.state), split=gen.cfg.data.split,
+                           volumes=volume_options(gen.cfg))
         t = to_tensors(data, gen.norm, gen.cfg.model.image_size, "condition", gen.cfg.model.mask_labels, False)
         picks = [int(np.random.default_rng([int(s), 11]).integers(len(data))) for s in seeds]
         return t.cond[picks]
@@ -164,7 +181,7 @@ class SampleJob:
                           label_names={int(k): v for k, v in (st.get("label_names") or {}).items()},
                           spacing=tuple(st["spacing"]) if st.get("spacing") else None,
                           affine=np.asarray(st["affine"]) if st.get("affine") else None,
-                          units=gen.norm.units, normalisation=gen.norm.to_dict(), config=st["config"],
+                          units=gen.norm.units, normalisation=gen.norm.to_dict(), config=public_config(st["config"]),
                           checkpoint_sha256=gen.sha256, overwrite=self.overwrite) as writer:
             for lo in range(0, self.n, self.batch):
                 hi = min(lo + self.batch, self.n)

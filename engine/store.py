@@ -119,12 +119,21 @@ def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -
                       labels=s.labels is not None, kind=s.kind, class_names=s.class_names,
                       label_names=s.label_names, spacing=s.spacing, affine=s.affine,
                       normalisation={"modality": s.modality}, overwrite=overwrite) as w:
+        if s.names is not None:
+            w.f.create_dataset("names", data=list(s.names), dtype=h5py.string_dtype())
         for lo in range(0, len(s), 256):
             hi = min(lo + 256, len(s))
             w.append(s.images[lo:hi], np.arange(lo, hi),
                      None if s.masks is None else s.masks[lo:hi],
                      None if s.labels is None else s.labels[lo:hi])
     return Path(path)
+
+
+def read_names(f: h5py.File) -> list[str] | None:
+    """Each sample's provenance ("case_003 · z 41") when the file records it (/names), else None."""
+    if "names" not in f:
+        return None
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in f["names"][:]]
 
 
 def open_file(path: str | Path) -> h5py.File:
@@ -167,10 +176,11 @@ def read_image_set(path: str | Path) -> ImageSet:
         images = f["images"][:n].astype(np.float32)
         masks = f["masks"][:n] if "masks" in f else None
         labels = f["labels"][:n].astype(np.int64) if "labels" in f else None
+        names = read_names(f)
     norm = a.get("normalisation") or {}
     s = ImageSet(images=images, masks=masks, labels=labels, class_names=list(a.get("class_names") or []),
                  label_names={int(k): v for k, v in (a.get("label_names") or {}).items()},
                  spacing=tuple(a.get("spacing") or ()) or None, modality=norm.get("modality", "generic"),
-                 source=str(path), kind=str(a.get("kind", "real")),
+                 source=str(path), kind=str(a.get("kind", "real")), names=None if names is None else names[:n],
                  affine=np.asarray(a["affine"], np.float64) if a.get("spatial_dims") == 3 and "affine" in a else None)
     return validate(s)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import autoencoder, checkpoints, memory
-from engine.config import RunConfig
+from engine.config import RunConfig, public_config, public_path
 from engine.config import load as load_config
 from engine.config import save as save_config
 from engine.data import load_images, volume_options
@@ -173,7 +173,9 @@ class TrainJob:
             "label_names": {str(k): v for k, v in data.label_names.items()},
             "spacing": list(data.spacing) if data.spacing else None,
             "affine": data.affine.tolist() if data.affine is not None else None,
-            "data_source": data.source, "config": cfg.to_dict(),
+            # The run folder's config.json keeps the full path for --resume; checkpoints travel as the model.
+            "data_source": public_path(data.source, cfg.data.record_full_path) if data.source else "",
+            "config": public_config(cfg.to_dict()),
         }
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)

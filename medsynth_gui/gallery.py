@@ -30,17 +30,20 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
+from medsynth_gui.loaders import h5_names
 from medsynth_gui.thumbnails import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, POLL_MS, ThumbnailModel, label_colour
 
 
 class _ThumbnailDelegate(QStyledItemDelegate):
-    """Draws the thumbnail on a dark tile (as radiology viewers do) with '#index  class' below."""
+    """Draws the thumbnail on a dark tile (as radiology viewers do) with '#index  class' below, or where
+    the image came from ('case_003 · z 41') when the file records it."""
 
     PAD = 4
 
     def __init__(self, model: ThumbnailModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model = model
+        self.names: list[str] | None = None  # each sample's provenance, from the file's /names
 
     def cell_size(self, font: QFont) -> QSize:
         line = QFontMetrics(font).height()
@@ -72,10 +75,19 @@ class _ThumbnailDelegate(QStyledItemDelegate):
         sample = index.data(ThumbnailModel.SampleRole)
         text = index.data(Qt.ItemDataRole.DisplayRole) or ""
         caption = f"#{text}" if sample is not None else text
+        if self.names is not None and sample is not None and 0 <= sample < len(self.names):
+            caption = self.names[sample]
         text_rect = QRect(r.x() + pad, tile.bottom() + 2, r.width() - 2 * pad, r.bottom() - tile.bottom() - 2)
         painter.setPen(QColor(255, 255, 255) if selected else QColor(200, 200, 200))
         painter.setFont(option.font)
         elided = option.fontMetrics.elidedText(caption, Qt.TextElideMode.ElideRight, text_rect.width())
+        head, sep, tail = caption.rpartition(" · ")
+        if elided != caption and self.names is not None and sep:
+            # Of "case_003 · z 41" the slice stays whole; the case name gives way in its middle, where
+            # datasets repeat themselves ("hippocampus_…003").
+            kept = sep + tail
+            room = text_rect.width() - option.fontMetrics.horizontalAdvance(kept)
+            elided = option.fontMetrics.elidedText(head, Qt.TextElideMode.ElideMiddle, max(room, 0)) + kept
         painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, elided)
         if option.state & QStyle.StateFlag.State_HasFocus and selected:
             painter.setPen(QPen(QColor(90, 170, 255), 2))
@@ -111,6 +123,7 @@ class Gallery(QWidget):
         super().__init__(parent)
         self.model = ThumbnailModel(self)
         self.model.wanted = self._row_visible
+        self.title: str | None = None  # what the header calls the file shown, when not its own name
 
         self.header = QLabel("No file open")
         self.header.setTextFormat(Qt.TextFormat.PlainText)  # file names are not markup
@@ -192,15 +205,18 @@ class Gallery(QWidget):
         self._refresh_combo()
 
     # ---- public API ----
-    def open_file(self, path: str | Path) -> bool:
-        """Show a MedSynth file; on a bad file emit failed(message) and keep what was shown."""
+    def open_file(self, path: str | Path, title: str | None = None) -> bool:
+        """Show a MedSynth file, headed by `title` (a folder read into a cached copy) or the file's name;
+        on a bad file emit failed(message) and keep what was shown."""
         try:
             self.model.load(path)
+            names = h5_names(path)
         except InputError as exc:
             if not self.model.path:
                 self.close_file()  # nothing left to show
             self.failed.emit(str(exc))
             return False
+        self.title, self.delegate.names = title, names
         self.class_combo.blockSignals(True)
         self.class_combo.clear()
         self.class_combo.blockSignals(False)
@@ -249,6 +265,7 @@ class Gallery(QWidget):
         self._refresh_combo()
         self.header.setText("No file open")
         self.details.setText("")
+        self.title = self.delegate.names = None
 
     def count(self) -> int:
         """Number of thumbnails shown (complete samples passing the filter)."""
@@ -343,7 +360,10 @@ class Gallery(QWidget):
         m = self.model
         if not m.path:
             return
-        self.header.setText(f"{Path(m.path).name} — {m.n_planned} samples ({m.n_complete} complete)")
+        if self.title:
+            self.header.setText(self.title)
+        else:
+            self.header.setText(f"{Path(m.path).name} — {m.n_planned} samples ({m.n_complete} complete)")
         shape = m.file["images"].shape if m.file is not None else ()
         spatial = "×".join(str(s) for s in shape[2:])
         kind = {"synthetic": "Synthetic samples", "real": "Real data"}.get(str(m.attrs.get("kind", "")), "")

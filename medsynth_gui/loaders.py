@@ -1,16 +1,24 @@
-"""Reading what the viewer shows: one sample of a MedSynth file, or a NIfTI volume with its mask."""
+"""Reading what the viewer and gallery show: one sample of a MedSynth file, a NIfTI volume with its label
+map (the engine's partner rule), a DICOM series, and folders read into a private cache for the gallery."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from engine.data import partners
+from engine.data.dataset import ImageSet
+from engine.data.readers import _dataset_json, _label_map
 from engine.errors import InputError
-from engine.store import attrs_dict, n_complete, open_file
+from engine.store import attrs_dict, n_complete, open_file, read_names, write_image_set
 
 
 @dataclass
@@ -22,9 +30,11 @@ class Displayable:
     label_names: dict[int, str] = field(default_factory=dict)
     units: str = ""
     title: str = ""
+    note: str = ""  # something the user should know about what is shown (a partner that did not fit)
 
 
-def h5_sample(path: str | Path, index: int) -> Displayable:
+def h5_sample(path: str | Path, index: int, file_title: str | None = None) -> Displayable:
+    """One sample for the viewer, titled by `file_title` (a folder read into the cache) or the file's name."""
     with open_file(path) as f:
         n = n_complete(f)
         if not 0 <= index < n:
@@ -34,6 +44,7 @@ def h5_sample(path: str | Path, index: int) -> Displayable:
         mask = f["masks"][index] if "masks" in f else None
         label = int(f["labels"][index]) if "labels" in f else None
         seed = int(f["seeds"][index]) if "seeds" in f else None
+        origins = read_names(f)
     if image.shape[0] == 1:
         image = image[0]
     if image.ndim == 3 and a.get("spatial_dims") == 3:
@@ -41,7 +52,9 @@ def h5_sample(path: str | Path, index: int) -> Displayable:
         image = np.ascontiguousarray(np.transpose(image, (2, 1, 0)))
         mask = None if mask is None else np.ascontiguousarray(np.transpose(mask, (2, 1, 0)))
     names = a.get("class_names") or []
-    title = f"{Path(path).name} #{index}"
+    title = f"{file_title or Path(path).name} #{index}"
+    if origins is not None and index < len(origins):
+        title += f" · {origins[index]}"
     if label is not None:
         title += f" · {names[label] if label < len(names) else label}"
     if seed is not None:
@@ -53,46 +66,101 @@ def h5_sample(path: str | Path, index: int) -> Displayable:
                        str(a.get("intensity_units", "")), title)
 
 
-def mask_partner(path: Path) -> Path | None:
-    name = path.name
-    stem = name[:-7] if name.endswith(".nii.gz") else path.stem
-    for suffix in ("_seg", "_mask", "_label", "_labels"):
-        for ext in (".nii.gz", ".nii"):
-            candidate = path.with_name(stem + suffix + ext)
-            if candidate.exists():
-                return candidate
-    return None
+def h5_names(path: str | Path) -> list[str] | None:
+    """Each sample's provenance ("case_003 · z 41") when the file records it."""
+    with open_file(path) as f:
+        return read_names(f)
 
 
-def nifti_volume(path: str | Path) -> Displayable:
-    p = Path(path)
+def _nifti_array(p: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     try:
         img = nib.load(str(p))
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for bad files
         raise InputError(p, f"is not a readable NIfTI file ({exc})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3):
         raise InputError(p, f"is {data.ndim}D; the viewer shows 2D images and 3D volumes")
-    mask = None
-    partner = mask_partner(p)
-    if partner is not None:
-        m = np.asarray(nib.load(str(partner)).dataobj)
-        if m.shape[:3] == data.shape:
-            mask = m.astype(np.uint8)
-    label_names: dict[int, str] = {}
-    ds = p.parent.parent / "dataset.json"
-    if ds.exists():
-        try:
-            labels = json.loads(ds.read_text()).get("labels", {})
-            label_names = {int(v) if not str(k).isdigit() else int(k): (k if not str(k).isdigit() else v)
-                           for k, v in labels.items() if not isinstance(v, list)}
-        except (ValueError, OSError):
-            label_names = {}
+    return data, img
+
+
+def _label_names(path: Path) -> dict[int, str]:
+    root = partners.dataset_root(path)
+    if root is None:
+        return {}
+    try:
+        return _dataset_json(root)[0]
+    except InputError:
+        return {}  # a broken dataset.json only costs the names here
+
+
+def _image(p: Path) -> Displayable:
+    data, img = _nifti_array(p)
+    data = data.astype(np.float32)
     units = "HU" if float(np.percentile(data, 1)) < -500 else ""
     zooms = tuple(float(z) for z in img.header.get_zooms()[:data.ndim])
-    return Displayable(data, mask, img.affine, zooms, label_names, units, p.name)
+    return Displayable(data, None, np.asarray(img.affine, float), zooms, _label_names(p), units, p.name)
+
+
+def _spatial_shape(d: Displayable) -> tuple[int, ...]:
+    colour = d.image.ndim == 3 and d.image.shape[0] == 3 and d.affine is None
+    return tuple(d.image.shape[1:] if colour else d.image.shape)
+
+
+def with_segmentation(d: Displayable, label: str | Path) -> Displayable:
+    """The shown image with a label NIfTI as its overlay; InputError naming the label file when it is not
+    a label map or its grid is not the image's (a mask with flipped or permuted axes is turned to fit)."""
+    label = Path(label)
+    raw, img = _nifti_array(label)
+    labels = _label_map(label, raw, None)
+    shape = _spatial_shape(d)
+    if labels.ndim == 3 and labels.shape[2] == 1 and len(shape) == 2:
+        labels = labels[..., 0]
+    if d.affine is None or labels.ndim != len(shape):
+        if labels.shape != shape:
+            raise InputError(label, f"holds a label map of shape {labels.shape}; the image shown is {shape}")
+    else:
+        labels = partners.onto_grid(labels, np.asarray(img.affine, float), d.affine, shape, d.title, label)
+    names = _label_names(label) or d.label_names
+    # One segmentation at a time: a second one replaces the first in the title too.
+    base = d.title.split(" + ")[0] if d.mask is not None else d.title
+    title = f"{base} + {label.name}" if base else label.name
+    return replace(d, mask=labels, label_names=names, title=title)
+
+
+def _labels_alone(p: Path) -> Displayable | None:
+    """A label map with no image to go on: its labels in colour on black, as 3D Slicer and ITK-SNAP show a
+    segmentation loaded by itself. None when its values are not labels (then it is an image after all)."""
+    raw, img = _nifti_array(p)
+    try:
+        labels = _label_map(p, raw, None)
+    except InputError:
+        return None
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:labels.ndim])
+    return Displayable(np.zeros(labels.shape, np.float32), labels, np.asarray(img.affine, float), zooms,
+                       _label_names(p), "", f"{p.name} (label map)")
+
+
+def nifti_volume(path: str | Path) -> Displayable:
+    """A NIfTI file for the viewer, paired by the partner rule: an image with its label map as the
+    overlay, or a label map with its image (or alone, in colour on black)."""
+    p = Path(path)
+    if partners.is_label_file(p):
+        image = partners.image_for(p)
+        if image is not None:
+            return with_segmentation(_image(image), p)
+        alone = _labels_alone(p)
+        if alone is not None:
+            return alone
+    d = _image(p)
+    partner = partners.label_for(p)
+    if partner is not None:
+        try:
+            return with_segmentation(d, partner)
+        except InputError as exc:
+            d.note = f"{exc} — shown without it"
+    return d
 
 
 def dicom_volume(folder: str | Path) -> Displayable:
@@ -100,3 +168,72 @@ def dicom_volume(folder: str | Path) -> Displayable:
 
     v = read_dicom_series(folder)
     return Displayable(v.array, None, v.affine, v.spacing, {}, v.units, Path(folder).name)
+
+
+class ViewCache:
+    """Folders and .npz files read into MedSynth files for the gallery, which browses HDF5.
+
+    The copies live in a folder only the user can open (0700), one per source named by the hash of
+    its absolute path (so two folders of the same name never overwrite each other, and the name
+    says nothing about a patient), and are deleted by clear() when the window closes. Copies older
+    than a week, left by a session that crashed, are deleted when a cache starts.
+    """
+
+    STALE_S = 7 * 24 * 3600
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.titles: dict[str, str] = {}  # cache file -> what the gallery and viewer call it
+        if self.root.is_dir():
+            now = time.time()
+            for old in self.root.glob("*.h5*"):  # copies, and parts of copies a crash cut short
+                with contextlib.suppress(OSError):
+                    if now - old.stat().st_mtime > self.STALE_S:
+                        old.unlink()
+
+    def path_for(self, source: str | Path) -> Path:
+        digest = hashlib.sha256(str(Path(source).resolve()).encode("utf-8")).hexdigest()[:24]
+        return self.root / f"{digest}.h5"
+
+    def store(self, source: str | Path, data: ImageSet, title: str) -> Path:
+        """Write `data` as the source's copy (replacing its earlier one whole) and return its path."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)  # mkdir's mode is cut by the umask, and an older folder may be wider
+        target = self.path_for(source)
+        fd, tmp = tempfile.mkstemp(suffix=".h5.part", dir=self.root)  # created 0600
+        os.close(fd)
+        try:
+            write_image_set(tmp, data, overwrite=True)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.titles[str(target)] = title
+        return target
+
+    def title(self, path: str | Path) -> str | None:
+        return self.titles.get(str(path))
+
+    def clear(self) -> None:
+        for path in list(self.titles):
+            with contextlib.suppress(OSError):
+                Path(path).unlink(missing_ok=True)
+        self.titles.clear()
+
+
+def default_cache_root() -> Path:
+    """$XDG_CACHE_HOME/medsynth/views (~/.cache when unset): the user's own cache, never the shared tmp."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medsynth" / "views"
+
+
+def dataset_view(source: str | Path, cache: ViewCache) -> tuple[Path, str]:
+    """Read a data folder or .npz through the engine into the cache; returns (file, title), the title
+    naming the source by its folder, e.g. "BraTS_subset (nnU-Net folder, 12 cases, 658 slices)"."""
+    from engine.data import load_images
+    from engine.info import source_summary
+
+    source = Path(source)
+    data = load_images(source)
+    title = f"{source.name} ({source_summary(source, data)})"
+    return cache.store(source, data, title), title

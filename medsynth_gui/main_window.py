@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QSettings, QStandardPaths, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -26,7 +25,16 @@ from engine.config import RESOURCES
 from engine.data.dicom import is_dicom_folder
 from engine.errors import InputError
 from medsynth_gui.gallery import Gallery
-from medsynth_gui.loaders import Displayable, dicom_volume, h5_sample, nifti_volume
+from medsynth_gui.loaders import (
+    Displayable,
+    ViewCache,
+    dataset_view,
+    default_cache_root,
+    dicom_volume,
+    h5_sample,
+    nifti_volume,
+    with_segmentation,
+)
 from medsynth_gui.panels.evaluate_panel import EvaluatePanel
 from medsynth_gui.panels.generate_panel import GeneratePanel
 from medsynth_gui.panels.train_panel import TrainPanel
@@ -63,6 +71,7 @@ class MainWindow(QMainWindow):
         self.settings = QSettings()
         self.current: Displayable | None = None
         self.current_ref: tuple[str, int] | None = None
+        self.view_cache = ViewCache(self._cache_root())
         self._build_centre()
         self._build_docks()
         self._build_menus()
@@ -162,6 +171,7 @@ class MainWindow(QMainWindow):
         act = QAction("&Open…", self, shortcut=QKeySequence.StandardKey.Open, triggered=self.open_dialog)
         file_menu.addAction(act)
         file_menu.addAction(QAction("Open &folder…", self, triggered=self.open_folder_dialog))
+        file_menu.addAction(QAction("Load &segmentation…", self, triggered=self.load_segmentation_dialog))
         self.recent_menu = file_menu.addMenu("Open &recent")
         self._refresh_recent()
         file_menu.addAction(QAction("Open the &demo", self, triggered=self.open_demo))
@@ -199,7 +209,12 @@ class MainWindow(QMainWindow):
                 if self.gallery.count():
                     self.open_sample(str(p), 0, switch=False)
             elif p.name.endswith((".nii", ".nii.gz")):
-                self.show_image(nifti_volume(p))
+                shown = nifti_volume(p)
+                self.show_image(shown)
+                if shown.mask is not None and not shown.image.any():
+                    self.viewer.state.window_level = (1.0, 0.5)  # a label map alone: labels on black
+                if shown.note:
+                    self.show_error(shown.note)
             elif is_dicom_folder(p):
                 self.show_image(dicom_volume(p))
             else:
@@ -210,23 +225,24 @@ class MainWindow(QMainWindow):
         self._remember(str(p))
         return True
 
-    def _open_as_dataset(self, p: Path) -> None:
-        """npz and image folders: read through the engine, then browse as a MedSynth file."""
-        from engine.data import load_images
-        from engine.store import write_image_set
+    @staticmethod
+    def _cache_root() -> Path:
+        base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericCacheLocation)
+        return Path(base) / "medsynth" / "views" if base else default_cache_root()
 
-        data = load_images(p)
-        cache = Path(tempfile.gettempdir()) / "medsynth-view"
-        cache.mkdir(exist_ok=True)
-        out = cache / (p.name.replace(".", "_") + ".h5")
-        write_image_set(out, data, overwrite=True)
-        self.gallery.open_file(str(out))
+    def _open_as_dataset(self, p: Path) -> None:
+        """npz and data folders: read through the engine into a private cached copy, browsed in the
+        gallery under the folder's own name."""
+        if self.gallery.path() == str(self.view_cache.path_for(p)):
+            self.gallery.close_file()  # its copy is about to be replaced
+        out, title = dataset_view(p, self.view_cache)
+        self.gallery.open_file(str(out), title=title)
         self.stack.setCurrentWidget(self.tabs)
         self.tabs.setCurrentWidget(self.gallery)
 
     def open_sample(self, path: str, index: int, switch: bool = True) -> None:
         try:
-            shown = h5_sample(path, index)
+            shown = h5_sample(path, index, self.view_cache.title(path))
         except InputError as exc:
             self.show_error(str(exc))
             return
@@ -240,6 +256,33 @@ class MainWindow(QMainWindow):
         self.stack.setCurrentWidget(self.tabs)
         if switch:
             self.tabs.setCurrentWidget(self.viewer)
+
+    def load_segmentation_dialog(self) -> None:
+        if self.current is None:
+            self.show_error("Open an image first; its segmentation is then loaded onto it.")
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Load segmentation", str(self.settings.value("open/dir", "")),
+                                              "Label maps (*.nii *.nii.gz);;All files (*)")
+        if path:
+            self.load_segmentation(path)
+
+    def load_segmentation(self, path: str | Path) -> bool:
+        """Show a label NIfTI as the overlay of the image in the viewer, keeping the slice and window;
+        a label map that does not fit the image is a message, and the image stays as it was."""
+        if self.current is None:
+            self.show_error("Open an image first; its segmentation is then loaded onto it.")
+            return False
+        try:
+            shown = with_segmentation(self.current, path)
+        except InputError as exc:
+            self.show_error(str(exc))
+            return False
+        state = self.viewer.state
+        cursor, window_level = state.cursor, state.window_level
+        self.show_image(shown)
+        state.cursor, state.window_level = cursor, window_level
+        self.statusBar().showMessage(f"Segmentation {Path(path).name} loaded", 5000)
+        return True
 
     def _to_compare(self, side: str) -> None:
         d = self.current
@@ -341,4 +384,7 @@ class MainWindow(QMainWindow):
             self.generate.runner.wait()
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
+        # Folders opened in the gallery leave no copy behind.
+        self.gallery.close_file()
+        self.view_cache.clear()
         event.accept()

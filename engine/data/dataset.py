@@ -33,6 +33,8 @@ class ImageSet:
     modality: str = "generic"  # "CT", "MR", "generic": picks the intensity normalisation
     source: str = ""
     kind: str = "real"
+    # Where each image came from ("case_003 · z 41", a file stem), or None when only its index says.
+    names: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -94,4 +96,6 @@ def validate(s: ImageSet) -> ImageSet:
             raise InputError(src, f"masks of shape {s.masks.shape} do not match images {s.images.shape}")
     if s.labels is not None and s.labels.shape != (len(s),):
         raise InputError(src, f"labels of shape {s.labels.shape} do not match {len(s)} images")
+    if s.names is not None and len(s.names) != len(s):
+        raise InputError(src, f"{len(s.names)} image names do not match {len(s)} images")
     return s

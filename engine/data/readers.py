@@ -10,7 +10,6 @@ import contextlib
 import csv
 import json
 import logging
-import re
 import zipfile
 import zlib
 from collections import Counter
@@ -22,6 +21,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from PIL import Image
 
+from engine.data import partners
 from engine.data.dataset import ImageSet, check_finite, check_pair, validate
 from engine.errors import InputError
 
@@ -31,7 +31,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Everything a corrupt or truncated file can make numpy, zipfile, gzip, PIL or nibabel throw.
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, ImageFileError,
                 SyntaxError, Image.DecompressionBombError, KeyError, IndexError, TypeError)
-_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @contextlib.contextmanager
@@ -201,8 +200,9 @@ def _pictures_by_stem(folder: Path, strip: tuple[str, ...] = ()) -> dict[str, Pa
 def read_folder_pairs(root: str | Path, class_names: list[str] | None = None) -> ImageSet:
     """Read `images/` (+ optional `masks/`, optional `labels.csv`), or a folder of images only.
 
-    Images and masks pair by file stem (a mask stem may end in `_mask` or `_seg`). Images of
-    different sizes (Kvasir-SEG's are) are resized to the most common size, masks with them.
+    Images and masks pair by file stem (a mask stem may end in `_seg`, `_mask`, `_label` or
+    `_labels`). Images of different sizes (Kvasir-SEG's are) are resized to the most common size,
+    masks with them.
     If any image is RGB, gray images are repeated to 3 channels so the set stacks.
     `labels.csv` has columns `stem,class`; whole-number classes are indices (named by
     `class_names` or "0", "1", ...), other classes are names, indexed in sorted order.
@@ -213,7 +213,7 @@ def read_folder_pairs(root: str | Path, class_names: list[str] | None = None) ->
     image_files = _pictures_by_stem(image_dir)
     if not image_files:
         raise InputError(image_dir, f"holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    mask_files = _pictures_by_stem(mask_dir, ("_mask", "_seg")) if mask_dir is not None else None
+    mask_files = _pictures_by_stem(mask_dir, partners.LABEL_SUFFIXES) if mask_dir is not None else None
     if mask_files is not None:
         for stem, p in image_files.items():
             if stem not in mask_files:
@@ -309,9 +309,9 @@ def _label_map(path: Path, labels: np.ndarray, allowed: set[int] | None) -> np.n
 
 
 def _axial_slices(volume: np.ndarray, labels: np.ndarray | None,
-                  ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """Axial slices shown upright (rot90 of the canonical slice). With labels, all slices with
-    foreground and every 4th slice without, so empty slices do not dominate the data."""
+                  ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[int]]:
+    """Axial slices shown upright (rot90 of the canonical slice), and their z indices. With labels,
+    all slices with foreground and every 4th slice without, so empty slices do not dominate the data."""
     if labels is None:
         keep = range(volume.shape[2])
     else:
@@ -319,7 +319,7 @@ def _axial_slices(volume: np.ndarray, labels: np.ndarray | None,
         keep = sorted(set(np.flatnonzero(fg).tolist()) | set(np.flatnonzero(~fg)[::4].tolist()))
     # Copies, so the whole volume is freed once its slices are taken.
     images = [np.rot90(volume[:, :, z])[None].copy() for z in keep]
-    return images, None if labels is None else [np.rot90(labels[:, :, z]).copy() for z in keep]
+    return images, None if labels is None else [np.rot90(labels[:, :, z]).copy() for z in keep], list(keep)
 
 
 def _slices_to_set(cases: list[tuple[list[np.ndarray], list[np.ndarray] | None, tuple[float, float]]],
@@ -340,24 +340,43 @@ def _slices_to_set(cases: list[tuple[list[np.ndarray], list[np.ndarray] | None, 
 def read_nifti(path: str | Path, mask: str | Path | None = None) -> ImageSet:
     """Read one .nii/.nii.gz image (2D) or volume (3D, taken as axial slices).
 
-    The mask is `mask`, or found next to the image as `<stem>_seg` / `<stem>_mask` (.nii.gz or
-    .nii). With a mask, slices are all foreground slices plus every 4th empty one; without, all.
+    The mask is `mask`, or the image's partner (engine.data.partners: `<stem>_seg` / `_mask` /
+    `_label` / `_labels`, or `labelsTr/<case>` beside an nnU-Net / MSD `imagesTr/`). Given a label
+    map whose image is there, the pair is read. With a mask, slices are all foreground slices plus
+    every 4th empty one; without, all. Each slice is named "<case> · z <index>".
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "does not exist")
     if mask is None:
-        stem = _nifti_stem(path)
-        candidates = [path.with_name(f"{stem}{tag}{ext}")
-                      for tag in ("_seg", "_mask") for ext in (".nii.gz", ".nii")]
-        mask = next((c for c in candidates if c.is_file()), None)
+        image = partners.image_for(path) if partners.is_label_file(path) else None
+        path, mask = (image, path) if image is not None else (path, partners.label_for(path))
     elif not Path(mask).is_file():
         raise InputError(mask, "does not exist")
+    root = partners.dataset_root(path)
+    names, modality = _dataset_json(root) if root is not None else ({}, "generic")
     volume, spacing = _load_volume(path, "image")
-    labels = _load_labels(Path(mask), path, volume, None) if mask is not None else None
-    images, masks = _axial_slices(volume, labels)
-    names = _mask_label_names(labels) if labels is not None else {}
-    return _slices_to_set([(images, masks, spacing)], path, names)
+    labels = _load_labels(Path(mask), path, volume, set(names) or None) if mask is not None else None
+    images, masks, kept = _axial_slices(volume, labels)
+    if not names and labels is not None:
+        names = _mask_label_names(labels)
+    s = _slices_to_set([(images, masks, spacing)], path, names, modality)
+    s.names = _slice_names(_case_name(path, Path(mask) if mask is not None else None), kept)
+    return s
+
+
+def _case_name(image: Path, mask: Path | None) -> str:
+    """What a case is called: its label file's stem in labelsTr/, else the image's without an
+    nnU-Net channel suffix."""
+    if mask is not None and mask.parent.name in partners.IMAGES_BESIDE:
+        return _nifti_stem(mask)
+    stem = _nifti_stem(image)
+    split = partners.split_channel(stem) if image.parent.name in partners.LABELS_BESIDE else None
+    return split[0] if split else stem
+
+
+def _slice_names(case: str, kept: list[int]) -> list[str]:
+    return [f"{case} · z {z}" for z in kept]
 
 
 # ---------------------------------------------------------------- MSD / nnU-Net raw
@@ -409,15 +428,18 @@ def read_msd(root: str | Path) -> ImageSet:
     root = Path(root)
     label_names, modality = _dataset_json(root)
     cases, label_files = _msd_cases(root)
-    slices = []
+    slices, names = [], []
     for case in sorted(cases):
         volume, spacing = _load_volume(cases[case], "image")
         labels = None
         if label_files is not None:
             labels = _load_labels(label_files[case], cases[case], volume, set(label_names))
-        images, masks = _axial_slices(volume, labels)
+        images, masks, kept = _axial_slices(volume, labels)
         slices.append((images, masks, spacing))
-    return _slices_to_set(slices, root, label_names, modality)
+        names += _slice_names(case, kept)
+    s = _slices_to_set(slices, root, label_names, modality)
+    s.names = names
+    return s
 
 
 def _msd_cases(root: Path) -> tuple[dict[str, Path], dict[str, Path] | None]:
@@ -431,15 +453,13 @@ def _msd_cases(root: Path) -> tuple[dict[str, Path], dict[str, Path] | None]:
         raise InputError(image_dir, "holds no .nii.gz images")
     label_files = {_nifti_stem(p): p for p in _visible(label_dir) if is_nifti(p)} if label_dir.is_dir() else None
     stems = [_nifti_stem(p) for p in image_files]
+    # The partner rule names each image's case; only channel 0 stands for its case here.
+    of = partners.case_names(stems, None if label_files is None else set(label_files))
     cases: dict[str, Path] = {}
     for p, stem in zip(image_files, stems, strict=True):
-        match = _NNUNET_CHANNEL.match(stem)
-        in_labels = label_files is not None and stem in label_files
-        if match and not in_labels and (label_files is not None or all(map(_NNUNET_CHANNEL.match, stems))):
-            if match["channel"] == "0000":
-                cases[match["case"]] = p
-        else:
-            cases[stem] = p
+        case, channel = of[stem]
+        if channel == 0:
+            cases[case] = p
     if not cases:
         raise InputError(image_dir, "holds no channel-0 images (nnU-Net names end in _0000.nii.gz)")
     if label_files is not None:

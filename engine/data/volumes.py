@@ -8,7 +8,6 @@ kept: a set of full-resolution CTs does not fit in memory, its cubes do.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -21,6 +20,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from engine.data import partners
 from engine.data.dataset import ImageSet, check_finite, validate
 from engine.data.dicom import is_dicom_folder, read_dicom_series
 from engine.data.readers import (
@@ -38,10 +38,6 @@ from engine.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# The GUI's viewer pairs the same partners (medsynth_gui.loaders.mask_partner).
-PARTNER_TAGS = ("_seg", "_mask", "_label", "_labels")
-# Image and mask grids must place every voxel within this distance of each other.
-AFFINE_TOLERANCE_MM = 1e-3
 # Auto spacing leaves this much room around the largest foreground, so that a slightly
 # misjudged body edge is not cut off.
 FIT_MARGIN = 1.05
@@ -156,7 +152,14 @@ def _find_cases(path: Path, channel: int) -> tuple[list[_Case], dict[int, str] |
         if not is_nifti(path):
             raise InputError(path, "is not a NIfTI file (.nii / .nii.gz); 3D input is NIfTI, an MSD / nnU-Net "
                                    "folder, or DICOM series")
-        return [_Case(path, _partner(path))], None, None
+        # A label map given alone stands for its case: the pair is read.
+        image = partners.image_for(path) if partners.is_label_file(path) else None
+        case = _Case(image, path) if image is not None else _Case(path, partners.label_for(path))
+        root = partners.dataset_root(case.image)
+        if root is not None:
+            label_names, _ = _dataset_json(root)
+            return [case], label_names, set(label_names)
+        return [case], None, None
     entries = _visible(path)
     if not entries:
         raise InputError(path, "is an empty folder")
@@ -189,27 +192,15 @@ def _looks_dicom(path: Path) -> bool:
         return fh.read(132)[128:132] == b"DICM"
 
 
-def _partner(path: Path) -> Path | None:
-    stem = _nifti_stem(path)
-    for tag in PARTNER_TAGS:
-        for ext in (".nii.gz", ".nii"):
-            candidate = path.with_name(f"{stem}{tag}{ext}")
-            if candidate.is_file():
-                return candidate
-    return None
-
-
 def _nifti_folder(root: Path, files: list[Path]) -> list[_Case]:
-    names = {_nifti_stem(p) for p in files}
-    # A file is a mask when it carries a partner tag and its image is there too; a lone
-    # "x_label.nii.gz" is an image like any other.
-    is_mask = {p for p in files for tag in PARTNER_TAGS
-               if _nifti_stem(p).endswith(tag) and _nifti_stem(p)[: -len(tag)] in names}
-    cases = [_Case(p, _partner(p)) for p in files if p not in is_mask]
+    # A file is a mask when it is named as one and its image is there too; a lone "x_label.nii.gz"
+    # is an image like any other.
+    is_mask = {p for p in files if partners.is_label_file(p) and partners.image_for(p) in files}
+    cases = [_Case(p, partners.label_for(p)) for p in files if p not in is_mask]
     with_mask = [c for c in cases if c.mask is not None]
     if with_mask and len(with_mask) < len(cases):
         lone = next(c for c in cases if c.mask is None)
-        raise InputError(lone.image, f"has no mask partner ({'/'.join(PARTNER_TAGS)}) while "
+        raise InputError(lone.image, f"has no mask partner ({'/'.join(partners.LABEL_SUFFIXES)}) while "
                                      f"{with_mask[0].image.name} has one; give every image a mask or none")
     return cases
 
@@ -270,7 +261,7 @@ def _load(case: _Case, allowed: set[int] | None) -> _Volume:
         order = "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C"
         labels = _label_map(case.mask, raw.ravel(order=order), allowed).reshape(raw.shape, order=order)
         mask, mask_affine = _to_ras(labels, mask_affine)
-        _check_geometry(case.image, image.shape, affine, case.mask, mask.shape, mask_affine)
+        partners.check_geometry(case.image, image.shape, affine, case.mask, mask.shape, mask_affine)
     return _Volume(image, mask, spacing, modality)
 
 
@@ -304,20 +295,6 @@ def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
     # as only the cube's region is ever read from it.
     out = nib.orientations.apply_orientation(array, ornt)
     return out, affine @ nib.orientations.inv_ornt_aff(ornt, array.shape)
-
-
-def _check_geometry(image_path: Path, shape: tuple[int, ...], affine: np.ndarray, mask_path: Path,
-                    mask_shape: tuple[int, ...], mask_affine: np.ndarray) -> None:
-    if tuple(shape) != tuple(mask_shape):
-        raise InputError(mask_path, f"geometry (shape {tuple(mask_shape)}) does not match image "
-                                    f"{image_path.name} (shape {tuple(shape)})")
-    # Compared where it matters, at the corner voxels' world positions, in mm.
-    corners = np.array(list(itertools.product(*[(0, n - 1) for n in shape])), float)
-    apart = float(np.abs(nib.affines.apply_affine(affine, corners)
-                         - nib.affines.apply_affine(mask_affine, corners)).max())
-    if apart > AFFINE_TOLERANCE_MM:
-        raise InputError(mask_path, f"geometry does not match image {image_path.name}: its voxels lie up to "
-                                    f"{apart:.3g} mm from the image's (voxel-to-world matrices differ)")
 
 
 # ---------------------------------------------------------------- foreground and spacing
