@@ -13,6 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from engine.data.dataset import to_user_coding
+from engine.store import mask_coding
+
 # sform and qform both set, with the same matrix, code 1 ("scanner"): ITK (Slicer, ITK-SNAP)
 # and FSL each prefer a different one of the two, and a form with code 0 is ignored, so
 # only this leaves every tool no choice but the file's own geometry.
@@ -22,18 +25,19 @@ XFORM_CODE = 1
 def sample_affine(attrs: dict) -> np.ndarray:
     """The 4x4 voxel→RAS (mm) matrix for this file's samples in NIfTI voxel order (x, y, z)."""
     spacing = [float(s) for s in attrs.get("spacing") or ()]
-    if attrs.get("spatial_dims", 2) == 3:
-        sp = spacing if len(spacing) == 3 else [1.0, 1.0, 1.0]
-        stored = np.asarray(attrs.get("affine", np.eye(4)), float)
-        # An identity is what the writer stores when no affine was known; the spacing is then
-        # the only geometry there is, and dropping it would squash anisotropic voxels.
-        if stored.shape != (4, 4) or not np.isfinite(stored).all() or (
-                np.allclose(stored, np.eye(4)) and not np.allclose(sp, 1.0)):
-            return np.diag([*sp, 1.0])
-        return stored
-    # 2D spacing is (rows, columns), as the readers give it; NIfTI's x runs along the columns.
-    rows, cols = spacing if len(spacing) == 2 else (1.0, 1.0)
-    return np.diag([cols, rows, 1.0, 1.0])
+    dims = 3 if attrs.get("spatial_dims", 2) == 3 else 2
+    sp = spacing if len(spacing) == dims else [1.0] * dims
+    # Spacing is (x, y[, z]) = stored (W, H[, D]), NIfTI's own voxel order; a 2D image is one slice 1 mm thick.
+    by_spacing = np.diag([*sp, *([1.0] * (4 - dims))])
+    if dims == 2:
+        return by_spacing
+    stored = np.asarray(attrs.get("affine", np.eye(4)), float)
+    # An identity is what older files store when no affine was known; the spacing is then
+    # the only geometry there is, and dropping it would squash anisotropic voxels.
+    if stored.shape != (4, 4) or not np.isfinite(stored).all() or (
+            np.allclose(stored, np.eye(4)) and not np.allclose(sp, 1.0)):
+        return by_spacing
+    return stored
 
 
 def to_nifti_order(array: np.ndarray) -> np.ndarray:
@@ -76,13 +80,15 @@ class NiftiExport:
     """Writes samples one by one as NIfTI files, then the dataset.json an nnU-Net folder needs.
 
     Loose (`nnunet=False`): `synth_00000.nii.gz` + `synth_00000_seg.nii.gz`, the partner naming
-    the app's NIfTI loader and the engine's readers pair up. nnU-Net: `imagesTr/synth_00000_0000.nii.gz`
-    per channel and `labelsTr/synth_00000.nii.gz`.
+    the app's NIfTI loader and the engine's readers pair up, masks in the user's coding (the values
+    of their own label files). nnU-Net: `imagesTr/synth_00000_0000.nii.gz` per channel and
+    `labelsTr/synth_00000.nii.gz`, labels 0..K as nnU-Net requires, named in dataset.json.
     """
 
     def __init__(self, out: Path, attrs: dict, channels: int, nnunet: bool, source: str) -> None:
         self.out, self.attrs, self.channels, self.nnunet, self.source = out, attrs, channels, nnunet, source
         self.affine = sample_affine(attrs)
+        self.coding = {} if nnunet else mask_coding(attrs)
         self.highest = 0
         self.count = 0
         self.images_dir = out / "imagesTr" if nnunet else out
@@ -108,7 +114,8 @@ class NiftiExport:
         mask_file = ""
         if mask is not None:
             target = self.labels_dir / (f"{name}.nii.gz" if self.nnunet else f"{name}_seg.nii.gz")
-            save_nifti(to_nifti_order(mask.astype(np.uint8, copy=False)), self.affine, target)
+            coded = to_user_coding(mask.astype(np.uint8, copy=False), self.coding)
+            save_nifti(to_nifti_order(coded), self.affine, target)
             mask_file = str(target.relative_to(self.out))
             self.highest = max(self.highest, int(mask.max()))
         self.count += 1

@@ -364,7 +364,10 @@ class Session:
             image = np.ascontiguousarray(np.transpose(image[0], (2, 1, 0)))
         elif image.shape[0] != 3:
             image = image[0]
-        return BlindImage(image, self.study.spacing, self.study.affine, self.study.units, self.spatial_dims)
+        spacing = self.study.spacing
+        if spacing and self.spatial_dims == 2:
+            spacing = spacing[::-1]  # the file's 2D (x, y); the viewer takes an (H, W) image's spacing as (rows, cols)
+        return BlindImage(image, spacing, self.study.affine, self.study.units, self.spatial_dims)
 
 
 # -- figures ---------------------------------------------------------------------------------------------------------
