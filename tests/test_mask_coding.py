@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from engine.cli import main
-from engine.data import load_images, read_folder_pairs, read_nifti
+from engine.data import read_folder_pairs, read_nifti
 from engine.export import export
 from engine.jobs import DataSummary, Progress
 from engine.store import SampleWriter, read_image_set, write_image_set
@@ -348,3 +348,24 @@ def test_nnunet_export_refuses_a_taken_or_malformed_id_and_writes_nothing(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0], err
     assert [p.name for p in raw.iterdir()] == ["Dataset501_Other"]
+
+
+def test_the_train_panel_shows_the_coding_and_model_size_while_training(qtbot, tmp_path):
+    pytest.importorskip("pytestqt")
+    from medsynth_gui.panels.train_panel import TrainPanel
+
+    root = grey_level_set(tmp_path / "brain", GREY_2, n=6)
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.data_edit.setText(str(root))
+    panel.run_edit.setText(str(tmp_path / "run"))
+    panel.steps_spin.setValue(2)
+    panel.batch_spin.setValue(2)
+    panel.size_spin.setValue(16)
+    with qtbot.waitSignal(panel.runner.running_changed, timeout=120_000, check_params_cb=lambda running: not running):
+        panel.start()
+    # Progress and the end of the run rewrite the status line; the data line stays.
+    assert re.fullmatch(r"2 mask labels: 127 → 1, 254 → 2; model \d+\.\d\d M parameters, 3 input channels",
+                        panel.data_summary.text()), panel.data_summary.text()
+    assert panel.status.text() != panel.data_summary.text()
