@@ -13,9 +13,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from engine.data.dataset import to_user_coding
-from engine.store import mask_coding
-
 # sform and qform both set, with the same matrix, code 1 ("scanner"): ITK (Slicer, ITK-SNAP)
 # and FSL each prefer a different one of the two, and a form with code 0 is ignored, so
 # only this leaves every tool no choice but the file's own geometry.
@@ -80,15 +77,15 @@ class NiftiExport:
     """Writes samples one by one as NIfTI files, then the dataset.json an nnU-Net folder needs.
 
     Loose (`nnunet=False`): `synth_00000.nii.gz` + `synth_00000_seg.nii.gz`, the partner naming
-    the app's NIfTI loader and the engine's readers pair up, masks in the user's coding (the values
-    of their own label files). nnU-Net: `imagesTr/synth_00000_0000.nii.gz` per channel and
-    `labelsTr/synth_00000.nii.gz`, labels 0..K as nnU-Net requires, named in dataset.json.
+    the app's NIfTI loader and the engine's readers pair up. nnU-Net: `imagesTr/synth_00000_0000.nii.gz`
+    per channel and `labelsTr/synth_00000.nii.gz`. Masks are labels 0..K either way: a NIfTI label map
+    holds label numbers (nnU-Net requires them consecutive), whereas a file's mask coding is the grey
+    levels of the user's picture masks, which only the PNG export writes back.
     """
 
     def __init__(self, out: Path, attrs: dict, channels: int, nnunet: bool, source: str) -> None:
         self.out, self.attrs, self.channels, self.nnunet, self.source = out, attrs, channels, nnunet, source
         self.affine = sample_affine(attrs)
-        self.coding = {} if nnunet else mask_coding(attrs)
         self.highest = 0
         self.count = 0
         self.images_dir = out / "imagesTr" if nnunet else out
@@ -114,8 +111,7 @@ class NiftiExport:
         mask_file = ""
         if mask is not None:
             target = self.labels_dir / (f"{name}.nii.gz" if self.nnunet else f"{name}_seg.nii.gz")
-            coded = to_user_coding(mask.astype(np.uint8, copy=False), self.coding)
-            save_nifti(to_nifti_order(coded), self.affine, target)
+            save_nifti(to_nifti_order(mask.astype(np.uint8, copy=False)), self.affine, target)
             mask_file = str(target.relative_to(self.out))
             self.highest = max(self.highest, int(mask.max()))
         self.count += 1

@@ -177,7 +177,7 @@ def test_grey_level_pairs_train_a_model_of_their_label_count_and_export_in_their
     assert meta["labels"] == {"background": 0, "label 1 (grey 127)": 1, "label 2 (grey 254)": 2}
 
 
-def test_exports_write_the_users_coding_back_except_nnunet(tmp_path):
+def test_png_export_writes_the_users_grey_levels_back_and_nifti_keeps_label_numbers(tmp_path):
     rng = np.random.default_rng(4)
     masks = rng.integers(0, 4, (3, 12, 10)).astype(np.uint8)
     coding = dict(enumerate(GREY_3, start=1))
@@ -192,14 +192,17 @@ def test_exports_write_the_users_coding_back_except_nnunet(tmp_path):
     for i in range(3):
         png = np.asarray(Image.open(tmp_path / "png" / "masks" / f"synth_{i:05d}.png"))
         np.testing.assert_array_equal(png, lut[masks[i]])  # the grey values the user drew with
+        # A NIfTI label map holds label numbers; nnU-Net needs them 0..K, named in dataset.json.
         seg = np.asarray(nib.load(tmp_path / "nii" / f"synth_{i:05d}_seg.nii.gz").dataobj)[:, :, 0].T[::-1]
-        np.testing.assert_array_equal(seg, lut[masks[i]])
         nn = np.asarray(nib.load(Path(r["out"]) / "labelsTr" / f"synth_{i:05d}.nii.gz").dataobj)[:, :, 0].T[::-1]
-        np.testing.assert_array_equal(nn, masks[i])  # nnU-Net needs 0..K
-    check_nnunet_v2(Path(r["out"]))
-    # The loose NIfTI export reads back as the same labels with the same coding.
-    back = read_nifti(tmp_path / "nii" / "synth_00000.nii.gz")
-    assert set(np.unique(back.masks).tolist()) <= set(GREY_3) | {0}
+        np.testing.assert_array_equal(seg, masks[i])
+        np.testing.assert_array_equal(nn, masks[i])
+    assert check_nnunet_v2(Path(r["out"]))["labels"] == {"background": 0, "label 1 (grey 85)": 1,
+                                                         "label 2 (grey 170)": 2, "label 3 (grey 255)": 3}
+    # The exported PNG pairs read back as the same labels with the same coding.
+    back = read_folder_pairs(tmp_path / "png")
+    assert back.mask_coding == coding
+    np.testing.assert_array_equal(back.masks, masks)
 
 
 def test_cli_says_the_coding_before_training_and_info_says_it_too(tmp_path, capsys):
