@@ -21,6 +21,7 @@ from PIL import Image
 from engine.cli import main
 from engine.data import read_folder_pairs, read_nifti
 from engine.export import export
+from engine.info import describe
 from engine.jobs import DataSummary, Progress
 from engine.store import SampleWriter, read_image_set, write_image_set
 from tests.conftest import tiny_config
@@ -104,6 +105,8 @@ def test_grey_level_masks_become_consecutive_labels_over_the_whole_set(tmp_path,
     with h5py.File(h5) as f:
         assert json.loads(f.attrs["mask_coding"]) == {str(i + 1): c for i, c in enumerate(codes)}
     assert read_image_set(h5).mask_coding == s.mask_coding
+    pairs = ", ".join(f"{i + 1} → {c}" for i, c in enumerate(codes))
+    assert f"  mask coding (label → value in the user's files): {pairs}" in describe(h5).splitlines()
 
 
 def test_palette_masks_keep_indices_and_the_voc_void_border_goes_to_its_nearest_label(tmp_path):
