@@ -75,7 +75,8 @@ def consecutive_labels(masks: list[np.ndarray], source: str | Path | None = None
 
     One mapping for the whole set (sorted values, 0 stays background), so the same grey value
     is the same label in every file; K is the number of distinct non-zero values, never 255
-    because a file happens to store its two classes as 127 and 254.
+    because a file happens to store its two classes as 127 and 254. The list is recoded in
+    place, so a large set never holds its masks twice.
     """
     values = np.unique(np.concatenate([np.unique(m) for m in masks])) if masks else np.zeros(0, np.int64)
     nonzero = [int(v) for v in values.tolist() if v != 0]
@@ -83,8 +84,9 @@ def consecutive_labels(masks: list[np.ndarray], source: str | Path | None = None
         raise InputError(source, f"masks hold {len(nonzero)} distinct values; at most 255 labels are possible")
     coding = {k + 1: v for k, v in enumerate(nonzero)}
     lut_keys = np.array([0, *nonzero], np.int64)
-    out = [np.searchsorted(lut_keys, m.astype(np.int64)).astype(np.uint8) for m in masks]
-    return out, ({} if all(k == v for k, v in coding.items()) else coding)
+    for i, m in enumerate(masks):
+        masks[i] = np.searchsorted(lut_keys, m).astype(np.uint8)
+    return masks, ({} if all(k == v for k, v in coding.items()) else coding)
 
 
 def to_user_coding(mask: np.ndarray, coding: dict[int, int]) -> np.ndarray:
