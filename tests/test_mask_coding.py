@@ -375,3 +375,20 @@ def test_the_train_panel_shows_the_coding_and_model_size_while_training(qtbot, t
     assert re.fullmatch(r"2 mask labels: 127 → 1, 254 → 2; model \d+\.\d\d M parameters, 3 input channels",
                         panel.data_summary.text()), panel.data_summary.text()
     assert panel.status.text() != panel.data_summary.text()
+
+
+def test_a_2d_reader_study_shows_items_at_the_files_pixel_aspect(tmp_path):
+    from engine import reader_study as rs
+
+    files = []
+    for name in ("real", "synth"):
+        h5 = tmp_path / f"{name}.h5"
+        with SampleWriter(h5, 2, (1, 8, 10), masks=False, labels=False, spacing=(1.6, 2.0),
+                          kind="real" if name == "real" else "synthetic") as w:
+            w.append(np.zeros((2, 1, 8, 10), np.float32), np.arange(2))
+        files.append(h5)
+    study = rs.create_study(*files, tmp_path / "study", 2, 2, 0)
+    session = rs.Session(study, "reader1")
+    img = session.image(session.next_item().id)
+    # The viewer takes an (H, W) picture's spacing per array axis: rows 2.0 mm (y), columns 1.6 mm (x).
+    assert img.image.shape == (8, 10) and img.spacing == pytest.approx((2.0, 1.6))
