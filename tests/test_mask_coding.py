@@ -392,3 +392,19 @@ def test_a_2d_reader_study_shows_items_at_the_files_pixel_aspect(tmp_path):
     img = session.image(session.next_item().id)
     # The viewer takes an (H, W) picture's spacing per array axis: rows 2.0 mm (y), columns 1.6 mm (x).
     assert img.image.shape == (8, 10) and img.spacing == pytest.approx((2.0, 1.6))
+
+
+@pytest.mark.parametrize(("spacing", "aspect"), [((1.6, 2.0), 1.25), ((1.5, 1.0, 2.0), 1.0 / 1.5)], ids=["2d", "3d"])
+def test_gallery_thumbnails_keep_the_pixel_aspect_of_x_y_spacing(qtbot, tmp_path, spacing, aspect):
+    pytest.importorskip("pytestqt")
+    from medsynth_gui.thumbnails import ThumbnailModel
+
+    shape = (1,) + (4,) * len(spacing)
+    h5 = tmp_path / "s.h5"
+    with SampleWriter(h5, 1, shape, masks=False, labels=False, spacing=spacing) as w:
+        w.append(np.zeros((1, *shape), np.float32), np.arange(1))
+    model = ThumbnailModel()
+    model.load(h5)
+    # A thumbnail (a 2D image, or a volume's axial slice) has x along its columns, y along its rows.
+    assert model.aspect == pytest.approx(aspect)
+    model.close()
