@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InputError
-from engine.store import attrs_dict, n_complete, open_file
+from engine.store import attrs_dict, n_complete, open_file, shown_spacing
 
 STUDY_FILE = "study.json"
 FORMAT = "medsynth-reader-study"
@@ -364,10 +364,8 @@ class Session:
             image = np.ascontiguousarray(np.transpose(image[0], (2, 1, 0)))
         elif image.shape[0] != 3:
             image = image[0]
-        spacing = self.study.spacing
-        if spacing and self.spatial_dims == 2:
-            spacing = spacing[::-1]  # the file's 2D (x, y); the viewer takes an (H, W) image's spacing as (rows, cols)
-        return BlindImage(image, spacing, self.study.affine, self.study.units, self.spatial_dims)
+        return BlindImage(image, shown_spacing(self.study.spacing, self.spatial_dims), self.study.affine,
+                          self.study.units, self.spatial_dims)
 
 
 # -- figures ---------------------------------------------------------------------------------------------------------

@@ -167,6 +167,14 @@ def mask_coding(attrs: dict[str, Any]) -> dict[int, int]:
     return {int(k): int(v) for k, v in (attrs.get("mask_coding") or {}).items()}
 
 
+def shown_spacing(spacing: tuple[float, ...] | None, spatial_dims: int) -> tuple[float, ...] | None:
+    """A file's spacing (x, y[, z]) per axis of a sample as viewers take it: a 2D (H, W) picture's
+    (rows, cols) = (y, x); a volume, shown as (X, Y, Z), keeps (x, y, z)."""
+    if not spacing:
+        return None
+    return tuple(spacing)[::-1] if spatial_dims != 3 else tuple(spacing)
+
+
 def read_image_set(path: str | Path) -> ImageSet:
     """The complete samples of a MedSynth file (images or volumes) as an ImageSet."""
     with open_file(path) as f:

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from engine.errors import InputError
-from engine.store import attrs_dict, n_complete, open_file
+from engine.store import attrs_dict, n_complete, open_file, shown_spacing
 
 
 @dataclass
@@ -46,9 +46,7 @@ def h5_sample(path: str | Path, index: int) -> Displayable:
         title += f" · {names[label] if label < len(names) else label}"
     if seed is not None:
         title += f" · seed {seed}"
-    spacing = tuple(float(s) for s in (a.get("spacing") or ())) or None
-    if spacing and a.get("spatial_dims") != 3:
-        spacing = spacing[::-1]  # the file's 2D (x, y); the viewer takes an (H, W) image's spacing as (rows, cols)
+    spacing = shown_spacing(tuple(float(s) for s in (a.get("spacing") or ())), a.get("spatial_dims", 2))
     affine = np.asarray(a["affine"], float) if a.get("spatial_dims") == 3 and "affine" in a else None
     return Displayable(image.astype(np.float32), mask, affine, spacing,
                        {int(k): v for k, v in (a.get("label_names") or {}).items()},
