@@ -166,11 +166,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             bars.append(tqdm(desc="export", unit="sample", total=total))
         bars[0].update(done - bars[0].n)
 
-    r = export(args.file, args.to, args.format, progress, max_corr=args.max_corr, train_data=args.train_data)
+    r = export(args.file, args.to, args.format, progress, max_corr=args.max_corr, train_data=args.train_data,
+               dataset_id=args.dataset_id, dataset_name=args.dataset_name)
     for bar in bars:
         bar.close()
     left = f"; left out {r['left_out']} too close to a training image" if args.max_corr is not None else ""
     print(f"exported {r['n']} samples as {r['format']} to {r['out']}{left}")
+    if args.format == "nnunet":
+        print(f"provenance (file, seed, class per case): {r['samples_csv']}")
     return 0
 
 
@@ -292,11 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a MedSynth HDF5 file")
     e.add_argument("file")
-    e.add_argument("--to", required=True, help="output folder (new or empty)")
+    e.add_argument("--to", required=True, help="output folder (new or empty); for nnunet the nnUNet_raw folder, in "
+                   "which DatasetNNN_Name is made (or a DatasetNNN_Name folder itself)")
     # No argparse choices: the export checks the name, so a wrong one is one error line naming the file.
     e.add_argument("--format", required=True, metavar="{png,nifti,nnunet}",
                    help="png: 2D images + masks; nifti: .nii.gz + _seg.nii.gz per sample, affine kept; "
-                   "nnunet: imagesTr/ labelsTr/ dataset.json (nnU-Net v2 raw)")
+                   "nnunet: DatasetNNN_Name/ with imagesTr/ labelsTr/ dataset.json (nnU-Net v2 raw)")
+    e.add_argument("--dataset-id", dest="dataset_id", type=int, default=None, metavar="N",
+                   help="nnunet: the dataset id (default: the next free one from 501)")
+    e.add_argument("--dataset-name", dest="dataset_name", default=None, metavar="NAME",
+                   help="nnunet: the dataset name (default: MedSynth)")
     e.add_argument("--max-corr", dest="max_corr", type=float, default=None, metavar="T",
                    help="leave out samples whose nearest training image correlates above T (e.g. 0.95)")
     e.add_argument("--train-data", dest="train_data", default=None,

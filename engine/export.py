@@ -1,12 +1,14 @@
 """Exports of a MedSynth file: PNG pairs, loose NIfTI files, and the nnU-Net raw layout a segmentation model trains on.
 
 Every export also writes `samples.csv` (file, mask, seed, class) so that what a sample
-is, and how to make it again, survives outside the HDF5 file.
+is, and how to make it again, survives outside the HDF5 file; an nnU-Net dataset keeps it
+beside its folder, where nnU-Net's own checks do not meet a file they do not know.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.data.dataset import to_user_coding
 from engine.errors import InputError
 from engine.export_nifti import NiftiExport
-from engine.store import attrs_dict, n_complete, open_file
+from engine.store import attrs_dict, mask_coding, n_complete, open_file
 
 FORMATS = ("png", "nifti", "nnunet")
+# nnU-Net v2 finds a raw dataset only as nnUNet_raw/DatasetNNN_Name (nnunetv2.utilities.dataset_name_id_conversion).
+NNUNET_FOLDER = re.compile(r"^Dataset(?P<id>\d{3})_(?P<name>.+)$")
+NNUNET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Ids 500-999 are for the user's own datasets; nnU-Net's published ones sit below.
+NNUNET_FIRST_ID = 501
 
 
 def _to_uint(image: np.ndarray, norm: dict, bits: int) -> np.ndarray:
@@ -30,10 +38,11 @@ def _to_uint(image: np.ndarray, norm: dict, bits: int) -> np.ndarray:
 
 
 class PngExport:
-    """images/NAME.png (16-bit gray or 8-bit colour over the normalisation range) and masks/NAME.png."""
+    """images/NAME.png (16-bit gray or 8-bit colour over the normalisation range) and masks/NAME.png in the
+    user's mask coding."""
 
     def __init__(self, out: Path, attrs: dict, has_masks: bool) -> None:
-        self.out, self.norm = out, attrs.get("normalisation") or {}
+        self.out, self.norm, self.coding = out, attrs.get("normalisation") or {}, mask_coding(attrs)
         (out / "images").mkdir()
         if has_masks:
             (out / "masks").mkdir()
@@ -44,7 +53,8 @@ class PngExport:
         Image.fromarray(pixels).save(self.out / "images" / f"{name}.png")
         if mask is None:
             return [f"images/{name}.png"], ""
-        Image.fromarray(mask).save(self.out / "masks" / f"{name}.png")
+        # In the user's coding: grey-level masks come back as the grey values they were drawn with.
+        Image.fromarray(to_user_coding(mask, self.coding)).save(self.out / "masks" / f"{name}.png")
         return [f"images/{name}.png"], f"masks/{name}.png"
 
     def finish(self) -> None:
@@ -58,6 +68,32 @@ def _check(path: str | Path, out: Path, fmt: str) -> None:
         raise InputError(out, "is a file; choose an empty or new folder")
     if out.exists() and any(out.iterdir()):
         raise InputError(out, "exists and is not empty; choose an empty or new folder")
+
+
+def nnunet_folder(to: Path, dataset_id: int | None = None, name: str | None = None) -> Path:
+    """The DatasetNNN_Name folder an nnU-Net export writes. `to` is nnUNet_raw (the folder is made in
+    it, the id the next free one from 501 unless given), or already a DatasetNNN_Name folder."""
+    own = NNUNET_FOLDER.match(to.name)
+    if own:
+        if dataset_id not in (None, int(own["id"])) or name not in (None, own["name"]):
+            raise InputError(to, "is itself a DatasetNNN_Name folder; give its parent (nnUNet_raw) to choose "
+                                 "another id or name")
+        return to
+    name = name or "MedSynth"
+    if not NNUNET_NAME.match(name):
+        raise InputError(None, f"dataset name {name!r}: use letters, digits, '_', '-' or '.' (nnU-Net folder names)")
+    taken = {int(m["id"]): p for p in (to.iterdir() if to.is_dir() else ()) if (m := NNUNET_FOLDER.match(p.name))}
+    if dataset_id is None:
+        dataset_id = next((i for i in range(NNUNET_FIRST_ID, 1000) if i not in taken), None)
+        if dataset_id is None:
+            raise InputError(to, "holds a dataset for every id 501-999; give a free dataset id")
+    if not 1 <= dataset_id <= 999:
+        raise InputError(None, f"dataset id {dataset_id}: nnU-Net ids have three digits, 1-999")
+    folder = to / f"Dataset{dataset_id:03d}_{name}"
+    if dataset_id in taken and taken[dataset_id] != folder:
+        # nnU-Net looks datasets up by id alone, so two folders with one id make both ambiguous.
+        raise InputError(taken[dataset_id], f"already has dataset id {dataset_id}; choose another id")
+    return folder
 
 
 def nearest_correlations(path: str | Path, f: Any, n: int, train_data: str | Path | None) -> np.ndarray:
@@ -78,15 +114,23 @@ def nearest_correlations(path: str | Path, f: Any, n: int, train_data: str | Pat
 
 def export(path: str | Path, to: str | Path, fmt: str,
            progress: Callable[[int, int], None] | None = None, *, max_corr: float | None = None,
-           train_data: str | Path | None = None) -> dict:
+           train_data: str | Path | None = None, dataset_id: int | None = None,
+           dataset_name: str | None = None) -> dict:
     """Write the complete samples of MedSynth file `path` into the new or empty folder `to` as `fmt`.
 
-    With `max_corr`, samples whose nearest training image correlates above it are left out,
-    so data can be shared without sharing a patient's image. Every refusal comes before the
-    folder is made, so a refused export leaves nothing behind.
+    nnU-Net: `to` is the nnUNet_raw folder and the dataset goes into `DatasetNNN_Name` inside it
+    (see `nnunet_folder`), with `samples.csv` beside it as `DatasetNNN_Name.samples.csv`, outside
+    what nnU-Net reads. With `max_corr`, samples whose nearest training image correlates above it
+    are left out, so data can be shared without sharing a patient's image. Every refusal comes
+    before the folder is made, so a refused export leaves nothing behind.
     """
-    out = Path(to)
+    if fmt != "nnunet" and (dataset_id is not None or dataset_name is not None):
+        raise InputError(None, "a dataset id or name is for the nnunet format only")
+    out = nnunet_folder(Path(to), dataset_id, dataset_name) if fmt == "nnunet" else Path(to)
+    table_path = out.with_name(f"{out.name}.samples.csv") if fmt == "nnunet" else out / "samples.csv"
     _check(path, out, fmt)
+    if table_path.exists():
+        raise InputError(table_path, "already exists; choose another dataset id or folder")
     if max_corr is not None and not -1.0 <= max_corr <= 1.0:
         raise InputError(None, f"--max-corr {max_corr} is not a correlation between -1 and 1")
     with open_file(path) as f:
@@ -128,9 +172,9 @@ def export(path: str | Path, to: str | Path, fmt: str,
             if progress:
                 progress(written, int(keep.sum()))
         writer.finish()
-    with open(out / "samples.csv", "w", newline="", encoding="utf-8") as fh:
+    with open(table_path, "w", newline="", encoding="utf-8") as fh:
         table = csv.writer(fh)
         # nn_corr only when the export was gated by it: the figure the decision rested on.
         table.writerow(["file", "mask", "seed", "class_index", "class_name"] + ([] if corr is None else ["nn_corr"]))
         table.writerows(rows)
-    return {"out": str(out), "n": written, "left_out": int(n - written), "format": fmt}
+    return {"out": str(out), "n": written, "left_out": int(n - written), "format": fmt, "samples_csv": str(table_path)}

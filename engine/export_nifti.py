@@ -22,18 +22,19 @@ XFORM_CODE = 1
 def sample_affine(attrs: dict) -> np.ndarray:
     """The 4x4 voxel→RAS (mm) matrix for this file's samples in NIfTI voxel order (x, y, z)."""
     spacing = [float(s) for s in attrs.get("spacing") or ()]
-    if attrs.get("spatial_dims", 2) == 3:
-        sp = spacing if len(spacing) == 3 else [1.0, 1.0, 1.0]
-        stored = np.asarray(attrs.get("affine", np.eye(4)), float)
-        # An identity is what the writer stores when no affine was known; the spacing is then
-        # the only geometry there is, and dropping it would squash anisotropic voxels.
-        if stored.shape != (4, 4) or not np.isfinite(stored).all() or (
-                np.allclose(stored, np.eye(4)) and not np.allclose(sp, 1.0)):
-            return np.diag([*sp, 1.0])
-        return stored
-    # 2D spacing is (rows, columns), as the readers give it; NIfTI's x runs along the columns.
-    rows, cols = spacing if len(spacing) == 2 else (1.0, 1.0)
-    return np.diag([cols, rows, 1.0, 1.0])
+    dims = 3 if attrs.get("spatial_dims", 2) == 3 else 2
+    sp = spacing if len(spacing) == dims else [1.0] * dims
+    # Spacing is (x, y[, z]) = stored (W, H[, D]), NIfTI's own voxel order; a 2D image is one slice 1 mm thick.
+    by_spacing = np.diag([*sp, *([1.0] * (4 - dims))])
+    if dims == 2:
+        return by_spacing
+    stored = np.asarray(attrs.get("affine", np.eye(4)), float)
+    # An identity is what older files store when no affine was known; the spacing is then
+    # the only geometry there is, and dropping it would squash anisotropic voxels.
+    if stored.shape != (4, 4) or not np.isfinite(stored).all() or (
+            np.allclose(stored, np.eye(4)) and not np.allclose(sp, 1.0)):
+        return by_spacing
+    return stored
 
 
 def to_nifti_order(array: np.ndarray) -> np.ndarray:
@@ -77,7 +78,9 @@ class NiftiExport:
 
     Loose (`nnunet=False`): `synth_00000.nii.gz` + `synth_00000_seg.nii.gz`, the partner naming
     the app's NIfTI loader and the engine's readers pair up. nnU-Net: `imagesTr/synth_00000_0000.nii.gz`
-    per channel and `labelsTr/synth_00000.nii.gz`.
+    per channel and `labelsTr/synth_00000.nii.gz`. Masks are labels 0..K either way: a NIfTI label map
+    holds label numbers (nnU-Net requires them consecutive), whereas a file's mask coding is the grey
+    levels of the user's picture masks, which only the PNG export writes back.
     """
 
     def __init__(self, out: Path, attrs: dict, channels: int, nnunet: bool, source: str) -> None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def _h5(path: Path) -> list[str]:
-    from engine.store import attrs_dict, n_complete, open_file
+    from engine.store import attrs_dict, mask_coding, n_complete, open_file
 
     with open_file(path) as f:
         a = attrs_dict(f)
@@ -34,6 +34,9 @@ def _h5(path: Path) -> list[str]:
                 lines.append("  per class: " + ", ".join(str(int(c)) for c in counts))
         if a.get("label_names"):
             lines.append("  mask labels: " + ", ".join(f"{k}={v}" for k, v in a["label_names"].items()))
+        if mask_coding(a):
+            lines.append("  mask coding (label → value in the user's files): "
+                         + ", ".join(f"{k} → {v}" for k, v in sorted(mask_coding(a).items())))
         norm = a.get("normalisation") or {}
         if norm:
             lines.append(f"  intensity: {norm.get('modality', '')} {a.get('intensity_units', '')} "
@@ -148,6 +151,7 @@ def describe(path: str | Path) -> str:
                 f"{tuple(round(s, 3) for s in v.spacing)} mm, orientation {''.join(nib.aff2axcodes(v.affine))}, "
                 f"values {float(v.array.min()):.4g}..{float(v.array.max()):.4g} {v.units}")
     from engine.data import load_images
+    from engine.data.dataset import describe_mask_coding
 
     s = load_images(p)
     lines = [f"{p}: {len(s)} image(s) of {s.size[0]}x{s.size[1]} px, {s.channels} channel(s), "
@@ -156,8 +160,7 @@ def describe(path: str | Path) -> str:
     if p.name.lower().endswith((".nii", ".nii.gz")) and (partner := _partner_line(p)):
         lines.append(partner)
     if s.masks is not None:
-        lines.append(f"  masks: labels {sorted(int(v) for v in np.unique(s.masks))} "
-                     f"{s.label_names or ''}")
+        lines.append(f"  {describe_mask_coding(s)}")
     if s.labels is not None:
         counts = np.bincount(s.labels)
         names = s.class_names or [str(i) for i in range(len(counts))]

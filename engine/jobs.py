@@ -44,6 +44,11 @@ class Message:
     text: str
 
 
+class DataSummary(Message):
+    """What a job found in its data (mask labels and their coding, model size), said before it starts;
+    a front end keeps it in view rather than letting progress overwrite it."""
+
+
 @dataclass
 class Done:
     result: dict[str, Any] = field(default_factory=dict)

@@ -48,7 +48,7 @@ import h5py
 import numpy as np
 
 from engine.errors import InputError
-from engine.store import attrs_dict, n_complete, open_file
+from engine.store import attrs_dict, n_complete, open_file, shown_spacing
 
 STUDY_FILE = "study.json"
 ITEMS_FILE = "items.h5"
@@ -544,7 +544,8 @@ class Session:
             image = np.ascontiguousarray(np.transpose(image[0], (2, 1, 0)))
         elif image.shape[0] != 3:
             image = image[0]
-        return BlindImage(image, self.study.spacing, self.study.affine, DISPLAY_LEVELS, self.spatial_dims)
+        return BlindImage(image, shown_spacing(self.study.spacing, self.spatial_dims), self.study.affine,
+                          DISPLAY_LEVELS, self.spatial_dims)
 
 
 # -- figures ---------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from engine.diffusion import SAMPLERS, denoise, sampler
 from engine.errors import InputError
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
 from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
-from engine.store import SampleWriter
+from engine.store import SampleWriter, mask_coding
 
 
 def _training_data(ckpt: Path, state: dict[str, Any]) -> str:
@@ -179,6 +179,7 @@ class SampleJob:
         with SampleWriter(self.out, self.n, (c,) + (size,) * dims, masks=masks_out, labels=labels is not None,
                           class_names=gen.class_names,
                           label_names={int(k): v for k, v in (st.get("label_names") or {}).items()},
+                          mask_coding=mask_coding(st),
                           spacing=tuple(st["spacing"]) if st.get("spacing") else None,
                           affine=np.asarray(st["affine"]) if st.get("affine") else None,
                           units=gen.norm.units, normalisation=gen.norm.to_dict(), config=public_config(st["config"]),

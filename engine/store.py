@@ -35,7 +35,8 @@ class SampleWriter:
                  labels: bool, kind: str = "synthetic", class_names: list[str] | None = None,
                  label_names: dict[int, str] | None = None, spacing: tuple[float, ...] | None = None,
                  affine: np.ndarray | None = None, units: str = "", normalisation: dict | None = None,
-                 config: dict | None = None, checkpoint_sha256: str = "", overwrite: bool = False) -> None:
+                 config: dict | None = None, checkpoint_sha256: str = "", overwrite: bool = False,
+                 mask_coding: dict[int, int] | None = None) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise InputError(self.path, "already exists; choose another name or pass --force")
@@ -60,8 +61,10 @@ class SampleWriter:
         a["spatial_dims"] = len(spatial)
         a["class_names"] = _json(class_names or [])
         a["label_names"] = _json({str(k): v for k, v in (label_names or {}).items()})
+        a["mask_coding"] = _json({str(k): int(v) for k, v in (mask_coding or {}).items()})
         a["spacing"] = np.asarray(spacing if spacing else (1.0,) * len(spatial), np.float64)
-        a["affine"] = np.asarray(affine if affine is not None else np.eye(len(spatial) + 1), np.float64)
+        # Without a known position the affine is the spacing alone: voxel (x, y[, z]) = stored (W, H[, D]) to mm.
+        a["affine"] = np.asarray(affine if affine is not None else np.diag([*a["spacing"], 1.0]), np.float64)
         a["intensity_units"] = units
         a["normalisation"] = _json(normalisation or {})
         a["config"] = _json(config or {})
@@ -118,7 +121,7 @@ def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -
     with SampleWriter(path, len(s), s.images.shape[1:], masks=s.masks is not None,
                       labels=s.labels is not None, kind=s.kind, class_names=s.class_names,
                       label_names=s.label_names, spacing=s.spacing, affine=s.affine,
-                      normalisation={"modality": s.modality}, overwrite=overwrite) as w:
+                      normalisation={"modality": s.modality}, overwrite=overwrite, mask_coding=s.mask_coding) as w:
         if s.names is not None:
             w.f.create_dataset("names", data=list(s.names), dtype=h5py.string_dtype())
         for lo in range(0, len(s), 256):
@@ -162,10 +165,23 @@ def attrs_dict(f: h5py.File) -> dict[str, Any]:
             value = value.tolist()
         elif isinstance(value, np.generic):
             value = value.item()
-        if key in ("class_names", "label_names", "normalisation", "config") and isinstance(value, str):
+        if key in ("class_names", "label_names", "mask_coding", "normalisation", "config") and isinstance(value, str):
             value = json.loads(value or "null")
         out[key] = value
     return out
+
+
+def mask_coding(attrs: dict[str, Any]) -> dict[int, int]:
+    """{label: the user's value} from a file's attributes; empty when labels are the stored values."""
+    return {int(k): int(v) for k, v in (attrs.get("mask_coding") or {}).items()}
+
+
+def shown_spacing(spacing: tuple[float, ...] | None, spatial_dims: int) -> tuple[float, ...] | None:
+    """A file's spacing (x, y[, z]) per axis of a sample as viewers take it: a 2D (H, W) picture's
+    (rows, cols) = (y, x); a volume, shown as (X, Y, Z), keeps (x, y, z)."""
+    if not spacing:
+        return None
+    return tuple(spacing)[::-1] if spatial_dims != 3 else tuple(spacing)
 
 
 def read_image_set(path: str | Path) -> ImageSet:
@@ -180,6 +196,7 @@ def read_image_set(path: str | Path) -> ImageSet:
     norm = a.get("normalisation") or {}
     s = ImageSet(images=images, masks=masks, labels=labels, class_names=list(a.get("class_names") or []),
                  label_names={int(k): v for k, v in (a.get("label_names") or {}).items()},
+                 mask_coding=mask_coding(a),
                  spacing=tuple(a.get("spacing") or ()) or None, modality=norm.get("modality", "generic"),
                  source=str(path), kind=str(a.get("kind", "real")), names=None if names is None else names[:n],
                  affine=np.asarray(a["affine"], np.float64) if a.get("spatial_dims") == 3 and "affine" in a else None)

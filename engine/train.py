@@ -22,11 +22,11 @@ from engine.config import RunConfig, public_config, public_path
 from engine.config import load as load_config
 from engine.config import save as save_config
 from engine.data import load_images, volume_options
-from engine.data.dataset import ImageSet
-from engine.data.prepare import Normalisation, fit_normalisation, to_tensors
+from engine.data.dataset import ImageSet, describe_mask_coding
+from engine.data.prepare import Normalisation, fit_normalisation, resized_geometry, to_tensors
 from engine.diffusion import denoise, sampler, train_scheduler
 from engine.errors import InputError
-from engine.jobs import Cancelled, Checkpoint, Done, Emit, Loss, Message, Preview, Progress
+from engine.jobs import Cancelled, Checkpoint, DataSummary, Done, Emit, Loss, Message, Preview, Progress
 from engine.models import (
     build_autoencoder,
     build_model,
@@ -110,6 +110,13 @@ def complete_model_config(cfg: RunConfig, data: ImageSet) -> None:
     cfg.model.in_channels = io_channels(cfg)[0]
 
 
+def data_summary(data: ImageSet, cfg: RunConfig, params: int) -> str:
+    """What training found in the data and the model size it leads to, said before the first step."""
+    coding = describe_mask_coding(data) if cfg.data.mask_mode != "none" else ""
+    return f"{coding + '; ' if coding else ''}model {params / 1e6:.2f} M parameters, {cfg.model.in_channels} " \
+           f"input channel{'s' if cfg.model.in_channels != 1 else ''}"
+
+
 class TrainJob:
     def __init__(self, cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False,
                  data: ImageSet | None = None, steps: int | None = None,
@@ -161,18 +168,21 @@ class TrainJob:
         data_bytes = voxels * (pixel_channels(cfg) + io_channels(cfg)[2]) * 4
         fits = memory.check(cfg, device, cfg.preset, data_bytes=data_bytes)
         emit(Message(fits.describe()))
+        emit(DataSummary(data_summary(data, cfg, fits.stages[-1].params)))
         acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision(tc.mixed_precision, device))
         rank, world = acc.process_index, acc.num_processes
         tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.model.mask_labels,
                              cfg.model.num_classes > 0)
+        spacing, affine = resized_geometry(data, cfg.model.image_size)  # of what the model makes
         x_all = tensors.x.to(acc.device)
         labels_all = None if tensors.labels is None else tensors.labels.to(acc.device)
         cond_all = None if tensors.cond is None else tensors.cond.to(acc.device)
         facts = {
             "normalisation": norm.to_dict(), "class_names": data.class_names,
             "label_names": {str(k): v for k, v in data.label_names.items()},
-            "spacing": list(data.spacing) if data.spacing else None,
-            "affine": data.affine.tolist() if data.affine is not None else None,
+            "spacing": list(spacing) if spacing else None,
+            "affine": affine.tolist() if affine is not None else None,
+            "mask_coding": {str(k): v for k, v in data.mask_coding.items()},
             # The run folder's config.json keeps the full path for --resume; checkpoints travel as the model.
             "data_source": public_path(data.source, cfg.data.record_full_path) if data.source else "",
             "config": public_config(cfg.to_dict()),

@@ -18,7 +18,7 @@ from engine.data import partners
 from engine.data.dataset import ImageSet
 from engine.data.readers import _dataset_json, _label_map
 from engine.errors import InputError
-from engine.store import attrs_dict, n_complete, open_file, read_names, write_image_set
+from engine.store import attrs_dict, n_complete, open_file, read_names, shown_spacing, write_image_set
 
 
 @dataclass
@@ -59,7 +59,7 @@ def h5_sample(path: str | Path, index: int, file_title: str | None = None) -> Di
         title += f" · {names[label] if label < len(names) else label}"
     if seed is not None:
         title += f" · seed {seed}"
-    spacing = tuple(float(s) for s in (a.get("spacing") or ())) or None
+    spacing = shown_spacing(tuple(float(s) for s in (a.get("spacing") or ())), a.get("spatial_dims", 2))
     affine = np.asarray(a["affine"], float) if a.get("spatial_dims") == 3 and "affine" in a else None
     return Displayable(image.astype(np.float32), mask, affine, spacing,
                        {int(k): v for k, v in (a.get("label_names") or {}).items()},

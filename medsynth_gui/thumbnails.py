@@ -166,7 +166,8 @@ class ThumbnailModel(QAbstractListModel):
         self.class_names = [str(c) for c in (a.get("class_names") or [])]
         self.label_names = {int(k): str(v) for k, v in (a.get("label_names") or {}).items()}
         spacing = [float(s) for s in (a.get("spacing") or [])]
-        sy, sx = spacing[-2:] if len(spacing) >= 2 and min(spacing[-2:]) > 0 else (1.0, 1.0)
+        # Spacing is (x, y[, z]): a thumbnail (2D image or axial slice) has x along its columns, y along its rows.
+        sx, sy = spacing[:2] if len(spacing) >= 2 and min(spacing[:2]) > 0 else (1.0, 1.0)
         self.aspect = sy / sx
         norm = a.get("normalisation") or {}
         self.window = (float(norm["lo"]), float(norm["hi"])) if {"lo", "hi"} <= set(norm) else None

@@ -114,16 +114,17 @@ def test_export_png_and_nnunet(tiny_run, tmp_path, capsys):
     assert len(pngs) == 3 and len(list((tmp_path / "png" / "masks").glob("*.png"))) == 3
     assert np.asarray(Image.open(pngs[0])).dtype == np.uint16  # gray exports keep 16 bits
     assert main(["export", str(h5), "--to", str(tmp_path / "nn"), "--format", "nnunet"]) == 0
-    ds = json.loads((tmp_path / "nn" / "dataset.json").read_text())
+    nn = tmp_path / "nn" / "Dataset501_MedSynth"
+    ds = json.loads((nn / "dataset.json").read_text())
     assert ds["labels"] == {"background": 0, "bright lesion": 1, "dark lesion": 2} and ds["numTraining"] == 3
-    img = nib.load(tmp_path / "nn" / "imagesTr" / "synth_00000_0000.nii.gz")
-    lab = nib.load(tmp_path / "nn" / "labelsTr" / "synth_00000.nii.gz")
+    img = nib.load(nn / "imagesTr" / "synth_00000_0000.nii.gz")
+    lab = nib.load(nn / "labelsTr" / "synth_00000.nii.gz")
     assert img.shape == lab.shape == (16, 16, 1)
     with h5py.File(h5) as f:
         # Top row of the picture = highest y, so NIfTI viewers show it upright.
         np.testing.assert_array_equal(np.asarray(lab.dataobj)[:, :, 0].T[::-1], f["masks"][0])
     capsys.readouterr()
-    assert main(["export", str(h5), "--to", str(tmp_path / "nn"), "--format", "nnunet"]) == 2
+    assert main(["export", str(h5), "--to", str(nn), "--format", "nnunet"]) == 2
     assert "not empty" in error_line(capsys)
 
 

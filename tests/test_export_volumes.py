@@ -131,7 +131,7 @@ def test_nnunet_export_layout_dataset_json_and_read_back(tmp_path, kind):
     s = read_msd(out)
     assert s.images.shape == (3 * SHAPE[0], 1, SHAPE[1], SHAPE[2]) and s.modality == "CT"
     assert s.label_names == {0: "background", 1: "lesion", 2: "cyst"}
-    assert s.spacing == pytest.approx((SPACING[1], SPACING[0]))
+    assert s.spacing == pytest.approx(SPACING[:2])  # (x, y) of each axial slice
     # RAS: anterior (high y) goes to the top row; LPS: the reader turns x round to canonical R.
     upright = (lambda a: a[::-1, :]) if kind == "ras" else (lambda a: a[:, ::-1])
     np.testing.assert_array_equal(s.images[SHAPE[0] + 5, 0], upright(images[1, 0, 5]))
@@ -148,19 +148,20 @@ def test_2d_file_exports_as_nifti_and_nnunet(tmp_path):
         w.append(images, np.arange(2), masks)
     export(h5, tmp_path / "nii", "nifti")
     img = nib.load(tmp_path / "nii" / "synth_00001.nii.gz")
-    # 2D spacing is (rows, columns); NIfTI's x runs along the columns.
-    assert img.shape == (10, 8, 1) and img.header.get_zooms() == pytest.approx((0.8, 0.5, 1.0))
+    # 2D spacing is (x, y), x along the columns, as NIfTI's x runs.
+    assert img.shape == (10, 8, 1) and img.header.get_zooms() == pytest.approx((0.5, 0.8, 1.0))
     # The picture's top row is the highest y, so viewers show it upright.
     np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 0], images[1, 0][::-1].T)
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "nii" / "synth_00001_seg.nii.gz").dataobj)[:, :, 0],
                                   masks[1][::-1].T)
     export(h5, tmp_path / "nn", "nnunet")
-    s = read_msd(tmp_path / "nn")
+    s = read_msd(tmp_path / "nn" / "Dataset501_MedSynth")
     assert s.images.shape == (2, 1, 8, 10) and s.spacing == pytest.approx((0.5, 0.8))
     # Read back by the engine's own reader, the dataset is the samples as they were.
     np.testing.assert_array_equal(s.images[:, 0], images[:, 0])
     np.testing.assert_array_equal(s.masks, masks)
-    assert json.loads((tmp_path / "nn" / "dataset.json").read_text())["labels"] == {"background": 0, "polyp": 1}
+    assert json.loads((tmp_path / "nn" / "Dataset501_MedSynth" / "dataset.json").read_text())["labels"] == \
+        {"background": 0, "polyp": 1}
 
 
 @pytest.mark.parametrize("case", ["format", "not-empty", "no-complete", "missing", "no-masks", "png-of-volumes"])

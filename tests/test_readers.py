@@ -136,8 +136,9 @@ def test_folder_pairs_16bit_gray_masks_and_labels(tmp_path: Path) -> None:
     s = read_folder_pairs(root)
     assert s.images.shape == (2, 1, 8, 8) and s.images.dtype == np.float32
     assert s.images.max() == 65535 and np.array_equal(s.images[0, 0], a)  # 16-bit kept
-    assert s.masks.dtype == np.uint8 and set(np.unique(s.masks[0])) == {0, 1}
-    assert set(np.unique(s.masks[1])) == {0, 2}
+    # One coding for the whole set: the values 2 and 255 become labels 1 and 2 in every file.
+    assert s.masks.dtype == np.uint8 and set(np.unique(s.masks[0])) == {0, 2}
+    assert set(np.unique(s.masks[1])) == {0, 1} and s.mask_coding == {1: 2, 2: 255}
     assert s.labels.tolist() == [1, 0] and s.class_names == ["healthy", "sick"]
 
 
@@ -201,7 +202,7 @@ def test_read_nifti_with_partner_mask(tmp_path: Path) -> None:
     s = read_nifti(path)
     assert s.images.shape == (12, 1, 6, 8) and s.masks is None  # all slices, rot90 (X,Y) -> (Y,X)
     assert np.allclose(s.images[4, 0], np.rot90(volume[:, :, 4]))
-    assert s.spacing == pytest.approx((0.75, 0.5))
+    assert s.spacing == pytest.approx((0.5, 0.75))  # (x, y): nibabel's zooms, x along the columns
     _nii(tmp_path / "brain_seg.nii.gz", labels)
     s = read_nifti(path)
     # foreground slices 3, 4, 5 plus every 4th of the empty ones (0, 6, 10)
@@ -248,7 +249,7 @@ def test_read_msd_label_styles(tmp_path: Path, style: str) -> None:
     assert s.label_names == {0: "background", 1: "anterior", 2: "posterior"}
     assert s.images.shape == (12, 1, 6, 8) and s.masks.shape == (12, 6, 8)
     assert s.modality == ("CT" if style == "msd" else "MR")
-    assert s.spacing == pytest.approx((0.75, 0.5))
+    assert s.spacing == pytest.approx((0.5, 0.75))
     assert not (s.images == 7).all()  # channel 0 of nnU-Net cases, not channel 1
 
 

@@ -25,7 +25,7 @@ class ImageSet:
     labels: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     label_names: dict[int, str] = field(default_factory=dict)
-    # Voxel size in mm; for volumes in (x, y, z) order, i.e. (W, H, D) of the stored arrays.
+    # Pixel / voxel size in mm in (x, y) or (x, y, z) order, i.e. (W, H[, D]) of the stored arrays.
     spacing: tuple[float, ...] | None = None
     # Volumes only: the 4x4 voxel-to-world (RAS, mm) matrix shared by every volume of the set,
     # indexing voxels as (x, y, z) = (W, H, D) of the stored (D, H, W) arrays.
@@ -35,6 +35,9 @@ class ImageSet:
     kind: str = "real"
     # Where each image came from ("case_003 · z 41", a file stem), or None when only its index says.
     names: list[str] | None = None
+    # The user's own mask coding, {label: value in their files} (e.g. {1: 127, 2: 254} for grey-level
+    # PNGs); empty when the labels are the stored values. Exports in the user's format write it back.
+    mask_coding: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -66,6 +69,58 @@ class ImageSet:
         highest = int(self.masks.max()) if self.masks.size else 0
         named = max(self.label_names) if self.label_names else 0
         return max(highest, named, 1) + 1
+
+
+def consecutive_labels(masks: list[np.ndarray], source: str | Path | None = None,
+                       ) -> tuple[list[np.ndarray], dict[int, int]]:
+    """Label maps holding any whole values → uint8 labels 0..K, and the coding {label: value}.
+
+    One mapping for the whole set (sorted values, 0 stays background), so the same grey value
+    is the same label in every file; K is the number of distinct non-zero values, never 255
+    because a file happens to store its two classes as 127 and 254. The list is recoded in
+    place, so a large set never holds its masks twice.
+    """
+    values = np.unique(np.concatenate([np.unique(m) for m in masks])) if masks else np.zeros(0, np.int64)
+    nonzero = [int(v) for v in values.tolist() if v != 0]
+    if len(nonzero) > 255:
+        raise InputError(source, f"masks hold {len(nonzero)} distinct values; at most 255 labels are possible")
+    coding = {k + 1: v for k, v in enumerate(nonzero)}
+    lut_keys = np.array([0, *nonzero], np.int64)
+    for i, m in enumerate(masks):
+        masks[i] = np.searchsorted(lut_keys, m).astype(np.uint8)
+    return masks, ({} if all(k == v for k, v in coding.items()) else coding)
+
+
+def to_user_coding(mask: np.ndarray, coding: dict[int, int]) -> np.ndarray:
+    """Labels 0..K back to the user's values (the inverse of `consecutive_labels`); uint16 where a
+    value needs it. Without a coding the labels are the values."""
+    if not coding:
+        return mask
+    lut = np.arange(max(256, max(coding) + 1), dtype=np.int64)
+    for label, value in coding.items():
+        lut[label] = value
+    out = lut[mask]
+    return out.astype(np.uint8 if out.max(initial=0) < 256 else np.uint16)
+
+
+def coded_label_names(coding: dict[int, int], word: str = "grey") -> dict[int, str]:
+    """Names that say where each label came from ("label 1 (grey 127)"): the raw value alone would
+    read as a label number that does not exist."""
+    return {0: "background", **{k: f"label {k} ({word} {v})" for k, v in coding.items()}}
+
+
+def describe_mask_coding(s: ImageSet) -> str:
+    """One line on what the masks hold, e.g. "2 mask labels: 127 → 1, 254 → 2"; "" without masks."""
+    if s.masks is None:
+        return ""
+    k = s.num_mask_labels - 1
+    if s.mask_coding:
+        pairs = ", ".join(f"{v} → {label}" for label, v in sorted(s.mask_coding.items()))
+    else:
+        named = ((label, str(s.label_names.get(label, label))) for label in range(1, k + 1))
+        pairs = ", ".join(str(label) if name == str(label) else f"{label} = {name}" for label, name in named) \
+            + " (values kept)"
+    return f"{k} mask label{'s' if k != 1 else ''}: {pairs}"
 
 
 def check_finite(path: str | Path, array: np.ndarray) -> None:

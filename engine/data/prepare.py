@@ -82,6 +82,24 @@ def resize(images: torch.Tensor, size: int, *, nearest: bool = False) -> torch.T
     return F.interpolate(images, size=target, mode="bilinear", align_corners=False, antialias=True)
 
 
+def resized_geometry(s: ImageSet, size: int) -> tuple[tuple[float, ...] | None, np.ndarray | None]:
+    """Spacing (x, y[, z]) and affine of `s` once `resize` has brought it to `size` per axis: the
+    field of view stays, so each pixel grows by the factor the grid shrinks (64² at 3 mm → 32² at
+    6 mm). The affine is None where the set has none (2D); the file then stores diag(spacing)."""
+    if not s.spacing:
+        return None, s.affine
+    counts = np.asarray(s.size[::-1], float)  # (W, H[, D]): the spacing's order
+    scale = counts / size
+    spacing = tuple(float(v) for v in np.asarray(s.spacing, float) * scale)
+    if s.affine is None:
+        return spacing, None
+    # Sample centres with align_corners=False: new voxel i sits at old voxel (i + 0.5) * scale - 0.5.
+    step = np.eye(4)
+    step[:3, :3] = np.diag(scale)
+    step[:3, 3] = (scale - 1.0) / 2.0
+    return spacing, np.asarray(s.affine, float) @ step
+
+
 @dataclass
 class TrainingTensors:
     x: torch.Tensor  # (N, C + K, H, W) image channels then mask channels, in [-1, 1]

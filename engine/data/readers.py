@@ -22,7 +22,14 @@ from nibabel.filebasedimages import ImageFileError
 from PIL import Image
 
 from engine.data import partners
-from engine.data.dataset import ImageSet, check_finite, check_pair, validate
+from engine.data.dataset import (
+    ImageSet,
+    check_finite,
+    check_pair,
+    coded_label_names,
+    consecutive_labels,
+    validate,
+)
 from engine.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -136,28 +143,52 @@ def _read_picture(path: Path) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, 2, 0)
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    """A mask file as a uint8 label map.
+def _read_mask(path: Path) -> tuple[np.ndarray, str]:
+    """A mask file as whole values in the file's own coding, and what a value is ("grey",
+    "index"); the set's values become consecutive labels later, over every file at once.
 
-    JPEG masks (Kvasir-SEG's) are binarised at half their maximum: lossy compression leaves
-    stray values near every edge, so no label survives it. Otherwise {0,255} becomes {0,1}; up
-    to 20 distinct whole values below 256 are kept as labels; anything else is binarised.
+    JPEG masks (Kvasir-SEG's) are binarised at half their maximum, to 0/255: lossy compression
+    leaves stray values near every edge, so no label survives it. Palette masks (VOC style) give
+    their indices. Otherwise up to 20 distinct whole values are the file's labels, and anything
+    else (an anti-aliased or rescaled mask) is binarised to 0/255.
     """
     with _reading(path, "a mask image"), Image.open(path) as img:
         img.load()
-        # Palette masks (VOC style) keep their indices: the indices are the labels.
+        palette = img.mode == "P"
         if img.mode not in ("1", "L", "P", "I", "F") and not img.mode.startswith("I;16"):
             img = img.convert("L")
         arr = np.asarray(img).astype(np.float64)
     check_finite(path, arr)
     values = np.unique(arr)
+    binary = np.where(arr > values.max() / 2, 255, 0).astype(np.uint8)
     if path.suffix.lower() in (".jpg", ".jpeg"):
-        return (arr > values.max() / 2).astype(np.uint8)
-    if set(values.tolist()) <= {0.0, 255.0}:
-        return (arr > 0).astype(np.uint8)
-    if len(values) <= 20 and values.max() < 256 and values.min() >= 0 and np.all(values == np.rint(values)):
-        return arr.astype(np.uint8)
-    return (arr > values.max() / 2).astype(np.uint8)
+        return binary, "grey"
+    if palette:
+        return _fill_void(arr.astype(np.uint8)), "index"
+    if len(values) <= 20 and values.min() >= 0 and np.all(values == np.rint(values)):
+        # The smallest type that holds the values: a set of large masks stays in memory until it is coded.
+        return arr.astype(np.uint8 if values.max() < 256 else np.uint16 if values.max() < 65536 else np.int64), \
+            "grey"
+    return binary, "grey"
+
+
+# VOC marks object borders and unsure pixels 255 ("void"). A generator cannot leave pixels out,
+# and calling them background would shave every object by the border's width: each void pixel
+# takes the label of its nearest non-void pixel, which splits the border between object and
+# background as the annotator drew it.
+VOC_VOID = 255
+
+
+def _fill_void(indices: np.ndarray) -> np.ndarray:
+    void = indices == VOC_VOID
+    if not void.any():
+        return indices
+    if void.all():
+        return np.zeros_like(indices)
+    from scipy import ndimage
+
+    nearest = ndimage.distance_transform_edt(void, return_distances=False, return_indices=True)
+    return indices[tuple(nearest)]
 
 
 def _resize_to_common(images: list[np.ndarray], masks: list[np.ndarray] | None,
@@ -222,12 +253,15 @@ def read_folder_pairs(root: str | Path, class_names: list[str] | None = None) ->
             if stem not in image_files:
                 raise InputError(p, f"is a mask without an image partner in {image_dir}")
     stems = sorted(image_files)
-    images, masks = [], []
+    images, masks, words = [], [], set()
     for stem in stems:
         images.append(_read_picture(image_files[stem]))
         if mask_files is not None:
-            masks.append(_read_mask(mask_files[stem]))
+            mask, word = _read_mask(mask_files[stem])
+            masks.append(mask)
+            words.add(word)
             check_pair(image_files[stem], images[-1].shape[1:], mask_files[stem], masks[-1].shape)
+    masks, coding = consecutive_labels(masks, mask_dir) if mask_files is not None else ([], {})
     if any(im.shape[0] == 3 for im in images):
         images = [np.repeat(im, 3, axis=0) if im.shape[0] == 1 else im for im in images]
     stacked, stacked_masks, size = _resize_to_common(images, masks if mask_files is not None else None)
@@ -237,8 +271,10 @@ def read_folder_pairs(root: str | Path, class_names: list[str] | None = None) ->
     labels, names = None, []
     if (root / "labels.csv").is_file():
         labels, names = _read_labels_csv(root / "labels.csv", stems, class_names)
+    label_names = (coded_label_names(coding, "index" if words == {"index"} else "grey") if coding
+                   else _mask_label_names(stacked_masks))
     return validate(ImageSet(images=stacked, masks=stacked_masks, labels=labels, class_names=names,
-                             label_names=_mask_label_names(stacked_masks), source=str(root)))
+                             label_names=label_names, mask_coding=coding, source=str(root)))
 
 
 def _read_labels_csv(path: Path, stems: list[str], class_names: list[str] | None,
@@ -275,7 +311,7 @@ def _mask_label_names(masks: np.ndarray | None) -> dict[int, str]:
 
 def _load_volume(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float]]:
     """A 2D/3D NIfTI in closest-canonical (RAS) orientation as float32 (X,Y,Z), plus the in-plane
-    spacing of its displayed slices (rows, cols)."""
+    spacing (x, y) in mm: the displayed slices' columns run along x, their rows along y."""
     with _reading(path, f"a NIfTI {what}"):
         img = nib.load(path)
         if len(img.shape) == 4 and img.shape[3] == 1:
@@ -288,7 +324,7 @@ def _load_volume(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float]
         zooms = img.header.get_zooms()
     check_finite(path, data)
     data = data[:, :, None] if data.ndim == 2 else data
-    return data, (float(zooms[1]), float(zooms[0]))
+    return data, (float(zooms[0]), float(zooms[1]))
 
 
 def _load_labels(path: Path, image_path: Path, image: np.ndarray, allowed: set[int] | None) -> np.ndarray:
@@ -330,8 +366,8 @@ def _slices_to_set(cases: list[tuple[list[np.ndarray], list[np.ndarray] | None, 
     has_masks = all(ms is not None for _, ms, _ in cases)
     masks = [m for _, ms, _ in cases for m in ms or []] if has_masks else None
     stacked, stacked_masks, (h, w) = _resize_to_common(images, masks)
-    # Spacing after resizing to the common size; the median when cases differ.
-    spacing = np.median([(sp[0] * ims[0].shape[1] / h, sp[1] * ims[0].shape[2] / w)
+    # Spacing (x, y) after resizing to the common size (x along the W columns); the median when cases differ.
+    spacing = np.median([(sp[0] * ims[0].shape[2] / w, sp[1] * ims[0].shape[1] / h)
                          for ims, _, sp in cases if ims], axis=0)
     return validate(ImageSet(images=stacked, masks=stacked_masks, spacing=tuple(float(s) for s in spacing),
                              label_names=label_names, modality=modality, source=str(source)))

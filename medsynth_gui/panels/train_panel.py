@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 from engine import checkpoints
 from engine.config import load_preset, preset_names, resolve
 from engine.errors import InputError
-from engine.jobs import Checkpoint, Done, Loss, Message, Preview, Progress
+from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
 from engine.train import TrainJob
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.panels.widgets import path_row, status_labels
@@ -130,6 +130,9 @@ class TrainPanel(QWidget):
         self.status.setWordWrap(False)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.progress)
+        self.data_summary = QLabel()  # what the data holds and the model size, kept while training runs
+        self.data_summary.setWordWrap(True)
+        outer.addWidget(self.data_summary)
         outer.addWidget(self.status)
         outer.addWidget(self.error)
 
@@ -288,6 +291,8 @@ class TrainPanel(QWidget):
             self._show_previews(ev)
         elif isinstance(ev, Checkpoint):
             self.preview_caption.setText(f"checkpoint saved at step {ev.step}")
+        elif isinstance(ev, DataSummary):
+            self.data_summary.setText(ev.text)
         elif isinstance(ev, Message):
             self.status.setText(ev.text)
 
