@@ -39,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setStyle("Fusion")
     dark_palette(app)
 
+    from medsynth_gui import logfile
+
+    logfile.install()  # needs the application's name: the log folder is named after it
+    logfile.install_excepthook()
+
     from medsynth_gui.main_window import MainWindow
 
     win = MainWindow()
