@@ -171,7 +171,7 @@ class EvaluateJob:
             raise InputError(self.synth_path, "records no training data that still exists; give held-out real "
                                               "data and/or the generator's training data")
         notes = []
-        if self.train_path is None and train_path == BUNDLED_DEMO / "phantoms.h5":
+        if train_path is not None and Path(train_path).resolve() == (BUNDLED_DEMO / "phantoms.h5").resolve():
             notes.append("training data: the bundled demo phantoms, which the demo model was trained on")
         train = load_real_like(train_path, cfg, spacing, "train") if train_path else None
         test = load_real_like(self.real_path, cfg, spacing, "test") if self.real_path else None

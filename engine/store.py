@@ -39,7 +39,7 @@ class SampleWriter:
                  config: dict | None = None, checkpoint_sha256: str = "", overwrite: bool = False) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
-            raise InputError(self.path, "already exists; choose another name or pass --force")
+            raise InputError(self.path, "already exists; choose another name or allow overwriting it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.n = int(n)
         self.count = 0
