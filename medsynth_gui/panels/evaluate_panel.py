@@ -121,15 +121,16 @@ class EvaluatePanel(QWidget):
         for b in (self.go_btn, self.stop_btn, self.report_btn):
             row.addWidget(b)
         left.addLayout(row)
-        # The report's path, selectable and copyable: a machine without a browser cannot open it.
+        # The report's path, selectable and copyable: a machine without a browser cannot open it. A read-only
+        # field scrolls a long path instead of widening the page.
         report_row = QHBoxLayout()
-        self.report_path = QLabel("")
-        self.report_path.setWordWrap(True)
-        self.report_path.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.report_path = QLineEdit(readOnly=True)
+        self.report_path.setPlaceholderText("the report's path appears here")
         self.copy_btn = QPushButton("Copy path")
         self.copy_btn.setToolTip("Copy the report's path to the clipboard")
         self.copy_btn.clicked.connect(self.copy_report_path)
         self.copy_btn.setEnabled(False)
+        report_row.addWidget(QLabel("Report"))
         report_row.addWidget(self.report_path, 1)
         report_row.addWidget(self.copy_btn)
         left.addLayout(report_row)
@@ -140,8 +141,13 @@ class EvaluatePanel(QWidget):
         left.addWidget(self.error)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["figure", "value", "real vs real", "reading"])
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        for col, mode in enumerate((QHeaderView.ResizeMode.Stretch, QHeaderView.ResizeMode.ResizeToContents,
+                                    QHeaderView.ResizeMode.ResizeToContents, QHeaderView.ResizeMode.Stretch)):
+            header.setSectionResizeMode(col, mode)
         self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideNone)
+        header.sectionResized.connect(lambda *_: self.table.resizeRowsToContents())  # wrapped names stay whole
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         left.addWidget(self.table, 1)
@@ -325,7 +331,7 @@ class EvaluatePanel(QWidget):
         self._show_fid(summary.get("fid") or {})
         self.report_btn.setEnabled(bool(r.get("report")))
         self.copy_btn.setEnabled(bool(r.get("report")))
-        self.report_path.setText(f"Report: {r['report']}" if r.get("report") else "")
+        self.report_path.setText(r.get("report") or "")
 
     def _plot_hist(self, corr: np.ndarray | None, threshold: float | None) -> None:
         self.hist_plot.clear()
