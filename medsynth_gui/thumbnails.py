@@ -251,8 +251,8 @@ class ThumbnailModel(QAbstractListModel):
             if now < before:
                 return before, now  # a new run replaced the file under the same name: the caller starts over
             self.shape = tuple(f["images"].shape)
-            if now > before:
-                self._grow(now)
+            self._grow(now)
+        if now > before:
             new = self._matching(before, now)
             if len(new):
                 self.beginInsertRows(QModelIndex(), len(self.rows), len(self.rows) + len(new) - 1)
