@@ -42,11 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medsynth_gui import logfile
 
     logfile.install()  # needs the application's name: the log folder is named after it
-    logfile.install_excepthook()
 
     from medsynth_gui.main_window import MainWindow
 
     win = MainWindow()
+    logfile.install_excepthook(win.show_error)
     win.show()
     if args.file:
         win.open_path(args.file)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from types import TracebackType
 
 from PySide6.QtCore import QStandardPaths
+
+from engine.errors import InputError
 
 log = logging.getLogger("medsynth_gui")
 _handler: RotatingFileHandler | None = None
@@ -55,14 +58,24 @@ def record_failure(exc: BaseException, what: str) -> Path:
     return path
 
 
-def install_excepthook() -> None:
-    """An exception escaping a Qt slot is logged with its traceback; the terminal gets one line."""
+def install_excepthook(show: Callable[[str], None] | None = None) -> None:
+    """An exception escaping a Qt slot: a bad input is shown as its line; a bug is logged with its traceback
+    and shown with where the log is, and the terminal gets one line."""
 
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if issubclass(kind, KeyboardInterrupt):
             sys.__excepthook__(kind, exc, tb)
             return
-        path = record_failure(exc.with_traceback(tb), "uncaught exception")
-        sys.stderr.write(f"medsynth: unexpected error {kind.__name__}: {exc} (details in {path})\n")
+        if isinstance(exc, InputError):
+            text = str(exc)
+        else:
+            path = record_failure(exc.with_traceback(tb), "uncaught exception")
+            text = f"Unexpected error {kind.__name__}: {exc} (details in {path})"
+            sys.stderr.write(f"medsynth: {text}\n")
+        if show is not None:
+            try:
+                show(text)
+            except Exception:  # noqa: BLE001 — the window may be half torn down; the log has it
+                log.exception("could not show an error")
 
     sys.excepthook = hook

@@ -273,3 +273,29 @@ def test_a_bug_in_a_worker_goes_to_the_log_file(tmp_path, qtbot, capfd, monkeypa
     text = log_file.read_text()
     assert "Traceback" in text and "1 / 0" in text and "_Broken failed" in text
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_exception_escaping_a_slot_is_shown_and_logged_not_printed(tmp_path, qtbot, capfd, monkeypatch):
+    import sys
+
+    from engine.errors import InputError
+    from medsynth_gui import logfile
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    shown: list[str] = []
+    logfile.install_excepthook(shown.append)
+    capfd.readouterr()
+    try:
+        raise InputError(tmp_path / "scan.nii", "is 4D; the viewer shows 2D images and 3D volumes")
+    except InputError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert shown == [f"{tmp_path / 'scan.nii'}: is 4D; the viewer shows 2D images and 3D volumes"]
+    assert capfd.readouterr().err == ""
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert shown[1].startswith("Unexpected error KeyError: 'missing' (details in ")
+    log_file = Path(shown[1].split("(details in ", 1)[1].rstrip(")"))
+    assert "Traceback" in log_file.read_text() and "Traceback" not in capfd.readouterr().err
