@@ -192,9 +192,10 @@ def answers(figures: dict[str, float], summary: dict[str, Any]) -> list[tuple[st
                  f"{f['dice_real']:.3f} ({_pct(f.get('dice_ratio_synth_real', float('nan')))} of real)")
         if _ok(f.get("dice_both")):
             helps += f"; on both {f['dice_both']:.3f} ({_pct(f.get('dice_ratio_both_real', float('nan')))})"
+        helps += f": {verdict('score', f['dice_synth'], f['dice_real'])}"
     elif _ok(f.get("accuracy_real")) and _ok(f.get("accuracy_synth")):
         helps = (f"classifier accuracy on held-out real data: synthetic {f['accuracy_synth']:.3f}, real "
-                 f"{f['accuracy_real']:.3f}")
+                 f"{f['accuracy_real']:.3f}: {verdict('score', f['accuracy_synth'], f['accuracy_real'])}")
     return [("Is it like my data?", "; ".join(like) or "not measured"), ("Is it diverse?", diverse),
             ("Does it copy patients?", copies), ("Does it help segmentation?", helps)]
 
