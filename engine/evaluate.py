@@ -8,16 +8,21 @@ Sets, all brought to the synthetic file's size and scaled to [0, 1] with its sto
 normalisation so every metric compares like with like:
   synth  the file's complete samples;
   train  the generator's training data (memorization, and the "real" arm of utility);
-  test   held-out real data (`--real`) that utility figures are scored on. Without a
-         separate test set, a fixed fifth of the training data is held out and the
-         report says that the generator has seen those cases.
+  test   held-out real data that utility figures are scored on. Without a separate test
+         set, a fixed fifth of the training data is held out and the report says that the
+         generator has seen those cases.
+
+Messages here reach both the CLI and the app, so they name the data ("held-out real
+data"), never a command-line flag or a widget.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +30,19 @@ import h5py
 import numpy as np
 import torch
 
-from engine.config import from_dict, public_path
+from engine.config import RESOURCES, from_dict, path_sha256, public_path
 from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet
 from engine.data.prepare import resize
 from engine.errors import InputError
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
 from engine.metrics.utility import UtilityCancelled
-from engine.store import _json, attrs_dict, open_file, read_image_set
+from engine.store import _json, attrs_dict, open_file, open_for_update, read_image_set
 
 FID_DIMS = (64, 192, 768, 2048)
 FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
 STAGES = ("load", "fid", "features", "radiomics", "diversity", "memorization", "labels", "utility", "report")
+BUNDLED_DEMO = RESOURCES / "demo"  # phantoms.h5 and the run/ of the demo model shipped with the app
 
 
 @dataclass
@@ -97,6 +103,34 @@ def _read_synth(path: Path) -> tuple[ImageSet, dict, Any, float, float]:
     return synth, a, cfg, lo, hi
 
 
+@lru_cache(maxsize=1)
+def _demo_checkpoint_hashes() -> frozenset[str]:
+    from engine.checkpoints import sha256
+
+    return frozenset(sha256(p) for p in (BUNDLED_DEMO / "run" / "checkpoints").glob("*/*.safetensors"))
+
+
+def default_training_data(synth: str | Path, attrs: dict | None = None) -> Path | None:
+    """The training data an evaluation of this file uses when none is given: the path its run
+    recorded, when that still exists, else the bundled demo phantoms for a file that the bundled
+    demo model generated (known by its checkpoint hash; its recorded path is relative to the
+    source tree, so it rarely resolves where the app runs)."""
+    if attrs is None:
+        with open_file(synth) as f:
+            attrs = attrs_dict(f)
+    data = (attrs.get("config") or {}).get("data") or {}
+    recorded, sha = data.get("path"), data.get("path_sha256")
+    # A base name alone (the default, so no patient folder leaks) is trusted only when its hash says it is
+    # the very path the run read: a same-named file in the working folder is someone else's data.
+    if recorded and Path(recorded).exists() and (not sha or path_sha256(recorded) == sha):
+        return Path(recorded)
+    demo = BUNDLED_DEMO / "phantoms.h5"
+    sha = attrs.get("checkpoint_sha256")
+    if sha and demo.exists() and sha in _demo_checkpoint_hashes():
+        return demo
+    return None
+
+
 def load_real_like(path: str | Path, cfg: Any, spacing: tuple[float, ...] | None, split: str) -> ImageSet:
     """Real data read the way the run read it: volumes at the synthetic file's spacing."""
     opts = volume_options(cfg) if cfg is not None else None
@@ -133,18 +167,15 @@ class EvaluateJob:
     # ----------------------------------------------------------------------------- data
     def _sets(self, emit: Emit) -> dict[str, Any]:
         synth, a, cfg, lo, hi = _read_synth(self.synth_path)
-        config = a.get("config") or {}
         size = synth.size
         spacing = tuple(a.get("spacing") or ()) or None
-        train_path = self.train_path
-        if train_path is None and config.get("data", {}).get("path"):
-            candidate = Path(config["data"]["path"])
-            if candidate.exists():
-                train_path = candidate
+        train_path = self.train_path or default_training_data(self.synth_path, a)
         if train_path is None and self.real_path is None:
-            raise InputError(self.synth_path, "records no training data that still exists; pass --real DATA "
-                                              "(held-out real data) and/or --train-data DATA")
+            raise InputError(self.synth_path, "records no training data that still exists; give held-out real "
+                                              "data and/or the generator's training data")
         notes = []
+        if train_path is not None and Path(train_path).resolve() == (BUNDLED_DEMO / "phantoms.h5").resolve():
+            notes.append("training data: the bundled demo phantoms, which the demo model was trained on")
         train = load_real_like(train_path, cfg, spacing, "train") if train_path else None
         test = load_real_like(self.real_path, cfg, spacing, "test") if self.real_path else None
         if train is not None and test is not None and train_path.resolve() == self.real_path.resolve() \
@@ -155,14 +186,15 @@ class EvaluateJob:
         if train is None:
             train = test
             test = None
-            notes.append("no training data given: memorization was measured against --real")
+            notes.append("no training data given: memorization was measured against the held-out real data")
         if test is None:
             idx_train, idx_test = _split(len(train), self.settings.test_share, self.settings.seed)
             full = scaled(train, size, lo, hi) + (train.labels,)
             sets["train"] = _take(full, idx_train)
             sets["test"] = _take(full, idx_test)
             notes.append(f"held-out real data: {len(idx_test)} of the {len(train)} training cases, which the "
-                         "generator has seen — utility figures are optimistic; pass --real for unseen cases")
+                         "generator has seen — utility figures are optimistic; give separate held-out real data "
+                         "for unseen cases")
         else:
             sets["train"] = scaled(train, size, lo, hi) + (train.labels,)
             sets["test"] = scaled(test, size, lo, hi) + (test.labels,)
@@ -172,7 +204,7 @@ class EvaluateJob:
                                                                f"synthetic samples have {sets['synth'][0].shape[1]}")
         sets["notes"] = notes
         # Written into the file and its report: data folders by name and hash unless the run recorded full paths.
-        full = bool((config.get("data") or {}).get("record_full_path"))
+        full = bool(((a.get("config") or {}).get("data") or {}).get("record_full_path"))
         sets["sources"] = {"synth": public_path(self.synth_path, full),
                            "train": public_path(train_path, full) if train_path else None,
                            "test": public_path(self.real_path, full) if self.real_path and test is not None
@@ -183,6 +215,18 @@ class EvaluateJob:
 
     # ----------------------------------------------------------------------------- run
     def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
+        # Before any work: minutes of computing must never end in a file or folder that refuses the results.
+        out = open_for_update(self.synth_path)
+        try:
+            if self.settings.report and "report" not in self.settings.skip:
+                from engine.evaluate_report import report_path
+
+                _check_writable_folder(report_path(self.synth_path).parent)
+            return self._run(out, emit, cancelled)
+        finally:
+            out.close()
+
+    def _run(self, out: h5py.File, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
         st = self.settings
         device = "cuda" if st.device == "auto" and torch.cuda.is_available() else \
             ("cpu" if st.device == "auto" else st.device)
@@ -219,7 +263,7 @@ class EvaluateJob:
         self.summary["complete"] = not was_cancelled
         report_path = None
         if sets:
-            self._write_metrics()
+            self._write_metrics(out)
             if st.report and "report" in stages:
                 from engine.evaluate_report import build_report
 
@@ -246,7 +290,8 @@ class EvaluateJob:
                 "FID and KID not computed: the FID Inception weights (pt_inception-2015-12-05-6726825d.pth) "
                 "were not found. Put the file in the torch hub cache (" +
                 str(Path(torch.hub.get_dir()) / "checkpoints") +
-                ") or pass --fid-weights PATH / set MEDSYNTH_FID_WEIGHTS; they are never downloaded.")}
+                "), give its path as the FID weights file, or set MEDSYNTH_FID_WEIGHTS; they are never "
+                "downloaded.")}
             emit(Message(self.summary["fid"]["note"]))
             return
         net = inception.load_fid_inception(path).to(device)
@@ -404,6 +449,7 @@ class EvaluateJob:
 
         st = self.settings
         if not st.utility:
+            self.summary["utility"] = {"not_measured": "switched off"}
             return
         out: dict[str, Any] = {}
 
@@ -431,6 +477,10 @@ class EvaluateJob:
                 self._set(f"accuracy_{arm}", cls[arm]["accuracy"])
             self._set("accuracy_ratio_synth_real", cls["ratio_synth_real"])
             self._set("accuracy_ratio_both_real", cls["ratio_both_real"])
+        if not out:
+            missing = [name for name, m in (("synthetic", s_mask), ("training", r_mask), ("held-out real", t_mask))
+                       if m is None]
+            out["not_measured"] = f"needs masks in every set; the {', '.join(missing)} data have none"
         self.summary["utility"] = out
 
     # ----------------------------------------------------------------------------- output
@@ -446,22 +496,30 @@ class EvaluateJob:
                  for i, j, c in mem.get("closest", [])[:6]]
         return {"nn_corr": np.asarray(nn[1]), "pairs": pairs}
 
-    def _write_metrics(self) -> None:
-        with h5py.File(self.synth_path, "r+", locking=False) as f:
-            group = f.require_group("metrics")
-            for key in list(group.attrs):
-                if key != "summary":
-                    del group.attrs[key]  # a new evaluation replaces the old figures, never mixes with them
-            for key, value in self.figures.items():
-                group.attrs[key] = value
-            group.attrs["summary"] = _json(_plain(self.summary))
-            nn = self.extras.get("nn")
-            if nn is not None:
-                for name, values in (("nn_index", nn[0].astype(np.int64)), ("nn_corr", nn[1].astype(np.float32))):
-                    if name in group:
-                        del group[name]
-                    group.create_dataset(name, data=values)
-                group["nn_corr"].attrs["train_data"] = str(self.summary.get("sources", {}).get("train"))
+    def _write_metrics(self, f: h5py.File) -> None:
+        group = f.require_group("metrics")
+        for key in list(group.attrs):
+            if key != "summary":
+                del group.attrs[key]  # a new evaluation replaces the old figures, never mixes with them
+        for key, value in self.figures.items():
+            group.attrs[key] = value
+        group.attrs["summary"] = _json(_plain(self.summary))
+        nn = self.extras.get("nn")
+        if nn is not None:
+            for name, values in (("nn_index", nn[0].astype(np.int64)), ("nn_corr", nn[1].astype(np.float32))):
+                if name in group:
+                    del group[name]
+                group.create_dataset(name, data=values)
+            group["nn_corr"].attrs["train_data"] = str(self.summary.get("sources", {}).get("train"))
+        f.flush()
+
+
+def _check_writable_folder(folder: Path) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        raise InputError(folder, "is a read-only folder, so the evaluation report cannot be written there") from None
 
 
 def load_feature_net(path: Path, device: str) -> Any:

@@ -1,14 +1,122 @@
-"""The evaluation report's content: which figures answer which question, laid out by engine.report."""
+"""The evaluation report's content: which figures answer which question, laid out by engine.report.
+
+Also the one home of what each figure is called and how it is read, used by the HTML report
+and the app alike. The verdict rule reads each figure against its real-vs-real reference —
+the same measurement between two sets of real data — because a bare FID or FRD means nothing
+to a reader:
+
+* distances (FID, FRD, MMD, ...; lower is closer): ratio = synthetic-vs-real / real-vs-real;
+  up to 2 "close to your data", up to 5 "somewhat unlike your data", above that "far from your data";
+* scores (Dice, accuracy; higher is better), against the same score of real data:
+  at least 90% of it "as good as real data", at least 70% "below real data", else "far below real data";
+* diversity (mean pairwise MS-SSIM; lower is more diverse): within 0.05 of the real data's
+  "as diverse as your data", else "less diverse than your data";
+* nearest-training correlation: no higher than any held-out real case's "no closer to training
+  images than new real cases", else "closer to a training image than any new real case".
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine import report as r
+
+CLOSE_RATIO, FAR_RATIO = 2.0, 5.0
+GOOD_SHARE, FAIR_SHARE = 0.9, 0.7
+DIVERSITY_SLACK = 0.05
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    reference: str | None = None  # the key of the real-vs-real figure shown beside it
+    rule: str | None = None  # "distance", "score", "diversity" or "closeness": how its verdict is read
+
+
+def _catalogue() -> dict[str, Figure]:
+    f: dict[str, Figure] = {}
+    for dim in (64, 192, 768, 2048):
+        f[f"fid_{dim}"] = Figure(f"Fréchet Inception distance ({dim} features)", f"fid_{dim}_real_vs_real", "distance")
+        f[f"kid_{dim}"] = Figure(f"Kernel Inception distance ({dim} features)")
+        f[f"kid_{dim}_std"] = Figure(f"Kernel Inception distance ({dim} features), spread")
+        f[f"mifid_{dim}"] = Figure(f"Memorization-informed FID ({dim} features)")
+    f.update({
+        "frd": Figure("Fréchet radiomics distance", "frd_real_vs_real", "distance"),
+        "mmd": Figure("Maximum mean discrepancy (radiomics)", "mmd_real_vs_real", "distance"),
+        "fd_net": Figure("Fréchet distance on your feature network", "fd_net_real_vs_real", "distance"),
+        "ms_ssim_synth": Figure("Similarity among samples (MS-SSIM; lower is more diverse)", "ms_ssim_real",
+                                "diversity"),
+        "nn_corr_max": Figure("Highest correlation with a training image", "nn_corr_max_real_vs_train", "closeness"),
+        "nn_corr_median": Figure("Median correlation with the nearest training image"),
+        "nn_share_above": Figure("Share of samples above the copy threshold"),
+        "mask_dice": Figure("Image–mask agreement (Dice)", "mask_dice_real", "score"),
+        "class_fidelity": Figure("Class fidelity (classifier accuracy)", "class_fidelity_real", "score"),
+        "dice_real": Figure("Segmentation Dice, trained on real"),
+        "dice_synth": Figure("Segmentation Dice, trained on synthetic", "dice_real", "score"),
+        "dice_both": Figure("Segmentation Dice, trained on real + synthetic", "dice_real", "score"),
+        "iou_real": Figure("Segmentation IoU, trained on real"),
+        "iou_synth": Figure("Segmentation IoU, trained on synthetic", "iou_real", "score"),
+        "iou_both": Figure("Segmentation IoU, trained on real + synthetic", "iou_real", "score"),
+        "dice_ratio_synth_real": Figure("Dice ratio, synthetic / real"),
+        "dice_ratio_both_real": Figure("Dice ratio, real + synthetic / real"),
+        "accuracy_real": Figure("Classifier accuracy, trained on real"),
+        "accuracy_synth": Figure("Classifier accuracy, trained on synthetic", "accuracy_real", "score"),
+        "accuracy_both": Figure("Classifier accuracy, trained on real + synthetic", "accuracy_real", "score"),
+        "accuracy_ratio_synth_real": Figure("Accuracy ratio, synthetic / real"),
+        "accuracy_ratio_both_real": Figure("Accuracy ratio, real + synthetic / real"),
+    })
+    return f
+
+
+FIGURES = _catalogue()
+REFERENCES = {fig.reference for fig in FIGURES.values() if fig.reference}
+
+
+def verdict(rule: str | None, value: float | None, reference: float | None) -> str:
+    """A plain reading of one figure against its real-vs-real reference (the rule in the module text)."""
+    if rule is None or not _ok(value) or not _ok(reference):
+        return ""
+    if rule == "distance":
+        if reference <= 0:  # an unbiased MMD can estimate real vs real at 0: no ratio, only "as close"
+            return "close to your data" if value <= 0 else ""
+        ratio = value / reference
+        return ("close to your data" if ratio <= CLOSE_RATIO else
+                "somewhat unlike your data" if ratio <= FAR_RATIO else "far from your data")
+    if rule == "score":
+        if reference <= 0:
+            return ""
+        share = value / reference
+        return ("as good as real data" if share >= GOOD_SHARE else
+                "below real data" if share >= FAIR_SHARE else "far below real data")
+    if rule == "diversity":
+        return "as diverse as your data" if value <= reference + DIVERSITY_SLACK else "less diverse than your data"
+    if rule == "closeness":
+        return ("no closer to training images than new real cases" if value <= reference else
+                "closer to a training image than any new real case")
+    return ""
+
+
+def named_figures(figures: dict[str, float]) -> list[tuple[str, str, float, float | None, str]]:
+    """(key, name, value, real-vs-real reference or None, verdict) for every figure that is not itself
+    a reference, in the catalogue's order; a figure the catalogue lacks keeps its key as name."""
+    known = [k for k in FIGURES if k in figures]
+    rest = sorted(k for k in figures if k not in FIGURES and k not in REFERENCES)
+    rows = []
+    for key in known + rest:
+        fig = FIGURES.get(key, Figure(key))
+        ref = figures.get(fig.reference) if fig.reference else None
+        rows.append((key, fig.name, figures[key], ref, verdict(fig.rule, figures[key], ref)))
+    return rows
+
+
+def report_path(synth_path: str | Path) -> Path:
+    p = Path(synth_path)
+    return p.with_name(p.stem + "_report.html")
 
 
 def picture(image: np.ndarray) -> np.ndarray:
@@ -29,20 +137,44 @@ def _pct(v: float) -> str:
     return f"{100 * v:.0f}%"
 
 
+def _read(figures: dict[str, float], key: str) -> str:
+    """One figure in words: its name, value, real-vs-real reference and verdict."""
+    fig = FIGURES[key]
+    ref = figures.get(fig.reference) if fig.reference else None
+    text = f"{fig.name} {figures[key]:.2f}"
+    if _ok(ref):
+        text += f" (between real sets {ref:.2f})"
+    v = verdict(fig.rule, figures[key], ref)
+    return f"{text}: {v}" if v else text
+
+
+def _not_measured_utility(summary: dict[str, Any]) -> str:
+    """Why the downstream question has no answer: the user's choice, a stop, or missing masks."""
+    settings = summary.get("settings") or {}
+    if settings.get("utility") is False or "utility" in (settings.get("skip") or []):
+        return "not measured: switched off"
+    reason = (summary.get("utility") or {}).get("not_measured")
+    if reason:
+        return f"not measured: {reason}"
+    if summary.get("complete") is False:
+        return "not measured: the evaluation was stopped before this step"
+    return "not measured: needs masks in every set"
+
+
 def answers(figures: dict[str, float], summary: dict[str, Any]) -> list[tuple[str, str]]:
     f = figures
     like = []
     if _ok(f.get("fid_2048")):
-        like.append(f"FID-2048 {f['fid_2048']:.2f} (real vs real {f.get('fid_2048_real_vs_real', float('nan')):.2f})")
+        like.append(_read(f, "fid_2048"))
     elif summary.get("fid", {}).get("available") is False:
         like.append("FID not computed (no Inception weights file)")
     if _ok(f.get("frd")):
-        like.append(f"FRD {f['frd']:.2f} (real vs real {f.get('frd_real_vs_real', float('nan')):.2f})")
+        like.append(_read(f, "frd"))
     diverse = "not measured"
     if _ok(f.get("ms_ssim_synth")) and _ok(f.get("ms_ssim_real")):
         s, real = f["ms_ssim_synth"], f["ms_ssim_real"]
-        verdict = "as diverse as the real data" if s <= real + 0.05 else "less diverse than the real data"
-        diverse = f"mean pairwise MS-SSIM {s:.3f} vs {real:.3f} among real images (lower = more diverse): {verdict}"
+        diverse = (f"mean pairwise MS-SSIM {s:.3f} vs {real:.3f} among real images (lower = more diverse): "
+                   f"{verdict('diversity', s, real)}")
     copies = "not measured"
     mem = summary.get("memorization")
     if mem:
@@ -54,15 +186,16 @@ def answers(figures: dict[str, float], summary: dict[str, Any]) -> list[tuple[st
             # Unrelated patients share anatomy too: the held-out real cases say what "close" means here.
             copies += (f" (held-out real cases: {_pct(mem['real_vs_train'].get('share_above', 0))} above, "
                        f"highest {ref:.3f})")
-    helps = "not measured (needs masks in both sets)"
+    helps = _not_measured_utility(summary)
     if _ok(f.get("dice_real")) and _ok(f.get("dice_synth")):
         helps = (f"Dice on held-out real data: trained on synthetic {f['dice_synth']:.3f}, on real "
                  f"{f['dice_real']:.3f} ({_pct(f.get('dice_ratio_synth_real', float('nan')))} of real)")
         if _ok(f.get("dice_both")):
             helps += f"; on both {f['dice_both']:.3f} ({_pct(f.get('dice_ratio_both_real', float('nan')))})"
+        helps += f": {verdict('score', f['dice_synth'], f['dice_real'])}"
     elif _ok(f.get("accuracy_real")) and _ok(f.get("accuracy_synth")):
         helps = (f"classifier accuracy on held-out real data: synthetic {f['accuracy_synth']:.3f}, real "
-                 f"{f['accuracy_real']:.3f}")
+                 f"{f['accuracy_real']:.3f}: {verdict('score', f['accuracy_synth'], f['accuracy_real'])}")
     return [("Is it like my data?", "; ".join(like) or "not measured"), ("Is it diverse?", diverse),
             ("Does it copy patients?", copies), ("Does it help segmentation?", helps)]
 
@@ -81,8 +214,9 @@ def _distances(figures: dict, summary: dict) -> str:
     fid = summary.get("fid", {})
     parts = []
     if fid.get("available"):
-        rows = [[f"FID-{dim}", v["block"], v["fid"], v["real_vs_real"]] for dim, v in fid["values"].items()]
-        parts.append(r.table(rows, ["figure", "Inception block", "synthetic vs real", "real vs real"]))
+        rows = [[f"FID-{dim}", v["block"], v["fid"], v["real_vs_real"],
+                 verdict("distance", v["fid"], v["real_vs_real"])] for dim, v in fid["values"].items()]
+        parts.append(r.table(rows, ["figure", "Inception block", "synthetic vs real", "real vs real", "reading"]))
         parts.append(f"<p class='sub'>Inception weights: {r._esc(fid['weights'])}, sha256 "
                      f"{r._esc(fid['sha256'][:16])}…. Each depth is its own scale: compare values only within a "
                      "row.</p>")
@@ -92,17 +226,16 @@ def _distances(figures: dict, summary: dict) -> str:
     else:
         parts.append(f"<p class='warn'>{r._esc(fid.get('note', 'FID was not computed.'))}</p>")
     rows = []
-    for key, label in (("frd", "Fréchet Radiomics Distance"), ("mmd", "MMD")):
-        if _ok(figures.get(key)):
-            rows.append([label, figures[key], figures.get(f"{key}_real_vs_real")])
     net = summary.get("features_net")
-    if net:
-        rows.append([f"Fréchet distance, {Path(net['path']).name} features ({net['dim']})", net["value"],
-                     net["real_vs_real"]])
-    if _ok(figures.get("mifid_2048")):
-        rows.append(["MiFID-2048 (penalises memorized samples)", figures["mifid_2048"], None])
+    for key in ("frd", "mmd", "fd_net", "mifid_2048"):
+        if _ok(figures.get(key)):
+            fig = FIGURES[key]
+            name = f"{fig.name} ({Path(net['path']).name}, {net['dim']} features)" if key == "fd_net" and net \
+                else fig.name
+            ref = figures.get(fig.reference) if fig.reference else None
+            rows.append([name, figures[key], ref, verdict(fig.rule, figures[key], ref)])
     if rows:
-        parts.append(r.table(rows, ["distance", "synthetic vs real", "real vs real"]))
+        parts.append(r.table(rows, ["distance", "synthetic vs real", "real vs real", "reading"]))
     shifts = summary.get("frd", {}).get("largest_shifts_sd")
     if shifts:
         parts.append("<p>Radiomic features furthest from the real data (synthetic mean − real mean, in real "
@@ -172,7 +305,7 @@ def _utility(summary: dict) -> str:
 
 
 def build_report(synth_path: Path, figures: dict, summary: dict, sets: dict, extras: dict) -> Path:
-    path = synth_path.with_name(synth_path.stem + "_report.html")
+    path = report_path(synth_path)
     notes = "".join(f"<p class='warn'>{r._esc(n)}</p>" for n in summary.get("notes", []))
     if not summary.get("complete", True):
         notes += "<p class='warn'>The evaluation was stopped: only the figures above were computed.</p>"

@@ -129,24 +129,24 @@ class SampleJob:
         if sampler_name not in SAMPLERS:
             raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(SAMPLERS)}")
         if n < 1 or steps < 1 or batch < 1:
-            raise InputError(None, "--n, --steps and --batch must be positive")
+            raise InputError(None, "the number of samples, sampler steps and batch size must be positive")
         self.checkpoint, self.n, self.out = checkpoint, int(n), Path(out)
         self.sampler_name, self.steps, self.seed = sampler_name, int(steps), int(seed)
         self.class_index, self.class_mix, self.guidance = class_index, class_mix, float(guidance)
         self.batch, self.device, self.overwrite = int(batch), device, overwrite
         if self.out.exists() and not overwrite:
-            raise InputError(self.out, "already exists; choose another name or pass --force")
+            raise InputError(self.out, "already exists; choose another name or allow overwriting it")
 
     def _labels(self, gen: Generator, seeds: np.ndarray) -> np.ndarray | None:
         k = gen.num_classes
         if k == 0:
             if self.class_index is not None or self.class_mix:
-                raise InputError(gen.ckpt, "this model is not class-conditional; drop --class / --class-mix")
+                raise InputError(gen.ckpt, "this model is not class-conditional; ask for no class or class mix")
             return None
         names = gen.class_names or [str(i) for i in range(k)]
         if self.class_index is not None:
             if not 0 <= self.class_index < k:
-                raise InputError(None, f"--class {self.class_index}: the model has classes 0..{k - 1}")
+                raise InputError(None, f"class {self.class_index} was asked for; the model has classes 0..{k - 1}")
             return np.full(len(seeds), self.class_index, np.int64)
         mix = parse_class_mix(self.class_mix, names) if self.class_mix else {i: 1.0 / k for i in range(k)}
         return np.array([class_for_seed(int(s), mix) for s in seeds], np.int64)

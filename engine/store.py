@@ -9,6 +9,7 @@ gallery) opened mid-run, or after a crash, trusts exactly the first
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ class SampleWriter:
                  mask_coding: dict[int, int] | None = None) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
-            raise InputError(self.path, "already exists; choose another name or pass --force")
+            raise InputError(self.path, "already exists; choose another name or allow overwriting it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.n = int(n)
         self.count = 0
@@ -148,6 +149,41 @@ def open_file(path: str | Path) -> h5py.File:
         raise InputError(path, "does not exist") from None
     except OSError as exc:
         raise InputError(path, f"is not a readable HDF5 file ({exc.args[0] if exc.args else exc})") from None
+    if f.attrs.get("format") != FORMAT or "images" not in f:
+        f.close()
+        raise InputError(path, "is HDF5 but not a MedSynth file (no format='medsynth' attribute or /images)")
+    return f
+
+
+def open_for_update(path: str | Path, wait_s: float = 1.0) -> h5py.File:
+    """Open a MedSynth file read-write to add results (/metrics), or fail with one line naming it.
+
+    A long job calls this before its work, so minutes of computing never end in a file it cannot
+    write. HDF5 refuses a read-write open while this process holds the file read-only; the app's
+    readers hold it only for a moment (a batch of thumbnails), so that refusal is retried briefly.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            f = h5py.File(path, "r+", locking=False)
+            break
+        except FileNotFoundError:
+            raise InputError(path, "does not exist") from None
+        except PermissionError:
+            raise InputError(path, "is read-only, so the results cannot be written into it; make it writable "
+                                   "or evaluate a copy") from None
+        except OSError as exc:
+            text = str(exc)
+            if "already open for read-only" in text and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            if "already open for read-only" in text:
+                fault = "is held open read-only elsewhere in this program, so the results cannot be written into it"
+            elif "errno = 30" in text or "errno = 13" in text:
+                fault = "is read-only, so the results cannot be written into it; make it writable or evaluate a copy"
+            else:
+                fault = f"cannot be opened for writing ({exc.args[0] if exc.args else exc})"
+            raise InputError(path, fault) from None
     if f.attrs.get("format") != FORMAT or "images" not in f:
         f.close()
         raise InputError(path, "is HDF5 but not a MedSynth file (no format='medsynth' attribute or /images)")

@@ -85,7 +85,7 @@ class EMA:
 
 def pick_device(requested: str) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda was asked for but no CUDA GPU is available to torch")
+        raise InputError(None, "a CUDA GPU was asked for but torch finds none on this machine")
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
@@ -136,8 +136,8 @@ class TrainJob:
                 raise ValueError("a config is needed for a new run")
             if checkpoints.latest(self.run_dir) is not None or \
                     checkpoints.latest(autoencoder.stage_dir(self.run_dir)) is not None:
-                raise InputError(self.run_dir, "already holds a training run; pass --resume to continue it "
-                                               "or choose a new --out")
+                raise InputError(self.run_dir, "already holds a training run; resume it to continue, or "
+                                               "choose a new run folder")
             self.ckpt = None
             self.cfg = cfg
         if steps is not None:

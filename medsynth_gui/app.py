@@ -39,9 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setStyle("Fusion")
     dark_palette(app)
 
+    from medsynth_gui import logfile
+
+    logfile.install()  # needs the application's name: the log folder is named after it
+
     from medsynth_gui.main_window import MainWindow
 
     win = MainWindow()
+    logfile.install_excepthook(win.show_error)
     win.show()
     if args.file:
         win.open_path(args.file)

@@ -364,7 +364,7 @@ class Gallery(QWidget):
             self.header.setText(self.title)
         else:
             self.header.setText(f"{Path(m.path).name} — {m.n_planned} samples ({m.n_complete} complete)")
-        shape = m.file["images"].shape if m.file is not None else ()
+        shape = m.shape
         spatial = "×".join(str(s) for s in shape[2:])
         kind = {"synthetic": "Synthetic samples", "real": "Real data"}.get(str(m.attrs.get("kind", "")), "")
         bits = [kind, f"{'3D volumes' if m.volume else '2D images'} {spatial}"]
@@ -377,7 +377,7 @@ class Gallery(QWidget):
         if m.n_complete < m.n_planned:
             bits.append("<b>still being written</b>")
         text = " · ".join(b for b in bits if b)
-        if m.file is not None and "masks" in m.file:
+        if m.has_masks:
             labels = sorted(m.label_names.items()) or [(1, "label 1")]
             legend = "&nbsp;&nbsp;".join(
                 f"<span style='color:rgb{label_colour(k)}; font-weight:bold'>■</span> {escape(name)}"

@@ -2,16 +2,19 @@
 
 Thumbnails are read one sample at a time, only when the view paints them, and in
 small time slices on the GUI thread so that scrolling never waits on a whole page of
-reads. The file stays open in the model; a file that a sampling job is still writing
-is re-opened on refresh, because HDF5 caches metadata per open file and would keep
-showing the old n_complete.
+reads. The file is open only during one such slice and closed before control returns
+to the event loop: HDF5 refuses a read-write open of a file that this process holds
+read-only, so a handle kept across turns would make an evaluation of the shown file
+fail when it writes its figures. Opening per slice also reads a fresh n_complete from
+a file that a sampling job is still writing.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -111,7 +114,9 @@ class ThumbnailModel(QAbstractListModel):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.path = ""
-        self.file: h5py.File | None = None
+        self.file: h5py.File | None = None  # open only inside reading(), never across event-loop turns
+        self.shape: tuple[int, ...] = ()  # /images, as found at the last look
+        self.has_masks = False
         self.attrs: dict = {}
         self.n_planned = 0
         self.n_complete = 0
@@ -138,14 +143,11 @@ class ThumbnailModel(QAbstractListModel):
     # ---- file ----
     def load(self, path: str | Path) -> None:
         """Open a MedSynth file; raises InputError naming it. Reads labels and seeds, never images."""
-        if self.path and Path(path).resolve() == Path(self.path).resolve():
-            # The same file again: let go first, or HDF5 would hand back the old cached metadata.
-            self._release()
         try:
             f, a, shape = self._open_checked(path)
         except InputError:
-            if self.file is None and self.path:
-                self.unload()  # the file shown is gone: show nothing rather than a detached model
+            if self.path and Path(path).resolve() == Path(self.path).resolve():
+                self.unload()  # the file shown is gone: show nothing rather than a model of a missing file
             raise
         self.beginResetModel()
         try:
@@ -154,6 +156,9 @@ class ThumbnailModel(QAbstractListModel):
             self._forget()
             raise InputError(path, f"could not be read ({exc})") from None
         finally:
+            self._release()
+            if f.id.valid:
+                f.close()
             self.endResetModel()
 
     def _take(self, path: str | Path, f: h5py.File, a: dict, shape: tuple[int, ...]) -> None:
@@ -162,6 +167,7 @@ class ThumbnailModel(QAbstractListModel):
         self.class_filter = None
         self._bind(f)
         self.volume = len(shape) == 5
+        self.shape, self.has_masks = tuple(shape), "masks" in f
         self.n_planned = int(a.get("n_planned", shape[0]))
         self.class_names = [str(c) for c in (a.get("class_names") or [])]
         self.label_names = {int(k): str(v) for k, v in (a.get("label_names") or {}).items()}
@@ -205,10 +211,11 @@ class ThumbnailModel(QAbstractListModel):
         self.path, self.attrs, self.rows = "", {}, np.zeros(0, np.int64)
         self.n_complete = self.n_planned = 0
         self.labels = self.seeds = None
+        self.shape, self.has_masks = (), False
         self.class_filter = None
 
     def _bind(self, f: h5py.File) -> None:
-        # Dataset handles are kept: looking them up per thumbnail costs as much as reading one.
+        # Dataset handles are kept for the slice: looking them up per thumbnail costs as much as reading one.
         self.file = f
         self._images = f["images"]
         self._masks = f["masks"] if "masks" in f else None
@@ -217,6 +224,18 @@ class ThumbnailModel(QAbstractListModel):
         if self.file is not None and self.file.id.valid:
             self.file.close()
         self.file = self._images = self._masks = None
+
+    @contextmanager
+    def reading(self) -> Iterator[h5py.File]:
+        """The file, open for one batch of reads and closed after it (a nested call reuses the open file)."""
+        if self.file is not None:
+            yield self.file
+            return
+        self._bind(open_file(self.path))
+        try:
+            yield self.file  # type: ignore[misc]
+        finally:
+            self._release()
 
     def close(self) -> None:
         self._release()
@@ -228,15 +247,13 @@ class ThumbnailModel(QAbstractListModel):
     def reopen(self) -> tuple[int, int]:
         """Re-read n_complete (re-opening the file) and append new rows; returns (before, after)."""
         before = self.n_complete
-        # Close first: HDF5 shares one metadata cache between handles of a file in a process.
-        self._release()
-        f = open_file(self.path)
-        self._bind(f)
-        now = n_complete(f)
-        if now < before:
-            return before, now  # a new run replaced the file under the same name: the caller starts over
-        if now > before:
+        with self.reading() as f:
+            now = n_complete(f)
+            if now < before:
+                return before, now  # a new run replaced the file under the same name: the caller starts over
+            self.shape = tuple(f["images"].shape)
             self._grow(now)
+        if now > before:
             new = self._matching(before, now)
             if len(new):
                 self.beginInsertRows(QModelIndex(), len(self.rows), len(self.rows) + len(new) - 1)
@@ -322,7 +339,8 @@ class ThumbnailModel(QAbstractListModel):
 
     def render(self, sample: int) -> QImage:
         """The thumbnail of one sample, read and drawn now (the view's path goes through the queue)."""
-        image, mask = self._read(sample)
+        with self.reading():
+            image, mask = self._read(sample)
         if mask is not None:
             self._present[sample] = tuple(int(v) for v in np.unique(mask) if v > 0)
         return render_thumbnail(image, mask, self.window or (0.0, 1.0), self.size, self.aspect)
@@ -345,6 +363,19 @@ class ThumbnailModel(QAbstractListModel):
             self._timer.start()
 
     def _load_some(self) -> None:
+        try:
+            with self.reading():
+                self._load_slice()
+        except (InputError, OSError):
+            # The file went away or was replaced mid-write: the poll or the next open says so; show crosses.
+            for sample in [*self._queue, *self._ahead]:
+                self._store(sample, self._error_pixmap())
+            self._queue.clear()
+            self._ahead = []
+            if len(self.rows):
+                self.dataChanged.emit(self.index(0), self.index(len(self.rows) - 1), [Qt.ItemDataRole.DecorationRole])
+
+    def _load_slice(self) -> None:
         start = time.perf_counter()
         done: list[int] = []
         visible = bool(self._queue)
@@ -396,7 +427,7 @@ class ThumbnailModel(QAbstractListModel):
             if pix is not None:
                 self._cache.move_to_end(sample)
                 return pix
-            if self.file is not None:
+            if self.path:
                 self._queue[sample] = None
                 self._queue.move_to_end(sample)
                 while len(self._queue) > 1024:

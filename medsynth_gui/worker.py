@@ -2,20 +2,22 @@
 
 Events are throttled to about ten updates a second (losses batched, only the
 latest progress kept) so a fast job cannot flood the event loop; stop, sample-now
-and save-now travel as plain requests that the job polls every step.
+and save-now travel as plain requests that the job polls every step. A job's bad input
+reaches its panel as one line; a bug's traceback goes to the log file, and the panel
+says where.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from engine.errors import InputError
 from engine.jobs import Done, Failed, Loss, Progress, Requests
+from medsynth_gui.logfile import record_failure
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 0.1
@@ -81,9 +83,12 @@ class _Worker(QObject):
 
             result = self.job.run(emit, self.requests.cancelled)
             outcome = events[-1] if events else Done(result or {})
-        except BaseException as exc:  # noqa: BLE001 — every failure must reach the panel, not kill the app
-            log.error("job failed:\n%s", traceback.format_exc())
+        except InputError as exc:
+            log.info("%s stopped on bad input: %s", type(self.job).__name__, exc)
             outcome = Failed(describe_failure(exc), exc)
+        except BaseException as exc:  # noqa: BLE001 — every failure must reach the panel, not kill the app
+            where = record_failure(exc, f"{type(self.job).__name__} failed")
+            outcome = Failed(f"{describe_failure(exc)} (details in {where})", exc)
         self._flush()
         self.finished.emit(outcome)
         # The thread ends itself so that JobRunner.wait() can block without a deadlock.

@@ -90,7 +90,7 @@ def test_bad_options_are_one_line_too(tiny_run, tmp_path, capsys):
     assert main(["sample", str(tmp_path / "norun"), "--n", "2", "--out", str(tmp_path / "x.h5")]) == 2
     assert "norun: does not exist" in error_line(capsys)
     assert main(["sample", str(tiny_run), "--n", "2", "--out", str(tmp_path / "x.h5"), "--class", "7"]) == 2
-    assert "--class 7" in error_line(capsys)
+    assert "class 7 was asked for; the model has classes 0..3" in error_line(capsys)
 
 
 def test_info_describes_files_and_runs(tiny_run, tmp_path, capsys):

@@ -245,3 +245,21 @@ def test_screenshot_of_64_phantoms(qtbot, tmp_path):
     shot = g.grab()
     assert shot.save(str(ARTIFACTS / "gallery.png"))
     assert pixels(shot.toImage()).std() > 10
+
+
+def test_the_gallery_holds_no_handle_between_event_loop_turns(gallery, qtbot, tmp_path, phantoms32):
+    """HDF5 refuses a read-write open of a file this process holds read-only: an evaluation of the file
+    shown writes its figures while the gallery is open, so the gallery must let go after each read."""
+    path = write_image_set(tmp_path / "ph.h5", phantoms32)
+    gallery.open_file(path)
+    settle(qtbot, gallery)
+    gallery.view.scrollToBottom()
+    settle(qtbot, gallery)
+    with h5py.File(path, "r+", locking=False) as f:
+        f.require_group("metrics").attrs["frd"] = 1.0
+        # A writer holding the file does not block the gallery: its reads share the writer's handle.
+        gallery.set_thumbnail_size(128)
+        settle(qtbot, gallery)
+        assert gallery.thumbnail(3).width() == 128
+        gallery.refresh()
+    assert gallery.count() == 64 and gallery.model.file is None

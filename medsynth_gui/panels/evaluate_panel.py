@@ -1,7 +1,8 @@
 """Evaluate page: run `medsynth evaluate` in the worker, then show the answers, figures and plots.
 
 FID values of different Inception depths stay in a table, one row each: they are on
-different scales, and a shared axis would invite comparing them.
+different scales, and a shared axis would invite comparing them. Figure names and their
+verdicts come from engine.evaluate_report, which the HTML report uses too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QImage, QPixmap
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -35,8 +36,8 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
-from engine.evaluate import EvalSettings, EvaluateJob
-from engine.evaluate_report import answers
+from engine.evaluate import EvalSettings, EvaluateJob, default_training_data
+from engine.evaluate_report import answers, named_figures
 from engine.jobs import Done, Message, Progress
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
@@ -73,6 +74,7 @@ class EvaluatePanel(QWidget):
         self.runner.failed.connect(self._on_failed)
         self.runner.running_changed.connect(self._on_running)
         self.result: dict | None = None
+        self._prefilled = ""  # the training data this panel filled in itself, replaced when the file changes
         self._build()
 
     # ------------------------------------------------------------------ layout
@@ -83,7 +85,8 @@ class EvaluatePanel(QWidget):
         form = QFormLayout(box)
         data = "Data (*.h5 *.npz *.nii *.nii.gz)"
         self.synth_edit = self._path_field(form, "Synthetic", "synthetic .h5 file", "MedSynth HDF5 (*.h5 *.hdf5)")
-        self.real_edit = self._path_field(form, "Real (test)", "held-out real data (optional)", data, folders=True)
+        self.real_edit = self._path_field(form, "Real (test)", "held-out real data (optional: else a fifth of the "
+                                          "training data)", data, folders=True)
         self.train_edit = self._path_field(form, "Training data", "the generator's training data (default: "
                                            "recorded in the file)", data, folders=True)
         self.weights_edit = self._path_field(form, "FID weights", "pt_inception-2015-12-05-6726825d.pth (optional)",
@@ -118,14 +121,33 @@ class EvaluatePanel(QWidget):
         for b in (self.go_btn, self.stop_btn, self.report_btn):
             row.addWidget(b)
         left.addLayout(row)
+        # The report's path, selectable and copyable: a machine without a browser cannot open it. A read-only
+        # field scrolls a long path instead of widening the page.
+        report_row = QHBoxLayout()
+        self.report_path = QLineEdit(readOnly=True)
+        self.report_path.setPlaceholderText("the report's path appears here")
+        self.copy_btn = QPushButton("Copy path")
+        self.copy_btn.setToolTip("Copy the report's path to the clipboard")
+        self.copy_btn.clicked.connect(self.copy_report_path)
+        self.copy_btn.setEnabled(False)
+        report_row.addWidget(QLabel("Report"))
+        report_row.addWidget(self.report_path, 1)
+        report_row.addWidget(self.copy_btn)
+        left.addLayout(report_row)
         self.progress = QProgressBar()
         self.status, self.error = status_labels()
         left.addWidget(self.progress)
         left.addWidget(self.status)
         left.addWidget(self.error)
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["figure", "value"])
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["figure", "value", "real vs real", "reading"])
+        header = self.table.horizontalHeader()
+        for col, mode in enumerate((QHeaderView.ResizeMode.Stretch, QHeaderView.ResizeMode.ResizeToContents,
+                                    QHeaderView.ResizeMode.ResizeToContents, QHeaderView.ResizeMode.Stretch)):
+            header.setSectionResizeMode(col, mode)
+        self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideNone)
+        header.sectionResized.connect(lambda *_: self.table.resizeRowsToContents())  # wrapped names stay whole
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         left.addWidget(self.table, 1)
@@ -208,6 +230,21 @@ class EvaluatePanel(QWidget):
 
     def set_file(self, path: str) -> None:
         self.synth_edit.setText(path)
+        self._prefill_training_data()
+
+    def _prefill_training_data(self) -> bool:
+        """Show the training data the evaluation will use by default (the recorded path, or the bundled
+        demo phantoms for a demo output), unless the user chose some. False: the file is unreadable."""
+        current = self.train_edit.text().strip()
+        if current and current != self._prefilled:
+            return True
+        try:
+            found = default_training_data(self.synth_edit.text().strip())
+        except InputError:
+            return False  # the evaluation says what is wrong with the file when it starts
+        self._prefilled = str(found) if found is not None else ""
+        self.train_edit.setText(self._prefilled)
+        return True
 
     # ------------------------------------------------------------------ running
     def settings(self) -> EvalSettings:
@@ -220,6 +257,12 @@ class EvaluatePanel(QWidget):
 
     def start(self) -> None:
         self.error.hide()
+        readable = self._prefill_training_data()
+        synth = self.synth_edit.text().strip()
+        if readable and not self.train_edit.text().strip() and not self.real_edit.text().strip():
+            self._on_failed(f"{Path(synth).name} records no training data that still exists: choose "
+                            "Real (test) or Training data above.")
+            return
         try:
             job = EvaluateJob(self.synth_edit.text().strip(), self.real_edit.text().strip() or None,
                               self.train_edit.text().strip() or None, self.settings())
@@ -268,11 +311,16 @@ class EvaluatePanel(QWidget):
         self.result = r
         figures, summary = r.get("figures", {}), r.get("summary", {})
         self.table.setRowCount(0)
-        for key, value in sorted(figures.items()):
+        for key, name, value, ref, reading in named_figures(figures):
             row = self.table.rowCount()
             self.table.insertRow(row)
-            self.table.setItem(row, 0, QTableWidgetItem(key))
-            self.table.setItem(row, 1, QTableWidgetItem(f"{value:.4f}"))
+            item = QTableWidgetItem(name)
+            item.setData(Qt.ItemDataRole.UserRole, key)  # the /metrics attribute, for scripts and tests
+            item.setToolTip(f"stored in /metrics as {key}")
+            self.table.setItem(row, 0, item)
+            for col, text in ((1, f"{value:.4g}"), (2, "" if ref is None else f"{ref:.4g}"), (3, reading)):
+                self.table.setItem(row, col, QTableWidgetItem(text))
+        self.table.resizeRowsToContents()
         self.answer_texts = [text for _, text in answers(figures, summary)]
         rows = "".join(f"<tr><td style='padding:2px 12px 2px 0'><b>{html.escape(q)}</b></td>"
                        f"<td style='padding:2px 0'>{html.escape(a)}</td></tr>" for q, a in answers(figures, summary))
@@ -282,6 +330,8 @@ class EvaluatePanel(QWidget):
         self._show_pairs(r.get("pairs") or [])
         self._show_fid(summary.get("fid") or {})
         self.report_btn.setEnabled(bool(r.get("report")))
+        self.copy_btn.setEnabled(bool(r.get("report")))
+        self.report_path.setText(r.get("report") or "")
 
     def _plot_hist(self, corr: np.ndarray | None, threshold: float | None) -> None:
         self.hist_plot.clear()
@@ -344,4 +394,12 @@ class EvaluatePanel(QWidget):
 
     def open_report(self) -> None:
         if self.result and self.result.get("report"):
-            QDesktopServices.openUrl(QUrl.fromLocalFile(self.result["report"]))
+            path = self.result["report"]
+            if not QDesktopServices.openUrl(QUrl.fromLocalFile(path)):
+                self.status.setText("No browser could be started to open the report: copy its path and open it "
+                                    "in a browser.")
+
+    def copy_report_path(self) -> None:
+        if self.result and self.result.get("report"):
+            QGuiApplication.clipboard().setText(self.result["report"])
+            self.status.setText("Report path copied to the clipboard.")
