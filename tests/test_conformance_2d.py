@@ -210,3 +210,45 @@ def test_the_issue_reproduction_as_processes(tmp_path):
     model = json.loads((run / "config.json").read_text())["model"]
     assert model["mask_labels"] == 3 and model["in_channels"] == 1 + 2
     assert "2 labels" in done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------- reading: partners and folders (no training)
+
+
+def test_a_nifti_folder_reads_as_the_slices_of_every_file(tmp_path):
+    """README: "NIfTI file or folder ... axial slices". Each file with its `_seg` partner, the partners not
+    read as images of their own."""
+    from engine.data import load_images, read_nifti
+
+    corpus = C.nifti_geometry(tmp_path / "nifti")
+    s = load_images(corpus.path)
+    one = [read_nifti(p) for p in sorted(corpus.path.glob("*.nii.gz")) if not p.name.endswith("_seg.nii.gz")]
+    assert len(s) == sum(len(x) for x in one) and s.masks is not None
+    assert set(np.unique(s.masks).tolist()) == {0, 1, 2}
+    code, text = C.cli("info", corpus.path)
+    assert code == 0 and f"{len(s)} image(s)" in text
+
+
+@pytest.mark.parametrize("layout", ["nnunet", "label-suffix"])
+def test_an_image_file_finds_its_label_file(tmp_path, layout):
+    """nnU-Net / MSD: imagesTr/CASE_0000.nii.gz pairs with labelsTr/CASE.nii.gz; elsewhere `_label` partners
+    pair like `_seg` ones."""
+    from engine.data import load_images
+
+    corpus = C.msd_folder(tmp_path / "Dataset042_BraTS", "nnunet", n=1)
+    image = corpus.path / "imagesTr" / "BRATS_001_0000.nii.gz"
+    if layout == "label-suffix":
+        loose = tmp_path / "loose"
+        loose.mkdir()
+        image = loose / "brain.nii.gz"
+        (corpus.path / "imagesTr" / "BRATS_001_0000.nii.gz").rename(image)
+        (corpus.path / "labelsTr" / "BRATS_001.nii.gz").rename(loose / "brain_label.nii.gz")
+    s = load_images(image)
+    assert s.masks is not None and set(np.unique(s.masks).tolist()) == {0, 1, 2}
+
+
+def test_info_gives_2d_pixel_spacing_in_x_y_order(tmp_path):
+    """README: spacing is (x, y[, z]). A PIR volume's axial pixels are 3 mm along x (R-L), 0.9 mm along y."""
+    corpus = C.nifti_pir_file(tmp_path / "pir")
+    code, text = C.cli("info", corpus.path)
+    assert code == 0 and "spacing: (3.0, 0.9)" in text, text

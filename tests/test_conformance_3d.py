@@ -220,3 +220,27 @@ def test_dicom_geometry_and_units_agree_with_nibabel(tmp_path):
     rows_towards = LPS_TO_RAS[:3, :3] @ C.dicom_orientation()[:, 1]  # the column direction (rows grow) in RAS
     assert float((bone - body) @ rows_towards) > 2.0
     assert s.images.min() >= -1024.0 - 1e-3  # air in HU, padding never below it
+
+
+def test_the_nifti_export_reads_back_as_the_samples(walked):
+    """Export, then read the exported folder the way training reads a source: the same cubes on the same grid."""
+    _only(walked, ["nifti-geometry", "dicom-oblique"])
+    walked.output("export")
+    attrs, arrays = walked.attrs(), walked.arrays()
+    spacing = tuple(float(v) for v in attrs["spacing"])
+    s = load_images(walked.export, volumes=VolumeOptions(size=SIZE, spacing=spacing, crop="center"))
+    assert len(s) == 2
+    np.testing.assert_allclose(s.spacing, spacing)
+    np.testing.assert_allclose(s.images, arrays["images"], atol=1e-3)
+    if "masks" in arrays:
+        assert np.array_equal(s.masks, arrays["masks"])
+
+
+def test_the_nnunet_export_reads_back_with_its_label_names(walked):
+    _only(walked, RAW)
+    walked.output("export")
+    dataset = walked.export / C.NNUNET_DATASET
+    spacing = tuple(float(v) for v in walked.attrs()["spacing"])
+    s = load_images(dataset, volumes=VolumeOptions(size=SIZE, spacing=spacing, crop="center"))
+    assert len(s) == 2 and s.label_names.get(1) == "edema" and s.label_names.get(2) == "tumour"
+    assert np.array_equal(s.masks, walked.arrays()["masks"])

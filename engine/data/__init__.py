@@ -14,6 +14,7 @@ from engine.data.readers import (
     read_folder_pairs,
     read_msd,
     read_nifti,
+    read_nifti_files,
     read_npz,
 )
 from engine.data.volumes import VolumeOptions, read_volumes
@@ -75,6 +76,12 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
         return read_msd(path)
     if (path / "images").is_dir():
         return read_folder_pairs(path, class_names=class_names)
+    niftis = [p for p in entries if p.is_file() and is_nifti(p)]
+    if niftis:
+        # The 3D reader's pairing of images with their masks, so a folder reads the same as slices or volumes.
+        from engine.data.volumes import _nifti_folder
+
+        return read_nifti_files([(c.image, c.mask) for c in _nifti_folder(path, sorted(niftis))], path)
     if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
         return read_folder_pairs(path, class_names=class_names)
     raise InputError(path, f"holds no data MedSynth can read; expected {_EXPECTED}")
