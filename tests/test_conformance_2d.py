@@ -186,7 +186,7 @@ def test_2d_nnunet_export_is_a_dataset_nnunet_accepts(walked):
     assert C.nnunet_problems(dataset) == []
     meta = json.loads((dataset / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "edema": 1, "tumour": 2}
-    assert not (dataset / "samples.csv").exists()
+    assert not list(dataset.rglob("*.csv")) and list(walked.export.glob("*samples.csv"))
     # nnU-Net 2D data: (x, y, 1) files with the generated pixel size.
     x, y = _resized_spacing(walked)
     lab = nib.load(str(next((dataset / "labelsTr").iterdir())))
@@ -252,3 +252,16 @@ def test_info_gives_2d_pixel_spacing_in_x_y_order(tmp_path):
     corpus = C.nifti_pir_file(tmp_path / "pir")
     code, text = C.cli("info", corpus.path)
     assert code == 0 and "spacing: (3.0, 0.9)" in text, text
+
+
+def test_a_2d_nifti_export_reads_back_upright_as_the_sample(walked):
+    """The exported (x, y, 1) file, read by the engine's own NIfTI reader, is the stored picture the same way up."""
+    _only(walked, ["nifti-pir"])
+    from engine.data import read_nifti
+
+    walked.output("export")
+    arrays = walked.arrays()
+    back = read_nifti(walked.export / "synth_00001.nii.gz")
+    assert back.images.shape == (1, 1, SIZE, SIZE)
+    np.testing.assert_allclose(back.images[0, 0], arrays["images"][1, 0], atol=1e-3)
+    assert np.array_equal(back.masks[0], arrays["masks"][1])
