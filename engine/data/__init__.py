@@ -14,7 +14,6 @@ from engine.data.readers import (
     read_folder_pairs,
     read_msd,
     read_nifti,
-    read_nifti_files,
     read_npz,
 )
 from engine.data.volumes import VolumeOptions, read_volumes
@@ -78,13 +77,22 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
         return read_folder_pairs(path, class_names=class_names)
     niftis = [p for p in entries if p.is_file() and is_nifti(p)]
     if niftis:
-        # The 3D reader's pairing of images with their masks, so a folder reads the same as slices or volumes.
-        from engine.data.volumes import _nifti_folder
-
-        return read_nifti_files([(c.image, c.mask) for c in _nifti_folder(path, sorted(niftis))], path)
+        return _read_nifti_folder(path, niftis)
     if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
         return read_folder_pairs(path, class_names=class_names)
     raise InputError(path, f"holds no data MedSynth can read; expected {_EXPECTED}")
+
+
+def _read_nifti_folder(path: Path, files: list[Path]) -> ImageSet:
+    """A folder of NIfTI files as the axial slices of every image, each with its mask partner paired as the 3D
+    reader pairs them, so that a folder holds the same cases read as slices or as volumes."""
+    from engine.data.readers import _slices_to_set
+    from engine.data.volumes import _nifti_folder
+
+    sets = [read_nifti(case.image, case.mask) for case in _nifti_folder(path, sorted(files))]
+    names = {k: v for s in sets for k, v in s.label_names.items()}
+    return _slices_to_set([(list(s.images), None if s.masks is None else list(s.masks), s.spacing) for s in sets],
+                          path, names)
 
 
 def _holds_volumes(path: Path) -> bool:

@@ -353,20 +353,11 @@ def read_nifti(path: str | Path, mask: str | Path | None = None) -> ImageSet:
         mask = next((c for c in candidates if c.is_file()), None)
     elif not Path(mask).is_file():
         raise InputError(mask, "does not exist")
-    return read_nifti_files([(path, None if mask is None else Path(mask))], path)
-
-
-def read_nifti_files(pairs: list[tuple[Path, Path | None]], source: Path) -> ImageSet:
-    """The axial slices of several NIfTI images, each with its mask or None, as one set named by `source`."""
-    slices, values = [], []
-    for image, mask in pairs:
-        volume, spacing = _load_volume(image, "image")
-        labels = _load_labels(mask, image, volume, None) if mask is not None else None
-        slices.append((*_axial_slices(volume, labels), spacing))
-        if labels is not None:
-            values.append(np.unique(labels))
-    names = _mask_label_names(np.concatenate(values)) if values else {}
-    return _slices_to_set(slices, source, names)
+    volume, spacing = _load_volume(path, "image")
+    labels = _load_labels(Path(mask), path, volume, None) if mask is not None else None
+    images, masks = _axial_slices(volume, labels)
+    names = _mask_label_names(labels) if labels is not None else {}
+    return _slices_to_set([(images, masks, spacing)], path, names)
 
 
 # ---------------------------------------------------------------- MSD / nnU-Net raw
