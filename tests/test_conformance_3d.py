@@ -24,6 +24,7 @@ KINDS = {
     "nnunet-dialect": (lambda d: C.msd_folder(d / "Dataset042_BraTS", "nnunet"), "nnunet"),
     "nifti-geometry": (lambda d: C.nifti_geometry(d / "nifti"), "nifti"),
     "dicom-oblique": (lambda d: C.dicom_series(d / "series")[0], "nifti"),
+    "medmnist-3d": (lambda d: C.medmnist(d / "organmnist3d.npz", "3d"), "nifti"),
 }
 RAW = ["msd-dialect", "nnunet-dialect"]
 MASKED = [*RAW, "nifti-geometry"]
@@ -69,6 +70,8 @@ def test_the_model_is_sized_by_what_the_data_holds(walked):
     model = walked.config()["model"]
     assert model["spatial_dims"] == 3 and model["image_channels"] == 1 and model["image_size"] == SIZE
     assert model["mask_labels"] == (3 if walked.kind in MASKED else 0)
+    assert model["num_classes"] == len(walked.corpus.class_names)  # MedMNIST3D's classes condition the volumes
+    assert walked.arrays()["images"].shape == (2, 1, SIZE, SIZE, SIZE)
 
 
 def test_label_values_and_names_survive_into_the_samples(walked):
@@ -83,6 +86,7 @@ def test_label_values_and_names_survive_into_the_samples(walked):
 
 
 def test_spacing_is_one_isotropic_size_that_fits_the_data(walked):
+    _only(walked, [*MASKED, "dicom-oblique"])  # MedMNIST keeps no spacing
     facts, attrs = walked.facts(), walked.attrs()
     spacing = np.asarray(facts["spacing"], float)
     assert spacing.shape == (3,) and np.allclose(spacing, spacing[0])
@@ -118,7 +122,7 @@ def test_no_patient_tag_or_absolute_path_leaves_with_the_samples(walked):
 
 
 def test_nifti_export_is_ras_with_the_file_s_affine(walked):
-    _only(walked, ["nifti-geometry", "dicom-oblique"])
+    _only(walked, ["nifti-geometry", "dicom-oblique", "medmnist-3d"])
     walked.output("export")
     affine = np.asarray(walked.attrs()["affine"], float)
     images = walked.arrays()["images"]
@@ -224,7 +228,7 @@ def test_dicom_geometry_and_units_agree_with_nibabel(tmp_path):
 
 def test_the_nifti_export_reads_back_as_the_samples(walked):
     """Export, then read the exported folder the way training reads a source: the same cubes on the same grid."""
-    _only(walked, ["nifti-geometry", "dicom-oblique"])
+    _only(walked, ["nifti-geometry", "dicom-oblique", "medmnist-3d"])
     walked.output("export")
     attrs, arrays = walked.attrs(), walked.arrays()
     spacing = tuple(float(v) for v in attrs["spacing"])

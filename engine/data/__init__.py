@@ -52,7 +52,7 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
     `split` picks the MedMNIST split; `class_names` names numeric classes of a .npz file (when
     the file has none) or of an image folder's labels.csv. With `volumes`, NIfTI files and
     folders, MSD / nnU-Net folders and DICOM series are read as whole size³ volumes
-    (`read_volumes`); .npz and .h5 files keep their own form either way.
+    (`read_volumes`); .npz and .h5 files keep their own form (a 3D .npz gives volumes only then).
     """
     path = Path(path)
     if not path.exists():
@@ -62,7 +62,7 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".npz":
-            return read_npz(path, split=split, class_names=class_names)
+            return read_npz(path, split=split, class_names=class_names, volumes=volumes is not None)
         if is_nifti(path):
             return read_nifti(path)
         if suffix in (".h5", ".hdf5"):
