@@ -272,3 +272,14 @@ def test_a_2d_nifti_export_reads_back_upright_as_the_sample(walked):
     assert back.images.shape == (1, 1, SIZE, SIZE)
     np.testing.assert_allclose(back.images[0, 0], arrays["images"][1, 0], atol=1e-3)
     assert np.array_equal(back.masks[0], arrays["masks"][1])
+
+
+def test_a_dicom_series_under_a_2d_preset_says_it_needs_a_3d_one(tmp_path):
+    """DICOM is read as volumes; with the default 2D preset a user got "holds no data MedSynth can read" and a list
+    of inputs that did not mention DICOM."""
+    corpus, _ = C.dicom_series(tmp_path / "patient" / "series")
+    for data in (corpus.path, corpus.path.parent):  # a series, and a folder of series
+        code, text = C.cli("train", data, "--out", tmp_path / "run", "--steps", "1")
+        assert code == 2 and len(text.strip().splitlines()) == 1, text
+        assert str(data) in text and "DICOM" in text and "3D preset" in text and "demo-3d" in text
+        assert not (tmp_path / "run").exists()

@@ -80,6 +80,9 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
         return _read_nifti_folder(path, niftis)
     if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
         return read_folder_pairs(path, class_names=class_names)
+    if is_dicom_folder(path) or any(is_dicom_folder(p) for p in entries):
+        raise InputError(path, "holds DICOM series, which MedSynth reads as whole volumes: train on it with a 3D "
+                               "preset (demo-3d, brain-64, brain-128 or ct-128)")
     raise InputError(path, f"holds no data MedSynth can read; expected {_EXPECTED}")
 
 
