@@ -80,6 +80,8 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
         return _read_nifti_folder(path, niftis)
     if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
         return read_folder_pairs(path, class_names=class_names)
+    from engine.data.dicom import is_dicom_folder
+
     if is_dicom_folder(path) or any(is_dicom_folder(p) for p in entries):
         raise InputError(path, "holds DICOM series, which MedSynth reads as whole volumes: train on it with a 3D "
                                "preset (demo-3d, brain-64, brain-128 or ct-128)")
@@ -89,7 +91,7 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
 def _read_nifti_folder(path: Path, files: list[Path]) -> ImageSet:
     """A folder of NIfTI files as the axial slices of every image, each with its mask partner paired as the 3D
     reader pairs them, so that a folder holds the same cases read as slices or as volumes."""
-    from engine.data.readers import _slices_to_set
+    from engine.data.readers import _slices_to_set, read_nifti
     from engine.data.volumes import _nifti_folder
 
     sets = [read_nifti(case.image, case.mask) for case in _nifti_folder(path, sorted(files))]
