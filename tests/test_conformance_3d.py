@@ -169,13 +169,19 @@ def _world_centroid(cube: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.affines.apply_affine(affine, zyx[::-1])
 
 
-def test_every_orientation_puts_the_anatomy_the_same_way_round(tmp_path):
+@pytest.mark.parametrize("spacing", [None, (2.0, 2.5, 3.0)], ids=["auto", "x2-y2.5-z3"])
+def test_every_orientation_puts_the_anatomy_the_same_way_round(tmp_path, spacing):
     """LPS-oblique, PIR and RAS files of one anatomy: in every training cube the lesion lies right, anterior
-    and superior of the body's centre by the distance it has in the world."""
+    and superior of the body's centre by the distance it has in the world, at the automatic spacing and at a
+    given anisotropic one (x, y, z in that order, as `--spacing X Y Z` and the README have it)."""
     corpus = C.nifti_geometry(tmp_path / "nifti")
-    s = load_images(corpus.path, volumes=VolumeOptions(size=32))
+    s = load_images(corpus.path, volumes=VolumeOptions(size=32, spacing=spacing))
     assert len(s) == 3 and s.masks is not None
-    step = float(s.spacing[0])
+    if spacing is not None:
+        np.testing.assert_allclose(s.spacing, spacing)
+        np.testing.assert_allclose(np.linalg.norm(s.affine[:3, :3], axis=0), spacing)
+        assert nib.aff2axcodes(s.affine) == ("R", "A", "S")
+    step = float(max(s.spacing))
     for i in range(len(s)):
         body = _world_centroid(s.images[i, 0] > 250.0, s.affine)
         lesion = _world_centroid(s.masks[i] > 0, s.affine)
@@ -184,7 +190,7 @@ def test_every_orientation_puts_the_anatomy_the_same_way_round(tmp_path):
         # The body's centroid moves a little towards the lesion (it is part of the body); allow for it.
         np.testing.assert_allclose(offset, C.LESION_OFFSET, atol=1.5 * step + 1.0)
         # Physical size survives resampling: the lesion's volume in mm^3 within a quarter.
-        volume = float((s.masks[i] > 0).sum()) * step ** 3
+        volume = float((s.masks[i] > 0).sum()) * float(np.prod(s.spacing))
         assert 0.75 < volume / (4 / 3 * np.pi * C.LESION_RADIUS ** 3) < 1.33, volume
 
 
