@@ -197,15 +197,15 @@ def test_every_orientation_puts_the_anatomy_the_same_way_round(tmp_path, spacing
 
 def test_dicom_geometry_and_units_agree_with_nibabel(tmp_path):
     """The engine's reading of an oblique, rescaled series against nibabel's own DICOM reader, slice by slice."""
-    from nibabel.nicom import dicomwrappers
-
     from engine.data.dicom import LPS_TO_RAS, read_dicom_series
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel calls its DICOM readers experimental (for Siemens mosaics)
+        from nibabel.nicom import dicomwrappers
 
     corpus, hu = C.dicom_series(tmp_path / "series")
     vol = read_dicom_series(corpus.path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nibabel calls its DICOM readers experimental
-        wrappers = [dicomwrappers.wrapper_from_file(str(p)) for p in corpus.path.iterdir()]
+    wrappers = [dicomwrappers.wrapper_from_file(str(p)) for p in corpus.path.iterdir()]
     # nibabel's rotation matrix is (column direction, row direction, their cross product), so its own
     # slice_indicator runs against DICOM's row x column normal; sort along the DICOM normal.
     r = wrappers[0].rotation_matrix
