@@ -30,9 +30,12 @@ NNUNET_FIRST_ID = 501
 
 
 def _to_uint(image: np.ndarray, norm: dict, bits: int) -> np.ndarray:
-    """Data units → 8- or 16-bit integers over the stored normalisation range."""
-    lo, hi = float(norm.get("lo", image.min())), float(norm.get("hi", image.max()))
+    """Data units → 8- or 16-bit integers: the values themselves when the data were whole numbers of that
+    depth (norm["bits"]), so a 12-bit X-ray stays 0..4095; else the normalisation range stretched over them."""
     top = (1 << bits) - 1
+    if int(norm.get("bits") or 0) == bits:
+        return np.clip(np.round(image), 0, top).astype(np.uint16 if bits == 16 else np.uint8)
+    lo, hi = float(norm.get("lo", image.min())), float(norm.get("hi", image.max()))
     scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * top
     return np.round(scaled).astype(np.uint16 if bits == 16 else np.uint8)
 
@@ -48,7 +51,8 @@ class PngExport:
             (out / "masks").mkdir()
 
     def write(self, name: str, image: np.ndarray, mask: np.ndarray | None) -> tuple[list[str], str]:
-        pixels = _to_uint(image, self.norm, 16 if image.shape[0] == 1 else 8)
+        # Gray at the data's own depth (16 bits when it has none); colour at 8, the only depth PIL writes it in.
+        pixels = _to_uint(image, self.norm, int(self.norm.get("bits") or 16) if image.shape[0] == 1 else 8)
         pixels = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
         Image.fromarray(pixels).save(self.out / "images" / f"{name}.png")
         if mask is None:

@@ -52,7 +52,7 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
     `split` picks the MedMNIST split; `class_names` names numeric classes of a .npz file (when
     the file has none) or of an image folder's labels.csv. With `volumes`, NIfTI files and
     folders, MSD / nnU-Net folders and DICOM series are read as whole size³ volumes
-    (`read_volumes`); .npz and .h5 files keep their own form either way.
+    (`read_volumes`); .npz and .h5 files keep their own form (a 3D .npz gives volumes only then).
     """
     path = Path(path)
     if not path.exists():
@@ -62,7 +62,7 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".npz":
-            return read_npz(path, split=split, class_names=class_names)
+            return read_npz(path, split=split, class_names=class_names, volumes=volumes is not None)
         if is_nifti(path):
             return read_nifti(path)
         if suffix in (".h5", ".hdf5"):
@@ -75,9 +75,29 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
         return read_msd(path)
     if (path / "images").is_dir():
         return read_folder_pairs(path, class_names=class_names)
+    niftis = [p for p in entries if p.is_file() and is_nifti(p)]
+    if niftis:
+        return _read_nifti_folder(path, niftis)
     if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
         return read_folder_pairs(path, class_names=class_names)
+    from engine.data.dicom import is_dicom_folder
+
+    if is_dicom_folder(path) or any(is_dicom_folder(p) for p in entries):
+        raise InputError(path, "holds DICOM series, which MedSynth reads as whole volumes: train on it with a 3D "
+                               "preset (demo-3d, brain-64, brain-128 or ct-128)")
     raise InputError(path, f"holds no data MedSynth can read; expected {_EXPECTED}")
+
+
+def _read_nifti_folder(path: Path, files: list[Path]) -> ImageSet:
+    """A folder of NIfTI files as the axial slices of every image, each with its mask partner paired as the 3D
+    reader pairs them, so that a folder holds the same cases read as slices or as volumes."""
+    from engine.data.readers import _slices_to_set, read_nifti
+    from engine.data.volumes import _nifti_folder
+
+    sets = [read_nifti(case.image, case.mask) for case in _nifti_folder(path, sorted(files))]
+    names = {k: v for s in sets for k, v in s.label_names.items()}
+    return _slices_to_set([(list(s.images), None if s.masks is None else list(s.masks), s.spacing) for s in sets],
+                          path, names)
 
 
 def _holds_volumes(path: Path) -> bool:

@@ -19,6 +19,8 @@ from engine.data.dataset import ImageSet
 # CT in HU: a wide window keeps air, soft tissue and bone apart.
 CT_WINDOW = (-1000.0, 1000.0)
 MR_PERCENTILES = (0.5, 99.5)
+# The whole-number depths of pictures (PNG, TIFF, JPEG) and MedMNIST arrays.
+PIXEL_DEPTHS = (8, 16)
 
 
 @dataclass
@@ -27,6 +29,9 @@ class Normalisation:
     lo: float
     hi: float
     units: str = ""
+    # 8 or 16 when the data are whole numbers of that depth (an 8-bit photo, a 12- or 16-bit X-ray), else 0:
+    # pictures are then written back as those numbers, the data's own units, rather than stretched.
+    bits: int = 0
 
     def forward(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         return (x - self.lo) / (self.hi - self.lo) * 2.0 - 1.0
@@ -39,7 +44,18 @@ class Normalisation:
 
     @classmethod
     def from_dict(cls, d: dict) -> Normalisation:
-        return cls(modality=d["modality"], lo=float(d["lo"]), hi=float(d["hi"]), units=d.get("units", ""))
+        return cls(modality=d["modality"], lo=float(d["lo"]), hi=float(d["hi"]), units=d.get("units", ""),
+                   bits=int(d.get("bits", 0)))
+
+
+def whole_depth(images: np.ndarray) -> int:
+    """The smallest of PIXEL_DEPTHS whose whole numbers hold every value, or 0 (negative, fractional or too large)."""
+    lo, hi = float(images.min()), float(images.max())
+    # Wholeness on a subsample: reading a picture gives whole numbers everywhere or (resized) almost nowhere.
+    flat = images.reshape(-1)[:: max(1, images.size // 2_000_000)]
+    if lo < 0 or not np.array_equal(flat, np.rint(flat)):
+        return 0
+    return next((bits for bits in PIXEL_DEPTHS if hi < 1 << bits), 0)
 
 
 def fit_normalisation(s: ImageSet, modality: str = "auto") -> Normalisation:
@@ -51,9 +67,9 @@ def fit_normalisation(s: ImageSet, modality: str = "auto") -> Normalisation:
         flat = s.images.reshape(-1)[:: max(1, s.images.size // 2_000_000)]
         lo, hi = np.percentile(flat, MR_PERCENTILES)
         lo, hi = float(min(lo, 0.0)), float(hi)
-        return Normalisation("MR", lo, hi if hi > lo else lo + 1.0, units="a.u.")
+        return Normalisation("MR", lo, hi if hi > lo else lo + 1.0, units="a.u.", bits=whole_depth(s.images))
     lo, hi = float(s.images.min()), float(s.images.max())
-    return Normalisation("generic", lo, hi if hi > lo else lo + 1.0)
+    return Normalisation("generic", lo, hi if hi > lo else lo + 1.0, bits=whole_depth(s.images))
 
 
 def encode_masks(masks: torch.Tensor, mask_labels: int) -> torch.Tensor:

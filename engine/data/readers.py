@@ -69,11 +69,12 @@ def is_nifti(path: Path) -> bool:
 
 # ---------------------------------------------------------------- MedMNIST .npz
 
-def read_npz(path: str | Path, split: str = "train", class_names: list[str] | None = None) -> ImageSet:
+def read_npz(path: str | Path, split: str = "train", class_names: list[str] | None = None,
+             volumes: bool = False) -> ImageSet:
     """Read one split of a MedMNIST v2 / MedMNIST+ .npz file.
 
-    Images (N,H,W) stay gray, (N,H,W,3) stay RGB. 3D variants (N,D,H,W), e.g. OrganMNIST3D,
-    are reduced to the central slice along the first volume axis, because the engine is 2D.
+    Images (N,H,W) stay gray, (N,H,W,3) stay RGB. 3D variants (N,D,H,W), e.g. OrganMNIST3D, are
+    volumes (N,1,D,H,W) when `volumes` (a 3D model), else the central slice along the first volume axis.
     Labels (N,) or (N,1) are class indices. Multi-label files (N,K), e.g. ChestMNIST, give
     labels=None and no class names: one class index per image cannot express them.
     Class names come from a `class_names` / `label_names` array in the file, else from the
@@ -94,7 +95,7 @@ def read_npz(path: str | Path, split: str = "train", class_names: list[str] | No
     if images.ndim == 4 and images.shape[3] in (1, 3) and len(set(images.shape[1:])) > 1:
         images = np.moveaxis(images, 3, 1)
     elif images.ndim == 4:
-        images = images[:, images.shape[1] // 2][:, None]
+        images = images[:, None] if volumes else images[:, images.shape[1] // 2][:, None]
     elif images.ndim == 3:
         images = images[:, None]
     else:
