@@ -128,6 +128,24 @@ def test_picture_pairs_and_no_partner(tmp_path: Path) -> None:
     assert partners.label_for(lone) is None and partners.image_for(lone) is None
 
 
+def test_isic_segmentation_masks_pair_with_their_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from engine.data import load_images
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(2):  # ISIC 2017/2018: ISIC_0000000.jpg with ISIC_0000000_segmentation.png (0/255)
+        Image.new("RGB", (12, 10), (120, 80, 60)).save(tmp_path / "images" / f"ISIC_000000{i}.jpg")
+        mask = np.zeros((10, 12), np.uint8)
+        mask[3:7, 4:9] = 255
+        Image.fromarray(mask).save(tmp_path / "masks" / f"ISIC_000000{i}_segmentation.png")
+    assert partners.label_for(tmp_path / "images" / "ISIC_0000001.jpg") == \
+        tmp_path / "masks" / "ISIC_0000001_segmentation.png"
+    s = load_images(tmp_path)
+    assert s.masks is not None and set(np.unique(s.masks).tolist()) == {0, 1} and int(s.masks[1].sum()) == 20
+
+
 def test_case_names_split_channels_only_where_the_layout_says_so() -> None:
     assert partners.case_names(["a_0000", "a_0001"], {"a"}) == {"a_0000": ("a", 0), "a_0001": ("a", 1)}
     assert partners.case_names(["case_0001"], {"case_0001"}) == {"case_0001": ("case_0001", 0)}

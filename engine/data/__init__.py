@@ -96,8 +96,11 @@ def _read_nifti_folder(path: Path, files: list[Path]) -> ImageSet:
 
     sets = [read_nifti(case.image, case.mask) for case in _nifti_folder(path, sorted(files))]
     names = {k: v for s in sets for k, v in s.label_names.items()}
-    return _slices_to_set([(list(s.images), None if s.masks is None else list(s.masks), s.spacing) for s in sets],
-                          path, names)
+    out = _slices_to_set([(list(s.images), None if s.masks is None else list(s.masks), s.spacing) for s in sets],
+                         path, names)
+    if all(s.names is not None for s in sets):
+        out.names = [n for s in sets for n in s.names]
+    return out
 
 
 def _holds_volumes(path: Path) -> bool:

@@ -4,7 +4,7 @@ whether the two grids agree.
 Used by the 2D and 3D readers, `medsynth info` and the app, so that a pair found in one place is
 found everywhere. Two conventions are understood:
 
-* a suffix before the extension: `x.nii.gz` ↔ `x_seg.nii.gz` (also `_mask`, `_label`, `_labels`),
+* a suffix before the extension: `x.nii.gz` ↔ `x_seg.nii.gz` (also `_mask`, `_label`, `_labels`, `_segmentation`),
   and for pictures `images/x.png` ↔ `masks/x.png` or `masks/x_mask.png`;
 * the Medical Segmentation Decathlon / nnU-Net raw layout: `imagesTr/x_0000.nii.gz` (nnU-Net, one
   file per channel) or `imagesTr/x.nii.gz` (MSD, one file per case) ↔ `labelsTr/x.nii.gz`, and the
@@ -23,7 +23,8 @@ import numpy as np
 
 from engine.errors import InputError
 
-LABEL_SUFFIXES = ("_seg", "_mask", "_label", "_labels")
+# "_segmentation" is ISIC's (ISIC_0000000_segmentation.png).
+LABEL_SUFFIXES = ("_seg", "_mask", "_label", "_labels", "_segmentation")
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 PICTURE_ENDINGS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # MSD / nnU-Net raw: {image folder: its label folder} and back.
