@@ -10,11 +10,13 @@ from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKe
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
     QPushButton,
+    QScrollArea,
     QStackedWidget,
     QTabWidget,
     QVBoxLayout,
@@ -53,6 +55,16 @@ def user_dir() -> Path:
     d = Path.home() / "MedSynth"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def scrolling(panel: QWidget) -> QScrollArea:
+    """A dock's panel scrolls up and down when the screen is shorter than the panel (a 768 px laptop)."""
+    area = QScrollArea()
+    area.setWidget(panel)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return area
 
 
 class MainWindow(QMainWindow):
@@ -148,10 +160,10 @@ class MainWindow(QMainWindow):
         self.generate = GeneratePanel()
         self.train_dock = QDockWidget("Train", self)
         self.train_dock.setObjectName("train_dock")
-        self.train_dock.setWidget(self.train)
+        self.train_dock.setWidget(scrolling(self.train))
         self.generate_dock = QDockWidget("Generate", self)
         self.generate_dock.setObjectName("generate_dock")
-        self.generate_dock.setWidget(self.generate)
+        self.generate_dock.setWidget(scrolling(self.generate))
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.train_dock)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.generate_dock)
         self.tabifyDockWidget(self.train_dock, self.generate_dock)

@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
@@ -25,6 +24,7 @@ from engine import checkpoints
 from engine.errors import InputError
 from engine.jobs import Done, Progress
 from engine.sample import SampleJob
+from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
@@ -56,8 +56,7 @@ class GeneratePanel(QWidget):
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._pick_ckpt)
         form.addRow("Model", path_row(self.ckpt_edit, browse))
-        self.model_info = QLabel("")
-        self.model_info.setWordWrap(True)
+        self.model_info = WrapLabel("")
         form.addRow("", self.model_info)
         self.n_spin = QSpinBox(minimum=1, maximum=1_000_000, value=64)
         form.addRow("Samples", self.n_spin)

@@ -34,6 +34,7 @@ from engine.errors import InputError
 from engine.jobs import Checkpoint, Done, Loss, Message, Preview, Progress
 from engine.train import TrainJob
 from medsynth_gui.images import to_pixmap
+from medsynth_gui.labels import ElidedLabel
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
@@ -41,11 +42,16 @@ SMOOTHING = 0.9
 
 
 def format_eta(seconds: float) -> str:
+    """Time left as a duration: "13:47" reads like a clock time."""
     if not math.isfinite(seconds) or seconds < 0:
-        return "--"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+        return "estimating time left…"
+    if seconds < 60:
+        return "less than a minute left"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min left"
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m:02d} min left"
 
 
 class TrainPanel(QWidget):
@@ -126,8 +132,7 @@ class TrainPanel(QWidget):
 
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
-        self.status, self.error = status_labels()
-        self.status.setWordWrap(False)
+        self.status, self.error = status_labels(one_line=True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.progress)
         outer.addWidget(self.status)
@@ -138,6 +143,8 @@ class TrainPanel(QWidget):
         self.plot.setLabel("bottom", "step")
         self.plot.setLabel("left", "loss")
         self.plot.setLogMode(y=True)
+        # Plain loss values on the axis, not "loss (x0.001)" with ticks scaled to match.
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.addLegend(offset=(-10, 10))
         self.raw_curve = self.plot.plot([], [], pen=pg.mkPen((150, 150, 150, 110), width=1), name="raw",
@@ -154,7 +161,8 @@ class TrainPanel(QWidget):
             lab.setAlignment(Qt.AlignmentFlag.AlignCenter)
             lab.setStyleSheet("background: #111; border: 1px solid #333;")
             grid.addWidget(lab, i // 4, i % 4)
-        self.preview_caption = QLabel("—")
+        self.preview_caption = ElidedLabel("—")
+        self._captions = {"preview": "", "checkpoint": ""}
         outer.addWidget(previews)
         outer.addWidget(self.preview_caption)
         self._on_running(False)
@@ -217,7 +225,7 @@ class TrainPanel(QWidget):
             self._show_error("Choose a run folder for checkpoints.")
             return
         try:
-            job = TrainJob(self.config(), self.run_edit.text().strip())
+            job = TrainJob(self.config(), self.run_edit.text().strip(), preview_at_end=True)
         except InputError as exc:
             self._show_error(str(exc))
             return
@@ -230,7 +238,7 @@ class TrainPanel(QWidget):
         try:
             ckpt = checkpoints.resolve(run)
             step = int(checkpoints.read_state(ckpt)["step"])
-            job = TrainJob(None, run, resume=True, steps=max(self.steps_spin.value(), step))
+            job = TrainJob(None, run, resume=True, steps=max(self.steps_spin.value(), step), preview_at_end=True)
         except InputError as exc:
             self._show_error(str(exc))
             return
@@ -274,20 +282,21 @@ class TrainPanel(QWidget):
             done = ev.done - self._step_start
             rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
             eta = (ev.total - ev.done) / rate if rate == rate and rate > 0 else float("nan")
-            parts = [f"{rate:.2f} it/s" if rate == rate else "-- it/s", f"ETA {format_eta(eta)}",
-                     str(ev.info.get("device", ""))]
+            parts = [f"{rate:.2f} steps/s" if rate == rate else "", format_eta(eta), str(ev.info.get("device", ""))]
             if "gpu_mem_gib" in ev.info:
                 parts.append(f"{ev.info['gpu_mem_gib']:.2f} GiB GPU memory")
             loss = ev.info.get("loss")
-            if loss is not None and loss == loss:
-                parts.insert(0, f"loss {loss:.4f}")
+            known = loss is not None and math.isfinite(loss)
+            parts.insert(0, f"loss {loss:.4f}" if known else "waiting for the first loss")
             if ev.stage == "autoencoder":
                 parts.insert(0, f"stage 1 of 2, autoencoder {ev.done}/{ev.total}")
             self.status.setText("  ·  ".join(p for p in parts if p))
+        elif isinstance(ev, Progress) and ev.stage == "preview":
+            self._caption(preview=f"Rendering a preview of step {ev.info.get('step', '')}… {ev.done}/{ev.total}")
         elif isinstance(ev, Preview):
             self._show_previews(ev)
         elif isinstance(ev, Checkpoint):
-            self.preview_caption.setText(f"checkpoint saved at step {ev.step}")
+            self._caption(checkpoint=f"checkpoint saved at step {ev.step}")
         elif isinstance(ev, Message):
             self.status.setText(ev.text)
 
@@ -311,6 +320,11 @@ class TrainPanel(QWidget):
     def _reset_plot(self) -> None:
         self.steps, self.raw, self.smooth = [], [], []
         self._redraw()
+        # An earlier run's previews under the new run's caption would pass for the new model's.
+        for lab in self.preview_labels:
+            lab.clear()
+        self._captions = {"preview": "", "checkpoint": ""}
+        self._caption()
 
     def _load_log(self, path: Path, upto: int) -> None:
         import json
@@ -327,13 +341,19 @@ class TrainPanel(QWidget):
         lo, hi = np.percentile(images, (0.5, 99.5))
         for lab, image in zip(self.preview_labels, images):
             lab.setPixmap(to_pixmap(image[0] if image.shape[0] == 1 else image, lo, hi, 72))
-        self.preview_caption.setText(f"previews at step {ev.step}")
+        self._caption(preview=f"previews at step {ev.step}")
+
+    def _caption(self, **parts: str) -> None:
+        """The line under the previews: what they show, and the last checkpoint."""
+        self._captions.update(parts)
+        self.preview_caption.setText("  ·  ".join(t for t in self._captions.values() if t) or "—")
 
     def _on_done(self, done: Done) -> None:
         r = done.result
         verb = "Stopped" if done.cancelled else "Finished"
-        self.status.setText(f"{verb} at step {r.get('step')} — loss {r.get('loss', float('nan')):.4f}; "
-                            f"checkpoint {r.get('checkpoint')}")
+        loss = r.get("loss", float("nan"))
+        loss_text = f" — loss {loss:.4f}" if math.isfinite(loss) else ""
+        self.status.setText(f"{verb} at step {r.get('step')}{loss_text}; checkpoint {r.get('checkpoint')}")
         if r.get("checkpoint"):
             self.run_finished.emit(str(r.get("run_dir")))
 

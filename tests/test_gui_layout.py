@@ -1,0 +1,90 @@
+"""The main window fits a laptop screen whatever its texts say: long texts elide or wrap, never widen it."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QRect, QSettings  # noqa: E402
+from PySide6.QtWidgets import QApplication, QPushButton, QWidget  # noqa: E402
+
+from engine.data.phantoms import make_phantoms  # noqa: E402
+from engine.store import write_image_set  # noqa: E402
+
+SCREENS = Path(__file__).resolve().parent.parent / "screens"
+LONG_PATH = "/data/" + "/".join(f"a-very-long-folder-name-{i:02d}" for i in range(15)) + "/case_0000.nii.gz"
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    from medsynth_gui.app import dark_palette
+    from medsynth_gui.main_window import MainWindow
+
+    QApplication.instance().setStyle("Fusion")
+    dark_palette(QApplication.instance())
+    win = MainWindow()
+    win.quiet_errors = True
+    qtbot.addWidget(win)
+    return win
+
+
+def fill_with_long_texts(win) -> None:
+    """Every line that shows a path, a status or a caption, as long as a user's folders make it."""
+    sentence = f"Could not read {LONG_PATH}: the file is not valid (a long message with words and a path)"
+    for panel in (win.train, win.generate, win.evaluate):
+        panel.status.setText(sentence)
+        panel.error.setText(sentence)
+        panel.error.show()
+    win.train.preview_caption.setText(f"previews at step 40 of {LONG_PATH}")
+    win.generate.model_info.setText(sentence)
+    for edit in (win.train.data_edit, win.train.run_edit, win.generate.ckpt_edit, win.generate.out_edit):
+        edit.setText(LONG_PATH)
+    win.gallery.header.setText(f"{LONG_PATH} — 64 samples (64 complete)")
+    win.gallery.details.setText(sentence)
+    win.reader_study.message.setText(sentence)
+    win.reader_study.previous_note.setText(f"NOT SAVED: {sentence}")
+    win.statusBar().showMessage(sentence)
+
+
+def inside(win, widget: QWidget) -> bool:
+    top_left = widget.mapTo(win, widget.rect().topLeft())
+    return win.rect().contains(QRect(top_left, widget.size()))
+
+
+@pytest.mark.parametrize("size", [(1366, 768), (1600, 1000)])
+def test_the_window_fits_the_screen_with_long_texts_and_a_comparison(window, tmp_path, qtbot, size):
+    width, height = size
+    window.resize(width, height)
+    window.show()
+    data = write_image_set(tmp_path / (LONG_PATH.replace("/", "_")[:200] + ".h5"), make_phantoms(8, 64))
+    assert window.open_path(data)
+    window.open_sample(str(data), 2)
+    window._to_compare("left")
+    window.open_sample(str(data), 5)
+    window._to_compare("right")
+    fill_with_long_texts(window)
+    for tab in range(window.tabs.count()):
+        window.tabs.setCurrentIndex(tab)
+        for dock in (window.train_dock, window.generate_dock):
+            dock.raise_()
+            QApplication.processEvents()
+            hint = window.minimumSizeHint()
+            assert hint.width() <= width and hint.height() <= height, (window.tabs.tabText(tab), hint)
+            assert window.width() <= width and window.height() <= height, window.tabs.tabText(tab)
+            # The raised dock and every button on screen (in it or in the current tab) lie inside the window.
+            shown = [w for w in window.findChildren(QPushButton) if w.isVisible()
+                     and (dock.isAncestorOf(w) or window.centralWidget().isAncestorOf(w))]
+            for w in [dock, *shown]:
+                assert inside(window, w), (window.tabs.tabText(tab), w.objectName(), w.geometry(),
+                                           w.text() if isinstance(w, QPushButton) else "")
+    SCREENS.mkdir(exist_ok=True)
+    for tab, name in enumerate(("viewer", "gallery", "compare", "evaluate", "reader")):
+        window.tabs.setCurrentIndex(tab)
+        window.train_dock.raise_()
+        QApplication.processEvents()
+        window.grab().save(str(SCREENS / f"window_{width}x{height}_{name}.png"))
+
