@@ -10,6 +10,9 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+
+from engine.config import load_preset, preset_description, preset_names  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.jobs import Preview  # noqa: E402
 from engine.store import write_image_set  # noqa: E402
@@ -25,6 +28,13 @@ def tiny(panel: TrainPanel, data: Path, run: Path, steps: int) -> None:
     panel.steps_spin.setValue(steps)
     panel.batch_spin.setValue(4)
     panel.size_spin.setValue(16)
+
+
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path):
+    """Panels remember their fields: here in the test's own folder, never the developer's settings."""
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
 
 
 @pytest.fixture
@@ -79,6 +89,39 @@ def test_a_short_run_draws_a_curve_speaks_plainly_and_ends_on_a_preview(qtbot, d
     assert axis.autoSIPrefixScale == 1.0 and "x0" not in axis.labelString()
     ARTIFACTS.mkdir(exist_ok=True)
     panel.grab().save(str(ARTIFACTS / "train_panel_short_run.png"))
+
+
+def test_train_fields_come_back_after_a_restart(qtbot, tmp_path):
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    panel.preset.setCurrentText("pairs-64")
+    tiny(panel, tmp_path / "my data", tmp_path / "my run", steps=123)
+    panel.lr_spin.setValue(0.0005)
+    panel.loss_combo.setCurrentText("huber")
+    panel.mask_combo.setCurrentText("condition")
+    panel.classes_check.setChecked(True)
+    panel.device_combo.setCurrentText("cpu")
+    panel.save_settings()
+    again = TrainPanel()  # the next start of the app
+    qtbot.addWidget(again)
+    assert again.preset.currentText() == "pairs-64"
+    assert again.data_edit.text() == str(tmp_path / "my data") and again.run_edit.text() == str(tmp_path / "my run")
+    assert (again.steps_spin.value(), again.batch_spin.value(), again.size_spin.value()) == (123, 4, 16)
+    assert again.lr_spin.value() == pytest.approx(0.0005) and again.loss_combo.currentText() == "huber"
+    assert again.mask_combo.currentText() == "condition" and again.classes_check.isChecked()
+    assert again.device_combo.currentText() == "cpu"
+
+
+def test_each_preset_says_what_it_is_for(qtbot):
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    for i, name in enumerate(preset_names()):
+        note = preset_description(name)
+        assert len(note) > 20, name
+        assert load_preset(name).preset == name  # the description is for people, not a setting
+        panel.preset.setCurrentText(name)
+        assert panel.preset_note.text() == note and panel.preset.toolTip() == note
+        assert panel.preset.itemData(i, Qt.ItemDataRole.ToolTipRole) == note
 
 
 def test_time_left_reads_as_a_duration():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,12 @@ from PySide6.QtWidgets import (
 )
 
 from engine import checkpoints
-from engine.config import load_preset, preset_names, resolve
+from engine.config import load_preset, preset_description, preset_names, resolve
 from engine.errors import InputError
 from engine.jobs import Checkpoint, Done, Loss, Message, Preview, Progress
 from engine.train import TrainJob
 from medsynth_gui.images import to_pixmap
-from medsynth_gui.labels import ElidedLabel
+from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
@@ -72,6 +73,7 @@ class TrainPanel(QWidget):
         self._step_start = 0
         self._build()
         self._apply_preset("demo")
+        self.restore_settings()
 
     # -- layout -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -91,8 +93,13 @@ class TrainPanel(QWidget):
         form.addRow("Run folder", path_row(self.run_edit, run_btn))
         self.preset = QComboBox()
         self.preset.addItems(preset_names())
+        for i, name in enumerate(preset_names()):
+            self.preset.setItemData(i, preset_description(name), Qt.ItemDataRole.ToolTipRole)
         self.preset.currentTextChanged.connect(self._apply_preset)
         form.addRow("Preset", self.preset)
+        self.preset_note = WrapLabel("")
+        self.preset_note.setStyleSheet("color: #999;")
+        form.addRow("", self.preset_note)
         self.steps_spin = QSpinBox(maximum=10_000_000, singleStep=100)
         self.batch_spin = QSpinBox(minimum=1, maximum=4096)
         self.lr_spin = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-4)
@@ -175,6 +182,9 @@ class TrainPanel(QWidget):
         self.preset.blockSignals(True)
         self.preset.setCurrentText(name)
         self.preset.blockSignals(False)
+        note = preset_description(name)
+        self.preset_note.setText(note)
+        self.preset.setToolTip(note)
         self.steps_spin.setValue(cfg.train.steps)
         self.batch_spin.setValue(cfg.train.batch)
         self.lr_spin.setValue(cfg.train.lr)
@@ -183,6 +193,37 @@ class TrainPanel(QWidget):
         self.mask_combo.setCurrentText(cfg.data.mask_mode)
         self.classes_check.setChecked(cfg.data.class_conditional)
         self.device_combo.setCurrentText(cfg.train.device)
+
+    def _fields(self) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None], type]]:
+        """The fields remembered between starts of the app: key → (read, write, type)."""
+        return {
+            "data": (self.data_edit.text, self.data_edit.setText, str),
+            "run": (self.run_edit.text, self.run_edit.setText, str),
+            "steps": (self.steps_spin.value, self.steps_spin.setValue, int),
+            "batch": (self.batch_spin.value, self.batch_spin.setValue, int),
+            "lr": (self.lr_spin.value, self.lr_spin.setValue, float),
+            "loss": (self.loss_combo.currentText, self.loss_combo.setCurrentText, str),
+            "image_size": (self.size_spin.value, self.size_spin.setValue, int),
+            "masks": (self.mask_combo.currentText, self.mask_combo.setCurrentText, str),
+            "classes": (self.classes_check.isChecked, self.classes_check.setChecked, bool),
+            "device": (self.device_combo.currentText, self.device_combo.setCurrentText, str),
+        }
+
+    def save_settings(self) -> None:
+        settings = QSettings()
+        settings.setValue("train/preset", self.preset.currentText())
+        for key, (read, _, _) in self._fields().items():
+            settings.setValue(f"train/{key}", read())
+
+    def restore_settings(self) -> None:
+        """The fields as the user left them; the preset first, since choosing it fills the others."""
+        settings = QSettings()
+        preset = settings.value("train/preset", "", type=str)
+        if preset in preset_names():
+            self._apply_preset(preset)
+        for key, (_, write, kind) in self._fields().items():
+            if settings.contains(f"train/{key}"):
+                write(settings.value(f"train/{key}", type=kind))
 
     def config(self) -> Any:
         overrides = {
@@ -251,7 +292,7 @@ class TrainPanel(QWidget):
         self.progress.setValue(step)
         self._t_start, self._step_start = time.monotonic(), step
         self.status.setText("Loading data…")
-        QSettings().setValue("train/last_run", self.run_edit.text().strip())
+        self.save_settings()
         self.runner.start(job)
 
     def stop(self) -> None:
