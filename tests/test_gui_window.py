@@ -1,12 +1,13 @@
-"""The main window fits a laptop screen whatever its texts say: long texts elide or wrap, never widen it."""
+"""The main window: fits a laptop screen with any text, names outputs after the model, quits without freezing."""
 
+import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QRect, QSettings  # noqa: E402
+from PySide6.QtCore import QRect, QSettings, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QPushButton, QWidget  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
@@ -88,3 +89,59 @@ def test_the_window_fits_the_screen_with_long_texts_and_a_comparison(window, tmp
         QApplication.processEvents()
         window.grab().save(str(SCREENS / f"window_{width}x{height}_{name}.png"))
 
+
+
+def test_a_new_image_clears_the_last_readout(window, tmp_path):
+    window.show()
+    first = write_image_set(tmp_path / "first.h5", make_phantoms(4, 32))
+    second = write_image_set(tmp_path / "second.h5", make_phantoms(4, 32, seed=3))
+    assert window.open_path(first)
+    window.viewer.readout.emit("x 12  y 3  value 412.0")  # the mouse over the first image
+    assert "412.0" in window.statusBar().currentMessage()
+    assert window.open_path(second)
+    assert "412.0" not in window.statusBar().currentMessage()
+
+
+def test_the_output_follows_the_model_the_user_opens(window, tiny_run, tmp_path):
+    from medsynth_gui.main_window import user_dir
+
+    window.open_demo()
+    assert Path(window.generate.out_edit.text()).name.startswith("demo-synthetic")
+    window.generate.set_checkpoint(str(tiny_run))
+    assert window.generate.out_edit.text() == str(user_dir() / f"{tiny_run.name}-synthetic.h5")
+    (user_dir() / f"{tiny_run.name}-synthetic.h5").touch()  # made by an earlier generation
+    window.generate.set_checkpoint(str(tiny_run / "checkpoints" / "step_0000020"))
+    assert window.generate.out_edit.text() == str(user_dir() / f"{tiny_run.name}-synthetic-2.h5")
+    own = str(tmp_path / "mine.h5")
+    window.generate.out_edit.setText(own)  # the user's own name stays
+    window.generate.set_checkpoint(str(tiny_run))
+    assert window.generate.out_edit.text() == own
+
+
+def test_quitting_mid_training_says_so_and_keeps_the_window_alive(window, tmp_path, qtbot):
+    window.show()
+    data = write_image_set(tmp_path / "d.h5", make_phantoms(16, 16))
+    panel = window.train
+    panel.data_edit.setText(str(data))
+    panel.run_edit.setText(str(tmp_path / "run"))
+    panel.steps_spin.setValue(100_000)
+    panel.batch_spin.setValue(4)
+    panel.size_spin.setValue(16)
+    panel.start()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 2, timeout=120_000)
+    window.confirm = lambda title, text: True
+    t0 = time.monotonic()
+    window.close()
+    assert time.monotonic() - t0 < 1.0  # no wait on the worker thread inside the close
+    assert window.stopping.isVisible() and "Saving a checkpoint" in window.stopping.labelText()
+    assert window.stopping.maximum() == 0  # a busy bar
+    ticks: list[int] = []
+    timer = QTimer(interval=10)
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start()
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=60_000)
+    timer.stop()
+    assert ticks and not panel.runner.running and not window.stopping.isVisible()
+    assert list((tmp_path / "run" / "checkpoints").glob("step_*"))
+    settings = QSettings()
+    assert settings.value("train/run") == str(tmp_path / "run")  # remembered for the next start
