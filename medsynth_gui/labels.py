@@ -62,9 +62,20 @@ class WrapLabel(QLabel):
         super().__init__(text, parent)
         self.setWordWrap(True)
 
+    def _height(self) -> int:
+        # The height of the text at the width the label has, not at QLabel's own guess of a width
+        # (which left blank lines around a two-line text in a form).
+        if not self.text():
+            return 0
+        return self.heightForWidth(self.width() if self.width() > MIN_WIDTH else HINT_WIDTH)
+
     def sizeHint(self) -> QSize:
-        hint = super().sizeHint()
-        return QSize(min(hint.width(), HINT_WIDTH), hint.height())
+        return QSize(min(super().sizeHint().width(), HINT_WIDTH), self._height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():
+            self.updateGeometry()  # a new width, perhaps a new number of lines
 
     def minimumSizeHint(self) -> QSize:
-        return QSize(MIN_WIDTH, super().minimumSizeHint().height())
+        return QSize(MIN_WIDTH, self._height())

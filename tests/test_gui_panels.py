@@ -77,7 +77,7 @@ def test_a_short_run_draws_a_curve_speaks_plainly_and_ends_on_a_preview(qtbot, d
     assert panel.preview_caption.text() == "—" and all(lab.pixmap().isNull() for lab in panel.preview_labels)
     with qtbot.waitSignal(panel.runner.done, timeout=240_000):
         pass
-    assert len(panel.steps) >= 2 and panel.steps[-1] == 40
+    assert len(panel.steps) >= 2 and panel.steps[-1] == 40 and panel.progress.value() == 40
     statuses = [st for st, _ in seen] + [panel.status.text()]
     assert not any("nan" in st.lower() for st in statuses), statuses
     assert not any(re.search(r"ETA \d+:\d\d", st) for st in statuses)

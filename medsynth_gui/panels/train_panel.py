@@ -394,7 +394,11 @@ class TrainPanel(QWidget):
         verb = "Stopped" if done.cancelled else "Finished"
         loss = r.get("loss", float("nan"))
         loss_text = f" — loss {loss:.4f}" if math.isfinite(loss) else ""
-        self.status.setText(f"{verb} at step {r.get('step')}{loss_text}; checkpoint {r.get('checkpoint')}")
+        ckpt = r.get("checkpoint")
+        saved = f"; checkpoint {Path(ckpt).name} in the run folder" if ckpt else ""
+        self.status.setText(f"{verb} at step {r.get('step')}{loss_text}{saved}")
+        if r.get("stage") != "autoencoder" and r.get("step") is not None:
+            self.progress.setValue(int(r["step"]))  # the last update may have been a preview's
         if r.get("checkpoint"):
             self.run_finished.emit(str(r.get("run_dir")))
 
