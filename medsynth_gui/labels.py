@@ -78,4 +78,5 @@ class WrapLabel(QLabel):
             self.updateGeometry()  # a new width, perhaps a new number of lines
 
     def minimumSizeHint(self) -> QSize:
-        return QSize(MIN_WIDTH, self._height())
+        # One line at least; a long message gets its lines where there is room, not by growing the window.
+        return QSize(MIN_WIDTH, min(self._height(), self.fontMetrics().lineSpacing() + 2 * self.margin()))
