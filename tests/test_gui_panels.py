@@ -75,6 +75,7 @@ def test_a_short_run_draws_a_curve_speaks_plainly_and_ends_on_a_preview(qtbot, d
     panel.runner.event.connect(lambda ev: seen.append((panel.status.text(), panel.preview_caption.text())))
     panel.start()
     assert panel.preview_caption.text() == "—" and all(lab.pixmap().isNull() for lab in panel.preview_labels)
+    assert not panel.plot.getAxis("left").style["showValues"]  # no numbers on an empty axis
     with qtbot.waitSignal(panel.runner.done, timeout=240_000):
         pass
     assert len(panel.steps) >= 2 and panel.steps[-1] == 40 and panel.progress.value() == 40
@@ -86,7 +87,7 @@ def test_a_short_run_draws_a_curve_speaks_plainly_and_ends_on_a_preview(qtbot, d
     assert panel.preview_caption.text().startswith("previews at step 40")
     assert not panel.preview_labels[0].pixmap().isNull()
     axis = panel.plot.getAxis("left")
-    assert axis.autoSIPrefixScale == 1.0 and "x0" not in axis.labelString()
+    assert axis.autoSIPrefixScale == 1.0 and "x0" not in axis.labelString() and axis.style["showValues"]
     ARTIFACTS.mkdir(exist_ok=True)
     panel.grab().save(str(ARTIFACTS / "train_panel_short_run.png"))
 

@@ -172,6 +172,7 @@ class TrainPanel(QWidget):
         self._captions = {"preview": "", "checkpoint": ""}
         outer.addWidget(previews)
         outer.addWidget(self.preview_caption)
+        self._reset_plot()
         self._on_running(False)
 
     # -- settings -----------------------------------------------------------------------
@@ -357,10 +358,14 @@ class TrainPanel(QWidget):
     def _redraw(self) -> None:
         self.raw_curve.setData(self.steps, self.raw)
         self.smooth_curve.setData(self.steps, self.smooth)
+        # An empty log axis would number an arbitrary 1 … 10 that no loss has reached.
+        for side in ("left", "bottom"):
+            self.plot.getAxis(side).setStyle(showValues=bool(self.steps))
 
     def _reset_plot(self) -> None:
         self.steps, self.raw, self.smooth = [], [], []
         self._redraw()
+        self.plot.enableAutoRange()
         # An earlier run's previews under the new run's caption would pass for the new model's.
         for lab in self.preview_labels:
             lab.clear()
