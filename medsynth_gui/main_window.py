@@ -96,7 +96,8 @@ class MainWindow(QMainWindow):
         if geometry is not None:
             self.restoreGeometry(geometry)
         else:
-            self.resize(1500, 900)
+            room = self.screen().availableGeometry()  # a first start on a 1366 x 768 laptop
+            self.resize(min(1500, room.width()), min(900, room.height()))
         state = self.settings.value("window/state")
         self._sized_docks = state is not None and self.restoreState(state)
         self.stopping: QProgressDialog | None = None  # shown while quitting waits for a job to stop

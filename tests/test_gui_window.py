@@ -145,3 +145,9 @@ def test_quitting_mid_training_says_so_and_keeps_the_window_alive(window, tmp_pa
     assert list((tmp_path / "run" / "checkpoints").glob("step_*"))
     settings = QSettings()
     assert settings.value("train/run") == str(tmp_path / "run")  # remembered for the next start
+
+
+def test_the_first_window_is_no_larger_than_the_screen(window):
+    room = window.screen().availableGeometry()
+    hint = window.minimumSizeHint()
+    assert window.width() <= max(room.width(), hint.width()) and window.height() <= max(room.height(), hint.height())
