@@ -61,12 +61,16 @@ def test_the_window_fits_the_screen_with_long_texts_and_a_comparison(window, tmp
     width, height = size
     window.resize(width, height)
     window.show()
-    data = write_image_set(tmp_path / (LONG_PATH.replace("/", "_")[:200] + ".h5"), make_phantoms(8, 64))
+    phantoms = make_phantoms(8, 64)
+    phantoms.class_names = [f"{name} — as named by a long ontology, with its code, synonyms " + "and more " * 20
+                            for name in phantoms.class_names]
+    data = write_image_set(tmp_path / (LONG_PATH.replace("/", "_")[:200] + ".h5"), phantoms)
     assert window.open_path(data)
     window.open_sample(str(data), 2)
     window._to_compare("left")
     window.open_sample(str(data), 5)
     window._to_compare("right")
+    window.generate.class_combo.addItems(phantoms.class_names)  # as a model with these classes fills it
     fill_with_long_texts(window)
     for tab in range(window.tabs.count()):
         window.tabs.setCurrentIndex(tab)
