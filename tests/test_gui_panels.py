@@ -84,6 +84,7 @@ def test_a_short_run_draws_a_curve_speaks_plainly_and_ends_on_a_preview(qtbot, d
     assert not any(re.search(r"ETA \d+:\d\d", st) for st in statuses)
     assert any(re.search(r"about \d+ min left|less than a minute left|\d+ h \d\d min left", st) for st in statuses)
     assert any(re.match(r"Rendering a preview of step 40… \d+/25", cap) for _, cap in seen)
+    assert any(re.match(r"Rendering a preview of step 40… \d+/25", st) for st, _ in seen)
     assert panel.preview_caption.text().startswith("previews at step 40")
     assert not panel.preview_labels[0].pixmap().isNull()
     axis = panel.plot.getAxis("left")

@@ -334,7 +334,10 @@ class TrainPanel(QWidget):
                 parts.insert(0, f"stage 1 of 2, autoencoder {ev.done}/{ev.total}")
             self.status.setText("  ·  ".join(p for p in parts if p))
         elif isinstance(ev, Progress) and ev.stage == "preview":
-            self._caption(preview=f"Rendering a preview of step {ev.info.get('step', '')}… {ev.done}/{ev.total}")
+            text = f"Rendering a preview of step {ev.info.get('step', '')}… {ev.done}/{ev.total}"
+            self._caption(preview=text)
+            # Also on the status line: on a short screen the previews lie below the fold of the dock.
+            self.status.setText(text)
         elif isinstance(ev, Preview):
             self._show_previews(ev)
         elif isinstance(ev, Checkpoint):
