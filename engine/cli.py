@@ -30,7 +30,7 @@ class TqdmView:
 
     def __call__(self, ev: Event) -> None:
         if isinstance(ev, Progress):
-            if self.quiet or ev.stage in ("load", "encode"):
+            if self.quiet or ev.stage in ("load", "encode", "preview"):
                 return
             bar = self.bars.get(ev.stage)
             if bar is None:

@@ -180,13 +180,25 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise InputError(path, f"is not valid TOML ({exc})") from None
 
 
-def load_preset(name: str) -> RunConfig:
+def _preset_path(name: str) -> Path:
     path = PRESETS / f"{name}.toml"
     if not path.exists():
         raise InputError(None, f"unknown preset {name!r}; available: {', '.join(preset_names())}")
-    cfg = merge(RunConfig(), load_toml(path), str(path))
+    return path
+
+
+def load_preset(name: str) -> RunConfig:
+    path = _preset_path(name)
+    values = load_toml(path)
+    values.pop("description", None)  # for people choosing a preset, not a setting of the run
+    cfg = merge(RunConfig(), values, str(path))
     cfg.preset = name
     return cfg
+
+
+def preset_description(name: str) -> str:
+    """The preset's one line on what it is for (its `description`), empty when it has none."""
+    return str(load_toml(_preset_path(name)).get("description", ""))
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:

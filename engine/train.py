@@ -38,6 +38,8 @@ from engine.models import (
     pixel_channels,
 )
 
+PREVIEW_STEPS = 25  # DDIM steps of a training preview
+
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
     if kind == "l2":
@@ -120,8 +122,10 @@ def data_summary(data: ImageSet, cfg: RunConfig, params: int) -> str:
 class TrainJob:
     def __init__(self, cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False,
                  data: ImageSet | None = None, steps: int | None = None,
-                 requests: Any | None = None) -> None:
+                 requests: Any | None = None, preview_at_end: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        # The app shows what the final weights make; a console has nowhere to show a preview.
+        self.preview_at_end = preview_at_end
         self.resume = resume
         self.data = data
         self.requests = requests
@@ -261,12 +265,22 @@ class TrainJob:
             gens = [torch.Generator().manual_seed(tc.seed + i) for i in range(n)]
             labels = None if null is None else torch.arange(n) % max(cfg.model.num_classes, 1)
             cond = None if cond_all is None else cond_all[:n]
+
+            def on_step(i: int, total: int) -> bool:
+                # A preview can take minutes on a CPU: say how far it is, and let Stop cut it short.
+                emit(Progress("preview", i, total, {"step": step}))
+                return not cancelled()
+
             net.eval()
             with ema_weights(net, ema):
-                x = denoise(net, sampler("ddim", tc, latent), 25, diffusion_shape(cfg), gens, acc.device,
-                            labels=labels, cond=cond, null_class=null, guidance=1.0, autocast=acc.autocast,
-                            clip=not latent)
+                x = denoise(net, sampler("ddim", tc, latent), PREVIEW_STEPS, diffusion_shape(cfg), gens,
+                            acc.device, labels=labels, cond=cond, null_class=null, guidance=1.0,
+                            autocast=acc.autocast, on_step=on_step, clip=not latent)
             net.train()
+            nonlocal previewed
+            previewed = step
+            if x is None:
+                return
             if latent:
                 x = autoencoder.decode(ae, x, facts["latent_scale"])
             images = norm.inverse(x[:, :cfg.model.image_channels]).cpu().numpy()
@@ -289,6 +303,9 @@ class TrainJob:
         device_name = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "CPU"
         step = start
         was_cancelled = False
+        previewed = -1
+        # A short run still draws a curve: at least about twenty points whatever the preset's interval.
+        log_every = max(1, min(tc.log_every, tc.steps // 20))
         while step < tc.steps:
             if stop_requested(acc, cancelled()):
                 was_cancelled = True
@@ -331,7 +348,7 @@ class TrainJob:
             running += loss.detach()
             step += 1
 
-            if step % tc.log_every == 0 or step == tc.steps:
+            if step % log_every == 0 or step == tc.steps:
                 mean = acc.reduce(running, "mean") if world > 1 else running
                 last_loss = float(mean.item()) / max(1, step - step_last)
                 running.zero_()
@@ -352,6 +369,8 @@ class TrainJob:
             if (tc.preview_every and step % tc.preview_every == 0) or self._request("sample_now"):
                 preview(step)
 
+        if self.preview_at_end and not was_cancelled and step > start and previewed != step and acc.is_main_process:
+            preview(step)
         if log is not None:
             log.close()
         path = save(step) if step > start or was_cancelled or self.ckpt is None else self.ckpt

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
+from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.loaders import h5_names
 from medsynth_gui.thumbnails import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, POLL_MS, ThumbnailModel, label_colour
 
@@ -125,14 +126,13 @@ class Gallery(QWidget):
         self.model.wanted = self._row_visible
         self.title: str | None = None  # what the header calls the file shown, when not its own name
 
-        self.header = QLabel("No file open")
-        self.header.setTextFormat(Qt.TextFormat.PlainText)  # file names are not markup
+        self.header = ElidedLabel("No file open")  # plain text: file names are not markup
         font = self.header.font()
         if font.pointSizeF() > 0:
             font.setPointSizeF(font.pointSizeF() * 1.15)
         font.setBold(True)
         self.header.setFont(font)
-        self.details = QLabel("")
+        self.details = WrapLabel("")
         self.details.setTextFormat(Qt.TextFormat.RichText)
 
         self.class_combo = QComboBox()

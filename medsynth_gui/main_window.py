@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QStandardPaths, Qt
+from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QProgressDialog,
     QPushButton,
+    QScrollArea,
     QStackedWidget,
     QTabWidget,
     QVBoxLayout,
@@ -43,6 +46,8 @@ from medsynth_gui.viewer import CompareView, Viewer
 
 DEMO_DIR = RESOURCES / "demo"
 MAX_RECENT = 10
+# Quitting waits this long for a job to stop at its next step (a 3D step on a CPU can take a minute).
+STOP_WAIT_MS = 180_000
 SHORTCUTS = [
     ("Mouse wheel, Up/Down", "next / previous slice"),
     ("Page Up / Page Down", "jump ten slices"),
@@ -63,6 +68,16 @@ def user_dir() -> Path:
     return d
 
 
+def scrolling(panel: QWidget) -> QScrollArea:
+    """A dock's panel scrolls up and down when the screen is shorter than the panel (a 768 px laptop)."""
+    area = QScrollArea()
+    area.setWidget(panel)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return area
+
+
 class MainWindow(QMainWindow):
     def __init__(self) -> None:
         super().__init__()
@@ -81,6 +96,8 @@ class MainWindow(QMainWindow):
         self.gallery.failed.connect(lambda message: self.show_error(message))
         self.train.run_finished.connect(self.generate.set_checkpoint)
         self.generate.file_started.connect(self._generation_started)
+        self.generate.model_chosen.connect(lambda run: self._suggest_output(f"{run}-synthetic.h5"))
+        self._suggested_output = ""
         self.generate.file_progress.connect(lambda _p: self.gallery.refresh())
         self.generate.file_done.connect(lambda p: (self.gallery.refresh(), self._remember(p)))
         self.generate.file_done.connect(self.evaluate.set_file)
@@ -88,9 +105,14 @@ class MainWindow(QMainWindow):
         if geometry is not None:
             self.restoreGeometry(geometry)
         else:
-            self.resize(1500, 900)
+            room = self.screen().availableGeometry()  # a first start on a 1366 x 768 laptop
+            self.resize(min(1500, room.width()), min(900, room.height()))
         state = self.settings.value("window/state")
         self._sized_docks = state is not None and self.restoreState(state)
+        self.stopping: QProgressDialog | None = None  # shown while quitting waits for a job to stop
+        self._quit_anyway = False
+        self._stop_timer = QTimer(self, singleShot=True)
+        self._stop_timer.timeout.connect(self._close_anyway)
         # Tests replace this to answer the close question without a modal dialog.
         self.confirm = lambda title, text: QMessageBox.question(self, title, text) == QMessageBox.StandardButton.Yes
 
@@ -157,10 +179,10 @@ class MainWindow(QMainWindow):
         self.generate = GeneratePanel()
         self.train_dock = QDockWidget("Train", self)
         self.train_dock.setObjectName("train_dock")
-        self.train_dock.setWidget(self.train)
+        self.train_dock.setWidget(scrolling(self.train))
         self.generate_dock = QDockWidget("Generate", self)
         self.generate_dock.setObjectName("generate_dock")
-        self.generate_dock.setWidget(self.generate)
+        self.generate_dock.setWidget(scrolling(self.generate))
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.train_dock)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.generate_dock)
         self.tabifyDockWidget(self.train_dock, self.generate_dock)
@@ -251,6 +273,7 @@ class MainWindow(QMainWindow):
 
     def show_image(self, d: Displayable, switch: bool = True) -> None:
         self.current = d
+        self.statusBar().clearMessage()  # the last readout described the previous image
         self.viewer.set_image(d.image, mask=d.mask, affine=d.affine, spacing=d.spacing,
                               label_names=d.label_names, units=d.units, title=d.title)
         self.stack.setCurrentWidget(self.tabs)
@@ -302,11 +325,19 @@ class MainWindow(QMainWindow):
         self.open_path(data)
         if run.exists():
             self.generate.set_checkpoint(str(run))
-        self.generate.out_edit.setText(str(self._fresh_name(user_dir() / "demo-synthetic.h5")))
+        self._suggest_output("demo-synthetic.h5")
         self.train.data_edit.setText(str(data))
         self.train.run_edit.setText(str(self._fresh_name(user_dir() / "demo-run")))
         self.generate_dock.raise_()
         self.statusBar().showMessage("Demo: phantom images with lesion masks. Press Generate to make new ones.")
+
+    def _suggest_output(self, name: str) -> None:
+        """Name the Generate output after the model, unless the user has typed a name of their own."""
+        current = self.generate.out_edit.text().strip()
+        if current and current != self._suggested_output:
+            return
+        self._suggested_output = str(self._fresh_name(user_dir() / name))
+        self.generate.out_edit.setText(self._suggested_output)
 
     @staticmethod
     def _fresh_name(path: Path) -> Path:
@@ -362,6 +393,33 @@ class MainWindow(QMainWindow):
             self.resizeDocks([self.train_dock], [min(480, self.width() // 3)], Qt.Orientation.Horizontal)
 
     # -- drag and drop, closing ---------------------------------------------------------
+    def _stop_then_close(self, busy: list) -> None:
+        """Ask the jobs to stop and wait for them in the event loop: the window keeps painting, and says why."""
+        training = self.train.runner in busy
+        self.stopping = QProgressDialog("Saving a checkpoint and stopping training…" if training
+                                        else "Stopping generation…", "", 0, 0, self)  # 0..0: a busy bar
+        self.stopping.setWindowTitle("Quitting MedSynth")
+        self.stopping.setCancelButton(None)
+        self.stopping.setWindowModality(Qt.WindowModality.WindowModal)
+        self.stopping.setMinimumDuration(0)
+        self.stopping.show()
+        for runner in busy:
+            runner.running_changed.connect(self._close_when_stopped)
+        if training:
+            self.train.stop()
+        self.generate.runner.stop()
+        self._stop_timer.start(STOP_WAIT_MS)
+
+    def _close_when_stopped(self, running: bool) -> None:
+        if not running and not (self.train.runner.running or self.generate.runner.running):
+            self._stop_timer.stop()
+            self.stopping.close()
+            self.close()
+
+    def _close_anyway(self) -> None:
+        self._quit_anyway = True
+        self.close()
+
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
@@ -373,15 +431,17 @@ class MainWindow(QMainWindow):
                 break
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if self.train.runner.running:
-            if not self.confirm("Training is running", "Stop training, save a checkpoint and quit?"):
-                event.ignore()
-                return
-            self.train.runner.stop()
-            self.train.runner.wait()
-        if self.generate.runner.running:
-            self.generate.runner.stop()
-            self.generate.runner.wait()
+        busy = [r for r in (self.train.runner, self.generate.runner) if r.running]
+        if busy and not self._quit_anyway:
+            if self.stopping is None:
+                if self.train.runner.running and not self.confirm("Training is running",
+                                                                  "Stop training, save a checkpoint and quit?"):
+                    event.ignore()
+                    return
+                self._stop_then_close(busy)
+            event.ignore()  # closes itself once the jobs have stopped
+            return
+        self.train.save_settings()
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         # Folders opened in the gallery leave no copy behind.

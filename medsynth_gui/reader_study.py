@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 
 from engine import reader_study as rs
 from engine.errors import InputError
+from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.widgets import path_row
 from medsynth_gui.viewer import Viewer
 
@@ -209,8 +210,7 @@ class ReaderStudyWidget(QWidget):
         nform.addRow("", crow)
         col.addWidget(new_box)
 
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
+        self.message = WrapLabel("")
         col.addWidget(self.message)
         col.addStretch(2)
         return page
@@ -223,7 +223,7 @@ class ReaderStudyWidget(QWidget):
         self.progress = QLabel("")
         self.progress.setStyleSheet("font-size: 13pt; font-weight: bold;")
         top.addWidget(self.progress)
-        self.previous_note = QLabel("")
+        self.previous_note = ElidedLabel("")
         self.previous_note.setStyleSheet(HINT_STYLE)
         top.addWidget(self.previous_note)
         top.addStretch(1)

@@ -91,6 +91,7 @@ def test_closing_mid_training_asks_then_saves_a_checkpoint(window, tmp_path, qtb
     assert not window.close()  # the user said no: still training
     assert panel.runner.running
     window.confirm = lambda title, text: True
-    assert window.close()
+    window.close()  # stops training, then closes itself once the checkpoint is saved
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=60_000)
     assert asked == ["Training is running"] and not panel.runner.running
     assert list((tmp_path / "run" / "checkpoints").glob("step_*"))

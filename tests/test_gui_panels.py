@@ -1,16 +1,23 @@
 """Train and generate panels driving real engine jobs through the QThread worker."""
 
+import math
+import re
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
 
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+
+from engine.config import load_preset, preset_description, preset_names  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
+from engine.jobs import Preview  # noqa: E402
 from engine.store import write_image_set  # noqa: E402
 from medsynth_gui.panels.generate_panel import GeneratePanel  # noqa: E402
-from medsynth_gui.panels.train_panel import TrainPanel  # noqa: E402
+from medsynth_gui.panels.train_panel import TrainPanel, format_eta  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
@@ -21,6 +28,13 @@ def tiny(panel: TrainPanel, data: Path, run: Path, steps: int) -> None:
     panel.steps_spin.setValue(steps)
     panel.batch_spin.setValue(4)
     panel.size_spin.setValue(16)
+
+
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path):
+    """Panels remember their fields: here in the test's own folder, never the developer's settings."""
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
 
 
 @pytest.fixture
@@ -47,6 +61,77 @@ def test_training_runs_from_the_panel_and_plots_loss(qtbot, data16, tmp_path):
     assert len(xs) == len(panel.steps)
     assert "Finished at step 30" in panel.status.text()
     assert (tmp_path / "run" / "checkpoints" / "step_0000030").exists()
+
+
+def test_a_short_run_draws_a_curve_speaks_plainly_and_ends_on_a_preview(qtbot, data16, tmp_path):
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    panel.resize(520, 900)
+    panel.show()
+    panel.preset.setCurrentText("pairs-64")  # logs every 50 steps: a 40-step run drew nothing
+    tiny(panel, data16, tmp_path / "run", steps=40)
+    panel._show_previews(Preview(700, np.random.default_rng(0).random((8, 1, 16, 16))))  # an earlier run's
+    seen: list[tuple[str, str]] = []
+    panel.runner.event.connect(lambda ev: seen.append((panel.status.text(), panel.preview_caption.text())))
+    panel.start()
+    assert panel.preview_caption.text() == "—" and all(lab.pixmap().isNull() for lab in panel.preview_labels)
+    assert not panel.plot.getAxis("left").style["showValues"]  # no numbers on an empty axis
+    with qtbot.waitSignal(panel.runner.done, timeout=240_000):
+        pass
+    assert len(panel.steps) >= 2 and panel.steps[-1] == 40 and panel.progress.value() == 40
+    statuses = [st for st, _ in seen] + [panel.status.text()]
+    assert not any("nan" in st.lower() for st in statuses), statuses
+    assert not any(re.search(r"ETA \d+:\d\d", st) for st in statuses)
+    assert any(re.search(r"about \d+ min left|less than a minute left|\d+ h \d\d min left", st) for st in statuses)
+    assert any(re.match(r"Rendering a preview of step 40… \d+/25", cap) for _, cap in seen)
+    assert any(re.match(r"Rendering a preview of step 40… \d+/25", st) for st, _ in seen)
+    assert panel.preview_caption.text().startswith("previews at step 40")
+    assert not panel.preview_labels[0].pixmap().isNull()
+    axis = panel.plot.getAxis("left")
+    assert axis.autoSIPrefixScale == 1.0 and "x0" not in axis.labelString() and axis.style["showValues"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    panel.grab().save(str(ARTIFACTS / "train_panel_short_run.png"))
+
+
+def test_train_fields_come_back_after_a_restart(qtbot, tmp_path):
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    panel.preset.setCurrentText("pairs-64")
+    tiny(panel, tmp_path / "my data", tmp_path / "my run", steps=123)
+    panel.lr_spin.setValue(0.0005)
+    panel.loss_combo.setCurrentText("huber")
+    panel.mask_combo.setCurrentText("condition")
+    panel.classes_check.setChecked(True)
+    panel.device_combo.setCurrentText("cpu")
+    panel.save_settings()
+    again = TrainPanel()  # the next start of the app
+    qtbot.addWidget(again)
+    assert again.preset.currentText() == "pairs-64"
+    assert again.data_edit.text() == str(tmp_path / "my data") and again.run_edit.text() == str(tmp_path / "my run")
+    assert (again.steps_spin.value(), again.batch_spin.value(), again.size_spin.value()) == (123, 4, 16)
+    assert again.lr_spin.value() == pytest.approx(0.0005) and again.loss_combo.currentText() == "huber"
+    assert again.mask_combo.currentText() == "condition" and again.classes_check.isChecked()
+    assert again.device_combo.currentText() == "cpu"
+
+
+def test_each_preset_says_what_it_is_for(qtbot):
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    for i, name in enumerate(preset_names()):
+        note = preset_description(name)
+        assert len(note) > 20, name
+        assert load_preset(name).preset == name  # the description is for people, not a setting
+        panel.preset.setCurrentText(name)
+        assert panel.preset_note.text() == note and panel.preset.toolTip() == note
+        assert panel.preset.itemData(i, Qt.ItemDataRole.ToolTipRole) == note
+
+
+def test_time_left_reads_as_a_duration():
+    assert format_eta(float("nan")) == "estimating time left…"
+    assert format_eta(20) == "less than a minute left"
+    assert format_eta(3 * 60 + 10) == "about 3 min left"
+    assert format_eta(3600 + 5 * 60) == "1 h 05 min left"
+    assert not math.isnan(len(format_eta(-1)))
 
 
 def test_stop_ends_training_within_a_step_and_resume_continues(qtbot, data16, tmp_path):

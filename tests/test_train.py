@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine import checkpoints
-from engine.jobs import Checkpoint, Done, Loss, Requests
+from engine.jobs import Checkpoint, Done, Loss, Preview, Progress, Requests
 from engine.train import TrainJob
 from tests.conftest import tiny_config
 
@@ -28,10 +28,10 @@ def test_loss_falls_on_phantoms(tmp_path, phantoms16, loss):
     cfg = tiny_config(steps=80, loss=loss, lr=2e-3)
     events = run(TrainJob(cfg, tmp_path / "run", data=phantoms16))
     losses = [e.loss for e in events if isinstance(e, Loss)]
-    assert len(losses) == 16
+    assert len(losses) == 20  # every 4 steps: a twentieth of the run is finer than the preset's 5
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2])
     rows = [json.loads(line) for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(5, 81, 5))
+    assert [r["step"] for r in rows] == list(range(4, 81, 4))
     assert isinstance(events[-1], Done) and events[-1].result["step"] == 80
 
 
@@ -93,6 +93,35 @@ def test_save_now_and_sample_now_requests(tmp_path, phantoms16):
     assert [e.step for e in events if isinstance(e, Checkpoint)] == [1, 3]
     previews = [e for e in events if type(e).__name__ == "Preview"]
     assert len(previews) == 1 and previews[0].images.shape == (8, 1, 16, 16)
+
+
+def test_a_short_run_logs_a_curve_and_previews_report_their_progress(tmp_path, phantoms16):
+    # pairs-64 logs every 50 steps: a 40-step run used to log once, at its end.
+    req = Requests()
+    req.sample_now = True
+    cfg = tiny_config(steps=40, log_every=50)
+    events = run(TrainJob(cfg, tmp_path / "run", data=phantoms16, requests=req, preview_at_end=True))
+    assert [e.step for e in events if isinstance(e, Loss)] == list(range(2, 41, 2))
+    assert [e.step for e in events if isinstance(e, Preview)] == [1, 40]  # asked for, and the final weights'
+    ticks = [(e.info["step"], e.done, e.total) for e in events if isinstance(e, Progress) and e.stage == "preview"]
+    assert ticks == [(1, i, 25) for i in range(1, 26)] + [(40, i, 25) for i in range(1, 26)]
+
+
+def test_stop_during_a_preview_cuts_it_short(tmp_path, phantoms16):
+    req = Requests()
+    req.sample_now = True
+    events: list = []
+
+    def emit(ev):
+        events.append(ev)
+        if isinstance(ev, Progress) and ev.stage == "preview" and ev.done == 3:
+            req.stop = True
+
+    TrainJob(tiny_config(steps=40), tmp_path / "run", data=phantoms16, requests=req,
+             preview_at_end=True).run(emit, req.cancelled)
+    assert not [e for e in events if isinstance(e, Preview)]
+    assert max(e.done for e in events if isinstance(e, Progress) and e.stage == "preview") == 3
+    assert events[-1].cancelled and events[-1].result["step"] == 1
 
 
 def test_mask_conditioned_and_unconditional_models_train(tmp_path, phantoms16):

@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
@@ -25,6 +24,7 @@ from engine import checkpoints
 from engine.errors import InputError
 from engine.jobs import Done, Progress
 from engine.sample import SampleJob
+from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
@@ -35,6 +35,7 @@ class GeneratePanel(QWidget):
     file_started = Signal(str)  # the output file exists and is filling
     file_progress = Signal(str)
     file_done = Signal(str)
+    model_chosen = Signal(str)  # the training run's name, when a model has loaded
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -56,8 +57,7 @@ class GeneratePanel(QWidget):
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._pick_ckpt)
         form.addRow("Model", path_row(self.ckpt_edit, browse))
-        self.model_info = QLabel("")
-        self.model_info.setWordWrap(True)
+        self.model_info = WrapLabel("")
         form.addRow("", self.model_info)
         self.n_spin = QSpinBox(minimum=1, maximum=1_000_000, value=64)
         form.addRow("Samples", self.n_spin)
@@ -111,7 +111,8 @@ class GeneratePanel(QWidget):
         self.class_combo.clear()
         self.class_combo.addItem("Uniform mix of classes")
         try:
-            state = checkpoints.read_state(checkpoints.resolve(self.ckpt_edit.text().strip()))
+            ckpt = checkpoints.resolve(self.ckpt_edit.text().strip())
+            state = checkpoints.read_state(ckpt)
         except InputError as exc:
             self.model_info.setText(str(exc) if self.ckpt_edit.text().strip() else "")
             return
@@ -126,6 +127,7 @@ class GeneratePanel(QWidget):
         masks = {"joint": "image + mask", "condition": "mask → image", "none": "image only"}
         self.model_info.setText(f"step {state['step']}, {cfg['model']['image_size']} px, "
                                 f"{masks[cfg['data']['mask_mode']]}, {k} classes")
+        self.model_chosen.emit(ckpt.parent.parent.name)  # run/checkpoints/step_N
 
     def _pick_ckpt(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training run")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ from PySide6.QtWidgets import (
 )
 
 from engine import checkpoints
-from engine.config import load_preset, preset_names, resolve
+from engine.config import load_preset, preset_description, preset_names, resolve
 from engine.errors import InputError
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
 from engine.train import TrainJob
 from medsynth_gui.images import to_pixmap
+from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
@@ -41,11 +43,16 @@ SMOOTHING = 0.9
 
 
 def format_eta(seconds: float) -> str:
+    """Time left as a duration: "13:47" reads like a clock time."""
     if not math.isfinite(seconds) or seconds < 0:
-        return "--"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+        return "estimating time left…"
+    if seconds < 60:
+        return "less than a minute left"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min left"
+    h, m = divmod(minutes, 60)
+    return f"{h} h {m:02d} min left"
 
 
 class TrainPanel(QWidget):
@@ -66,6 +73,7 @@ class TrainPanel(QWidget):
         self._step_start = 0
         self._build()
         self._apply_preset("demo")
+        self.restore_settings()
 
     # -- layout -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -85,8 +93,13 @@ class TrainPanel(QWidget):
         form.addRow("Run folder", path_row(self.run_edit, run_btn))
         self.preset = QComboBox()
         self.preset.addItems(preset_names())
+        for i, name in enumerate(preset_names()):
+            self.preset.setItemData(i, preset_description(name), Qt.ItemDataRole.ToolTipRole)
         self.preset.currentTextChanged.connect(self._apply_preset)
         form.addRow("Preset", self.preset)
+        self.preset_note = WrapLabel("")
+        self.preset_note.setStyleSheet("color: #999;")
+        form.addRow("", self.preset_note)
         self.steps_spin = QSpinBox(maximum=10_000_000, singleStep=100)
         self.batch_spin = QSpinBox(minimum=1, maximum=4096)
         self.lr_spin = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-4)
@@ -126,12 +139,10 @@ class TrainPanel(QWidget):
 
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
-        self.status, self.error = status_labels()
-        self.status.setWordWrap(False)
+        self.status, self.error = status_labels(one_line=True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.progress)
-        self.data_summary = QLabel()  # what the data holds and the model size, kept while training runs
-        self.data_summary.setWordWrap(True)
+        self.data_summary = WrapLabel()  # what the data holds and the model size, kept while training runs
         outer.addWidget(self.data_summary)
         outer.addWidget(self.status)
         outer.addWidget(self.error)
@@ -141,6 +152,8 @@ class TrainPanel(QWidget):
         self.plot.setLabel("bottom", "step")
         self.plot.setLabel("left", "loss")
         self.plot.setLogMode(y=True)
+        # Plain loss values on the axis, not "loss (x0.001)" with ticks scaled to match.
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.addLegend(offset=(-10, 10))
         self.raw_curve = self.plot.plot([], [], pen=pg.mkPen((150, 150, 150, 110), width=1), name="raw",
@@ -157,9 +170,11 @@ class TrainPanel(QWidget):
             lab.setAlignment(Qt.AlignmentFlag.AlignCenter)
             lab.setStyleSheet("background: #111; border: 1px solid #333;")
             grid.addWidget(lab, i // 4, i % 4)
-        self.preview_caption = QLabel("—")
+        self.preview_caption = ElidedLabel("—")
+        self._captions = {"preview": "", "checkpoint": ""}
         outer.addWidget(previews)
         outer.addWidget(self.preview_caption)
+        self._reset_plot()
         self._on_running(False)
 
     # -- settings -----------------------------------------------------------------------
@@ -170,6 +185,9 @@ class TrainPanel(QWidget):
         self.preset.blockSignals(True)
         self.preset.setCurrentText(name)
         self.preset.blockSignals(False)
+        note = preset_description(name)
+        self.preset_note.setText(note)
+        self.preset.setToolTip(note)
         self.steps_spin.setValue(cfg.train.steps)
         self.batch_spin.setValue(cfg.train.batch)
         self.lr_spin.setValue(cfg.train.lr)
@@ -178,6 +196,37 @@ class TrainPanel(QWidget):
         self.mask_combo.setCurrentText(cfg.data.mask_mode)
         self.classes_check.setChecked(cfg.data.class_conditional)
         self.device_combo.setCurrentText(cfg.train.device)
+
+    def _fields(self) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None], type]]:
+        """The fields remembered between starts of the app: key → (read, write, type)."""
+        return {
+            "data": (self.data_edit.text, self.data_edit.setText, str),
+            "run": (self.run_edit.text, self.run_edit.setText, str),
+            "steps": (self.steps_spin.value, self.steps_spin.setValue, int),
+            "batch": (self.batch_spin.value, self.batch_spin.setValue, int),
+            "lr": (self.lr_spin.value, self.lr_spin.setValue, float),
+            "loss": (self.loss_combo.currentText, self.loss_combo.setCurrentText, str),
+            "image_size": (self.size_spin.value, self.size_spin.setValue, int),
+            "masks": (self.mask_combo.currentText, self.mask_combo.setCurrentText, str),
+            "classes": (self.classes_check.isChecked, self.classes_check.setChecked, bool),
+            "device": (self.device_combo.currentText, self.device_combo.setCurrentText, str),
+        }
+
+    def save_settings(self) -> None:
+        settings = QSettings()
+        settings.setValue("train/preset", self.preset.currentText())
+        for key, (read, _, _) in self._fields().items():
+            settings.setValue(f"train/{key}", read())
+
+    def restore_settings(self) -> None:
+        """The fields as the user left them; the preset first, since choosing it fills the others."""
+        settings = QSettings()
+        preset = settings.value("train/preset", "", type=str)
+        if preset in preset_names():
+            self._apply_preset(preset)
+        for key, (_, write, kind) in self._fields().items():
+            if settings.contains(f"train/{key}"):
+                write(settings.value(f"train/{key}", type=kind))
 
     def config(self) -> Any:
         overrides = {
@@ -220,7 +269,7 @@ class TrainPanel(QWidget):
             self._show_error("Choose a run folder for checkpoints.")
             return
         try:
-            job = TrainJob(self.config(), self.run_edit.text().strip())
+            job = TrainJob(self.config(), self.run_edit.text().strip(), preview_at_end=True)
         except InputError as exc:
             self._show_error(str(exc))
             return
@@ -233,7 +282,7 @@ class TrainPanel(QWidget):
         try:
             ckpt = checkpoints.resolve(run)
             step = int(checkpoints.read_state(ckpt)["step"])
-            job = TrainJob(None, run, resume=True, steps=max(self.steps_spin.value(), step))
+            job = TrainJob(None, run, resume=True, steps=max(self.steps_spin.value(), step), preview_at_end=True)
         except InputError as exc:
             self._show_error(str(exc))
             return
@@ -246,7 +295,7 @@ class TrainPanel(QWidget):
         self.progress.setValue(step)
         self._t_start, self._step_start = time.monotonic(), step
         self.status.setText("Loading data…")
-        QSettings().setValue("train/last_run", self.run_edit.text().strip())
+        self.save_settings()
         self.runner.start(job)
 
     def stop(self) -> None:
@@ -277,20 +326,24 @@ class TrainPanel(QWidget):
             done = ev.done - self._step_start
             rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
             eta = (ev.total - ev.done) / rate if rate == rate and rate > 0 else float("nan")
-            parts = [f"{rate:.2f} it/s" if rate == rate else "-- it/s", f"ETA {format_eta(eta)}",
-                     str(ev.info.get("device", ""))]
+            parts = [f"{rate:.2f} steps/s" if rate == rate else "", format_eta(eta), str(ev.info.get("device", ""))]
             if "gpu_mem_gib" in ev.info:
                 parts.append(f"{ev.info['gpu_mem_gib']:.2f} GiB GPU memory")
             loss = ev.info.get("loss")
-            if loss is not None and loss == loss:
-                parts.insert(0, f"loss {loss:.4f}")
+            known = loss is not None and math.isfinite(loss)
+            parts.insert(0, f"loss {loss:.4f}" if known else "waiting for the first loss")
             if ev.stage == "autoencoder":
                 parts.insert(0, f"stage 1 of 2, autoencoder {ev.done}/{ev.total}")
             self.status.setText("  ·  ".join(p for p in parts if p))
+        elif isinstance(ev, Progress) and ev.stage == "preview":
+            text = f"Rendering a preview of step {ev.info.get('step', '')}… {ev.done}/{ev.total}"
+            self._caption(preview=text)
+            # Also on the status line: on a short screen the previews lie below the fold of the dock.
+            self.status.setText(text)
         elif isinstance(ev, Preview):
             self._show_previews(ev)
         elif isinstance(ev, Checkpoint):
-            self.preview_caption.setText(f"checkpoint saved at step {ev.step}")
+            self._caption(checkpoint=f"checkpoint saved at step {ev.step}")
         elif isinstance(ev, DataSummary):
             self.data_summary.setText(ev.text)
         elif isinstance(ev, Message):
@@ -312,10 +365,19 @@ class TrainPanel(QWidget):
     def _redraw(self) -> None:
         self.raw_curve.setData(self.steps, self.raw)
         self.smooth_curve.setData(self.steps, self.smooth)
+        # An empty log axis would number an arbitrary 1 … 10 that no loss has reached.
+        for side in ("left", "bottom"):
+            self.plot.getAxis(side).setStyle(showValues=bool(self.steps))
 
     def _reset_plot(self) -> None:
         self.steps, self.raw, self.smooth = [], [], []
         self._redraw()
+        self.plot.enableAutoRange()
+        # An earlier run's previews under the new run's caption would pass for the new model's.
+        for lab in self.preview_labels:
+            lab.clear()
+        self._captions = {"preview": "", "checkpoint": ""}
+        self._caption()
 
     def _load_log(self, path: Path, upto: int) -> None:
         import json
@@ -332,13 +394,23 @@ class TrainPanel(QWidget):
         lo, hi = np.percentile(images, (0.5, 99.5))
         for lab, image in zip(self.preview_labels, images):
             lab.setPixmap(to_pixmap(image[0] if image.shape[0] == 1 else image, lo, hi, 72))
-        self.preview_caption.setText(f"previews at step {ev.step}")
+        self._caption(preview=f"previews at step {ev.step}")
+
+    def _caption(self, **parts: str) -> None:
+        """The line under the previews: what they show, and the last checkpoint."""
+        self._captions.update(parts)
+        self.preview_caption.setText("  ·  ".join(t for t in self._captions.values() if t) or "—")
 
     def _on_done(self, done: Done) -> None:
         r = done.result
         verb = "Stopped" if done.cancelled else "Finished"
-        self.status.setText(f"{verb} at step {r.get('step')} — loss {r.get('loss', float('nan')):.4f}; "
-                            f"checkpoint {r.get('checkpoint')}")
+        loss = r.get("loss", float("nan"))
+        loss_text = f" — loss {loss:.4f}" if math.isfinite(loss) else ""
+        ckpt = r.get("checkpoint")
+        saved = f"; checkpoint {Path(ckpt).name} in the run folder" if ckpt else ""
+        self.status.setText(f"{verb} at step {r.get('step')}{loss_text}{saved}")
+        if r.get("stage") != "autoencoder" and r.get("step") is not None:
+            self.progress.setValue(int(r["step"]))  # the last update may have been a preview's
         if r.get("checkpoint"):
             self.run_finished.emit(str(r.get("run_dir")))
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
+
+from medsynth_gui.labels import ElidedLabel, WrapLabel
 
 
 def path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
@@ -16,12 +19,14 @@ def path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:
     return row
 
 
-def status_labels() -> tuple[QLabel, QLabel]:
-    """A panel's status line and its error line: red, bold and hidden until something fails."""
-    status = QLabel("Idle")
-    status.setWordWrap(True)
-    error = QLabel()
-    error.setWordWrap(True)
+def status_labels(one_line: bool = False) -> tuple[QLabel, QLabel]:
+    """A panel's status line and its error line: red, bold and hidden until something fails.
+
+    one_line: a status that changes many times a second stays one line (cut with …) instead of
+    re-wrapping and moving everything below it.
+    """
+    status = ElidedLabel("Idle", mode=Qt.TextElideMode.ElideRight) if one_line else WrapLabel("Idle")
+    error = WrapLabel()
     error.setStyleSheet("color: #ff6b6b; font-weight: bold;")
     error.hide()
     return status, error

@@ -16,12 +16,14 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QSlider,
     QToolButton,
     QWidget,
 )
+
+from medsynth_gui.flow_layout import FlowLayout
+from medsynth_gui.labels import ElidedLabel
 
 from .colors import PRESET_NAMES, matching_preset
 from .state import ViewState
@@ -44,11 +46,12 @@ class ControlBar(QWidget):
     def __init__(self, state: ViewState, on_reset: Callable[[], None], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        lay = QHBoxLayout(self)
+        # Controls wrap onto a second row in a narrow viewer (each half of Compare) instead of widening it.
+        lay = FlowLayout(self)
         lay.setContentsMargins(4, 2, 4, 2)
         lay.setSpacing(8)
 
-        self.title = QLabel("")
+        self.title = ElidedLabel("")
         self.title.setStyleSheet("font-weight: bold;")
         lay.addWidget(self.title)
 
@@ -95,7 +98,6 @@ class ControlBar(QWidget):
 
         self.legend = Legend(state)
         lay.addWidget(self.legend)
-        lay.addStretch(1)
 
         for event, handler in (("image", self._on_image), ("window_level", self._on_window_level),
                                ("mask", self._on_mask), ("mask_visible", self.mask_box.setChecked),

@@ -6,6 +6,8 @@ import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
+from medsynth_gui.labels import WrapLabel
+
 from .controls import ControlBar, Legend
 from .orientation import orientation_code
 from .slice_view import SliceView
@@ -57,9 +59,8 @@ class Viewer(QWidget):
         self.info_cell.setStyleSheet("QFrame#info { background: #111; } QLabel { color: #ddd; }")
         cell = QVBoxLayout(self.info_cell)
         cell.setContentsMargins(10, 8, 10, 8)
-        self.info = QLabel("")
+        self.info = WrapLabel("")
         self.info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        self.info.setWordWrap(True)
         cell.addWidget(self.info)
         if layout == "grid":
             self.legend = Legend(self.state, vertical=True)
