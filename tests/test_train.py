@@ -79,7 +79,7 @@ def test_resume_can_extend_the_step_count(tmp_path, phantoms16):
 def test_new_run_refuses_a_folder_that_holds_one(tiny_run, phantoms16):
     from engine.errors import InputError
 
-    with pytest.raises(InputError, match="--resume"):
+    with pytest.raises(InputError, match="already holds a training run; resume it"):
         TrainJob(tiny_config(), tiny_run, data=phantoms16)
 
 
