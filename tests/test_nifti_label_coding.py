@@ -16,6 +16,7 @@ import pytest
 
 from engine.cli import main
 from engine.data import VolumeOptions, load_images
+from engine.data.readers import read_nifti_cases
 from engine.export import export
 from engine.jobs import DataSummary
 from engine.store import write_image_set
@@ -123,8 +124,14 @@ def test_brats_values_without_dataset_json_map_the_same_in_every_case(tmp_path):
     for got, raw in zip(_volumes(s), cases.values(), strict=True):
         np.testing.assert_array_equal(got, lut[raw])
     assert set(np.unique(s.masks[1]).tolist()) == {0, 1, 3}
-    # A 2D read of one case alone codes only what that case holds; its slices say so.
-    alone = load_images(tmp_path / "brats" / "brats_b.nii.gz")
+    # As slices, the cases read together code the same way; one case read alone codes only what it holds.
+    root = tmp_path / "brats"
+    slices = read_nifti_cases([(root / f"{c}.nii.gz", root / f"{c}_seg.nii.gz") for c in cases], root)
+    assert slices.mask_coding == {1: 1, 2: 2, 3: 4} and slices.label_names == s.label_names
+    for name, m in zip(slices.names, slices.masks, strict=True):
+        np.testing.assert_array_equal(m, lut[_slice_of(cases[name.split(" · ")[0]], name)])
+    assert {n.split(" · ")[0] for n in slices.names} == set(cases)
+    alone = load_images(root / "brats_b.nii.gz")
     assert alone.mask_coding == {1: 1, 2: 4} and alone.num_mask_labels == 3
 
 

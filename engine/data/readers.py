@@ -423,13 +423,25 @@ def read_nifti(path: str | Path, mask: str | Path | None = None) -> ImageSet:
         path, mask = (image, path) if image is not None else (path, partners.label_for(path))
     elif not Path(mask).is_file():
         raise InputError(mask, "does not exist")
-    root = partners.dataset_root(path)
+    return read_nifti_cases([(path, None if mask is None else Path(mask))], path)
+
+
+def read_nifti_cases(pairs: list[tuple[Path, Path | None]], source: str | Path) -> ImageSet:
+    """NIfTI images, each with its label map (or none, for every case), as the axial slices of one
+    set, as `read_nifti` reads one: a folder of cases is read through this, not case by case, so
+    that its labels are coded over every case (a value is the same label in each) and named by the
+    dataset.json of the first image's dataset, if it has one."""
+    root = partners.dataset_root(pairs[0][0]) if pairs else None
     names, modality = _dataset_json(root) if root is not None else (None, "generic")
-    volume, spacing = _load_volume(path, "image")
-    labels = _load_labels(Path(mask), path, volume, set(names) if names else None) if mask is not None else None
-    images, masks, kept = _axial_slices(volume, labels)
-    s = _slices_to_set([(images, masks, spacing)], path, names, modality)
-    s.names = _slice_names(_case_name(path, Path(mask) if mask is not None else None), kept)
+    cases, slice_names = [], []
+    for image, mask in pairs:
+        volume, spacing = _load_volume(image, "image")
+        labels = _load_labels(mask, image, volume, set(names) if names else None) if mask is not None else None
+        images, masks, kept = _axial_slices(volume, labels)
+        cases.append((images, masks, spacing))
+        slice_names += _slice_names(_case_name(image, mask), kept)
+    s = _slices_to_set(cases, Path(source), names, modality)
+    s.names = slice_names
     return s
 
 
