@@ -387,18 +387,19 @@ def _axial_slices(volume: np.ndarray, labels: np.ndarray | None,
 
 
 def _slices_to_set(cases: list[tuple[list[np.ndarray], list[np.ndarray] | None, tuple[float, float]]],
-                   source: Path, names: dict[int, str] | None, modality: str = "generic") -> ImageSet:
-    """Every case's slices as one set; `names` are dataset.json's labels, or None."""
+                   source: Path, *, dataset_names: dict[int, str] | None, modality: str = "generic") -> ImageSet:
+    """Every case's slices as one set, their masks in the files' values (coded here, over all of
+    them); `dataset_names` are dataset.json's labels, or None."""
     images = [im for ims, _, _ in cases for im in ims]
     if not images:
         raise InputError(source, "holds no slices")
     has_masks = all(ms is not None for _, ms, _ in cases)
     masks = [m for _, ms, _ in cases for m in ms or []] if has_masks else None
     coding: dict[int, int] = {}
-    label_names = names or {}
+    label_names = dataset_names or {}
     if masks is not None:
         # Every foreground voxel lies on a kept slice, so the slices hold every value of the volumes.
-        masks, coding, label_names = code_label_maps(masks, source, names)
+        masks, coding, label_names = code_label_maps(masks, source, dataset_names)
     stacked, stacked_masks, (h, w) = _resize_to_common(images, masks)
     # Spacing (x, y) after resizing to the common size (x along the W columns); the median when cases differ.
     spacing = np.median([(sp[0] * ims[0].shape[2] / w, sp[1] * ims[0].shape[1] / h)
@@ -440,7 +441,7 @@ def read_nifti_cases(pairs: list[tuple[Path, Path | None]], source: str | Path) 
         images, masks, kept = _axial_slices(volume, labels)
         cases.append((images, masks, spacing))
         slice_names += _slice_names(_case_name(image, mask), kept)
-    s = _slices_to_set(cases, Path(source), names, modality)
+    s = _slices_to_set(cases, Path(source), dataset_names=names, modality=modality)
     s.names = slice_names
     return s
 
@@ -517,7 +518,7 @@ def read_msd(root: str | Path) -> ImageSet:
         images, masks, kept = _axial_slices(volume, labels)
         slices.append((images, masks, spacing))
         names += _slice_names(case, kept)
-    s = _slices_to_set(slices, root, label_names, modality)
+    s = _slices_to_set(slices, root, dataset_names=label_names, modality=modality)
     s.names = names
     return s
 
