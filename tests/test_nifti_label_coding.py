@@ -141,6 +141,13 @@ def test_a_label_that_resampling_drops_keeps_its_number(tmp_path):
     s = load_images(tmp_path / "brats", volumes=VolumeOptions(size=4, spacing=(6.0, 6.0, 6.0), crop="center"))
     assert 2 not in np.unique(s.masks)
     assert s.mask_coding == {1: 1, 2: 2, 3: 4} and s.num_mask_labels == 4
+    # Values that are labels already (0, 1, 2) keep label 2 too.
+    for case in ("brats_a", "brats_b"):
+        seg = tmp_path / "brats" / f"{case}_seg.nii.gz"
+        _nii(seg, np.minimum(np.asarray(nib.load(seg).dataobj), 1 if case == "brats_b" else 2).astype(np.uint8))
+    s = load_images(tmp_path / "brats", volumes=VolumeOptions(size=4, spacing=(6.0, 6.0, 6.0), crop="center"))
+    assert 2 not in np.unique(s.masks)
+    assert s.mask_coding == {} and s.num_mask_labels == 3 and s.label_names == {0: "background", 1: "1", 2: "2"}
 
 
 @pytest.mark.parametrize("volumes", [None, SAME_GRID], ids=["2d-slices", "3d-volumes"])

@@ -363,12 +363,13 @@ def code_label_maps(masks: list[np.ndarray] | np.ndarray, source: str | Path, na
     are resampled from the files that hold them), so a lone 0/255 mask is one label, not 255, and
     a value is the same label in every case.
     """
-    masks, coding = consecutive_labels(masks, source, set(names) if names else values)
+    known = set(names) if names else None if values is None else {int(v) for v in values}
+    masks, coding = consecutive_labels(masks, source, known)
     if coding:
         return masks, coding, coded_label_names(coding, "value", names)
     if names:
         return masks, coding, names
-    top = max((int(m.max()) for m in masks if m.size), default=0)
+    top = max(known, default=0) if known is not None else max((int(m.max()) for m in masks if m.size), default=0)
     return masks, coding, {0: "background", **{k: str(k) for k in range(1, top + 1)}}
 
 
