@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,17 +72,22 @@ class ImageSet:
         return max(highest, named, 1) + 1
 
 
-def consecutive_labels(masks: list[np.ndarray], source: str | Path | None = None,
-                       ) -> tuple[list[np.ndarray], dict[int, int]]:
+def consecutive_labels(masks: list[np.ndarray] | np.ndarray, source: str | Path | None = None,
+                       values: Iterable[int] | None = None) -> tuple[list[np.ndarray] | np.ndarray, dict[int, int]]:
     """Label maps holding any whole values → uint8 labels 0..K, and the coding {label: value}.
 
     One mapping for the whole set (sorted values, 0 stays background), so the same grey value
     is the same label in every file; K is the number of distinct non-zero values, never 255
-    because a file happens to store its two classes as 127 and 254. The list is recoded in
-    place, so a large set never holds its masks twice.
+    because a file happens to store its two classes as 127 and 254. The list (or the (N, ...)
+    array) is recoded in place, so a large set never holds its masks twice. `values` are the
+    values that are labels when something else knows them (a dataset.json, or the full-resolution
+    files behind resampled masks) and must include every value the masks hold; by default, those
+    the masks hold.
     """
-    values = np.unique(np.concatenate([np.unique(m) for m in masks])) if masks else np.zeros(0, np.int64)
-    nonzero = [int(v) for v in values.tolist() if v != 0]
+    if values is None:
+        found = [np.unique(m) for m in masks]
+        values = np.unique(np.concatenate(found)).tolist() if found else []
+    nonzero = sorted({int(v) for v in values if v != 0})
     if len(nonzero) > 255:
         raise InputError(source, f"masks hold {len(nonzero)} distinct values; at most 255 labels are possible")
     coding = {k + 1: v for k, v in enumerate(nonzero)}
@@ -103,10 +109,14 @@ def to_user_coding(mask: np.ndarray, coding: dict[int, int]) -> np.ndarray:
     return out.astype(np.uint8 if out.max(initial=0) < 256 else np.uint16)
 
 
-def coded_label_names(coding: dict[int, int], word: str = "grey") -> dict[int, str]:
-    """Names that say where each label came from ("label 1 (grey 127)"): the raw value alone would
-    read as a label number that does not exist."""
-    return {0: "background", **{k: f"label {k} ({word} {v})" for k, v in coding.items()}}
+def coded_label_names(coding: dict[int, int], word: str = "grey", names: dict[int, str] | None = None,
+                      ) -> dict[int, str]:
+    """Names that say where each label came from ("label 1 (grey 127)", or with the user's own
+    names by value, "enhancing tumour (value 4)"): the raw value alone would read as a label
+    number that does not exist, and the bare name would hide that the number changed."""
+    names = names or {}
+    return {0: names.get(0, "background"),
+            **{k: f"{names[v] if v in names else f'label {k}'} ({word} {v})" for k, v in coding.items()}}
 
 
 def describe_mask_coding(s: ImageSet) -> str:

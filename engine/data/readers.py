@@ -13,7 +13,7 @@ import logging
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -336,13 +336,42 @@ def _load_labels(path: Path, image_path: Path, image: np.ndarray, allowed: set[i
 
 def _label_map(path: Path, labels: np.ndarray, allowed: set[int] | None) -> np.ndarray:
     """Label values checked (whole, 0..255, known to dataset.json when `allowed`) and made uint8."""
+    label_values(path, labels, allowed)
+    return labels.astype(np.uint8)
+
+
+def label_values(path: Path, labels: np.ndarray, allowed: set[int] | None) -> list[int]:
+    """The values a label map holds, sorted; InputError unless they are whole, 0..255 and, when
+    `allowed`, known to dataset.json."""
     values = np.unique(labels)
     if np.any(values != np.rint(values)) or values.min() < 0 or values.max() > 255:
         raise InputError(path, "is not a label map: values must be whole numbers 0..255")
-    unknown = sorted(set(values.astype(int).tolist()) - allowed) if allowed is not None else []
+    found = values.astype(int).tolist()
+    unknown = sorted(set(found) - allowed) if allowed is not None else []
     if unknown:
         raise InputError(path, f"holds label value(s) {unknown} not in dataset.json labels {sorted(allowed)}")
-    return labels.astype(np.uint8)
+    return found
+
+
+def code_label_maps(masks: list[np.ndarray] | np.ndarray, source: str | Path, names: dict[int, str] | None,
+                    values: Iterable[int] | None = None,
+                    ) -> tuple[list[np.ndarray] | np.ndarray, dict[int, int], dict[int, str]]:
+    """A set's NIfTI label maps → labels 0..K in place, the coding {label: value} and the labels' names.
+
+    With a dataset.json, its values are the labels: nnU-Net v2's are 0..K already, an MSD one may
+    skip some (BraTS: 0, 1, 2, 4), and those become consecutive too, keeping their names. Without
+    one, the labels are the distinct values over every case of the set (`values` when the masks
+    are resampled from the files that hold them), so a lone 0/255 mask is one label, not 255, and
+    a value is the same label in every case.
+    """
+    known = set(names) if names else None if values is None else {int(v) for v in values}
+    masks, coding = consecutive_labels(masks, source, known)
+    if coding:
+        return masks, coding, coded_label_names(coding, "value", names)
+    if names:
+        return masks, coding, names
+    top = max(known, default=0) if known is not None else max((int(m.max()) for m in masks if m.size), default=0)
+    return masks, coding, {0: "background", **{k: str(k) for k in range(1, top + 1)}}
 
 
 def _axial_slices(volume: np.ndarray, labels: np.ndarray | None,
@@ -360,18 +389,25 @@ def _axial_slices(volume: np.ndarray, labels: np.ndarray | None,
 
 
 def _slices_to_set(cases: list[tuple[list[np.ndarray], list[np.ndarray] | None, tuple[float, float]]],
-                   source: Path, label_names: dict[int, str], modality: str = "generic") -> ImageSet:
+                   source: Path, *, dataset_names: dict[int, str] | None, modality: str = "generic") -> ImageSet:
+    """Every case's slices as one set, their masks in the files' values (coded here, over all of
+    them); `dataset_names` are dataset.json's labels, or None."""
     images = [im for ims, _, _ in cases for im in ims]
     if not images:
         raise InputError(source, "holds no slices")
     has_masks = all(ms is not None for _, ms, _ in cases)
     masks = [m for _, ms, _ in cases for m in ms or []] if has_masks else None
+    coding: dict[int, int] = {}
+    label_names = dataset_names or {}
+    if masks is not None:
+        # Every foreground voxel lies on a kept slice, so the slices hold every value of the volumes.
+        masks, coding, label_names = code_label_maps(masks, source, dataset_names)
     stacked, stacked_masks, (h, w) = _resize_to_common(images, masks)
     # Spacing (x, y) after resizing to the common size (x along the W columns); the median when cases differ.
     spacing = np.median([(sp[0] * ims[0].shape[2] / w, sp[1] * ims[0].shape[1] / h)
                          for ims, _, sp in cases if ims], axis=0)
     return validate(ImageSet(images=stacked, masks=stacked_masks, spacing=tuple(float(s) for s in spacing),
-                             label_names=label_names, modality=modality, source=str(source)))
+                             label_names=label_names, mask_coding=coding, modality=modality, source=str(source)))
 
 
 def read_nifti(path: str | Path, mask: str | Path | None = None) -> ImageSet:
@@ -390,15 +426,25 @@ def read_nifti(path: str | Path, mask: str | Path | None = None) -> ImageSet:
         path, mask = (image, path) if image is not None else (path, partners.label_for(path))
     elif not Path(mask).is_file():
         raise InputError(mask, "does not exist")
-    root = partners.dataset_root(path)
-    names, modality = _dataset_json(root) if root is not None else ({}, "generic")
-    volume, spacing = _load_volume(path, "image")
-    labels = _load_labels(Path(mask), path, volume, set(names) or None) if mask is not None else None
-    images, masks, kept = _axial_slices(volume, labels)
-    if not names and labels is not None:
-        names = _mask_label_names(labels)
-    s = _slices_to_set([(images, masks, spacing)], path, names, modality)
-    s.names = _slice_names(_case_name(path, Path(mask) if mask is not None else None), kept)
+    return read_nifti_cases([(path, None if mask is None else Path(mask))], path)
+
+
+def read_nifti_cases(pairs: list[tuple[Path, Path | None]], source: str | Path) -> ImageSet:
+    """NIfTI images, each with its label map (or none, for every case), as the axial slices of one
+    set, as `read_nifti` reads one: a folder of cases is read through this, not case by case, so
+    that its labels are coded over every case (a value is the same label in each) and named by the
+    dataset.json of the first image's dataset, if it has one."""
+    root = partners.dataset_root(pairs[0][0]) if pairs else None
+    names, modality = _dataset_json(root) if root is not None else (None, "generic")
+    cases, slice_names = [], []
+    for image, mask in pairs:
+        volume, spacing = _load_volume(image, "image")
+        labels = _load_labels(mask, image, volume, set(names) if names else None) if mask is not None else None
+        images, masks, kept = _axial_slices(volume, labels)
+        cases.append((images, masks, spacing))
+        slice_names += _slice_names(_case_name(image, mask), kept)
+    s = _slices_to_set(cases, Path(source), dataset_names=names, modality=modality)
+    s.names = slice_names
     return s
 
 
@@ -474,7 +520,7 @@ def read_msd(root: str | Path) -> ImageSet:
         images, masks, kept = _axial_slices(volume, labels)
         slices.append((images, masks, spacing))
         names += _slice_names(case, kept)
-    s = _slices_to_set(slices, root, label_names, modality)
+    s = _slices_to_set(slices, root, dataset_names=label_names, modality=modality)
     s.names = names
     return s
 

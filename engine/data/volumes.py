@@ -26,13 +26,13 @@ from engine.data.dicom import is_dicom_folder, read_dicom_series
 from engine.data.readers import (
     _channel_modality,
     _dataset_json,
-    _label_map,
-    _mask_label_names,
     _msd_cases,
     _nifti_stem,
     _reading,
     _visible,
+    code_label_maps,
     is_nifti,
+    label_values,
 )
 from engine.errors import InputError
 
@@ -82,9 +82,10 @@ class _Case:
 @dataclass
 class _Volume:
     image: np.ndarray  # float32 (X, Y, Z), RAS voxel order
-    mask: np.ndarray | None  # uint8 (X, Y, Z) or None
+    mask: np.ndarray | None  # uint8 (X, Y, Z) in the file's values, or None
     spacing: np.ndarray  # (3,) mm along X, Y, Z
     modality: str  # "CT", "MR" or "generic"
+    values: tuple[int, ...] = ()  # the values the full-resolution mask holds
 
 
 def read_volumes(path: str | Path, options: VolumeOptions) -> ImageSet:
@@ -113,8 +114,12 @@ def read_volumes(path: str | Path, options: VolumeOptions) -> ImageSet:
     images = np.empty((len(cases), 1, size, size, size), np.float32)
     masks = np.zeros((len(cases), size, size, size), np.uint8) if has_masks else None
     modalities = []
+    # The labels are the values of the full-resolution files: a small label that resampling drops
+    # from every cube still keeps its number, so the coding does not depend on the spacing.
+    found: set[int] = set()
     for i, case in enumerate(cases):
         vol = _load(case, allowed)
+        found.update(vol.values)
         if options.crop == "center":
             centre = (np.array(vol.image.shape) - 1) / 2.0
         else:
@@ -134,9 +139,10 @@ def read_volumes(path: str | Path, options: VolumeOptions) -> ImageSet:
     # with its axes along x, y, z (a source's obliquity is not kept).
     affine = np.diag([*target, 1.0])
     affine[:3, 3] = -(size - 1) / 2.0 * target
-    if label_names is None:
-        label_names = _mask_label_names(masks)
-    return validate(ImageSet(images=images, masks=masks, label_names=label_names,
+    coding: dict[int, int] = {}
+    if masks is not None:
+        masks, coding, label_names = code_label_maps(masks, path, label_names, found)
+    return validate(ImageSet(images=images, masks=masks, label_names=label_names or {}, mask_coding=coding,
                              spacing=tuple(float(s) for s in target), affine=affine, modality=modality,
                              source=str(path)))
 
@@ -253,16 +259,18 @@ def _load(case: _Case, allowed: set[int] | None) -> _Volume:
         raise InputError(case.image, f"has voxel size {tuple(spacing.tolist())} mm; every size must be positive")
     if modality not in ("CT", "MR", "generic"):
         modality = "CT" if float(np.percentile(_strided(image), 1)) < -500 else "MR"
-    mask = None
+    mask, values = None, ()
     if case.mask is not None:
         raw, mask_affine = _read_nifti(case.mask, "label map", None)
         # Checked in memory order: np.unique of a flipped or Fortran-ordered view first copies
         # it into C order, seconds for a full CT.
         order = "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C"
-        labels = _label_map(case.mask, raw.ravel(order=order), allowed).reshape(raw.shape, order=order)
+        flat = raw.ravel(order=order)
+        values = tuple(label_values(case.mask, flat, allowed))
+        labels = flat.astype(np.uint8).reshape(raw.shape, order=order)
         mask, mask_affine = _to_ras(labels, mask_affine)
         partners.check_geometry(case.image, image.shape, affine, case.mask, mask.shape, mask_affine)
-    return _Volume(image, mask, spacing, modality)
+    return _Volume(image, mask, spacing, modality, values)
 
 
 def _read_nifti(path: Path, what: str, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
