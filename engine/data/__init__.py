@@ -90,17 +90,11 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
 
 def _read_nifti_folder(path: Path, files: list[Path]) -> ImageSet:
     """A folder of NIfTI files as the axial slices of every image, each with its mask partner paired as the 3D
-    reader pairs them, so that a folder holds the same cases read as slices or as volumes."""
-    from engine.data.readers import _slices_to_set, read_nifti
+    reader pairs them, so that a folder holds the same cases read as slices or as volumes, coded alike."""
+    from engine.data.readers import read_nifti_cases
     from engine.data.volumes import _nifti_folder
 
-    sets = [read_nifti(case.image, case.mask) for case in _nifti_folder(path, sorted(files))]
-    names = {k: v for s in sets for k, v in s.label_names.items()}
-    out = _slices_to_set([(list(s.images), None if s.masks is None else list(s.masks), s.spacing) for s in sets],
-                         path, names)
-    if all(s.names is not None for s in sets):
-        out.names = [n for s in sets for n in s.names]
-    return out
+    return read_nifti_cases([(case.image, case.mask) for case in _nifti_folder(path, sorted(files))], path)
 
 
 def _holds_volumes(path: Path) -> bool:
