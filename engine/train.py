@@ -158,6 +158,10 @@ class TrainJob:
             emit(Progress("load", 0, 1))
             self.data = load_images(cfg.data.path, split=cfg.data.split, volumes=volume_options(cfg))
         data = self.data
+        if not cfg.data.path and data.source and Path(data.source).exists():
+            # Data handed over in memory (the app, tests) is still found again on resume and by mask-conditioned
+            # sampling: the run folder's own config.json is the one place that keeps the full path.
+            cfg.data.path = str(Path(data.source).resolve())
         state: dict[str, Any] = checkpoints.read_state(self.ckpt) if self.ckpt else {}
         fresh = self.ckpt is None and not self.resume
         if fresh:
