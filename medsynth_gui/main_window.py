@@ -93,6 +93,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Open a file, drop one here, or try the demo.")
         self.viewer.readout.connect(self.statusBar().showMessage)
         self.gallery.sample_activated.connect(self.open_sample)
+        self.reader_study.reading.connect(self._blind_window)
         self.gallery.failed.connect(lambda message: self.show_error(message))
         self.train.run_finished.connect(self.generate.set_checkpoint)
         self.generate.file_started.connect(self._generation_started)
@@ -353,6 +354,23 @@ class MainWindow(QMainWindow):
         self.gallery.open_file(path)
         self.stack.setCurrentWidget(self.tabs)
         self.tabs.setCurrentWidget(self.gallery)
+
+    def _blind_window(self, reading: bool) -> None:
+        """While a reader reads a study, the docks, the other tabs and the status bar could name the files
+        or show their samples: hide them, and bring back what was shown when reading stops."""
+        if reading:
+            self._docks_before_reading = [d for d in (self.train_dock, self.generate_dock) if d.isVisible()]
+            for dock in self._docks_before_reading:
+                dock.hide()
+        else:
+            for dock in getattr(self, "_docks_before_reading", []):
+                dock.show()
+            self._docks_before_reading = []
+        study = self.tabs.indexOf(self.reader_study)
+        for i in range(self.tabs.count()):
+            if i != study:
+                self.tabs.setTabEnabled(i, not reading)
+        self.statusBar().showMessage("Reading a study: everything else is hidden until you stop." if reading else "")
 
     # -- recent files -------------------------------------------------------------------
     def _recent(self) -> list[str]:

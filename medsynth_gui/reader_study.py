@@ -103,6 +103,7 @@ class ReaderStudyWidget(QWidget):
 
     failed = Signal(str)  # an error, already shown in the widget's message line
     finished = Signal(str)  # the reader has answered every item
+    reading = Signal(bool)  # True while items are being read: the window around must then show nothing telling
 
     def __init__(self, parent: QWidget | None = None, study: str | Path | None = None, reader: str = "") -> None:
         super().__init__(parent)
@@ -119,6 +120,7 @@ class ReaderStudyWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.stack)
+        self.stack.currentChanged.connect(lambda _i: self.reading.emit(self.stack.currentWidget() is self.reading_page))
         if study is not None:
             self.study_edit.setText(str(study))
         self.reader_edit.setText(reader)

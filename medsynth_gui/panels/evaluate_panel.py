@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -39,6 +38,7 @@ from engine.errors import InputError
 from engine.evaluate import EvalSettings, EvaluateJob, default_training_data
 from engine.evaluate_report import answers, named_figures
 from engine.jobs import Done, Message, Progress
+from medsynth_gui.flow_layout import FlowLayout
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
@@ -170,20 +170,22 @@ class EvaluatePanel(QWidget):
         self.answers_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         av.addWidget(self.answers_label)
         grid.addWidget(answers_box)
-        plots = QHBoxLayout()
+        # Flowing rows, not one fixed row: side by side the plots and the pairs would need more width than a
+        # laptop screen leaves beside the form and the docks, and the answers would be cut off on the right.
+        plots_holder = QWidget()
+        plots = FlowLayout(plots_holder)
         self.hist_plot = pg.PlotWidget(title="Nearest training image")
         self.hist_plot.setLabel("bottom", "correlation")
         self.hist_plot.setLabel("left", "samples")
         self.dice_plot = pg.PlotWidget(title="Dice on held-out real data")
         for p in (self.hist_plot, self.dice_plot):
-            p.setFixedHeight(260)
+            p.setFixedSize(340, 260)
             p.setMouseEnabled(False, False)
             plots.addWidget(p)
-        grid.addLayout(plots)
+        grid.addWidget(plots_holder)
         pairs_box = QGroupBox("Closest pairs (synthetic | nearest training image)")
         pairs_box.setMinimumHeight(150)
-        # A grid of three pairs per row: one long row would force the page wider than the window.
-        self.pairs_layout = QGridLayout(pairs_box)
+        self.pairs_layout = FlowLayout(pairs_box)
         grid.addWidget(pairs_box)
         self.fid_table = QTableWidget(0, 4)
         self.fid_table.setHorizontalHeaderLabels(["FID depth", "Inception block", "synthetic vs real", "real vs real"])
@@ -363,7 +365,7 @@ class EvaluatePanel(QWidget):
             item = self.pairs_layout.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
-        for k, (synth, train, caption) in enumerate(pairs):
+        for synth, train, caption in pairs:
             cell = QWidget()
             lay = QVBoxLayout(cell)
             lay.setContentsMargins(2, 2, 2, 2)
@@ -376,7 +378,7 @@ class EvaluatePanel(QWidget):
             cap = QLabel(caption)
             cap.setAlignment(Qt.AlignmentFlag.AlignCenter)
             lay.addWidget(cap)
-            self.pairs_layout.addWidget(cell, k // 3, k % 3)
+            self.pairs_layout.addWidget(cell)
 
     def _show_fid(self, fid: dict) -> None:
         self.fid_table.setRowCount(0)
