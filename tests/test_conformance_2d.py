@@ -46,11 +46,6 @@ def walked(request, tmp_path_factory) -> C.Walk:
     return C.walk(request.param, root, build(root), fmt, C.TINY_2D)
 
 
-def _only(walked: C.Walk, kinds: list[str]) -> None:
-    if walked.kind not in kinds:
-        pytest.skip("not this kind of source")
-
-
 def _label_values(walked: C.Walk) -> set[int]:
     """The source's mask values that are labels (0 included): all of them but VOC's void border, which takes the
     label of the nearest labelled pixel (a generator cannot leave pixels unlabelled)."""
@@ -98,8 +93,8 @@ def test_samples_hold_known_labels_classes_and_source_units(walked):
 # ---------------------------------------------------------------- picture folders and .npz → PNG
 
 
+@pytest.mark.parametrize("walked", PICTURES, indirect=True)
 def test_png_export_keeps_bit_depth_channels_and_units(walked):
-    _only(walked, PICTURES)
     walked.output("export")
     c = walked.corpus
     files = sorted((walked.export / "images").glob("*.png"))
@@ -120,8 +115,8 @@ def test_png_export_keeps_bit_depth_channels_and_units(walked):
         assert lo - 1 <= pixels.min() and pixels.max() <= hi + 1, (p.name, mode, pixels.min(), pixels.max())
 
 
+@pytest.mark.parametrize("walked", [k for k in PICTURES if k in MASKED], indirect=True)
 def test_png_masks_come_back_in_the_source_coding(walked):
-    _only(walked, [k for k in PICTURES if k in MASKED])
     walked.output("export")
     seen: set[int] = set()
     for p in sorted((walked.export / "masks").glob("*.png")):
@@ -131,8 +126,8 @@ def test_png_masks_come_back_in_the_source_coding(walked):
     assert seen <= _label_values(walked), seen
 
 
+@pytest.mark.parametrize("walked", ["grey-0-127-254"], indirect=True)
 def test_grey_level_masks_are_announced_before_training(walked):
-    _only(walked, ["grey-0-127-254"])
     log = walked.output("train")
     assert _announces_two_grey_labels(log), log
 
@@ -160,8 +155,8 @@ def _resized_spacing(walked: C.Walk) -> tuple[float, float]:
     return sx * w / SIZE, sy * h / SIZE
 
 
+@pytest.mark.parametrize("walked", ["nifti-pir", "msd-slices"], indirect=True)
 def test_2d_samples_carry_the_spacing_of_what_was_generated(walked):
-    _only(walked, ["nifti-pir", "msd-slices"])
     attrs = walked.attrs()
     x, y = _resized_spacing(walked)
     # PIR with 3 mm sagittal slices: axial pixels are 3 mm wide (x) and 0.9 mm tall (y) before resizing.
@@ -170,8 +165,8 @@ def test_2d_samples_carry_the_spacing_of_what_was_generated(walked):
     np.testing.assert_allclose(np.linalg.norm(affine[:3, :2], axis=0), [x, y], rtol=1e-4)
 
 
+@pytest.mark.parametrize("walked", ["nifti-pir"], indirect=True)
 def test_2d_nifti_export_matches_the_file(walked):
-    _only(walked, ["nifti-pir"])
     walked.output("export")
     x, y = _resized_spacing(walked)
     img = nib.load(str(walked.export / "synth_00000.nii.gz"))
@@ -183,8 +178,8 @@ def test_2d_nifti_export_matches_the_file(walked):
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2}
 
 
+@pytest.mark.parametrize("walked", ["msd-slices"], indirect=True)
 def test_2d_nnunet_export_is_a_dataset_nnunet_accepts(walked):
-    _only(walked, ["msd-slices"])
     walked.output("export")
     dataset = walked.export / C.NNUNET_DATASET
     assert dataset.is_dir(), sorted(p.name for p in walked.export.iterdir())
@@ -259,9 +254,9 @@ def test_info_gives_2d_pixel_spacing_in_x_y_order(tmp_path):
     assert code == 0 and "spacing: (3.0, 0.9)" in text, text
 
 
+@pytest.mark.parametrize("walked", ["nifti-pir"], indirect=True)
 def test_a_2d_nifti_export_reads_back_upright_as_the_sample(walked):
     """The exported (x, y, 1) file, read by the engine's own NIfTI reader, is the stored picture the same way up."""
-    _only(walked, ["nifti-pir"])
     from engine.data import read_nifti
 
     walked.output("export")

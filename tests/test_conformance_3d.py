@@ -37,11 +37,6 @@ def walked(request, tmp_path_factory) -> C.Walk:
     return C.walk(request.param, root, build(root), fmt, C.TINY_3D, "--preset", "demo-3d", "--size", str(SIZE), n=2)
 
 
-def _only(walked: C.Walk, kinds: list[str]) -> None:
-    if walked.kind not in kinds:
-        pytest.skip("not this kind of source")
-
-
 def _native_spacings(walked: C.Walk) -> list[np.ndarray]:
     """Each case's voxel size in mm, read from the source files with nibabel / pydicom, not the engine."""
     path = walked.corpus.path
@@ -74,8 +69,8 @@ def test_the_model_is_sized_by_what_the_data_holds(walked):
     assert walked.arrays()["images"].shape == (2, 1, SIZE, SIZE, SIZE)
 
 
+@pytest.mark.parametrize("walked", MASKED, indirect=True)
 def test_label_values_and_names_survive_into_the_samples(walked):
-    _only(walked, MASKED)
     attrs, arrays = walked.attrs(), walked.arrays()
     assert arrays["masks"].shape == (2, SIZE, SIZE, SIZE) and arrays["masks"].max() <= 2
     names = {int(k): v for k, v in attrs["label_names"].items() if int(k) != 0}
@@ -85,8 +80,8 @@ def test_label_values_and_names_survive_into_the_samples(walked):
         assert set(names) == {1, 2}
 
 
+@pytest.mark.parametrize("walked", [*MASKED, "dicom-oblique"], indirect=True)  # MedMNIST keeps no spacing
 def test_spacing_is_one_isotropic_size_that_fits_the_data(walked):
-    _only(walked, [*MASKED, "dicom-oblique"])  # MedMNIST keeps no spacing
     facts, attrs = walked.facts(), walked.attrs()
     spacing = np.asarray(facts["spacing"], float)
     assert spacing.shape == (3,) and np.allclose(spacing, spacing[0])
@@ -112,8 +107,8 @@ def test_samples_come_back_in_the_source_units(walked):
         assert lo - 0.05 * (hi - lo) <= images.min() and images.max() <= hi + 0.05 * (hi - lo)
 
 
+@pytest.mark.parametrize("walked", ["dicom-oblique"], indirect=True)
 def test_no_patient_tag_or_absolute_path_leaves_with_the_samples(walked):
-    _only(walked, ["dicom-oblique"])
     text = json.dumps(walked.attrs(), default=str) + (walked.run / "run.json").read_text()
     assert "Doe" not in text and "MRN-0042" not in text
     assert str(walked.corpus.path) not in json.dumps(walked.attrs()["config"])
@@ -122,8 +117,8 @@ def test_no_patient_tag_or_absolute_path_leaves_with_the_samples(walked):
 # ---------------------------------------------------------------- exports
 
 
+@pytest.mark.parametrize("walked", ["nifti-geometry", "dicom-oblique", "medmnist-3d"], indirect=True)
 def test_nifti_export_is_ras_with_the_file_s_affine(walked):
-    _only(walked, ["nifti-geometry", "dicom-oblique", "medmnist-3d"])
     walked.output("export")
     affine = np.asarray(walked.attrs()["affine"], float)
     images = walked.arrays()["images"]
@@ -143,8 +138,8 @@ def test_nifti_export_is_ras_with_the_file_s_affine(walked):
             assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2}
 
 
+@pytest.mark.parametrize("walked", RAW, indirect=True)
 def test_nnunet_export_is_a_dataset_nnunet_accepts(walked):
-    _only(walked, RAW)
     walked.output("export")
     dataset = walked.export / C.NNUNET_DATASET
     assert dataset.is_dir(), sorted(p.name for p in walked.export.iterdir())
@@ -233,9 +228,9 @@ def test_dicom_geometry_and_units_agree_with_nibabel(tmp_path):
     assert s.images.min() >= -1024.0 - 1e-3  # air in HU, padding never below it
 
 
+@pytest.mark.parametrize("walked", ["nifti-geometry", "dicom-oblique", "medmnist-3d"], indirect=True)
 def test_the_nifti_export_reads_back_as_the_samples(walked):
     """Export, then read the exported folder the way training reads a source: the same cubes on the same grid."""
-    _only(walked, ["nifti-geometry", "dicom-oblique", "medmnist-3d"])
     walked.output("export")
     attrs, arrays = walked.attrs(), walked.arrays()
     spacing = tuple(float(v) for v in attrs["spacing"])
@@ -247,8 +242,8 @@ def test_the_nifti_export_reads_back_as_the_samples(walked):
         assert np.array_equal(s.masks, arrays["masks"])
 
 
+@pytest.mark.parametrize("walked", RAW, indirect=True)
 def test_the_nnunet_export_reads_back_with_its_label_names(walked):
-    _only(walked, RAW)
     walked.output("export")
     dataset = walked.export / C.NNUNET_DATASET
     spacing = tuple(float(v) for v in walked.attrs()["spacing"])
