@@ -1,8 +1,8 @@
-"""A newcomer's first hour, walked in one window at a laptop's 1366 × 768.
+"""A newcomer's first hour, walked in one window at a laptop's 1366 × 768 and a desktop's 1600 × 1000.
 
 First start → demo → Generate → Gallery → Evaluate (the Gallery still holding the file) → Viewer on an
 nnU-Net case with its label → Train on grey-level PNG pairs with Stop / Resume → Reader study. Each step
-saves a screenshot to tests/artifacts/newcomer/ (look at them: a test can pass on a broken screen) and
+saves a screenshot to tests/artifacts/newcomer-WxH/ (look at them: a test can pass on a broken screen) and
 checks what a newcomer would meet there: no traceback, no flag name, the window still fits the screen.
 """
 
@@ -24,8 +24,7 @@ from PySide6.QtWidgets import QAbstractButton, QApplication, QLabel, QWidget  # 
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
 
-SHOTS = Path(__file__).parent / "artifacts" / "newcomer"
-SCREEN = (1366, 768)
+ARTIFACTS = Path(__file__).parent / "artifacts"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
 
 
@@ -44,11 +43,13 @@ def visible_texts(root: QWidget) -> list[str]:
 
 def check_screen(win, name: str) -> None:
     QApplication.processEvents()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    win.grab().save(str(SHOTS / f"{name}.png"))
-    assert win.width() <= SCREEN[0] and win.height() <= SCREEN[1], f"{name}: window grew to {win.size()}"
+    screen = win.screen_size
+    shots = ARTIFACTS / f"newcomer-{screen[0]}x{screen[1]}"
+    shots.mkdir(parents=True, exist_ok=True)
+    win.grab().save(str(shots / f"{name}.png"))
+    assert win.width() <= screen[0] and win.height() <= screen[1], f"{name}: window grew to {win.size()}"
     hint = win.minimumSizeHint()
-    assert hint.width() <= SCREEN[0] and hint.height() <= SCREEN[1], f"{name}: minimum size {hint}"
+    assert hint.width() <= screen[0] and hint.height() <= screen[1], f"{name}: minimum size {hint}"
     texts = visible_texts(win)
     flags = [t for t in texts if FLAG.search(t)]
     assert not flags, f"{name}: the app speaks command line: {flags}"
@@ -81,8 +82,8 @@ def nnunet_case(root: Path) -> Path:
     return root / "imagesTr" / "brain_001_0000.nii.gz"
 
 
-@pytest.fixture
-def window(qtbot, tmp_path, monkeypatch):
+@pytest.fixture(params=[(1366, 768), (1600, 1000)], ids=["1366x768", "1600x1000"])
+def window(request, qtbot, tmp_path, monkeypatch):
     QSettings.setDefaultFormat(QSettings.Format.IniFormat)
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -95,14 +96,15 @@ def window(qtbot, tmp_path, monkeypatch):
     win = MainWindow()
     win.quiet_errors = True
     qtbot.addWidget(win)
-    win.resize(*SCREEN)
+    win.screen_size = request.param
+    win.resize(*request.param)
     win.show()
     qtbot.waitExposed(win)
     return win
 
 
 @pytest.mark.slow
-def test_newcomer_path_at_laptop_size(window, qtbot, tmp_path, capfd):
+def test_newcomer_path(window, qtbot, tmp_path, capfd):
     errors: list[str] = []
     shown_error = window.show_error
     window.show_error = lambda text: (errors.append(text), shown_error(text))
