@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import autoencoder, checkpoints, memory
-from engine.config import RunConfig
+from engine.config import RunConfig, batch_for
 from engine.config import load as load_config
 from engine.config import save as save_config
 from engine.data import load_images, volume_options
@@ -26,6 +26,7 @@ from engine.data.dataset import ImageSet
 from engine.data.prepare import Normalisation, fit_normalisation, to_tensors
 from engine.diffusion import denoise, sampler, train_scheduler
 from engine.errors import InputError
+from engine.estimate import StepTimer, describe, device_warning
 from engine.jobs import Cancelled, Checkpoint, Done, Emit, Loss, Message, Preview, Progress
 from engine.models import (
     build_autoencoder,
@@ -157,6 +158,11 @@ class TrainJob:
             norm = Normalisation.from_dict(state["normalisation"])
 
         device = pick_device(tc.device)
+        if fresh and batch_for(tc, device) != tc.batch:
+            emit(Message(f"batch {tc.cpu_batch} on the CPU (the preset's CPU batch; {tc.batch} on a GPU)"))
+            tc.batch = batch_for(tc, device)
+        if warning := device_warning(cfg.preset, device):
+            emit(Message(warning))
         voxels = len(data) * cfg.model.image_size ** max(cfg.model.spatial_dims, 2)
         data_bytes = voxels * (pixel_channels(cfg) + io_channels(cfg)[2]) * 4
         fits = memory.check(cfg, device, cfg.preset, data_bytes=data_bytes)
@@ -277,6 +283,9 @@ class TrainJob:
         device_name = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "CPU"
         step = start
         was_cancelled = False
+        sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
+        timer = StepTimer(start, tc.steps, lambda per_step, steps: emit(
+            describe(per_step, steps, device_name, cfg.preset, acc.device.type)), sync)
         while step < tc.steps:
             if stop_requested(acc, cancelled()):
                 was_cancelled = True
@@ -318,6 +327,7 @@ class TrainJob:
             ema.update(step)
             running += loss.detach()
             step += 1
+            timer(step)
 
             if step % tc.log_every == 0 or step == tc.steps:
                 mean = acc.reduce(running, "mean") if world > 1 else running
