@@ -62,8 +62,8 @@ def describe(seconds_per_step: float, steps: int, device_name: str, preset: str,
     text = (f"about {format_duration(total)} on {where} ({steps:,} steps × {seconds_per_step:.2f} s, "
             f"measured over {WARMUP_STEPS} warm-up steps)")
     warn = gpu_preset_on_cpu(preset, device)
-    if warn:
-        text = f"The {preset} preset is sized for a GPU: {text}"
+    text = f"The {preset} preset is sized for a GPU: training will take {text}" if warn else \
+        f"Training will take {text}"
     return Estimate(text, total, steps, seconds_per_step, warn)
 
 

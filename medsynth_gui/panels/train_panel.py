@@ -29,10 +29,11 @@ from PySide6.QtWidgets import (
 )
 
 from engine import checkpoints
-from engine.config import load_preset, preset_names, resolve
+from engine.config import batch_for, load_preset, preset_names, resolve
 from engine.errors import InputError
+from engine.estimate import Estimate, device_warning
 from engine.jobs import Checkpoint, Done, Loss, Message, Preview, Progress
-from engine.train import TrainJob
+from engine.train import TrainJob, pick_device
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
@@ -130,6 +131,8 @@ class TrainPanel(QWidget):
         self.status.setWordWrap(False)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.progress)
+        self.estimate = QLabel(wordWrap=True)  # the run's measured duration; a GPU preset's warning on a CPU
+        outer.addWidget(self.estimate)
         outer.addWidget(self.status)
         outer.addWidget(self.error)
 
@@ -168,7 +171,8 @@ class TrainPanel(QWidget):
         self.preset.setCurrentText(name)
         self.preset.blockSignals(False)
         self.steps_spin.setValue(cfg.train.steps)
-        self.batch_spin.setValue(cfg.train.batch)
+        self.batch_spin.setValue(batch_for(cfg.train, pick_device("auto")))
+        self._show_estimate(device_warning(name, pick_device("auto")), warning=True)
         self.lr_spin.setValue(cfg.train.lr)
         self.loss_combo.setCurrentText(cfg.train.loss)
         self.size_spin.setValue(cfg.model.image_size)
@@ -284,12 +288,18 @@ class TrainPanel(QWidget):
             if ev.stage == "autoencoder":
                 parts.insert(0, f"stage 1 of 2, autoencoder {ev.done}/{ev.total}")
             self.status.setText("  ·  ".join(p for p in parts if p))
+        elif isinstance(ev, Estimate):
+            self._show_estimate(ev.text, ev.warning)
         elif isinstance(ev, Preview):
             self._show_previews(ev)
         elif isinstance(ev, Checkpoint):
             self.preview_caption.setText(f"checkpoint saved at step {ev.step}")
         elif isinstance(ev, Message):
             self.status.setText(ev.text)
+
+    def _show_estimate(self, text: str, warning: bool) -> None:
+        self.estimate.setText(text)
+        self.estimate.setStyleSheet("color: #f0a020;" if warning else "")
 
     def _on_losses(self, losses: list[Loss]) -> None:
         for ev in losses:
