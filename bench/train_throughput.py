@@ -50,6 +50,7 @@ from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  
 from engine.diffusion import train_scheduler  # noqa: E402
 from engine.jobs import Event, Progress  # noqa: E402
 from engine.models import build_model  # noqa: E402
+from engine.threads import use_free_cores  # noqa: E402
 from engine.train import TrainJob, complete_model_config, diffusion_loss, mixed_precision, pick_device  # noqa: E402
 
 
@@ -244,12 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="repetitions of each loop, alternated")
     ap.add_argument("--images", type=int, default=256, help="images in the training set")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: the engine's choice, the cores other processes leave free)")
     args = ap.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    # One count for both loops: the engine's own choice from the machine's load (or --threads), fixed
+    # through the environment so that TrainJob keeps it.
+    os.environ["MEDSYNTH_THREADS"] = str(args.threads or use_free_cores())
+    threads = use_free_cores()
     device = torch.device(pick_device(args.device))
     base = load_preset(args.preset)
     batch = args.batch or batch_for(base.train, device.type)

@@ -21,6 +21,7 @@ from engine.errors import InputError
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
 from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.store import SampleWriter
+from engine.threads import use_free_cores
 
 
 def parse_class_mix(text: str, class_names: list[str]) -> dict[int, float]:
@@ -148,6 +149,8 @@ class SampleJob:
 
     def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
         gen = Generator(self.checkpoint, self.device)
+        if gen.device.type == "cpu":
+            use_free_cores()
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
         labels = self._labels(gen, seeds)
         conds = self._conditions(gen, seeds)

@@ -38,6 +38,7 @@ from engine.models import (
     null_class,
     pixel_channels,
 )
+from engine.threads import use_free_cores
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
@@ -158,6 +159,8 @@ class TrainJob:
             norm = Normalisation.from_dict(state["normalisation"])
 
         device = pick_device(tc.device)
+        if device == "cpu":
+            use_free_cores()
         if fresh and batch_for(tc, device) != tc.batch:
             emit(Message(f"batch {tc.cpu_batch} on the CPU (the preset's CPU batch; {tc.batch} on a GPU)"))
             tc.batch = batch_for(tc, device)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine.cli import main
 from engine.config import batch_for, preset_device, preset_names, resolve
 from engine.data.phantoms import make_phantoms
 from engine.estimate import Estimate, StepTimer, format_duration
 from engine.store import write_image_set
+from engine.threads import threads_for, use_free_cores
 from engine.train import TrainJob
 from tests.conftest import tiny_cli_setup, tiny_config
 
@@ -115,3 +117,15 @@ def test_help_info_export_and_reader_study_import_no_torch_diffusers_or_monai(tm
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "exported 4 samples" in out.stdout, out.stderr  # the last commands did run
     assert "HEAVY []" in out.stderr, out.stderr
+
+
+def test_cpu_jobs_take_the_cores_other_processes_leave_free(monkeypatch):
+    assert threads_for(cores=2, load=3.3, default=2) == 1  # a busy shared machine: one thread, never 0
+    assert threads_for(cores=2, load=0.2, default=2) == 2
+    assert threads_for(cores=16, load=4.0, default=16) == 12
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("MEDSYNTH_THREADS", "1")
+        assert use_free_cores() == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
