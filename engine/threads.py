@@ -18,14 +18,19 @@ def threads_for(cores: int, load: float, default: int) -> int:
     return max(1, min(default, cores - int(load + 0.5)))
 
 
+_TORCH_DEFAULT: list[int] = []  # torch's own count, read before this module first changes it
+
+
 def use_free_cores() -> int:
     """Set torch's thread count for a CPU job from the machine's load now; returns the count."""
     import torch
 
+    if not _TORCH_DEFAULT:
+        _TORCH_DEFAULT.append(torch.get_num_threads())
     fixed = os.environ.get("MEDSYNTH_THREADS")
     if fixed:
         torch.set_num_threads(max(1, int(fixed)))
     elif "OMP_NUM_THREADS" not in os.environ and hasattr(os, "getloadavg"):
-        cores = os.cpu_count() or 1
-        torch.set_num_threads(threads_for(cores, os.getloadavg()[0], cores))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(threads_for(cores, os.getloadavg()[0], _TORCH_DEFAULT[0]))
     return torch.get_num_threads()
