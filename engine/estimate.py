@@ -56,14 +56,16 @@ def device_warning(preset: str, device: str) -> str:
             "(the estimate follows after a few steps).")
 
 
-def describe(seconds_per_step: float, steps: int, device_name: str, preset: str, device: str) -> Estimate:
+def describe(seconds_per_step: float, steps: int, device_name: str, preset: str, device: str,
+             what: str = "training") -> Estimate:
+    """The estimate's words; `what` names the part timed ("training", or a latent run's first stage)."""
     total = seconds_per_step * steps
     where = "this CPU" if device == "cpu" else device_name
     text = (f"about {format_duration(total)} on {where} ({steps:,} steps × {seconds_per_step:.2f} s, "
             f"measured over {WARMUP_STEPS} warm-up steps)")
     warn = gpu_preset_on_cpu(preset, device)
-    text = f"The {preset} preset is sized for a GPU: training will take {text}" if warn else \
-        f"Training will take {text}"
+    text = f"The {preset} preset is sized for a GPU: {what} will take {text}" if warn else \
+        f"{what[0].upper()}{what[1:]} will take {text}"
     return Estimate(text, total, steps, seconds_per_step, warn)
 
 

@@ -287,8 +287,9 @@ class TrainJob:
         step = start
         was_cancelled = False
         sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
-        timer = StepTimer(start, tc.steps, lambda per_step, steps: emit(
-            describe(per_step, steps, device_name, cfg.preset, acc.device.type)), sync)
+        timer = StepTimer(start, tc.steps, lambda per_step, steps: emit(describe(
+            per_step, steps, device_name, cfg.preset, acc.device.type,
+            "stage 2, the diffusion model," if latent else "training")), sync)
         while step < tc.steps:
             if stop_requested(acc, cancelled()):
                 was_cancelled = True

@@ -129,3 +129,15 @@ def test_cpu_jobs_take_the_cores_other_processes_leave_free(monkeypatch):
         assert use_free_cores() == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_latent_run_times_each_stage(tmp_path):
+    from tests.test_latent import tiny_latent
+
+    events: list = []
+    TrainJob(tiny_latent(ae_steps=5, steps=5), tmp_path / "run",
+             data=make_phantoms(4, size=16, dims=3, seed=3)).run(events.append, lambda: False)
+    texts = [ev.text for ev in events if isinstance(ev, Estimate)]
+    assert len(texts) == 2, texts
+    assert texts[0].startswith("Stage 1, the autoencoder, will take about")
+    assert texts[1].startswith("Stage 2, the diffusion model, will take about")
