@@ -61,7 +61,7 @@ def mask_class_agreement(masks: np.ndarray, labels: np.ndarray, min_size: int = 
         raise ValueError(f"{len(masks)} masks but {len(labels)} labels")
     if len(masks) == 0:
         return float("nan")
-    hits = [len(_components(m, min_size)[1]) == int(k) for m, k in zip(masks, labels)]
+    hits = [lesion_count(m, min_size) == int(k) for m, k in zip(masks, labels)]
     return float(np.mean(hits))
 
 
