@@ -4,6 +4,10 @@ Run from the repository root:
 
     .venv/bin/python bench/train_throughput.py [--preset demo] [--steps N] [--batch B]
 
+A preset without masks (medmnist-28) trains on a MedMNIST-shaped .npz written by the
+bench itself: (N, 28, 28) uint8 images and (N, 1) class labels, read by the engine's
+own npz reader; the others train on the phantoms.
+
 Both loops run in this one process, alternated (bare, engine, bare, engine, ...),
 because on a small shared machine the same loop can vary 2x between runs; only
 figures taken side by side on the same machine are comparable. The last line is
@@ -34,16 +38,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from engine.config import RunConfig, load_preset  # noqa: E402
+from engine.config import RunConfig, batch_for, load_preset  # noqa: E402
+from engine.data import read_npz  # noqa: E402
 from engine.data.dataset import ImageSet  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  # noqa: E402
 from engine.diffusion import train_scheduler  # noqa: E402
 from engine.jobs import Event, Progress  # noqa: E402
 from engine.models import build_model  # noqa: E402
+from engine.threads import use_free_cores  # noqa: E402
 from engine.train import TrainJob, complete_model_config, diffusion_loss, mixed_precision, pick_device  # noqa: E402
 
 
@@ -57,6 +64,7 @@ def make_config(preset: str, steps: int, batch: int, device: str) -> RunConfig:
     cfg = load_preset(preset)
     cfg.train.steps = steps
     cfg.train.batch = batch
+    cfg.train.cpu_batch = 0  # the batch above, on every device
     cfg.train.device = device
     # Checkpoints and previews are I/O and sampling, not training; the final save still
     # happens, but after the last timed Progress event.
@@ -82,6 +90,23 @@ def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextli
         return contextlib.nullcontext
     dtype = torch.bfloat16 if mp == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def bench_data(cfg: RunConfig, n: int, folder: Path) -> ImageSet:
+    """Phantoms for presets with masks; a MedMNIST-like .npz (8 classes of smooth blobs) otherwise."""
+    if cfg.data.mask_mode != "none":
+        return make_phantoms(n, size=cfg.model.image_size, seed=0)
+    rng = np.random.default_rng(0)
+    size = cfg.model.image_size
+    yy, xx = np.mgrid[:size, :size] / size
+    labels = rng.integers(0, 8, (n, 1))
+    centres = rng.uniform(0.25, 0.75, (n, 2, 1, 1))
+    widths = (0.05 + 0.02 * labels[:, 0])[:, None, None]
+    blobs = np.exp(-((yy - centres[:, 0]) ** 2 + (xx - centres[:, 1]) ** 2) / widths)
+    images = np.clip(255 * blobs + rng.normal(0, 8, blobs.shape), 0, 255).astype(np.uint8)
+    path = folder / "medmnist_like.npz"
+    np.savez(path, train_images=images, train_labels=labels.astype(np.uint8))
+    return read_npz(path)
 
 
 @dataclass
@@ -216,21 +241,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per repetition")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed window")
-    ap.add_argument("--batch", type=int, default=None, help="default: the preset's batch")
+    ap.add_argument("--batch", type=int, default=None, help="default: the preset's batch on this device")
     ap.add_argument("--repeats", type=int, default=3, help="repetitions of each loop, alternated")
-    ap.add_argument("--images", type=int, default=256, help="phantoms in the training set")
+    ap.add_argument("--images", type=int, default=256, help="images in the training set")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: the engine's choice, the cores other processes leave free)")
     args = ap.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    # One count for both loops: the engine's own choice from the machine's load (or --threads), fixed
+    # through the environment so that TrainJob keeps it.
+    os.environ["MEDSYNTH_THREADS"] = str(args.threads or use_free_cores())
+    threads = use_free_cores()
     device = torch.device(pick_device(args.device))
     base = load_preset(args.preset)
-    batch = args.batch or base.train.batch
+    batch = args.batch or batch_for(base.train, device.type)
     cfg = make_config(args.preset, args.warmup + args.steps, batch, args.device)
-    data = make_phantoms(args.images, size=cfg.model.image_size, seed=0)
+    with tempfile.TemporaryDirectory(prefix="medsynth-bench-data-") as tmp:
+        data = bench_data(cfg, args.images, Path(tmp))
 
     load_before = os.getloadavg()[0]
     # First, so that one-time library set-up (oneDNN/BLAS kernels, allocator growth) falls on
@@ -293,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     ratio = engine_best / bare_best
     # Overhead as extra time per image: 1/ratio - 1, so 0.97 reads as 3.1%.
     print(f"engine/bare throughput ratio: {ratio:.2f} (engine overhead {(1 / ratio - 1) * 100:.1f}%)")
+    print(f"seconds per step at batch {batch}: engine {batch / engine_best:.3f}, bare loop {batch / bare_best:.3f}, "
+          f"engine/bare {bare_best / engine_best:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from engine import checkpoints
 from engine.config import RunConfig, public_config
+from engine.estimate import StepTimer, describe
 from engine.jobs import Cancelled, Checkpoint, Emit, Message, Progress
 from engine.models import build_autoencoder, count_parameters
 
@@ -73,6 +74,10 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, 
     n = x_all.shape[0]
     step, was_cancelled = start, False
     model.train()
+    where = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "CPU"
+    timer = StepTimer(start, a.steps, lambda per_step, steps: emit(describe(
+        per_step, steps, where, cfg.preset, acc.device.type, "stage 1, the autoencoder,")),
+        torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None))
     while step < a.steps:
         if stop(acc, cancelled()):
             was_cancelled = True
@@ -90,6 +95,7 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, 
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        timer(step)
         value = float(loss.detach())
         if log is not None and (step % cfg.train.log_every == 0 or step == a.steps):
             log.write(json.dumps({"step": step, "loss": round(value, 6)}) + "\n")

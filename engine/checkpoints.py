@@ -12,12 +12,12 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: `medsynth info` on a run needs none
+    import torch
 
 KEEP = 3
 
@@ -41,6 +41,8 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    import torch
+
     sd = opt.state_dict()
     tensors = {}
     for idx, entries in sd["state"].items():
@@ -64,6 +66,8 @@ def save(run_dir: str | Path, step: int, model: torch.nn.Module, ema: dict[str, 
          opt: torch.optim.Optimizer | None, state: dict[str, Any], keep: int = KEEP,
          extra_weights: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write checkpoints/step_N; `extra_weights` adds named weight files (a latent model's autoencoder)."""
+    from safetensors.torch import save_file
+
     final = checkpoint_dir(run_dir) / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -108,6 +112,8 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 
 
 def read_weights(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     path = ckpt / f"{name}.safetensors"
     try:
         return load_file(str(path))

@@ -16,6 +16,9 @@ from engine.errors import InputError
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 PRESETS = RESOURCES / "presets"
+# A preset's top-level `device` says what it is sized for: "cpu" (runs in minutes on a laptop) or
+# "gpu" (hours or days on a CPU; the CLI and the app warn before such a run starts there).
+PRESET_DEVICES = ("cpu", "gpu")
 
 
 @dataclass
@@ -40,6 +43,10 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 1000
     batch: int = 32
+    # Batch on a CPU, for presets sized for a GPU (0: `batch` everywhere). A CPU steps through a
+    # batch of 128 at 28 px in seconds; a smaller one keeps a run in hours. A config that sets
+    # `batch` without `cpu_batch` means that batch on every device.
+    cpu_batch: int = 0
     lr: float = 2e-4
     warmup_steps: int = 50
     # cosine: after warm-up the rate falls to a tenth by the last step, which settles the weights a
@@ -152,6 +159,10 @@ def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
         if section == "preset":
             cfg.preset = str(entries)
             continue
+        if section == "device":
+            if entries not in PRESET_DEVICES:
+                raise InputError(source, f"device = {entries!r}; expected one of {list(PRESET_DEVICES)}")
+            continue  # a hint about the preset, read by preset_device(), not a setting of the run
         if section not in _SECTIONS or not isinstance(entries, dict):
             raise InputError(source, f"unknown section [{section}]; expected one of {sorted(_SECTIONS)}")
         target = getattr(cfg, section)
@@ -163,7 +174,14 @@ def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
             if allowed and value not in allowed:
                 raise InputError(source, f"{section}.{key} = {value!r}; expected one of {sorted(allowed)}")
             setattr(target, key, value)
+        if section == "train" and "batch" in entries and "cpu_batch" not in entries:
+            target.cpu_batch = 0
     return cfg
+
+
+def batch_for(train: TrainConfig, device: str) -> int:
+    """The batch a run takes on `device` ("cpu" or "cuda")."""
+    return train.cpu_batch if device == "cpu" and train.cpu_batch > 0 else train.batch
 
 
 def preset_names() -> list[str]:
@@ -199,6 +217,12 @@ def load_preset(name: str) -> RunConfig:
 def preset_description(name: str) -> str:
     """The preset's one line on what it is for (its `description`), empty when it has none."""
     return str(load_toml(_preset_path(name)).get("description", ""))
+
+
+def preset_device(name: str) -> str:
+    """What a preset is sized for: "cpu" or "gpu" ("cpu" when it does not say)."""
+    path = PRESETS / f"{name}.toml"
+    return str(load_toml(path).get("device", "cpu")) if path.exists() else "cpu"
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:

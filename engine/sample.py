@@ -22,6 +22,7 @@ from engine.errors import InputError
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
 from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.store import SampleWriter, mask_coding
+from engine.threads import use_free_cores
 
 
 def _training_data(ckpt: Path, state: dict[str, Any]) -> str:
@@ -165,6 +166,8 @@ class SampleJob:
 
     def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
         gen = Generator(self.checkpoint, self.device)
+        if gen.device.type == "cpu":
+            use_free_cores()
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
         labels = self._labels(gen, seeds)
         conds = self._conditions(gen, seeds)

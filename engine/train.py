@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import autoencoder, checkpoints, memory
-from engine.config import RunConfig, public_config, public_path
+from engine.config import RunConfig, batch_for, public_config, public_path
 from engine.config import load as load_config
 from engine.config import save as save_config
 from engine.data import load_images, volume_options
@@ -26,6 +26,7 @@ from engine.data.dataset import ImageSet, describe_mask_coding
 from engine.data.prepare import Normalisation, fit_normalisation, resized_geometry, to_tensors
 from engine.diffusion import denoise, sampler, train_scheduler
 from engine.errors import InputError
+from engine.estimate import StepTimer, describe, device_warning
 from engine.jobs import Cancelled, Checkpoint, DataSummary, Done, Emit, Loss, Message, Preview, Progress
 from engine.models import (
     build_autoencoder,
@@ -37,6 +38,7 @@ from engine.models import (
     null_class,
     pixel_channels,
 )
+from engine.threads import use_free_cores
 
 PREVIEW_STEPS = 25  # DDIM steps of a training preview
 
@@ -172,6 +174,13 @@ class TrainJob:
             norm = Normalisation.from_dict(state["normalisation"])
 
         device = pick_device(tc.device)
+        if device == "cpu":
+            use_free_cores()
+        if fresh and batch_for(tc, device) != tc.batch:
+            emit(Message(f"batch {tc.cpu_batch} on the CPU (the preset's CPU batch; {tc.batch} on a GPU)"))
+            tc.batch = batch_for(tc, device)
+        if warning := device_warning(cfg.preset, device):
+            emit(Message(warning))
         voxels = len(data) * cfg.model.image_size ** max(cfg.model.spatial_dims, 2)
         data_bytes = voxels * (pixel_channels(cfg) + io_channels(cfg)[2]) * 4
         fits = memory.check(cfg, device, cfg.preset, data_bytes=data_bytes)
@@ -310,6 +319,10 @@ class TrainJob:
         previewed = -1
         # A short run still draws a curve: at least about twenty points whatever the preset's interval.
         log_every = max(1, min(tc.log_every, tc.steps // 20))
+        sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
+        timer = StepTimer(start, tc.steps, lambda per_step, steps: emit(describe(
+            per_step, steps, device_name, cfg.preset, acc.device.type,
+            "stage 2, the diffusion model," if latent else "training")), sync)
         while step < tc.steps:
             if stop_requested(acc, cancelled()):
                 was_cancelled = True
@@ -351,6 +364,7 @@ class TrainJob:
             ema.update(step)
             running += loss.detach()
             step += 1
+            timer(step)
 
             if step % log_every == 0 or step == tc.steps:
                 mean = acc.reduce(running, "mean") if world > 1 else running

@@ -8,13 +8,14 @@ from pathlib import Path
 from PySide6.QtCore import (
     QModelIndex,
     QPersistentModelIndex,
+    QPoint,
     QRect,
     QSize,
     Qt,
     QTimer,
     Signal,
 )
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QKeyEvent, QPainter, QPalette, QPen, QPixmap
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QKeyEvent, QPainter, QPalette, QPen, QPixmap, QPolygon
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -73,6 +74,8 @@ class _ThumbnailDelegate(QStyledItemDelegate):
             painter.drawPixmap(x, y, pix)
         else:
             painter.fillRect(tile.adjusted(1, 1, -1, -1), QColor(38, 38, 38))
+        if index.data(ThumbnailModel.MismatchRole):
+            _warning_marker(painter, tile)
         sample = index.data(ThumbnailModel.SampleRole)
         text = index.data(Qt.ItemDataRole.DisplayRole) or ""
         caption = f"#{text}" if sample is not None else text
@@ -94,6 +97,21 @@ class _ThumbnailDelegate(QStyledItemDelegate):
             painter.setPen(QPen(QColor(90, 170, 255), 2))
             painter.drawRect(r.adjusted(1, 1, -2, -2))
         painter.restore()
+
+
+def _warning_marker(painter: QPainter, tile: QRect) -> None:
+    """An amber triangle with "!" in the tile's top-right corner: the mask disagrees with the class."""
+    side = max(12, tile.width() // 6)
+    x, y = tile.right() - side - 2, tile.top() + 2
+    painter.setPen(QPen(QColor(0, 0, 0), 1))
+    painter.setBrush(QColor(255, 176, 0))
+    painter.drawPolygon(QPolygon([QPoint(x + side // 2, y), QPoint(x + side, y + side), QPoint(x, y + side)]))
+    painter.setBrush(Qt.BrushStyle.NoBrush)
+    font = painter.font()
+    font.setBold(True)
+    font.setPixelSize(max(8, side * 2 // 3))
+    painter.setFont(font)
+    painter.drawText(QRect(x, y + side // 4, side, side * 3 // 4), Qt.AlignmentFlag.AlignCenter, "!")
 
 
 class _GridView(QListView):

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
+from engine.metrics.phantom_fidelity import CountRule, count_rule
 from engine.store import attrs_dict, n_complete, open_file
 from medsynth_gui.viewer.colors import PALETTE, label_color
 
@@ -109,6 +110,7 @@ class ThumbnailModel(QAbstractListModel):
     """Rows are the complete samples that pass the class filter; DecorationRole loads lazily."""
 
     SampleRole = Qt.ItemDataRole.UserRole + 1
+    MismatchRole = Qt.ItemDataRole.UserRole + 2  # "mask shows 0 lesions, class says 1", or "" (known once drawn)
     loaded = Signal()  # every thumbnail the view asked for is loaded
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -135,6 +137,8 @@ class ThumbnailModel(QAbstractListModel):
         self._masks: h5py.Dataset | None = None
         self._cache: OrderedDict[int, QPixmap] = OrderedDict()
         self._present: dict[int, tuple[int, ...]] = {}  # mask labels seen in each rendered sample
+        self.count_rule: CountRule | None = None  # when the class names are lesion counts
+        self._mismatch: dict[int, str] = {}
         self._queue: OrderedDict[int, None] = OrderedDict()
         self._ahead: list[int] = []
         self._timer = QTimer(self, singleShot=True, interval=0)
@@ -171,6 +175,7 @@ class ThumbnailModel(QAbstractListModel):
         self.n_planned = int(a.get("n_planned", shape[0]))
         self.class_names = [str(c) for c in (a.get("class_names") or [])]
         self.label_names = {int(k): str(v) for k, v in (a.get("label_names") or {}).items()}
+        self.count_rule = count_rule(self.class_names) if "masks" in f and "labels" in f else None
         spacing = [float(s) for s in (a.get("spacing") or [])]
         # Spacing is (x, y[, z]): a thumbnail (2D image or axial slice) has x along its columns, y along its rows.
         sx, sy = spacing[:2] if len(spacing) >= 2 and min(spacing[:2]) > 0 else (1.0, 1.0)
@@ -241,6 +246,7 @@ class ThumbnailModel(QAbstractListModel):
         self._release()
         self._cache.clear()
         self._present.clear()
+        self._mismatch.clear()
         self._queue.clear()
         self._ahead = []
 
@@ -343,6 +349,9 @@ class ThumbnailModel(QAbstractListModel):
             image, mask = self._read(sample)
         if mask is not None:
             self._present[sample] = tuple(int(v) for v in np.unique(mask) if v > 0)
+        if self.count_rule is not None and self.labels is not None and self._masks is not None:
+            whole = self._masks[sample] if self.volume else mask  # lesions are counted in the whole volume
+            self._mismatch[sample] = self.count_rule.mismatch(whole, int(self.labels[sample]))
         return render_thumbnail(image, mask, self.window or (0.0, 1.0), self.size, self.aspect)
 
     def _error_pixmap(self) -> QPixmap:
@@ -413,6 +422,7 @@ class ThumbnailModel(QAbstractListModel):
         while len(self._cache) > limit:
             old, _ = self._cache.popitem(last=False)
             self._present.pop(old, None)
+            self._mismatch.pop(old, None)
 
     # ---- Qt model API ----
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
@@ -444,6 +454,8 @@ class ThumbnailModel(QAbstractListModel):
             return self._tooltip(sample)
         if role == self.SampleRole:
             return sample
+        if role == self.MismatchRole:
+            return self._mismatch.get(sample, "")
         return None
 
     def _tooltip(self, sample: int) -> str:
@@ -457,6 +469,8 @@ class ThumbnailModel(QAbstractListModel):
             names = [f"{self.label_names.get(k, f'label {k}')} ({COLOUR_NAMES[(k - 1) % len(COLOUR_NAMES)]})"
                      for k in present]
             lines.append("Outlines: " + (", ".join(names) if names else "none"))
+        if self._mismatch.get(sample):
+            lines.append(f"⚠ Label disagrees: {self._mismatch[sample]}")
         lines.append("Double-click or press Enter to open")
         return "\n".join(lines)
 

@@ -5,6 +5,8 @@ import pytest
 
 from engine.data.phantoms import make_phantoms
 from engine.metrics.phantom_fidelity import (
+    count_mismatches,
+    count_rule,
     image_mask_agreement,
     lesion_contrast_signs,
     lesion_pixel_share,
@@ -102,3 +104,27 @@ def test_mismatched_shapes_are_rejected():
         phantom_fidelity(np.zeros((2, 1, 8, 8)), np.zeros((2, 9, 9), np.uint8), [0, 0])
     with pytest.raises(ValueError):
         mask_class_agreement(np.zeros((2, 8, 8), np.uint8), [0])
+
+
+def test_count_rule_flags_a_mask_that_contradicts_its_class():
+    rule = count_rule(["no lesion", "1 lesion", "2 lesions", "3 lesions"])
+    assert rule is not None and rule.counts == (0, 1, 2, 3) and rule.noun == "lesion"
+    empty = np.zeros((16, 16), np.uint8)
+    one = empty.copy()
+    one[4:7, 4:7] = 1
+    two = one.copy()
+    two[10:13, 10:13] = 2
+    assert rule.mismatch(empty, 1) == "mask shows 0 lesions, class says 1"
+    assert rule.mismatch(two, 1) == "mask shows 2 lesions, class says 1"
+    assert rule.mismatch(one, 2) == "mask shows 1 lesion, class says 2"
+    assert rule.mismatch(one, 1) == "" and rule.mismatch(empty, 0) == "" and rule.mismatch(two, 2) == ""
+    flags = count_mismatches(np.stack([empty, one, two]), np.array([1, 1, 2]), ["0 lesions", "1 lesion", "2 lesions"])
+    assert flags.tolist() == [True, False, False]
+
+
+def test_count_rule_only_where_the_class_names_are_counts():
+    assert count_rule(["benign", "malignant"]) is None
+    assert count_rule(["1 lesion", "2 nodules"]) is None  # not counts of one thing
+    assert count_rule(["1 lesion"]) is None
+    assert count_rule([]) is None
+    assert count_mismatches(np.zeros((1, 8, 8), np.uint8), np.array([0]), ["adipose", "tumour"]) is None

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.data.dataset import ImageSet
-from engine.data.dicom import is_dicom_folder
-from engine.data.readers import (
-    IMAGE_SUFFIXES,
-    is_nifti,
-    read_folder_pairs,
-    read_msd,
-    read_nifti,
-    read_npz,
-)
-from engine.data.volumes import VolumeOptions, read_volumes
 from engine.errors import InputError
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
+    from engine.data.readers import read_folder_pairs, read_msd, read_nifti, read_npz
+    from engine.data.volumes import VolumeOptions, read_volumes
+
+# The readers pull in nibabel, PIL and scipy (~0.4 s): imported on first use, so that reading a
+# MedSynth file (`medsynth info`, `export`, the app's gallery) does not pay for them.
+_LAZY = {"read_folder_pairs": "engine.data.readers", "read_msd": "engine.data.readers",
+         "read_nifti": "engine.data.readers", "read_npz": "engine.data.readers",
+         "VolumeOptions": "engine.data.volumes", "read_volumes": "engine.data.volumes"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["ImageSet", "VolumeOptions", "load_images", "read_folder_pairs", "read_msd", "read_nifti", "read_npz",
            "read_volumes", "volume_options"]
@@ -32,6 +36,8 @@ _EXPECTED = ("a MedMNIST .npz, a .nii/.nii.gz file, a MedSynth .h5 file, or a fo
 def volume_options(cfg: RunConfig) -> VolumeOptions | None:
     """How a run reads NIfTI / MSD / DICOM inputs: as whole volumes when data.dims is 3, else None
     (slices, the 2D readers' way)."""
+    from engine.data.volumes import VolumeOptions
+
     if cfg.data.dims != 3:
         return None
     spacing = None
@@ -54,6 +60,9 @@ def load_images(path: str | Path, *, split: str = "train", class_names: list[str
     folders, MSD / nnU-Net folders and DICOM series are read as whole size³ volumes
     (`read_volumes`); .npz and .h5 files keep their own form (a 3D .npz gives volumes only then).
     """
+    from engine.data.readers import IMAGE_SUFFIXES, is_nifti, read_folder_pairs, read_msd, read_nifti, read_npz
+    from engine.data.volumes import read_volumes
+
     path = Path(path)
     if not path.exists():
         raise InputError(path, "does not exist")
@@ -101,6 +110,9 @@ def _holds_volumes(path: Path) -> bool:
     """Whether `path` is read by read_volumes when volumes are asked for: everything but .npz / .h5
     files and picture folders, which keep their own form. Unknown inputs go to read_volumes too,
     whose error then speaks of the 3D inputs it reads."""
+    from engine.data.dicom import is_dicom_folder
+    from engine.data.readers import IMAGE_SUFFIXES
+
     if path.is_file():
         return path.suffix.lower() not in (".npz", ".h5", ".hdf5")
     if (path / "dataset.json").exists() or (path / "imagesTr").is_dir() or is_dicom_folder(path):

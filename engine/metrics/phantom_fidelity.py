@@ -10,6 +10,9 @@ work in 2D and 3D alike.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -58,8 +61,64 @@ def mask_class_agreement(masks: np.ndarray, labels: np.ndarray, min_size: int = 
         raise ValueError(f"{len(masks)} masks but {len(labels)} labels")
     if len(masks) == 0:
         return float("nan")
-    hits = [len(_components(m, min_size)[1]) == int(k) for m, k in zip(masks, labels)]
+    hits = [lesion_count(m, min_size) == int(k) for m, k in zip(masks, labels)]
     return float(np.mean(hits))
+
+
+def lesion_count(mask: np.ndarray, min_size: int = 2) -> int:
+    """Connected components of one mask (>= min_size pixels): the phantoms' lesion count."""
+    return len(_components(np.asarray(mask), min_size)[1])
+
+
+# "no lesion", "1 lesion", "2 lesions", "3 nodules": a count, then what is counted.
+_COUNT_NAME = re.compile(r"^\s*(no|\d+)\s+([a-z][a-z ]*?)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CountRule:
+    """Classes that are counts of one kind of thing, which a mask's components can be checked against.
+
+    It holds only where the file says so through its class names ("no lesion", "1 lesion",
+    "2 lesions", ...); a class of other data (a diagnosis, an organ) says nothing a mask
+    can contradict, so no rule is made for it.
+    """
+
+    counts: tuple[int, ...]  # the count each class index names
+    noun: str  # singular: "lesion"
+
+    def mismatch(self, mask: np.ndarray, class_index: int, min_size: int = 2) -> str:
+        """Why the mask disagrees with its class ("mask shows 0 lesions, class says 1"), or ""."""
+        if not 0 <= class_index < len(self.counts):
+            return ""
+        found, expected = lesion_count(mask, min_size), self.counts[class_index]
+        if found == expected:
+            return ""
+        return f"mask shows {found} {self.noun if found == 1 else self.noun + 's'}, class says {expected}"
+
+
+def count_rule(class_names: list[str]) -> CountRule | None:
+    """The count rule the class names spell out, or None when they are not all counts of one thing."""
+    counts, stems = [], set()
+    for name in class_names:
+        m = _COUNT_NAME.match(str(name))
+        if m is None:
+            return None
+        counts.append(0 if m.group(1).lower() == "no" else int(m.group(1)))
+        noun = m.group(2).lower()
+        stems.add(noun[:-1] if noun.endswith("s") else noun)  # "lesions" and "lesion" count one thing
+    if len(counts) < 2 or len(stems) != 1 or len(set(counts)) != len(counts):
+        return None
+    return CountRule(tuple(counts), stems.pop())
+
+
+def count_mismatches(masks: np.ndarray, labels: np.ndarray, class_names: list[str],
+                     min_size: int = 2) -> np.ndarray | None:
+    """Per sample, whether its mask disagrees with its class; None where the classes are not counts."""
+    rule = count_rule(class_names)
+    if rule is None:
+        return None
+    masks = _spatial_masks(masks)
+    return np.array([bool(rule.mismatch(m, int(k), min_size)) for m, k in zip(masks, np.asarray(labels))])
 
 
 def lesion_contrast_signs(images: np.ndarray, masks: np.ndarray, min_size: int = 2, ring: int = 2,

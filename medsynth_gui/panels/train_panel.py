@@ -30,10 +30,11 @@ from PySide6.QtWidgets import (
 )
 
 from engine import checkpoints
-from engine.config import load_preset, preset_description, preset_names, resolve
+from engine.config import batch_for, load_preset, preset_description, preset_names, resolve
 from engine.errors import InputError
+from engine.estimate import Estimate, device_warning
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
-from engine.train import TrainJob
+from engine.train import TrainJob, pick_device
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.widgets import path_row, status_labels
@@ -144,6 +145,8 @@ class TrainPanel(QWidget):
         outer.addWidget(self.progress)
         self.data_summary = WrapLabel()  # what the data holds and the model size, kept while training runs
         outer.addWidget(self.data_summary)
+        self.estimate = WrapLabel()  # the run's measured duration; a GPU preset's warning on a CPU
+        outer.addWidget(self.estimate)
         outer.addWidget(self.status)
         outer.addWidget(self.error)
 
@@ -189,7 +192,8 @@ class TrainPanel(QWidget):
         self.preset_note.setText(note)
         self.preset.setToolTip(note)
         self.steps_spin.setValue(cfg.train.steps)
-        self.batch_spin.setValue(cfg.train.batch)
+        self.batch_spin.setValue(batch_for(cfg.train, pick_device("auto")))
+        self._show_estimate(device_warning(name, pick_device("auto")), warning=True)
         self.lr_spin.setValue(cfg.train.lr)
         self.loss_combo.setCurrentText(cfg.train.loss)
         self.size_spin.setValue(cfg.model.image_size)
@@ -340,6 +344,8 @@ class TrainPanel(QWidget):
             self._caption(preview=text)
             # Also on the status line: on a short screen the previews lie below the fold of the dock.
             self.status.setText(text)
+        elif isinstance(ev, Estimate):
+            self._show_estimate(ev.text, ev.warning)
         elif isinstance(ev, Preview):
             self._show_previews(ev)
         elif isinstance(ev, Checkpoint):
@@ -348,6 +354,10 @@ class TrainPanel(QWidget):
             self.data_summary.setText(ev.text)
         elif isinstance(ev, Message):
             self.status.setText(ev.text)
+
+    def _show_estimate(self, text: str, warning: bool) -> None:
+        self.estimate.setText(text)
+        self.estimate.setStyleSheet("color: #f0a020;" if warning else "")
 
     def _on_losses(self, losses: list[Loss]) -> None:
         for ev in losses:
