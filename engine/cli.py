@@ -138,7 +138,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     job = SampleJob(args.run, args.n, args.out, sampler_name=args.sampler, steps=args.steps, seed=args.seed,
                     class_index=args.class_index, class_mix=args.class_mix, guidance=args.guidance,
-                    batch=args.batch, device=args.device, overwrite=args.force)
+                    batch=args.batch, device=args.device, overwrite=args.force,
+                    redraw_mismatches=not args.keep_mismatched)
     view = TqdmView()
     code = run_job(job, view)
     r = view.result
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    s.add_argument("--keep-mismatched", action="store_true",
+                   help="keep samples whose mask contradicts a counting class (\"1 lesion\") instead of drawing "
+                        "them again")
     s.set_defaults(func=cmd_sample)
 
     i = sub.add_parser("info", help="what an HDF5 / NIfTI / npz file or run directory holds")

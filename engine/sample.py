@@ -57,6 +57,12 @@ def parse_class_mix(text: str, class_names: list[str]) -> dict[int, float]:
     return {k: w / total for k, w in mix.items()}
 
 
+# A redraw of sample i takes seed SEED + i + attempt × this prime: no other sample of a run of fewer samples
+# shares it, and the stored seed with the stored class regenerates the sample kept.
+REDRAW_SEED_STRIDE = 10_000_019
+MAX_REDRAWS = 8
+
+
 def class_for_seed(seed: int, mix: dict[int, float]) -> int:
     keys = sorted(mix)
     rng = np.random.default_rng([seed, 7])
@@ -126,7 +132,8 @@ class Generator:
 class SampleJob:
     def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str = "ddim",
                  steps: int = 50, seed: int = 0, class_index: int | None = None, class_mix: str | None = None,
-                 guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False) -> None:
+                 guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False,
+                 redraw_mismatches: bool = True) -> None:
         if sampler_name not in SAMPLERS:
             raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(SAMPLERS)}")
         if n < 1 or steps < 1 or batch < 1:
@@ -135,6 +142,9 @@ class SampleJob:
         self.sampler_name, self.steps, self.seed = sampler_name, int(steps), int(seed)
         self.class_index, self.class_mix, self.guidance = class_index, class_mix, float(guidance)
         self.batch, self.device, self.overwrite = int(batch), device, overwrite
+        # Where the class names are counts of what the mask shows ("1 lesion"), a sample whose mask says
+        # otherwise carries a label that lies; such samples are drawn again (at most MAX_REDRAWS times).
+        self.redraw_mismatches = redraw_mismatches
         if self.out.exists() and not overwrite:
             raise InputError(self.out, "already exists; choose another name or allow overwriting it")
 
@@ -164,6 +174,26 @@ class SampleJob:
         picks = [int(np.random.default_rng([int(s), 11]).integers(len(data))) for s in seeds]
         return t.cond[picks]
 
+    def _redraw(self, gen: Generator, rule: Any, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray,
+                labels: list[int], cancelled: Cancelled) -> tuple[int, int] | None:
+        """Draw again, in place, the samples of a batch whose mask contradicts their class, keeping the class:
+        (samples redrawn, samples still contradicting after MAX_REDRAWS), or None if stopped."""
+        wrong = [i for i in range(len(seeds)) if rule.mismatch(masks[i], labels[i])]
+        redrawn = len(wrong)
+        base = seeds.copy()
+        for attempt in range(1, MAX_REDRAWS + 1):
+            if not wrong:
+                break
+            new_seeds = [int(base[i]) + attempt * REDRAW_SEED_STRIDE for i in wrong]
+            out = gen.generate(new_seeds, [labels[i] for i in wrong], self.sampler_name, self.steps,
+                               self.guidance, None, on_step=lambda i, k: not cancelled())
+            if out is None:
+                return None
+            for j, i in enumerate(wrong):
+                images[i], masks[i], seeds[i] = out[0][j], out[1][j], new_seeds[j]
+            wrong = [i for i in wrong if rule.mismatch(masks[i], labels[i])]
+        return redrawn, len(wrong)
+
     def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
         gen = Generator(self.checkpoint, self.device)
         if gen.device.type == "cpu":
@@ -174,6 +204,12 @@ class SampleJob:
         masks_out = gen.cfg.data.mask_mode != "none"
         c, size = gen.cfg.model.image_channels, gen.cfg.model.image_size
         st = gen.state
+        rule = None
+        if self.redraw_mismatches and labels is not None and gen.cfg.data.mask_mode == "joint":
+            from engine.metrics.phantom_fidelity import count_rule
+
+            rule = count_rule(gen.class_names)
+        redrawn = still_wrong = 0
         emit(Message(f"sampling {self.n} with {self.sampler_name} x {self.steps} steps on {gen.device}"))
         t0 = time.perf_counter()
         done = 0
@@ -202,10 +238,22 @@ class SampleJob:
                 images, masks = out
                 if masks is None and conds is not None:
                     masks = decode_masks(cond)
-                writer.append(images, seeds[lo:hi], masks, None if labels is None else labels[lo:hi])
+                batch_seeds = seeds[lo:hi].copy()
+                if rule is not None and masks is not None and lab is not None:
+                    redone = self._redraw(gen, rule, images, masks, batch_seeds, lab, cancelled)
+                    if redone is None:
+                        stopped = True
+                        break
+                    redrawn += redone[0]
+                    still_wrong += redone[1]
+                writer.append(images, batch_seeds, masks, None if labels is None else labels[lo:hi])
                 done = hi
                 emit(Progress("sample", done, self.n, {"per_sample_s": (time.perf_counter() - t0) / done}))
         result = {"out": str(self.out), "n": done, "seconds": time.perf_counter() - t0,
                   "checkpoint": str(gen.ckpt)}
+        if rule is not None:
+            result.update(redrawn=redrawn, mask_class_disagreements=still_wrong)
+            emit(Message(f"{redrawn} of {done} samples were drawn again because their mask contradicted their "
+                         f"class; {still_wrong} still do{'es' if still_wrong == 1 else ''} (flagged in the gallery)"))
         emit(Done(result, cancelled=stopped))
         return result

@@ -160,7 +160,7 @@ class MainWindow(QMainWindow):
         row.addStretch(1)
         demo = QPushButton("Open the demo")
         demo.setToolTip("A small phantom dataset with lesion masks and a demo model, ready to generate: on a "
-                        "2-core CPU the first 16 samples take about 10 s and 64 about half a minute")
+                        "2-core CPU the first 16 samples take about 10 s and 64 about 35 s")
         demo.clicked.connect(self.open_demo)
         open_btn = QPushButton("Open a file…")
         open_btn.clicked.connect(self.open_dialog)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -80,6 +81,11 @@ class GeneratePanel(QWidget):
         form.addRow("Guidance", self.guidance)
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1)
         form.addRow("First seed", self.seed_spin)
+        self.redraw_check = QCheckBox("Draw again a sample whose mask contradicts its class")
+        self.redraw_check.setChecked(True)
+        self.redraw_check.setToolTip("Only where the classes count what the mask shows (\"1 lesion\", \"2 lesions\"): "
+                                     "such a sample would carry a label that lies. Costs extra time.")
+        form.addRow("", self.redraw_check)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("output .h5 file")
         out_btn = QPushButton("Save as…")
@@ -151,7 +157,7 @@ class GeneratePanel(QWidget):
                             sampler_name=self.sampler.currentText(), steps=self.steps_spin.value(),
                             seed=self.seed_spin.value(), class_index=class_index,
                             class_mix=self.mix_edit.text().strip() or None, guidance=self.guidance.value(),
-                            batch=16)
+                            batch=16, redraw_mismatches=self.redraw_check.isChecked())
         except InputError as exc:
             self._on_failed(str(exc))
             return
@@ -180,8 +186,12 @@ class GeneratePanel(QWidget):
     def _on_done(self, done: Done) -> None:
         r = done.result
         verb = "Stopped" if done.cancelled else "Done"
-        self.status.setText(f"{verb}: {r.get('n', 0)} samples in {Path(r.get('out', '')).name} "
-                            f"({r.get('seconds', 0):.1f} s)")
+        text = f"{verb}: {r.get('n', 0)} samples in {Path(r.get('out', '')).name} ({r.get('seconds', 0):.1f} s)"
+        if r.get("redrawn"):
+            left = r.get("mask_class_disagreements", 0)
+            text += (f"; {r['redrawn']} drawn again because the mask contradicted the class"
+                     + (f", {left} still do (flagged in the gallery)" if left else ""))
+        self.status.setText(text)
         if r.get("n"):
             self.file_done.emit(r["out"])
 
