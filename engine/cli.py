@@ -189,8 +189,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     view = TqdmView()
     code = run_job(job, view)
     r = view.result
-    for key, value in sorted((r.get("figures") or {}).items()):
-        print(f"  {key:32s} {value:.4f}")
+    from engine.evaluate_report import named_figures
+
+    # Named as in the app and the report, each beside its real-vs-real reference, with the key in /metrics.
+    for key, name, value, ref, reading in named_figures(r.get("figures") or {}):
+        reference = f"  (real vs real {ref:.4g})" if ref is not None else ""
+        print(f"  {name}: {value:.4g}{reference}{'  — ' + reading if reading else ''}  [{key}]")
     if r.get("report"):
         print(f"report: {r['report']}")
     print(f"figures written to {args.file} /metrics in {r.get('seconds', 0):.0f} s"

@@ -128,6 +128,9 @@ def test_cli_evaluate_and_its_bad_input(files, tmp_path, capsys):
     assert main(["evaluate", str(copy), "--real", str(test_path), "--no-utility", "--utility-steps", "20"]) == 0
     out = capsys.readouterr().out
     assert "frd" in out and "report:" in out
+    # Named figures with their real-vs-real reference and a reading, as the app shows them.
+    frd = next(line for line in out.splitlines() if "[frd]" in line)
+    assert frd.strip().startswith("Fréchet radiomics distance:") and "real vs real" in frd and "—" in frd
     with h5py.File(copy) as f:
         mem = json.loads(f["metrics"].attrs["summary"])["memorization"]
         corr = f["metrics/nn_corr"][:]
