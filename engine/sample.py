@@ -177,13 +177,20 @@ class SampleJob:
     def _redraw(self, gen: Generator, rule: Any, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray,
                 labels: list[int], cancelled: Cancelled) -> tuple[int, int] | None:
         """Draw again, in place, the samples of a batch whose mask contradicts their class, keeping the class:
-        (samples redrawn, samples still contradicting after MAX_REDRAWS), or None if stopped."""
+        (samples redrawn, samples still contradicting after MAX_REDRAWS or when the budget ran out), or None if
+        stopped."""
         wrong = [i for i in range(len(seeds)) if rule.mismatch(masks[i], labels[i])]
-        redrawn = len(wrong)
+        redrawn = 0
         base = seeds.copy()
         for attempt in range(1, MAX_REDRAWS + 1):
-            if not wrong:
+            # A model that cannot yet count (early in training) would otherwise cost up to nine times the run:
+            # redraws share a budget of one draw per planned sample, and what is left over is flagged instead.
+            if not wrong or self._budget <= 0:
                 break
+            if attempt == 1:
+                redrawn = min(len(wrong), self._budget)
+            wrong, left = wrong[:self._budget], wrong[self._budget:]
+            self._budget -= len(wrong)
             new_seeds = [int(base[i]) + attempt * REDRAW_SEED_STRIDE for i in wrong]
             out = gen.generate(new_seeds, [labels[i] for i in wrong], self.sampler_name, self.steps,
                                self.guidance, None, on_step=lambda i, k: not cancelled())
@@ -191,7 +198,7 @@ class SampleJob:
                 return None
             for j, i in enumerate(wrong):
                 images[i], masks[i], seeds[i] = out[0][j], out[1][j], new_seeds[j]
-            wrong = [i for i in wrong if rule.mismatch(masks[i], labels[i])]
+            wrong = [i for i in wrong if rule.mismatch(masks[i], labels[i])] + left
         return redrawn, len(wrong)
 
     def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
@@ -210,6 +217,7 @@ class SampleJob:
 
             rule = count_rule(gen.class_names)
         redrawn = still_wrong = 0
+        self._budget = self.n
         emit(Message(f"sampling {self.n} with {self.sampler_name} x {self.steps} steps on {gen.device}"))
         t0 = time.perf_counter()
         done = 0

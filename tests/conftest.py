@@ -83,3 +83,29 @@ def make_evaluation_files(root):
                       config={"data": {"path": str(train_path)}}) as w:
         w.append(synth.images, np.arange(len(synth)), synth.masks, synth.labels)
     return root, train_path, test_path, synth_path
+
+
+def open_main_window(qtbot, tmp_path, monkeypatch, size: tuple[int, int] | None = None, show: bool = False):
+    """The app's main window as a user first meets it (Fusion style, dark palette), with its settings, home and
+    cache folders in the test's own place so no test reads or writes the developer's."""
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
+    from medsynth_gui.app import dark_palette
+    from medsynth_gui.main_window import MainWindow
+
+    QApplication.instance().setStyle("Fusion")
+    dark_palette(QApplication.instance())
+    win = MainWindow()
+    win.quiet_errors = True
+    qtbot.addWidget(win)
+    if size is not None:
+        win.resize(*size)
+    if show:
+        win.show()
+        qtbot.waitExposed(win)
+    return win

@@ -8,33 +8,17 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.store import write_image_set  # noqa: E402
+from tests.conftest import open_main_window  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 @pytest.fixture
 def window(qtbot, tmp_path, monkeypatch):
-    # Settings and the user folder go to the test's own place, never the developer's.
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    from PySide6.QtWidgets import QApplication
-
-    from medsynth_gui.app import dark_palette
-    from medsynth_gui.main_window import MainWindow
-
-    QApplication.instance().setStyle("Fusion")
-    dark_palette(QApplication.instance())
-    win = MainWindow()
-    win.quiet_errors = True
-    qtbot.addWidget(win)
-    win.resize(1500, 900)
-    win.show()
-    return win
+    return open_main_window(qtbot, tmp_path, monkeypatch, (1500, 900), show=True)
 
 
 def test_window_opens_on_the_welcome_page(window):

@@ -19,10 +19,10 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PIL import Image  # noqa: E402
-from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtWidgets import QAbstractButton, QApplication, QLabel, QWidget  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
+from tests.conftest import open_main_window  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
@@ -84,22 +84,8 @@ def nnunet_case(root: Path) -> Path:
 
 @pytest.fixture(params=[(1366, 768), (1600, 1000)], ids=["1366x768", "1600x1000"])
 def window(request, qtbot, tmp_path, monkeypatch):
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    from medsynth_gui.app import dark_palette
-    from medsynth_gui.main_window import MainWindow
-
-    QApplication.instance().setStyle("Fusion")
-    dark_palette(QApplication.instance())
-    win = MainWindow()
-    win.quiet_errors = True
-    qtbot.addWidget(win)
+    win = open_main_window(qtbot, tmp_path, monkeypatch, request.param, show=True)
     win.screen_size = request.param
-    win.resize(*request.param)
-    win.show()
-    qtbot.waitExposed(win)
     return win
 
 

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings  # noqa: E402
 
+from tests.conftest import open_main_window  # noqa: E402
 from tests.test_partners import AFFINE, _save, _volume, make_raw_folder  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -23,18 +23,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 
 @pytest.fixture
 def window(qtbot, tmp_path, monkeypatch):
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
-    from medsynth_gui.main_window import MainWindow
-
-    win = MainWindow()
-    win.quiet_errors = True
-    qtbot.addWidget(win)
-    win.resize(1366, 768)
-    win.show()
-    return win
+    return open_main_window(qtbot, tmp_path, monkeypatch, (1366, 768), show=True)
 
 
 def _errors(window) -> list[str]:

@@ -12,25 +12,15 @@ from PySide6.QtWidgets import QApplication, QPushButton, QWidget  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.store import write_image_set  # noqa: E402
+from tests.conftest import open_main_window  # noqa: E402
 
-SCREENS = Path(__file__).resolve().parent.parent / "screens"
+SCREENS = Path(__file__).resolve().parent / "artifacts" / "window"
 LONG_PATH = "/data/" + "/".join(f"a-very-long-folder-name-{i:02d}" for i in range(15)) + "/case_0000.nii.gz"
 
 
 @pytest.fixture
 def window(qtbot, tmp_path, monkeypatch):
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    from medsynth_gui.app import dark_palette
-    from medsynth_gui.main_window import MainWindow
-
-    QApplication.instance().setStyle("Fusion")
-    dark_palette(QApplication.instance())
-    win = MainWindow()
-    win.quiet_errors = True
-    qtbot.addWidget(win)
-    return win
+    return open_main_window(qtbot, tmp_path, monkeypatch)
 
 
 def fill_with_long_texts(win) -> None:
@@ -86,7 +76,7 @@ def test_the_window_fits_the_screen_with_long_texts_and_a_comparison(window, tmp
             for w in [dock, *shown]:
                 assert inside(window, w), (window.tabs.tabText(tab), w.objectName(), w.geometry(),
                                            w.text() if isinstance(w, QPushButton) else "")
-    SCREENS.mkdir(exist_ok=True)
+    SCREENS.mkdir(parents=True, exist_ok=True)
     for tab, name in enumerate(("viewer", "gallery", "compare", "evaluate", "reader")):
         window.tabs.setCurrentIndex(tab)
         window.train_dock.raise_()

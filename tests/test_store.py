@@ -51,7 +51,7 @@ def test_not_medsynth_files_are_named(tmp_path):
 def test_file_stays_readable_when_the_writer_is_killed(tiny_run, tmp_path):
     out = tmp_path / "killed.h5"
     cmd = [sys.executable, "-m", "medsynth", "sample", str(tiny_run), "--n", "20000", "--batch", "2",
-           "--steps", "8", "--out", str(out)]
+           "--steps", "8", "--out", str(out), "--keep-mismatched"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=Path(__file__).resolve().parents[1])
     try:
