@@ -50,4 +50,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     win.show()
     if args.file:
         win.open_path(args.file)
+    _close_on_signals(app, win)
     return app.exec()
+
+
+def _close_on_signals(app: object, win: object) -> None:
+    """SIGTERM (a logout, systemd, a session manager) and Ctrl-C close the window as its Quit does, saving
+    the settings and stopping a running job, instead of killing the process mid-write."""
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    def close(signum: int, frame: object) -> None:
+        QTimer.singleShot(0, win.close)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGTERM, close)
+    signal.signal(signal.SIGINT, close)
+    # Python runs signal handlers only between bytecodes; a timer lets the interpreter in while Qt waits.
+    tick = QTimer(app)
+    tick.timeout.connect(lambda: None)
+    tick.start(200)
