@@ -504,3 +504,13 @@ def nnunet_problems(folder: Path) -> list[str]:
             if img.shape != lab.shape or not np.allclose(img.affine, lab.affine, atol=1e-4):
                 problems.append(f"{case}: image {k} and label differ in shape or geometry")
     return problems
+
+
+def exported_nnunet_dataset(walked: Walk) -> tuple[Path, dict]:
+    """Export a walked source in nnU-Net's raw layout: the dataset folder, checked against nnU-Net v2's rules,
+    and its dataset.json."""
+    walked.output("export")
+    dataset = walked.export / NNUNET_DATASET
+    assert dataset.is_dir(), sorted(p.name for p in walked.export.iterdir())
+    assert nnunet_problems(dataset) == []
+    return dataset, json.loads((dataset / "dataset.json").read_text())

@@ -180,11 +180,7 @@ def test_2d_nifti_export_matches_the_file(walked):
 
 @pytest.mark.parametrize("walked", ["msd-slices"], indirect=True)
 def test_2d_nnunet_export_is_a_dataset_nnunet_accepts(walked):
-    walked.output("export")
-    dataset = walked.export / C.NNUNET_DATASET
-    assert dataset.is_dir(), sorted(p.name for p in walked.export.iterdir())
-    assert C.nnunet_problems(dataset) == []
-    meta = json.loads((dataset / "dataset.json").read_text())
+    dataset, meta = C.exported_nnunet_dataset(walked)
     assert meta["labels"] == {"background": 0, "edema": 1, "tumour": 2}
     assert not list(dataset.rglob("*.csv")) and list(walked.export.glob("*samples.csv"))
     # nnU-Net 2D data: (x, y, 1) files with the generated pixel size.

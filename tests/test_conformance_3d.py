@@ -140,11 +140,7 @@ def test_nifti_export_is_ras_with_the_file_s_affine(walked):
 
 @pytest.mark.parametrize("walked", RAW, indirect=True)
 def test_nnunet_export_is_a_dataset_nnunet_accepts(walked):
-    walked.output("export")
-    dataset = walked.export / C.NNUNET_DATASET
-    assert dataset.is_dir(), sorted(p.name for p in walked.export.iterdir())
-    assert C.nnunet_problems(dataset) == []
-    meta = json.loads((dataset / "dataset.json").read_text())
+    dataset, meta = C.exported_nnunet_dataset(walked)
     assert meta["labels"] == {"background": 0, "edema": 1, "tumour": 2}
     assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
     assert meta["channel_names"]["0"] in ("T1", "MR", "MRI")  # a name that gives nnU-Net's z-score, not CT's
