@@ -4,7 +4,7 @@ Run from the repository root:
 
     .venv/bin/python bench/samplers.py [--checkpoint RUN_DIR] [--n 64] [--train-steps 400]
 
-Without a checkpoint (and none under resources/demo/) it first trains the demo preset
+Without a checkpoint (and none under engine/resources/demo/) it first trains the demo preset
 on 512 phantoms in a temporary directory (about 2-3 minutes on 2 CPU cores). Every
 sampler draws the same seeds 0..n-1 with balanced classes, in batches of the same
 size, so the seconds per sample compare like for like. Fidelity is judged by the
@@ -29,14 +29,14 @@ from engine import checkpoints  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.metrics.phantom_fidelity import phantom_fidelity  # noqa: E402
 
-DEMO_DIR = ROOT / "resources" / "demo"
+DEMO_DIR = ROOT / "engine" / "resources" / "demo"
 SETTINGS = [("ddpm", 1000), ("ddim", 20), ("ddim", 50), ("dpm", 20), ("dpm", 50)]
 NUM_CLASSES = 4
 TOLERANCE = 0.05
 
 
 def find_demo_checkpoint() -> Path | None:
-    """resources/demo itself, or a run folder directly inside it, if it holds a checkpoint."""
+    """engine/resources/demo itself, or a run folder directly inside it, if it holds a checkpoint."""
     if not DEMO_DIR.is_dir():
         return None
     for place in [DEMO_DIR, *sorted(p for p in DEMO_DIR.iterdir() if p.is_dir())]:
@@ -83,7 +83,7 @@ def generate(gen, name: str, steps: int, n: int, batch: int) -> tuple[np.ndarray
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", help="run directory or checkpoint folder (default: resources/demo/, "
+    ap.add_argument("--checkpoint", help="run directory or checkpoint folder (default: engine/resources/demo/, "
                                          "else train one in a temp dir)")
     ap.add_argument("--n", type=int, default=64, help="samples per sampler setting (default 64)")
     ap.add_argument("--ddpm-n", type=int, default=None, help="samples for DDPM-1000 (default n//4: it is slow)")

@@ -236,13 +236,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), steps=args.steps, n=args.n, view=TqdmView())
 
 
+class VersionAction(argparse.Action):
+    """--version: the build's facts are worked out only when asked for (git, torch's version file), not for
+    every parse."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from engine.build_info import version_text
+
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from engine import __version__
     from engine.config import preset_names
 
     p = argparse.ArgumentParser(prog="medsynth", description="Train diffusion models on medical images and "
                                 "generate synthetic, labeled data.")
-    p.add_argument("--version", action="version", version=f"medsynth {__version__}")
+    p.add_argument("--version", action=VersionAction, help="show the version, the torch build and the git commit")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="phantoms -> short training -> generation -> summary (headless)")

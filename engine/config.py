@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import tomllib
 
 from engine.errors import InputError
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+# Found through the package, not the repository, so that a wheel install and the packaged app find them alike.
+RESOURCES = Path(str(files("engine") / "resources"))
 PRESETS = RESOURCES / "presets"
 # A preset's top-level `device` says what it is sized for: "cpu" (runs in minutes on a laptop) or
 # "gpu" (hours or days on a CPU; the CLI and the app warn before such a run starts there).

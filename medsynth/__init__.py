@@ -18,8 +18,20 @@ def _no_display() -> bool:
     return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def _opens_a_file(args: list[str]) -> bool:
+    """`medsynth scan.nii.gz`: what a file manager or a double-click on a file runs; the app opens it."""
+    if len(args) != 1 or args[0].startswith("-") or not os.path.exists(args[0]):
+        return False
+    from engine.cli import build_parser
+
+    commands = next(a.choices for a in build_parser()._actions if a.dest == "command")
+    return args[0] not in commands  # a folder called `demo` in the working folder is still the subcommand
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if _opens_a_file(args):
+        args = ["gui", *args]
     if not args or args[0] == "gui":
         if _no_display():
             print("medsynth: error: no display found (DISPLAY / WAYLAND_DISPLAY unset); the desktop app needs "

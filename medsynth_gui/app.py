@@ -43,15 +43,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logfile.install()  # needs the application's name: the log folder is named after it
 
-    from medsynth_gui.main_window import MainWindow
+    try:
+        from medsynth_gui.main_window import MainWindow
 
-    win = MainWindow()
+        win = MainWindow()
+    except Exception as exc:  # noqa: BLE001 — a double-clicked app has no console: say it in a window
+        return _could_not_start(exc)
     logfile.install_excepthook(win.show_error)
     win.show()
     if args.file:
         win.open_path(args.file)
     _close_on_signals(app, win)
     return app.exec()
+
+
+def _could_not_start(exc: BaseException) -> int:
+    """The window could not be made: the reason and where the log with its traceback is, in a dialog."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QMessageBox
+
+    from medsynth_gui import logfile
+
+    path = logfile.record_failure(exc, "the main window could not be created")
+    sys.stderr.write(f"medsynth: could not start: {type(exc).__name__}: {exc} (details in {path})\n")
+    box = QMessageBox(QMessageBox.Icon.Critical, "MedSynth could not start",
+                      f"MedSynth could not start: {exc}\n\nThe details are in the log file:\n{path}")
+    box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    box.exec()
+    return 1
 
 
 def _close_on_signals(app: object, win: object) -> None:

@@ -1,4 +1,4 @@
-"""Rebuild the bundled demo: resources/demo/phantoms.h5 and the demo model in resources/demo/run/.
+"""Rebuild the bundled demo: engine/resources/demo/phantoms.h5 and the demo model in engine/resources/demo/run/.
 
 The model is the `demo` preset trained on 512 phantoms for 4,000 steps with a cosine learning-rate decay (about 50
 minutes on two CPU cores with OMP_NUM_THREADS=1). Only the EMA weights, the state
@@ -60,14 +60,14 @@ def main() -> None:
     target.mkdir(parents=True)
     for name in ("ema.safetensors", "state.json"):
         shutil.copy2(ckpt / name, target / name)
-    # The bundled run points at the bundled data, wherever the app is installed.
+    # The bundled run names its data by base name, as every run does; the app knows where the bundled file is.
     state = checkpoints.read_state(target)
-    state["data_source"] = "resources/demo/phantoms.h5"
-    state["config"]["data"]["path"] = "resources/demo/phantoms.h5"
+    state["data_source"] = "phantoms.h5"
+    state["config"]["data"]["path"] = "phantoms.h5"
     state.pop("optimizer_param_groups", None)
     (target / "state.json").write_text(json.dumps(state, indent=2))
     config = json.loads((run / "config.json").read_text())
-    config["data"]["path"] = "resources/demo/phantoms.h5"
+    config["data"]["path"] = "phantoms.h5"
     (out / "config.json").write_text(json.dumps(config, indent=2))
     if (run / "loss.jsonl").exists():
         shutil.copy2(run / "loss.jsonl", out / "loss.jsonl")

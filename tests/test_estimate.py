@@ -105,7 +105,7 @@ HEAVY = "torch", "diffusers", "monai", "PySide6"
 def test_help_info_export_and_reader_study_import_no_torch_diffusers_or_monai(tmp_path):
     """All five commands in one process (what one imports stays imported), checked after the last."""
     h5 = write_image_set(tmp_path / "few.h5", make_phantoms(4, size=16))
-    commands = [["--help"], ["info", str(h5)], ["info", str(ROOT / "resources" / "demo" / "run")],
+    commands = [["--help"], ["info", str(h5)], ["info", str(ROOT / "engine" / "resources" / "demo" / "run")],
                 ["export", str(h5), "--to", str(tmp_path / "png"), "--format", "png"],
                 ["reader-study", "summary", str(tmp_path)]]
     code = ("import runpy, sys\n"
