@@ -1,14 +1,20 @@
 """The packaged app, built by packaging/build.sh and run as a clinician's machine would: no Python, no source tree.
 
-Every command runs the built program with a clean environment (`env -i`), from another working folder, so that
-anything still taken from the repository or its .venv fails here. Deselect locally with `-m "not packaging"`.
+The archive is unpacked into another folder and every command runs the unpacked program with a clean environment
+(`env -i`), from another working folder and, where the machine allows a private mount namespace, with the whole
+checkout (its .venv included) hidden behind an empty folder, so that anything still taken from the repository fails
+here. Deselect locally with `-m "not packaging"`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -19,36 +25,98 @@ import pytest
 
 pytestmark = [pytest.mark.packaging, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-MAX_FILE_MB = 600  # the largest single file (torch's CPU library is ~400 MB)
+MAX_FILE_MB = 400  # the largest single file: torch's CPU library, stripped, is ~330 MB
+MAX_FOLDER_MB = 1000  # a naive build of torch + PySide6 was 1.1 GB
+
+
+def _can_hide_checkout() -> bool:
+    try:
+        r = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+HIDE = _can_hide_checkout()
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory) -> Path:
+def built(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("build")
     env = dict(os.environ, DIST=str(out / "dist"), WORK=str(out / "work"))
     r = subprocess.run(["bash", str(ROOT / "packaging" / "build.sh")], env=env, capture_output=True, text=True,
                        timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    exe = out / "dist" / "medsynth" / "medsynth"
+    (archive,) = (out / "dist").glob("medsynth-*.tar.gz")
+    unpacked = tmp_path_factory.mktemp("unpacked")
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="tar")
+    shutil.rmtree(out / "work")
+    exe = unpacked / "medsynth" / "medsynth"
     assert exe.is_file() and os.access(exe, os.X_OK)
-    return exe
+    return {"exe": exe, "archive": archive, "log": r.stdout, "folder": out / "dist" / "medsynth"}
+
+
+@pytest.fixture(scope="module")
+def app(built) -> Path:
+    return built["exe"]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def untouched(app):
+    """The app's folder as unpacked; the last test checks no run wrote into it."""
+    return _snapshot(app.parent)
+
+
+def command(exe: Path, home: Path, *args: str, **env: str) -> list[str]:
+    """The argv that runs exe with nothing but HOME and a system PATH, the checkout hidden where possible."""
+    home.mkdir(parents=True, exist_ok=True)
+    clean = {"HOME": str(home), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", **env}
+    argv = ["env", "-i", *(f"{k}={v}" for k, v in clean.items()), str(exe), *args]
+    if not HIDE:
+        return argv
+    empty = home.parent / "empty-checkout"
+    empty.mkdir(exist_ok=True)
+    # exec keeps one process from unshare to the app, so a signal sent to it reaches the app.
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    return ["unshare", "-rm", "sh", "-c", script, "sh", str(empty), str(ROOT), *argv]
 
 
 def run_app(exe: Path, home: Path, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    home.mkdir(parents=True, exist_ok=True)
-    clean = {"HOME": str(home), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in clean.items()), str(exe), *args], cwd=home,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command(exe, home, *args, **env), cwd=home, capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def test_version_and_help(app, tmp_path):
+def test_the_checkout_is_hidden_from_the_app(app, tmp_path):
+    if not HIDE:
+        pytest.skip("this machine allows no private mount namespace (unshare -rm); the checkout stays visible")
+    argv = command(Path("/bin/ls"), tmp_path / "home", "-A", str(ROOT))
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+
+def test_version_names_the_build(app, tmp_path, untouched):
     r = run_app(app, tmp_path / "home", "--version")
-    assert r.returncode == 0 and "0.1.0" in r.stdout + r.stderr
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    assert "medsynth 0.1.0 (packaged app)" in r.stdout
+    assert f"torch {torch.__version__} (CPU)" in r.stdout and "built 20" in r.stdout
+    if commit:
+        assert commit in r.stdout
+    info = json.loads((app.parent / "_internal" / "build-info.json").read_text())
+    assert info["variant"] == "cpu" and info["torch"] == torch.__version__
     r = run_app(app, tmp_path / "home", "--help")
     assert r.returncode == 0 and "train" in r.stdout and "Traceback" not in r.stderr
 
 
-def test_headless_demo_then_info(app, tmp_path):
+def test_headless_demo_then_info(app, tmp_path, untouched):
     out = tmp_path / "demo"
     r = run_app(app, tmp_path / "home", "demo", "--out", str(out), "--steps", "12", "--n", "4")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -59,31 +127,85 @@ def test_headless_demo_then_info(app, tmp_path):
     assert r.returncode == 0 and "4" in r.stdout and "Traceback" not in r.stderr
 
 
-def test_the_app_opens_a_volume_offscreen_and_closes_cleanly(app, tmp_path):
-    volume = tmp_path / "case.nii.gz"
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((24, 24, 16), dtype=np.float32),
-                             np.diag([0.9, 0.9, 3.0, 1.0])), volume)
-    home = tmp_path / "home"
-    home.mkdir()
-    clean = {"HOME": str(home), "PATH": "/usr/bin:/bin", "QT_QPA_PLATFORM": "offscreen"}
-    proc = subprocess.Popen(["env", "-i", *(f"{k}={v}" for k, v in clean.items()), str(app), "gui", str(volume)],
-                            cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(15)
+def test_bad_input_is_one_line_and_exit_2(app, tmp_path, untouched):
+    bad = tmp_path / "scan.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    r = run_app(app, tmp_path / "home", "info", str(bad))
+    assert r.returncode == 2 and str(bad) in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_no_display_is_said_in_one_line(app, tmp_path, untouched):
+    r = run_app(app, tmp_path / "home")
+    assert r.returncode == 2 and "no display" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _gui(app: Path, home: Path, *args: str, seconds: float = 15) -> tuple[str, list[Path]]:
+    """The app offscreen for some seconds, then closed as a session manager closes it: output and log files."""
+    proc = subprocess.Popen(command(app, home, *args, QT_QPA_PLATFORM="offscreen"), cwd=home,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGTERM)  # what a session manager sends: the window closes as Quit closes it
+    proc.send_signal(signal.SIGTERM)  # the window closes as Quit closes it
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
     assert "Traceback" not in out + err
     logs = list(home.rglob("*.log"))
     assert all("Traceback" not in p.read_text(errors="replace") for p in logs)
+    return out + err, logs
 
 
-def test_the_folder_holds_no_torchvision_and_no_oversized_file(app):
-    folder = app.parent
+def test_the_window_opens_and_closes(app, tmp_path, untouched):
+    r = run_app(app, tmp_path / "home", "gui", "--check", QT_QPA_PLATFORM="offscreen")
+    assert r.returncode == 0 and "medsynth: window shown" in r.stdout, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_the_app_opens_a_volume_offscreen_and_closes_cleanly(app, tmp_path, untouched):
+    volume = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((24, 24, 16), dtype=np.float32),
+                             np.diag([0.9, 0.9, 3.0, 1.0])), volume)
+    _gui(app, tmp_path / "home", str(volume))  # as a file manager opens a file: the path alone
+
+
+def test_the_first_start_keeps_its_files_in_the_users_folders(app, tmp_path, untouched):
+    home = tmp_path / "home"
+    _gui(app, home)
+    written = {p.relative_to(home).parts[0] for p in home.rglob("*") if p.is_file()}
+    # Settings in ~/.config, the log in ~/.local/share, caches in ~/.cache: nothing loose in the home folder.
+    assert written <= {".config", ".local", ".cache", "MedSynth"}, written
+    assert (home / ".config" / "MedSynth" / "MedSynth.conf").is_file()
+
+
+def test_the_folder_is_trimmed_and_complete(built):
+    folder = built["folder"]
     # The torchvision package or its metadata; MONAI's own monai/networks/nets/torchvision_fc.py is not it.
-    found = [p for p in folder.rglob("*") if p.name == "torchvision" or p.name.startswith("torchvision-")]
+    found = [p for p in folder.rglob("*") if p.name == "torchvision" or p.name.startswith("torchvision-")
+             or p.name.startswith(("hf_xet", "tensorboard"))]
     assert not found, found
-    assert (folder / "_internal" / "resources" / "presets" / "demo.toml").is_file()
-    sizes = [(p.name, p.stat().st_size >> 20) for p in folder.rglob("*") if p.is_file()]
-    big = [(name, mb) for name, mb in sizes if mb > MAX_FILE_MB]
+    internal = folder / "_internal"
+    for gone in ("torch/test", "torch/bin", "torch/include", "PySide6/Qt/translations"):
+        assert not (internal / gone).exists(), gone
+    assert not list(folder.rglob("*.a")) and not list(folder.rglob("*.h"))
+    assert not [p for p in folder.rglob("*") if "cuda" in p.name.lower() and p.suffix == ".so"]  # the CPU variant
+    for needed in ("PySide6/Qt/plugins/platforms/libqxcb.so", "PySide6/Qt/plugins/platforms/libqoffscreen.so",
+                   "engine/resources/presets/demo.toml", "engine/resources/demo/phantoms.h5",
+                   "medsynth_gui/icons/medsynth.png"):
+        assert (internal / needed).is_file(), needed
+    assert (folder / "install-desktop-entry.sh").is_file() and (folder / "share" / "medsynth.desktop").is_file()
+    sizes = {str(p.relative_to(folder)): p.stat().st_size >> 20 for p in folder.rglob("*") if p.is_file()}
+    big = {name: mb for name, mb in sizes.items() if mb > MAX_FILE_MB}
     assert not big, big
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) >> 20
+    assert total < MAX_FOLDER_MB, total
+    # The build says how large the folder and the archive are.
+    said = re.search(r"built .*: (\d+) MB", built["log"]), re.search(r"archive .*\.tar\.gz: (\d+) MB", built["log"])
+    assert all(said), built["log"]
+    assert abs(int(said[0][1]) - total) <= 0.05 * total
+    assert abs(int(said[1][1]) - (built["archive"].stat().st_size >> 20)) <= 1
+    assert built["archive"].name == "medsynth-0.1.0-linux-x86_64-cpu.tar.gz"
+
+
+def test_zz_no_run_wrote_into_the_apps_folder(app, untouched):
+    """Named to run last in this module: every run above left the unpacked folder as it was."""
+    assert _snapshot(app.parent) == untouched

@@ -29,3 +29,18 @@ def test_a_failure_while_starting_is_shown_in_a_dialog_and_logged(tmp_path, qtbo
     assert "Traceback" in logged and "the main window could not be created" in logged and "broken" in logged
     err = capfd.readouterr().err
     assert "Traceback" not in err and "could not start" in err and str(log_file) in err
+
+
+def test_the_installation_check_opens_the_window_and_says_how_long_it_took(tmp_path):
+    """`medsynth gui --check`: what bench/startup.py times, and a quick check for whoever installs the app."""
+    import re
+    import subprocess
+    import sys
+
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "QT_QPA_PLATFORM": "offscreen", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "medsynth", "gui", "--check"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shown = re.search(r"medsynth: window shown \(([\d.]+) s after launch\)", r.stdout)
+    assert shown and 0.1 < float(shown[1]) < 120, r.stdout
+    assert "Traceback" not in r.stderr
