@@ -35,6 +35,7 @@ def test_the_wheel_carries_presets_demo_and_icons(wheel):
     assert any(n.startswith("engine/resources/demo/run/checkpoints/") and n.endswith("ema.safetensors")
                for n in names)
     assert "engine/resources/demo/run/config.json" in names
+    assert {"medsynth_gui/icons/medsynth.png", "medsynth_gui/icons/medsynth.svg"} <= names
     assert not any(n.startswith("tests/") for n in names)
 
 
