@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         win = MainWindow()
     except Exception as exc:  # noqa: BLE001 — a double-clicked app has no console: say it in a window
-        return _could_not_start(exc)
+        return _could_not_start(exc, dialog=not args.check)
     logfile.install_excepthook(win.show_error)
     win.show()
     if args.file:
@@ -82,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return app.exec()
 
 
-def _could_not_start(exc: BaseException) -> int:
-    """The window could not be made: the reason and where the log with its traceback is, in a dialog."""
+def _could_not_start(exc: BaseException, dialog: bool = True) -> int:
+    """The window could not be made: the reason and where the log with its traceback is, in a dialog (not for an
+    installation check, which may run where nobody can press OK)."""
     from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QMessageBox
 
@@ -91,10 +92,11 @@ def _could_not_start(exc: BaseException) -> int:
 
     path = logfile.record_failure(exc, "the main window could not be created")
     sys.stderr.write(f"medsynth: could not start: {type(exc).__name__}: {exc} (details in {path})\n")
-    box = QMessageBox(QMessageBox.Icon.Critical, "MedSynth could not start",
-                      f"MedSynth could not start: {exc}\n\nThe details are in the log file:\n{path}")
-    box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    box.exec()
+    if dialog:
+        box = QMessageBox(QMessageBox.Icon.Critical, "MedSynth could not start",
+                          f"MedSynth could not start: {exc}\n\nThe details are in the log file:\n{path}")
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.exec()
     return 1
 
 

@@ -30,6 +30,10 @@ def test_a_failure_while_starting_is_shown_in_a_dialog_and_logged(tmp_path, qtbo
     err = capfd.readouterr().err
     assert "Traceback" not in err and "could not start" in err and str(log_file) in err
 
+    # An installation check may run where nobody can press OK: it says so on stderr and exits, no dialog.
+    assert app.main(["--check"]) == 1 and len(shown) == 1
+    assert "could not start" in capfd.readouterr().err
+
 
 def test_the_installation_check_opens_the_window_and_says_how_long_it_took(tmp_path):
     """`medsynth gui --check`: what bench/startup.py times, and a quick check for whoever installs the app."""

@@ -156,7 +156,7 @@ def _gui(app: Path, home: Path, *args: str, seconds: float = 15) -> tuple[str, l
 
 
 def test_the_window_opens_and_closes(app, tmp_path, untouched):
-    r = run_app(app, tmp_path / "home", "gui", "--check", QT_QPA_PLATFORM="offscreen")
+    r = run_app(app, tmp_path / "home", "gui", "--check", QT_QPA_PLATFORM="offscreen", timeout=300)
     assert r.returncode == 0 and "medsynth: window shown" in r.stdout, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
 
@@ -184,8 +184,9 @@ def test_the_folder_is_trimmed_and_complete(built):
              or p.name.startswith(("hf_xet", "tensorboard"))]
     assert not found, found
     internal = folder / "_internal"
-    for gone in ("torch/test", "torch/bin", "torch/include", "PySide6/Qt/translations"):
+    for gone in ("torch/test", "torch/bin/test_api", "torch/bin/protoc", "torch/include", "PySide6/Qt/translations"):
         assert not (internal / gone).exists(), gone
+    assert [p.name for p in (internal / "torch" / "bin").iterdir()] == ["torch_shm_manager"]
     assert not list(folder.rglob("*.a")) and not list(folder.rglob("*.h"))
     assert not [p for p in folder.rglob("*") if "cuda" in p.name.lower() and p.suffix == ".so"]  # the CPU variant
     for needed in ("PySide6/Qt/plugins/platforms/libqxcb.so", "PySide6/Qt/plugins/platforms/libqoffscreen.so",
