@@ -43,6 +43,8 @@ HIDE = _can_hide_checkout()
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("build")
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # before the build: a commit made while it runs is not in it
     env = dict(os.environ, DIST=str(out / "dist"), WORK=str(out / "work"))
     r = subprocess.run(["bash", str(ROOT / "packaging" / "build.sh")], env=env, capture_output=True, text=True,
                        timeout=1800)
@@ -54,7 +56,7 @@ def built(tmp_path_factory) -> dict:
     shutil.rmtree(out / "work")
     exe = unpacked / "medsynth" / "medsynth"
     assert exe.is_file() and os.access(exe, os.X_OK)
-    return {"exe": exe, "archive": archive, "log": r.stdout, "folder": out / "dist" / "medsynth"}
+    return {"exe": exe, "archive": archive, "log": r.stdout, "folder": out / "dist" / "medsynth", "commit": commit}
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +101,12 @@ def test_the_checkout_is_hidden_from_the_app(app, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
 
 
-def test_version_names_the_build(app, tmp_path, untouched):
+def test_version_names_the_build(built, app, tmp_path, untouched):
     r = run_app(app, tmp_path / "home", "--version")
     assert r.returncode == 0, r.stderr
     import torch
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = built["commit"]
     assert "medsynth 0.1.0 (packaged app)" in r.stdout
     assert f"torch {torch.__version__} (CPU)" in r.stdout and "built 20" in r.stdout
     if commit:
