@@ -48,8 +48,7 @@ def expected_3d() -> dict:
 
 def main() -> None:
     import h5py
-
-    from engine.store import SampleWriter
+    from engine.store import SampleWriter  # the writer as it was at 96aa0ff; now engine.io.medsynth_h5
 
     e = expected_2d()
     with SampleWriter(FILE_2D, N_PLANNED_2D, (1, 8, 8), masks=True, labels=True, class_names=CLASS_NAMES,
