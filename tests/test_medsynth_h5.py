@@ -251,3 +251,27 @@ def _tiny_set():
     rng = np.random.default_rng(0)
     return ImageSet(images=rng.random((3, 1, 6, 6), dtype=np.float32), masks=(rng.random((3, 6, 6)) > 0.7)
                     .astype(np.uint8), labels=np.array([0, 1, 0]), class_names=["x", "y"])
+
+
+def test_an_older_builds_file_is_described_and_exported(tmp_path):
+    from PIL import Image
+
+    from engine.export import export
+    from engine.info import describe
+
+    text = describe(old.FILE_2D)
+    assert "MedSynth HDF5 v1 (synthetic), 3 of 4 samples complete" in text
+    assert "classes: no lesion, 1 lesion" in text and "per class: 1, 2" in text
+    assert "mask labels: 1=lesion, 2=rim" in text and "mask coding (label → value in the user's files): 1 → 127" \
+        in text
+    assert "intensity: MR a.u. range [0.0, 100.0]" in text and "spacing: [0.5, 0.75]" in text
+    assert "metrics: frd=1.25, nn_share_above=0" in text
+    assert "orientation:" in describe(old.FILE_3D)
+    r = export(old.FILE_2D, tmp_path / "png", "png")
+    assert r["n"] == 3
+    rows = (tmp_path / "png" / "samples.csv").read_text().splitlines()
+    assert rows[1:] == ["images/synth_00000.png,masks/synth_00000.png,7,0,no lesion",
+                        "images/synth_00001.png,masks/synth_00001.png,8,1,1 lesion",
+                        "images/synth_00002.png,masks/synth_00002.png,9,1,1 lesion"]
+    # Masks come back in the user's grey levels, as the file's mask coding says.
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "png" / "masks" / "synth_00000.png")))) == {0, 127, 254}

@@ -104,12 +104,9 @@ class Header:
             values.setdefault("n_planned", images_shape[0])
             values.setdefault("n_complete", images_shape[0])
             values.setdefault("spatial_dims", len(images_shape) - 2)
-        for key in ("spatial_dims", "n_planned", "n_complete", "format_version"):
-            if key in values:
-                values[key] = int(values[key])
-        for key in ("kind", "intensity_units", "checkpoint_sha256", "medsynth_version", "created", "format"):
-            if key in values:
-                values[key] = str(values[key])
+        for f in fields(cls):
+            if f.name in values and isinstance(f.default, (str, int)):
+                values[f.name] = type(f.default)(values[f.name])  # numpy scalars as the field's own type
         return cls(**values)
 
     def to_attrs(self) -> dict[str, Any]:
@@ -133,7 +130,7 @@ class Header:
 
     @property
     def volume_affine(self) -> np.ndarray | None:
-        """The affine where it places samples in the world (volumes); a 2D file's is its spacing alone."""
+        """The affine when it places samples in the world: a volume's; a 2D file's is its spacing alone."""
         return self.affine if self.volume else None
 
     @property
@@ -207,7 +204,10 @@ def open_for_update(path: str | Path, wait_s: float = 1.0) -> h5py.File:
 
 
 def n_complete(f: h5py.File) -> int:
-    """How many samples a reader may trust: the rest are planned but not (or not yet) written."""
+    """How many samples a reader may trust: the rest are planned but not (or not yet) written.
+
+    `read_header(f).n_complete` says the same; this reads the one attribute alone, for readers that poll.
+    """
     return int(f.attrs.get("n_complete", f[IMAGES].shape[0]))
 
 
@@ -387,5 +387,5 @@ def read_image_set(path: str | Path) -> ImageSet:
         names = read_names(f)
     s = ImageSet(images=images, masks=masks, labels=labels, class_names=h.class_names, label_names=h.label_names,
                  mask_coding=h.mask_coding, spacing=h.spacing, modality=h.modality, source=str(path),
-                 kind=h.kind or "real", names=None if names is None else names[:n], affine=h.volume_affine)
+                 kind=h.kind, names=None if names is None else names[:n], affine=h.volume_affine)
     return validate(s)
