@@ -35,7 +35,16 @@ from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet
 from engine.data.prepare import resize
 from engine.errors import InputError
-from engine.io.medsynth_h5 import Header, open_file, open_for_update, read_header, read_image_set, write_metrics
+from engine.io.medsynth_h5 import (
+    NN_CORR,
+    NN_INDEX,
+    Header,
+    open_file,
+    open_for_update,
+    read_header,
+    read_image_set,
+    write_metrics,
+)
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
 from engine.metrics.utility import UtilityCancelled
 
@@ -496,7 +505,7 @@ class EvaluateJob:
 
     def _write_metrics(self, f: h5py.File) -> None:
         nn = self.extras.get("nn")
-        arrays = {} if nn is None else {"nn_index": nn[0].astype(np.int64), "nn_corr": nn[1].astype(np.float32)}
+        arrays = {} if nn is None else {NN_INDEX: nn[0].astype(np.int64), NN_CORR: nn[1].astype(np.float32)}
         # replace: a new evaluation's figures never mix with an older one's.
         write_metrics(f, self.figures, _plain(self.summary), arrays=arrays, replace=True,
                       array_attrs={"train_data": str(self.summary.get("sources", {}).get("train"))})

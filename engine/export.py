@@ -19,7 +19,7 @@ from PIL import Image
 from engine.data.dataset import to_user_coding
 from engine.errors import InputError
 from engine.export_nifti import NiftiExport
-from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, METRICS, SEEDS, Header, open_file, read_header
+from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, METRICS, NN_CORR, SEEDS, Header, open_file, read_header
 
 FORMATS = ("png", "nifti", "nnunet")
 # nnU-Net v2 finds a raw dataset only as nnUNet_raw/DatasetNNN_Name (nnunetv2.utilities.dataset_name_id_conversion).
@@ -109,7 +109,7 @@ def nearest_correlations(path: str | Path, f: Any, n: int, train_data: str | Pat
 
         synth, train = load_training_like(path, train_data)
         return nearest_training(synth[:n], train)[1]
-    stored = f.get(f"{METRICS}/nn_corr")
+    stored = f.get(f"{METRICS}/{NN_CORR}")
     if stored is None or stored.shape[0] < n:
         raise InputError(path, "has no nearest-training-image correlations for every sample; run medsynth evaluate "
                                "on it first, or pass --train-data DATA")

@@ -33,6 +33,7 @@ FORMAT = "medsynth"
 FORMAT_VERSION = 1
 IMAGES, MASKS, LABELS, SEEDS, NAMES, METRICS = "images", "masks", "labels", "seeds", "names", "metrics"
 SUMMARY = "summary"  # the /metrics attribute holding the JSON summary; every other attribute there is a figure
+NN_INDEX, NN_CORR = "nn_index", "nn_corr"  # /metrics arrays: each sample's nearest training image and its correlation
 NOT_MEDSYNTH = "is HDF5 but not a MedSynth file (no format='medsynth' attribute or /images)"
 # Root attributes stored as JSON text.
 JSON_FIELDS = ("class_names", "label_names", "mask_coding", "normalisation", "config")
