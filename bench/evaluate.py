@@ -23,8 +23,8 @@ import torch  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.evaluate import EvalSettings, EvaluateJob  # noqa: E402
+from engine.io.medsynth_h5 import SampleWriter, write_image_set  # noqa: E402
 from engine.metrics.inception import find_weights  # noqa: E402
-from engine.store import SampleWriter, write_image_set  # noqa: E402
 
 
 def main() -> None:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
+from engine.io.medsynth_h5 import read_image_set, write_image_set
 from engine.sample import SampleJob
-from engine.store import read_image_set, write_image_set
 from engine.train import TrainJob
 
 DEMO_IMAGES = 512
@@ -41,13 +39,9 @@ def run_demo(out: Path, *, steps: int | None = None, n: int = 64, view: Any = No
                                   overwrite=True), view)
     if code:
         return code
-    with h5py.File(synth, "r") as f:
-        k = int(f.attrs["n_complete"])
-        labels = f["labels"][:k]
-        masks = f["masks"][:k]
-        images = f["images"][:k]
-        names = [str(x) for x in json.loads(f.attrs["class_names"])]
-    counts = np.bincount(labels, minlength=len(names))
+    made = read_image_set(synth)
+    k, names, images, masks = len(made), made.class_names, made.images, made.masks
+    counts = np.bincount(made.labels, minlength=len(names))
     print(f"demo done: {k} synthetic images with masks and labels in {synth}")
     print("  classes: " + ", ".join(f"{name}: {int(c)}" for name, c in zip(names, counts)))
     print(f"  intensity {images.min():.0f}..{images.max():.0f} (phantom units), "

@@ -35,9 +35,18 @@ from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet
 from engine.data.prepare import resize
 from engine.errors import InputError
+from engine.io.medsynth_h5 import (
+    NN_CORR,
+    NN_INDEX,
+    Header,
+    open_file,
+    open_for_update,
+    read_header,
+    read_image_set,
+    write_metrics,
+)
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
 from engine.metrics.utility import UtilityCancelled
-from engine.store import _json, attrs_dict, open_file, open_for_update, read_image_set
 
 FID_DIMS = (64, 192, 768, 2048)
 FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
@@ -90,17 +99,15 @@ def _subset(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:k]) if n > k else np.arange(n)
 
 
-def _read_synth(path: Path) -> tuple[ImageSet, dict, Any, float, float]:
-    """The synthetic set, its attributes, its run config (or None) and its normalisation range."""
+def _read_synth(path: Path) -> tuple[ImageSet, Header, Any, float, float]:
+    """The synthetic set, its header, its run config (or None) and its normalisation range."""
     synth = read_image_set(path)
     with open_file(path) as f:
-        a = attrs_dict(f)
-    config = a.get("config") or {}
-    cfg = from_dict(config) if config else None
-    norm = a.get("normalisation") or {}
-    lo = float(norm.get("lo", synth.images.min()))
-    hi = float(norm.get("hi", synth.images.max()))
-    return synth, a, cfg, lo, hi
+        h = read_header(f)
+    cfg = from_dict(h.config) if h.config else None
+    lo = float(h.normalisation.get("lo", synth.images.min()))
+    hi = float(h.normalisation.get("hi", synth.images.max()))
+    return synth, h, cfg, lo, hi
 
 
 @lru_cache(maxsize=1)
@@ -110,22 +117,22 @@ def _demo_checkpoint_hashes() -> frozenset[str]:
     return frozenset(sha256(p) for p in (BUNDLED_DEMO / "run" / "checkpoints").glob("*/*.safetensors"))
 
 
-def default_training_data(synth: str | Path, attrs: dict | None = None) -> Path | None:
+def default_training_data(synth: str | Path, header: Header | None = None) -> Path | None:
     """The training data an evaluation of this file uses when none is given: the path its run
     recorded, when that still exists, else the bundled demo phantoms for a file that the bundled
     demo model generated (known by its checkpoint hash; its recorded path is relative to the
     source tree, so it rarely resolves where the app runs)."""
-    if attrs is None:
+    if header is None:
         with open_file(synth) as f:
-            attrs = attrs_dict(f)
-    data = (attrs.get("config") or {}).get("data") or {}
+            header = read_header(f)
+    data = header.config.get("data") or {}
     recorded, sha = data.get("path"), data.get("path_sha256")
     # A base name alone (the default, so no patient folder leaks) is trusted only when its hash says it is
     # the very path the run read: a same-named file in the working folder is someone else's data.
     if recorded and Path(recorded).exists() and (not sha or path_sha256(recorded) == sha):
         return Path(recorded)
     demo = BUNDLED_DEMO / "phantoms.h5"
-    sha = attrs.get("checkpoint_sha256")
+    sha = header.checkpoint_sha256
     if sha and demo.exists() and sha in _demo_checkpoint_hashes():
         return demo
     return None
@@ -142,8 +149,8 @@ def load_real_like(path: str | Path, cfg: Any, spacing: tuple[float, ...] | None
 def load_training_like(synth_path: str | Path, train_data: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(synthetic images, training images), both at the file's size and in [0, 1]: what the
     memorization gate of an export compares."""
-    synth, a, cfg, lo, hi = _read_synth(Path(synth_path))
-    train = load_real_like(train_data, cfg, tuple(a.get("spacing") or ()) or None, "train")
+    synth, h, cfg, lo, hi = _read_synth(Path(synth_path))
+    train = load_real_like(train_data, cfg, h.spacing, "train")
     return scaled(synth, synth.size, lo, hi)[0], scaled(train, synth.size, lo, hi)[0]
 
 
@@ -166,10 +173,10 @@ class EvaluateJob:
 
     # ----------------------------------------------------------------------------- data
     def _sets(self, emit: Emit) -> dict[str, Any]:
-        synth, a, cfg, lo, hi = _read_synth(self.synth_path)
+        synth, h, cfg, lo, hi = _read_synth(self.synth_path)
         size = synth.size
-        spacing = tuple(a.get("spacing") or ()) or None
-        train_path = self.train_path or default_training_data(self.synth_path, a)
+        spacing = h.spacing
+        train_path = self.train_path or default_training_data(self.synth_path, h)
         if train_path is None and self.real_path is None:
             raise InputError(self.synth_path, "records no training data that still exists; give held-out real "
                                               "data and/or the generator's training data")
@@ -181,7 +188,7 @@ class EvaluateJob:
         if train is not None and test is not None and train_path.resolve() == self.real_path.resolve() \
                 and train_path.suffix.lower() != ".npz":
             test = None  # the same cases twice: hold out a share instead
-        sets: dict[str, Any] = {"lo": lo, "hi": hi, "size": size, "attrs": a}
+        sets: dict[str, Any] = {"lo": lo, "hi": hi, "size": size, "header": h}
         sets["synth"] = scaled(synth, size, lo, hi) + (synth.labels,)
         if train is None:
             train = test
@@ -204,7 +211,7 @@ class EvaluateJob:
                                                                f"synthetic samples have {sets['synth'][0].shape[1]}")
         sets["notes"] = notes
         # Written into the file and its report: data folders by name and hash unless the run recorded full paths.
-        full = bool(((a.get("config") or {}).get("data") or {}).get("record_full_path"))
+        full = bool((h.config.get("data") or {}).get("record_full_path"))
         sets["sources"] = {"synth": public_path(self.synth_path, full),
                            "train": public_path(train_path, full) if train_path else None,
                            "test": public_path(self.real_path, full) if self.real_path and test is not None
@@ -497,21 +504,11 @@ class EvaluateJob:
         return {"nn_corr": np.asarray(nn[1]), "pairs": pairs}
 
     def _write_metrics(self, f: h5py.File) -> None:
-        group = f.require_group("metrics")
-        for key in list(group.attrs):
-            if key != "summary":
-                del group.attrs[key]  # a new evaluation replaces the old figures, never mixes with them
-        for key, value in self.figures.items():
-            group.attrs[key] = value
-        group.attrs["summary"] = _json(_plain(self.summary))
         nn = self.extras.get("nn")
-        if nn is not None:
-            for name, values in (("nn_index", nn[0].astype(np.int64)), ("nn_corr", nn[1].astype(np.float32))):
-                if name in group:
-                    del group[name]
-                group.create_dataset(name, data=values)
-            group["nn_corr"].attrs["train_data"] = str(self.summary.get("sources", {}).get("train"))
-        f.flush()
+        arrays = {} if nn is None else {NN_INDEX: nn[0].astype(np.int64), NN_CORR: nn[1].astype(np.float32)}
+        # replace: a new evaluation's figures never mix with an older one's.
+        write_metrics(f, self.figures, _plain(self.summary), arrays=arrays, replace=True,
+                      array_attrs={"train_data": str(self.summary.get("sources", {}).get("train"))})
 
 
 def _check_writable_folder(folder: Path) -> None:

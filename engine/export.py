@@ -19,7 +19,7 @@ from PIL import Image
 from engine.data.dataset import to_user_coding
 from engine.errors import InputError
 from engine.export_nifti import NiftiExport
-from engine.store import attrs_dict, mask_coding, n_complete, open_file
+from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, METRICS, NN_CORR, SEEDS, Header, open_file, read_header
 
 FORMATS = ("png", "nifti", "nnunet")
 # nnU-Net v2 finds a raw dataset only as nnUNet_raw/DatasetNNN_Name (nnunetv2.utilities.dataset_name_id_conversion).
@@ -44,8 +44,8 @@ class PngExport:
     """images/NAME.png (16-bit gray or 8-bit colour over the normalisation range) and masks/NAME.png in the
     user's mask coding."""
 
-    def __init__(self, out: Path, attrs: dict, has_masks: bool) -> None:
-        self.out, self.norm, self.coding = out, attrs.get("normalisation") or {}, mask_coding(attrs)
+    def __init__(self, out: Path, header: Header, has_masks: bool) -> None:
+        self.out, self.norm, self.coding = out, header.normalisation, header.mask_coding
         (out / "images").mkdir()
         if has_masks:
             (out / "masks").mkdir()
@@ -109,7 +109,7 @@ def nearest_correlations(path: str | Path, f: Any, n: int, train_data: str | Pat
 
         synth, train = load_training_like(path, train_data)
         return nearest_training(synth[:n], train)[1]
-    stored = f.get("metrics/nn_corr")
+    stored = f.get(f"{METRICS}/{NN_CORR}")
     if stored is None or stored.shape[0] < n:
         raise InputError(path, "has no nearest-training-image correlations for every sample; run medsynth evaluate "
                                "on it first, or pass --train-data DATA")
@@ -138,8 +138,8 @@ def export(path: str | Path, to: str | Path, fmt: str,
     if max_corr is not None and not -1.0 <= max_corr <= 1.0:
         raise InputError(None, f"--max-corr {max_corr} is not a correlation between -1 and 1")
     with open_file(path) as f:
-        a = attrs_dict(f)
-        n = n_complete(f)
+        h = read_header(f)
+        n = h.n_complete
         if n == 0:
             raise InputError(path, "holds no complete samples")
         corr = nearest_correlations(path, f, n, train_data) if max_corr is not None else None
@@ -147,18 +147,17 @@ def export(path: str | Path, to: str | Path, fmt: str,
         if not keep.any():
             raise InputError(path, f"every sample correlates above {max_corr} with a training image; nothing to "
                                    "export")
-        volumes = a.get("spatial_dims", 2) == 3
-        has_masks = "masks" in f
+        volumes = h.volume
+        has_masks = MASKS in f
         if fmt == "png" and volumes:
             raise InputError(path, "holds volumes; PNG is for 2D images, export volumes with --format nifti or nnunet")
         if fmt == "nnunet" and not has_masks:
             raise InputError(path, "has no masks; an nnU-Net dataset needs a label map for every case")
         out.mkdir(parents=True, exist_ok=True)
-        writer = (PngExport(out, a, has_masks) if fmt == "png" else
-                  NiftiExport(out, a, int(f["images"].shape[1]), fmt == "nnunet", Path(path).name))
-        class_names = list(a.get("class_names") or [])
-        seeds = f["seeds"][:n] if "seeds" in f else None
-        labels = f["labels"][:n] if "labels" in f else None
+        writer = (PngExport(out, h, has_masks) if fmt == "png" else
+                  NiftiExport(out, h, int(f[IMAGES].shape[1]), fmt == "nnunet", Path(path).name))
+        seeds = f[SEEDS][:n] if SEEDS in f else None
+        labels = f[LABELS][:n] if LABELS in f else None
         rows = []
         written = 0
         # One sample in memory at a time: a file of volumes can be many times the RAM.
@@ -166,11 +165,11 @@ def export(path: str | Path, to: str | Path, fmt: str,
             if not keep[i]:
                 continue
             name = f"synth_{i:05d}"  # the file's own index, so names still point at the HDF5 sample
-            files, mask_file = writer.write(name, f["images"][i], f["masks"][i] if has_masks else None)
+            files, mask_file = writer.write(name, f[IMAGES][i], f[MASKS][i] if has_masks else None)
             label = None if labels is None else int(labels[i])
             rows.append([";".join(files), mask_file, "" if seeds is None else int(seeds[i]),
                          "" if label is None else label,
-                         class_names[label] if label is not None and 0 <= label < len(class_names) else ""]
+                         "" if label is None or not 0 <= label < len(h.class_names) else h.class_names[label]]
                         + ([] if corr is None else [round(float(corr[i]), 4)]))
             written += 1
             if progress:

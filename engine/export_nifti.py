@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.io.medsynth_h5 import Header
 
 # sform and qform both set, with the same matrix, code 1 ("scanner"): ITK (Slicer, ITK-SNAP)
 # and FSL each prefer a different one of the two, and a form with code 0 is ignored, so
@@ -19,16 +23,16 @@ import numpy as np
 XFORM_CODE = 1
 
 
-def sample_affine(attrs: dict) -> np.ndarray:
+def sample_affine(header: Header) -> np.ndarray:
     """The 4x4 voxel→RAS (mm) matrix for this file's samples in NIfTI voxel order (x, y, z)."""
-    spacing = [float(s) for s in attrs.get("spacing") or ()]
-    dims = 3 if attrs.get("spatial_dims", 2) == 3 else 2
+    spacing = list(header.spacing or ())
+    dims = 3 if header.volume else 2
     sp = spacing if len(spacing) == dims else [1.0] * dims
     # Spacing is (x, y[, z]) = stored (W, H[, D]), NIfTI's own voxel order; a 2D image is one slice 1 mm thick.
     by_spacing = np.diag([*sp, *([1.0] * (4 - dims))])
     if dims == 2:
         return by_spacing
-    stored = np.asarray(attrs.get("affine", np.eye(4)), float)
+    stored = header.affine if header.affine is not None else np.eye(4)
     # An identity is what older files store when no affine was known; the spacing is then
     # the only geometry there is, and dropping it would squash anisotropic voxels.
     if stored.shape != (4, 4) or not np.isfinite(stored).all() or (
@@ -83,9 +87,9 @@ class NiftiExport:
     levels of the user's picture masks, which only the PNG export writes back.
     """
 
-    def __init__(self, out: Path, attrs: dict, channels: int, nnunet: bool, source: str) -> None:
-        self.out, self.attrs, self.channels, self.nnunet, self.source = out, attrs, channels, nnunet, source
-        self.affine = sample_affine(attrs)
+    def __init__(self, out: Path, header: Header, channels: int, nnunet: bool, source: str) -> None:
+        self.out, self.header, self.channels, self.nnunet, self.source = out, header, channels, nnunet, source
+        self.affine = sample_affine(header)
         self.highest = 0
         self.count = 0
         self.images_dir = out / "imagesTr" if nnunet else out
@@ -120,7 +124,6 @@ class NiftiExport:
     def finish(self) -> None:
         if not self.nnunet:
             return
-        norm = self.attrs.get("normalisation") or {}
-        meta = dataset_json(self.attrs.get("label_names") or {}, self.highest, self.channels,
-                            norm.get("modality", "generic"), self.count, self.source)
+        meta = dataset_json(self.header.label_names, self.highest, self.channels, self.header.modality, self.count,
+                            self.source)
         (self.out / "dataset.json").write_text(json.dumps(meta, indent=2))

@@ -13,52 +13,50 @@ from engine.errors import InputError
 
 if TYPE_CHECKING:
     from engine.data.dataset import ImageSet
+    from engine.io.medsynth_h5 import Header
 
 
 def _h5(path: Path) -> list[str]:
-    from engine.store import attrs_dict, mask_coding, n_complete, open_file
+    from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, SEEDS, open_file, read_header, read_metrics
 
     with open_file(path) as f:
-        a = attrs_dict(f)
-        n = n_complete(f)
-        lines = [f"{path}: MedSynth HDF5 v{a.get('format_version')} ({a.get('kind')}), "
-                 f"{n} of {a.get('n_planned', n)} samples complete"]
-        for name in ("images", "masks", "labels", "seeds"):
+        h = read_header(f)
+        n = h.n_complete
+        lines = [f"{path}: MedSynth HDF5 v{h.format_version} ({h.kind}), {n} of {h.n_planned} samples complete"]
+        for name in (IMAGES, MASKS, LABELS, SEEDS):
             if name in f:
                 d = f[name]
                 lines.append(f"  /{name:<7} {d.dtype} {tuple(d.shape)}")
-        if a.get("class_names"):
-            lines.append(f"  classes: {', '.join(a['class_names'])}")
-            if "labels" in f and n:
-                counts = np.bincount(f["labels"][:n], minlength=len(a["class_names"]))
+        if h.class_names:
+            lines.append(f"  classes: {', '.join(h.class_names)}")
+            if LABELS in f and n:
+                counts = np.bincount(f[LABELS][:n], minlength=len(h.class_names))
                 lines.append("  per class: " + ", ".join(str(int(c)) for c in counts))
-        if a.get("label_names"):
-            lines.append("  mask labels: " + ", ".join(f"{k}={v}" for k, v in a["label_names"].items()))
-        if mask_coding(a):
-            lines.append("  mask coding (label → value in the user's files): "
-                         + ", ".join(f"{k} → {v}" for k, v in sorted(mask_coding(a).items())))
-        norm = a.get("normalisation") or {}
-        if norm:
-            lines.append(f"  intensity: {norm.get('modality', '')} {a.get('intensity_units', '')} "
-                         f"range [{norm.get('lo', '?')}, {norm.get('hi', '?')}]")
-        lines.append(f"  spacing: {a.get('spacing')}  created: {a.get('created')}  "
-                     f"medsynth {a.get('medsynth_version')}")
-        if a.get("spatial_dims") == 3:
-            lines.append("  " + _orientation(a))
-        metrics = f["metrics"].attrs if "metrics" in f else {}
-        figures = {k: v for k, v in metrics.items() if k != "summary"}
-        if figures:
-            lines.append("  metrics: " + ", ".join(f"{k}={float(v):.4g}" for k, v in figures.items()))
+        figures, _ = read_metrics(f)
+    if h.label_names:
+        lines.append("  mask labels: " + ", ".join(f"{k}={v}" for k, v in h.label_names.items()))
+    if h.mask_coding:
+        lines.append("  mask coding (label → value in the user's files): "
+                     + ", ".join(f"{k} → {v}" for k, v in sorted(h.mask_coding.items())))
+    if h.normalisation:
+        lines.append(f"  intensity: {h.normalisation.get('modality', '')} {h.intensity_units} "
+                     f"range [{h.normalisation.get('lo', '?')}, {h.normalisation.get('hi', '?')}]")
+    lines.append(f"  spacing: {list(h.spacing) if h.spacing else None}  created: {h.created}  "
+                 f"medsynth {h.medsynth_version}")
+    if h.volume:
+        lines.append("  " + _orientation(h))
+    if figures:
+        lines.append("  metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in figures.items()))
     return lines
 
 
-def _orientation(attrs: dict) -> str:
+def _orientation(header: Header) -> str:
     import nibabel as nib
 
     from engine.export_nifti import sample_affine
 
     # The geometry a NIfTI export writes, so what info says is what Slicer will show.
-    affine = sample_affine(attrs)
+    affine = sample_affine(header)
     try:
         letters = "".join(c or "?" for c in nib.aff2axcodes(affine))
     except ValueError:

@@ -48,7 +48,7 @@ import h5py
 import numpy as np
 
 from engine.errors import InputError
-from engine.store import attrs_dict, n_complete, open_file, shown_spacing
+from engine.io.medsynth_h5 import IMAGES, Header, open_file, read_header, shown_spacing
 
 STUDY_FILE = "study.json"
 ITEMS_FILE = "items.h5"
@@ -125,12 +125,6 @@ def default_key_path(study: str | Path) -> Path:
     return folder.parent / (folder.name + KEY_SUFFIX)
 
 
-def _sample_shape(f: Any) -> tuple[int, tuple[int, ...]]:
-    shape = tuple(int(s) for s in f["images"].shape[1:])
-    dims = int(f.attrs.get("spatial_dims", len(shape) - 1))
-    return dims, shape
-
-
 def _relative(path: Path, folder: Path) -> str | None:
     try:
         return os.path.relpath(path.resolve(), folder.resolve())
@@ -164,7 +158,7 @@ def _study_window(sources: dict[str, Any], drawn: list[tuple[str, int]]) -> tupl
     per_item = max(1, WINDOW_SAMPLES // len(drawn))
     values = []
     for truth, index in drawn:
-        x = np.asarray(sources[truth]["images"][index], np.float32).ravel()
+        x = np.asarray(sources[truth][IMAGES][index], np.float32).ravel()
         x = x[:: max(1, x.size // per_item)]
         values.append(x[np.isfinite(x)])
     pooled = np.concatenate(values)
@@ -190,7 +184,7 @@ def _write_items(path: Path, sources: dict[str, Any], order: list[tuple[str, int
         # Uncompressed on purpose: a compressed chunk's size would tell smooth images from noisy ones.
         images = f.create_dataset("images", (len(order), *shape), np.uint8, chunks=(1, *shape))
         for row, (truth, index) in enumerate(order):
-            images[row] = to_display(sources[truth]["images"][index], window)
+            images[row] = to_display(sources[truth][IMAGES][index], window)
         f.attrs["format"] = FORMAT + "-items"
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -218,14 +212,14 @@ def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: i
     info: dict[str, dict[str, Any]] = {}
     for truth, path, wanted in (("real", real, n_real), ("synthetic", synth, n_synth)):
         with open_file(path) as f:
-            n = n_complete(f)
-            dims, shape = _sample_shape(f)
-            a = attrs_dict(f)
+            h = read_header(f)
+            shape = tuple(int(s) for s in f[IMAGES].shape[1:])
+        n = h.n_complete
         if n < wanted:
             raise InputError(path, f"has {n} complete samples; the study asks for {wanted} {truth} ones")
-        info[truth] = {"path": path, "n": n, "dims": dims, "shape": shape, "attrs": a}
+        info[truth] = {"path": path, "n": n, "dims": h.spatial_dims, "shape": shape, "header": h}
     r, s = info["real"], info["synthetic"]
-    if r["attrs"].get("kind") == "synthetic":
+    if r["header"].kind == "synthetic":
         # Swapped arguments would silently invert every figure of the study.
         raise InputError(real, "is marked kind='synthetic'; pass it as the synthetic file, and real data as real")
     if r["dims"] != s["dims"]:
@@ -242,7 +236,7 @@ def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: i
     order = [drawn[j] for j in rng.permutation(len(drawn))]
     study_id = uuid.uuid4().hex
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    ra = r["attrs"]
+    rh: Header = r["header"]
     out.mkdir(parents=True, exist_ok=True)
     key.parent.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -259,7 +253,7 @@ def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: i
             "study_folder": str(out.resolve()), "seed": int(seed), "n_real": n_real, "n_synthetic": n_synth,
             "sources": {truth: {"path": str(v["path"].resolve()), "relative": _relative(v["path"], key.parent),
                                 "n_complete": v["n"]} for truth, v in info.items()},
-            "window": {"lo": window[0], "hi": window[1], "units": str(ra.get("intensity_units", "")),
+            "window": {"lo": window[0], "hi": window[1], "units": rh.intensity_units,
                        "percentiles": list(WINDOW_PERCENTILES)},
             "items": [{"id": k + 1, "truth": truth, "index": index} for k, (truth, index) in enumerate(order)],
         })
@@ -270,7 +264,8 @@ def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: i
             "image_shape": list(r["shape"]), "items": len(order), "items_file": ITEMS_FILE,
             # Every item is shown with the real file's geometry: a spacing or orientation that
             # differed between the sources would give the truth away.
-            "geometry": {"spacing": ra.get("spacing"), "affine": ra.get("affine") if r["dims"] == 3 else None},
+            "geometry": {"spacing": list(rh.spacing) if rh.spacing else None,
+                         "affine": rh.affine.tolist() if r["dims"] == 3 and rh.affine is not None else None},
             "display_levels": list(DISPLAY_LEVELS),
         })
     except BaseException:

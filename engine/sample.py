@@ -19,9 +19,9 @@ from engine.config import load as load_config
 from engine.data.prepare import Normalisation, decode_masks
 from engine.diffusion import SAMPLERS, denoise, sampler
 from engine.errors import InputError
+from engine.io.medsynth_h5 import Header, SampleWriter
 from engine.jobs import Cancelled, Done, Emit, Message, Progress
 from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
-from engine.store import SampleWriter, mask_coding
 from engine.threads import use_free_cores
 
 
@@ -223,14 +223,13 @@ class SampleJob:
         done = 0
         stopped = False
         dims = max(gen.cfg.model.spatial_dims, 2)
+        # The run's facts about its data, in the checkpoint under the header's own names, carry into the file.
+        header = Header(class_names=gen.class_names, label_names=st.get("label_names"),
+                        mask_coding=st.get("mask_coding"), spacing=st.get("spacing"), affine=st.get("affine"),
+                        intensity_units=gen.norm.units, normalisation=gen.norm.to_dict(),
+                        config=public_config(st["config"]), checkpoint_sha256=gen.sha256)
         with SampleWriter(self.out, self.n, (c,) + (size,) * dims, masks=masks_out, labels=labels is not None,
-                          class_names=gen.class_names,
-                          label_names={int(k): v for k, v in (st.get("label_names") or {}).items()},
-                          mask_coding=mask_coding(st),
-                          spacing=tuple(st["spacing"]) if st.get("spacing") else None,
-                          affine=np.asarray(st["affine"]) if st.get("affine") else None,
-                          units=gen.norm.units, normalisation=gen.norm.to_dict(), config=public_config(st["config"]),
-                          checkpoint_sha256=gen.sha256, overwrite=self.overwrite) as writer:
+                          header=header, overwrite=self.overwrite) as writer:
             for lo in range(0, self.n, self.batch):
                 hi = min(lo + self.batch, self.n)
                 if cancelled():

@@ -384,7 +384,7 @@ class Gallery(QWidget):
             self.header.setText(f"{Path(m.path).name} — {m.n_planned} samples ({m.n_complete} complete)")
         shape = m.shape
         spatial = "×".join(str(s) for s in shape[2:])
-        kind = {"synthetic": "Synthetic samples", "real": "Real data"}.get(str(m.attrs.get("kind", "")), "")
+        kind = {"synthetic": "Synthetic samples", "real": "Real data"}.get(m.header.kind, "")
         bits = [kind, f"{'3D volumes' if m.volume else '2D images'} {spatial}"]
         if shape and shape[1] == 3:
             bits.append("RGB")

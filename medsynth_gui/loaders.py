@@ -18,7 +18,7 @@ from engine.data import partners
 from engine.data.dataset import ImageSet
 from engine.data.readers import _dataset_json, _label_map
 from engine.errors import InputError
-from engine.store import attrs_dict, n_complete, open_file, read_names, shown_spacing, write_image_set
+from engine.io.medsynth_h5 import open_file, read_header, read_names, read_sample, write_image_set
 
 
 @dataclass
@@ -36,34 +36,21 @@ class Displayable:
 def h5_sample(path: str | Path, index: int, file_title: str | None = None) -> Displayable:
     """One sample for the viewer, titled by `file_title` (a folder read into the cache) or the file's name."""
     with open_file(path) as f:
-        n = n_complete(f)
-        if not 0 <= index < n:
-            raise InputError(path, f"has no complete sample {index} (0..{n - 1})")
-        a = attrs_dict(f)
-        image = f["images"][index]
-        mask = f["masks"][index] if "masks" in f else None
-        label = int(f["labels"][index]) if "labels" in f else None
-        seed = int(f["seeds"][index]) if "seeds" in f else None
-        origins = read_names(f)
-    if image.shape[0] == 1:
-        image = image[0]
-    if image.ndim == 3 and a.get("spatial_dims") == 3:
+        h, s = read_header(f), read_sample(f, index)
+    image, mask = s.image[0] if s.image.shape[0] == 1 else s.image, s.mask
+    if image.ndim == 3 and h.volume:
         # Stored (D, H, W); the viewer takes voxel order (X, Y, Z) with the file's affine.
         image = np.ascontiguousarray(np.transpose(image, (2, 1, 0)))
         mask = None if mask is None else np.ascontiguousarray(np.transpose(mask, (2, 1, 0)))
-    names = a.get("class_names") or []
     title = f"{file_title or Path(path).name} #{index}"
-    if origins is not None and index < len(origins):
-        title += f" · {origins[index]}"
-    if label is not None:
-        title += f" · {names[label] if label < len(names) else label}"
-    if seed is not None:
-        title += f" · seed {seed}"
-    spacing = shown_spacing(tuple(float(s) for s in (a.get("spacing") or ())), a.get("spatial_dims", 2))
-    affine = np.asarray(a["affine"], float) if a.get("spatial_dims") == 3 and "affine" in a else None
-    return Displayable(image.astype(np.float32), mask, affine, spacing,
-                       {int(k): v for k, v in (a.get("label_names") or {}).items()},
-                       str(a.get("intensity_units", "")), title)
+    if s.name is not None:
+        title += f" · {s.name}"
+    if s.label is not None:
+        title += f" · {h.class_name(s.label)}"
+    if s.seed is not None:
+        title += f" · seed {s.seed}"
+    return Displayable(image.astype(np.float32), mask, h.volume_affine, h.shown_spacing(), h.label_names,
+                       h.intensity_units, title)
 
 
 def h5_names(path: str | Path) -> list[str] | None:

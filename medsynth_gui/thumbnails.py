@@ -33,8 +33,8 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
+from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, SEEDS, Header, n_complete, open_file, read_header
 from engine.metrics.phantom_fidelity import CountRule, count_rule
-from engine.store import attrs_dict, n_complete, open_file
 from medsynth_gui.viewer.colors import PALETTE, label_color
 
 # The viewer's palette (ITK-SNAP's order), so a label has one colour everywhere in the app.
@@ -119,7 +119,7 @@ class ThumbnailModel(QAbstractListModel):
         self.file: h5py.File | None = None  # open only inside reading(), never across event-loop turns
         self.shape: tuple[int, ...] = ()  # /images, as found at the last look
         self.has_masks = False
-        self.attrs: dict = {}
+        self.header = Header()
         self.n_planned = 0
         self.n_complete = 0
         self.labels: np.ndarray | None = None
@@ -148,14 +148,14 @@ class ThumbnailModel(QAbstractListModel):
     def load(self, path: str | Path) -> None:
         """Open a MedSynth file; raises InputError naming it. Reads labels and seeds, never images."""
         try:
-            f, a, shape = self._open_checked(path)
+            f, h, shape = self._open_checked(path)
         except InputError:
             if self.path and Path(path).resolve() == Path(self.path).resolve():
                 self.unload()  # the file shown is gone: show nothing rather than a model of a missing file
             raise
         self.beginResetModel()
         try:
-            self._take(path, f, a, shape)
+            self._take(path, f, h, shape)
         except (KeyError, ValueError, TypeError, OSError) as exc:
             self._forget()
             raise InputError(path, f"could not be read ({exc})") from None
@@ -165,46 +165,44 @@ class ThumbnailModel(QAbstractListModel):
                 f.close()
             self.endResetModel()
 
-    def _take(self, path: str | Path, f: h5py.File, a: dict, shape: tuple[int, ...]) -> None:
+    def _take(self, path: str | Path, f: h5py.File, h: Header, shape: tuple[int, ...]) -> None:
         self.close()
-        self.path, self.attrs = str(path), a
+        self.path, self.header = str(path), h
         self.class_filter = None
         self._bind(f)
         self.volume = len(shape) == 5
-        self.shape, self.has_masks = tuple(shape), "masks" in f
-        self.n_planned = int(a.get("n_planned", shape[0]))
-        self.class_names = [str(c) for c in (a.get("class_names") or [])]
-        self.label_names = {int(k): str(v) for k, v in (a.get("label_names") or {}).items()}
-        self.count_rule = count_rule(self.class_names) if "masks" in f and "labels" in f else None
-        spacing = [float(s) for s in (a.get("spacing") or [])]
+        self.shape, self.has_masks = tuple(shape), MASKS in f
+        self.n_planned, self.class_names, self.label_names = h.n_planned, h.class_names, h.label_names
+        self.count_rule = count_rule(self.class_names) if MASKS in f and LABELS in f else None
+        spacing = list(h.spacing or ())
         # Spacing is (x, y[, z]): a thumbnail (2D image or axial slice) has x along its columns, y along its rows.
         sx, sy = spacing[:2] if len(spacing) >= 2 and min(spacing[:2]) > 0 else (1.0, 1.0)
         self.aspect = sy / sx
-        norm = a.get("normalisation") or {}
+        norm = h.normalisation
         self.window = (float(norm["lo"]), float(norm["hi"])) if {"lo", "hi"} <= set(norm) else None
         self.n_complete = 0
-        self.labels = np.zeros(0, np.int64) if "labels" in f else None
+        self.labels = np.zeros(0, np.int64) if LABELS in f else None
         self.seeds = np.zeros(0, np.int64)
         self._grow(n_complete(f))
         self.rows = self._matching(0, self.n_complete)
 
     @staticmethod
-    def _open_checked(path: str | Path) -> tuple[h5py.File, dict, tuple[int, ...]]:
+    def _open_checked(path: str | Path) -> tuple[h5py.File, Header, tuple[int, ...]]:
         f = open_file(path)
         try:
-            a = attrs_dict(f)
-            shape = f["images"].shape
+            h = read_header(f)
+            shape = f[IMAGES].shape
             if len(shape) not in (4, 5) or shape[1] < 1:
                 raise InputError(path, f"/images has shape {shape}; expected (N, C, H, W) or (N, C, D, H, W)")
-            if "masks" in f and f["masks"].shape[1:] != shape[2:]:
-                raise InputError(path, f"/masks has shape {f['masks'].shape}, which does not match /images {shape}")
+            if MASKS in f and f[MASKS].shape[1:] != shape[2:]:
+                raise InputError(path, f"/masks has shape {f[MASKS].shape}, which does not match /images {shape}")
         except InputError:
             f.close()
             raise
         except (KeyError, ValueError, TypeError, OSError) as exc:
             f.close()
             raise InputError(path, f"has unreadable MedSynth attributes ({exc})") from None
-        return f, a, shape
+        return f, h, shape
 
     def unload(self) -> None:
         self.beginResetModel()
@@ -213,7 +211,7 @@ class ThumbnailModel(QAbstractListModel):
 
     def _forget(self) -> None:
         self.close()
-        self.path, self.attrs, self.rows = "", {}, np.zeros(0, np.int64)
+        self.path, self.header, self.rows = "", Header(), np.zeros(0, np.int64)
         self.n_complete = self.n_planned = 0
         self.labels = self.seeds = None
         self.shape, self.has_masks = (), False
@@ -222,8 +220,8 @@ class ThumbnailModel(QAbstractListModel):
     def _bind(self, f: h5py.File) -> None:
         # Dataset handles are kept for the slice: looking them up per thumbnail costs as much as reading one.
         self.file = f
-        self._images = f["images"]
-        self._masks = f["masks"] if "masks" in f else None
+        self._images = f[IMAGES]
+        self._masks = f[MASKS] if MASKS in f else None
 
     def _release(self) -> None:
         if self.file is not None and self.file.id.valid:
@@ -257,7 +255,7 @@ class ThumbnailModel(QAbstractListModel):
             now = n_complete(f)
             if now < before:
                 return before, now  # a new run replaced the file under the same name: the caller starts over
-            self.shape = tuple(f["images"].shape)
+            self.shape = tuple(f[IMAGES].shape)
             self._grow(now)
         if now > before:
             new = self._matching(before, now)
@@ -272,9 +270,9 @@ class ThumbnailModel(QAbstractListModel):
         assert f is not None
         if now > before:
             if self.labels is not None:
-                self.labels = np.concatenate([self.labels, f["labels"][before:now].astype(np.int64)])
-            if "seeds" in f:
-                self.seeds = np.concatenate([self.seeds, f["seeds"][before:now].astype(np.int64)])
+                self.labels = np.concatenate([self.labels, f[LABELS][before:now].astype(np.int64)])
+            if SEEDS in f:
+                self.seeds = np.concatenate([self.seeds, f[SEEDS][before:now].astype(np.int64)])
             self.n_complete = now
         if self.window is None and now > 0:
             self.window = self._percentile_window()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import checkpoints  # noqa: E402
 from engine.config import RESOURCES, load_preset  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.store import read_image_set, write_image_set  # noqa: E402
+from engine.io.medsynth_h5 import read_image_set, write_image_set  # noqa: E402
 from engine.train import TrainJob  # noqa: E402
 
 DEMO = RESOURCES / "demo"

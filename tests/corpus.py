@@ -420,7 +420,7 @@ class Walk:
         return json.loads((self.run / "run.json").read_text())
 
     def attrs(self) -> dict:
-        from engine.store import attrs_dict, open_file
+        from engine.io.medsynth_h5 import attrs_dict, open_file
 
         self.output("sample")
         with open_file(self.synth) as f:

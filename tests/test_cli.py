@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.cli import main
 from engine.data.phantoms import make_phantoms
-from engine.store import write_image_set
+from engine.io.medsynth_h5 import write_image_set
 from tests.conftest import tiny_cli_setup
 
 ROOT = Path(__file__).resolve().parents[1]

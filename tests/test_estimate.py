@@ -16,7 +16,7 @@ from engine.cli import main
 from engine.config import batch_for, preset_device, preset_names, resolve
 from engine.data.phantoms import make_phantoms
 from engine.estimate import Estimate, StepTimer, format_duration
-from engine.store import write_image_set
+from engine.io.medsynth_h5 import write_image_set
 from engine.threads import threads_for, use_free_cores
 from engine.train import TrainJob
 from tests.conftest import tiny_cli_setup, tiny_config

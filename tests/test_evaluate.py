@@ -13,8 +13,8 @@ from engine.cli import main
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.evaluate import EvalSettings, EvaluateJob
+from engine.io.medsynth_h5 import SampleWriter, write_image_set
 from engine.jobs import Done
-from engine.store import SampleWriter, write_image_set
 from tests.conftest import COPIES, make_evaluation_files
 
 

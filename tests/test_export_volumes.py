@@ -12,7 +12,7 @@ import pytest
 
 from engine.cli import main
 from engine.data.readers import read_msd
-from engine.store import SampleWriter
+from engine.io.medsynth_h5 import SampleWriter
 
 SPACING = (1.5, 1.0, 2.0)  # x, y, z in mm
 SHAPE = (12, 16, 20)  # stored (D, H, W); NIfTI (x, y, z) = (20, 16, 12)
@@ -46,7 +46,7 @@ def make_h5(path: Path, kind: str = "ras", channels: int = 1, masks: bool = True
     x, y, z = _ras_corner(affine if affine is not None else np.diag([*SPACING, 1.0]))
     images[:, :, z, y, x] = MARKER
     with SampleWriter(path, n, (channels, *SHAPE), masks=masks, labels=True, class_names=["a", "b", "c"],
-                      label_names={1: "lesion", 2: "cyst"}, spacing=SPACING, affine=affine, units="HU",
+                      label_names={1: "lesion", 2: "cyst"}, spacing=SPACING, affine=affine, intensity_units="HU",
                       normalisation={"modality": "CT", "lo": -1000.0, "hi": 1000.0}) as w:
         k = n if written is None else written
         if k:

@@ -22,8 +22,8 @@ from engine.cli import main
 from engine.data import read_folder_pairs, read_nifti
 from engine.export import export
 from engine.info import describe
+from engine.io.medsynth_h5 import SampleWriter, read_image_set, write_image_set
 from engine.jobs import DataSummary, Progress
-from engine.store import SampleWriter, read_image_set, write_image_set
 from tests.conftest import tiny_config
 
 GREY_2 = (127, 254)

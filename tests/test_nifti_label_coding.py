@@ -18,8 +18,8 @@ from engine.cli import main
 from engine.data import VolumeOptions, load_images
 from engine.data.readers import read_nifti_cases
 from engine.export import export
+from engine.io.medsynth_h5 import write_image_set
 from engine.jobs import DataSummary
-from engine.store import write_image_set
 from tests.test_mask_coding import check_nnunet_v2
 
 N = 24  # voxels per axis of the source volumes

@@ -17,7 +17,7 @@ import pytest
 from engine import reader_study as rs
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
-from engine.store import write_image_set
+from engine.io.medsynth_h5 import write_image_set
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -626,7 +626,7 @@ def test_cli_creates_a_study_and_prints_its_summary(tmp_path, capsys):
     from engine import reader_study as rs
     from engine.cli import main
     from engine.data.phantoms import make_phantoms
-    from engine.store import write_image_set
+    from engine.io.medsynth_h5 import write_image_set
 
     real = write_image_set(tmp_path / "real.h5", make_phantoms(6, size=16, seed=1))
     synth = write_image_set(tmp_path / "synth.h5", make_phantoms(6, size=16, seed=2))

@@ -52,7 +52,7 @@ def test_training_read_the_folder_as_volumes_at_a_spacing_that_fits(workflow):
 
 
 def test_samples_export_as_nifti_with_the_affine_of_the_file(workflow, tmp_path, capsys):
-    from engine.store import attrs_dict, open_file
+    from engine.io.medsynth_h5 import attrs_dict, open_file
 
     _, _, synth = workflow
     with open_file(synth) as f:

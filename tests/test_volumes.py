@@ -5,9 +5,9 @@ import numpy as np
 
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
+from engine.io.medsynth_h5 import read_image_set, write_image_set
 from engine.jobs import Loss
 from engine.sample import SampleJob
-from engine.store import read_image_set, write_image_set
 from engine.train import TrainJob
 
 

@@ -122,14 +122,7 @@ def _holds_volumes(path: Path) -> bool:
 
 
 def _read_store(path: Path) -> ImageSet:
-    # engine.store sits on the ground floor and may not exist yet; look it up only when needed.
-    try:
-        store = importlib.import_module("engine.store")
-    except ModuleNotFoundError as exc:
-        if exc.name != "engine.store":
-            raise
-        store = None
-    reader = getattr(store, "read_image_set", None)
-    if reader is None:
-        raise InputError(path, "MedSynth HDF5 input is read by engine.store, which is not available yet")
-    return reader(path)
+    # Looked up here, not at the top: the format module builds on engine.data.dataset, and h5py costs its import.
+    from engine.io.medsynth_h5 import read_image_set
+
+    return read_image_set(path)

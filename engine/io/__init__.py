@@ -1,0 +1,1 @@
+"""File formats the engine owns: each format's names, header and reading/writing rules live in one module here."""

@@ -1,0 +1,392 @@
+"""The MedSynth HDF5 file (format_version 1): its names, its header, and every read and write of it.
+
+    /images   float32 (N, C, H, W) or (N, C, D, H, W), in the data's units
+    /masks    uint8 (N, H, W) or (N, D, H, W) label maps            (when the file has masks)
+    /labels   int64 (N,) class indices                               (when the file has classes)
+    /seeds    int64 (N,) the seed each sample was drawn with
+    /names    str (N,) where each sample came from                   (when known)
+    /metrics  figures as attributes, a JSON "summary", nn_index / nn_corr per sample (after an evaluation)
+    root attributes: the `Header`; lists and dicts are JSON text, since HDF5 attributes hold no nested data.
+
+Datasets are allocated for the planned sample count up front and ``n_complete`` is raised only after
+a batch is written and flushed, so a reader (or the app's gallery) opened mid-run, or after a crash,
+trusts exactly the first ``n_complete`` samples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from engine import __version__
+from engine.data.dataset import ImageSet, validate
+from engine.errors import InputError
+
+FORMAT = "medsynth"
+FORMAT_VERSION = 1
+IMAGES, MASKS, LABELS, SEEDS, NAMES, METRICS = "images", "masks", "labels", "seeds", "names", "metrics"
+SUMMARY = "summary"  # the /metrics attribute holding the JSON summary; every other attribute there is a figure
+NN_INDEX, NN_CORR = "nn_index", "nn_corr"  # /metrics arrays: each sample's nearest training image and its correlation
+NOT_MEDSYNTH = "is HDF5 but not a MedSynth file (no format='medsynth' attribute or /images)"
+# Root attributes stored as JSON text.
+JSON_FIELDS = ("class_names", "label_names", "mask_coding", "normalisation", "config")
+
+
+def to_json(value: Any) -> str:
+    """JSON text for an attribute: numpy values become lists or numbers, anything else its str."""
+    return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+def _int_keys(mapping: Any, value: type = str) -> dict:
+    # JSON turns integer keys into text; the file's label numbers are integers again once read.
+    return {int(k): value(v) for k, v in (mapping or {}).items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass
+class Header:
+    """The root attributes of a MedSynth file, typed. Older files lack some: they read as the defaults."""
+
+    kind: str = "synthetic"  # "synthetic" (drawn by a model) or "real" (a data set written as a MedSynth file)
+    spatial_dims: int = 2
+    class_names: list[str] = field(default_factory=list)
+    label_names: dict[int, str] = field(default_factory=dict)  # mask label → its name
+    mask_coding: dict[int, int] = field(default_factory=dict)  # mask label → the user's value; empty: the same
+    # Pixel / voxel size in mm, (x, y[, z]) = stored (W, H[, D]); written as 1 mm each when unknown.
+    spacing: tuple[float, ...] | None = None
+    # Voxel (x, y[, z]) → world mm; written as the spacing alone when unknown. Only a volume's is a position.
+    affine: np.ndarray | None = None
+    intensity_units: str = ""
+    normalisation: dict[str, Any] = field(default_factory=dict)  # modality, lo, hi, bits...
+    config: dict[str, Any] = field(default_factory=dict)  # the generating run's public config
+    checkpoint_sha256: str = ""
+    medsynth_version: str = ""
+    created: str = ""
+    n_planned: int = 0
+    n_complete: int = 0
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.class_names = [str(c) for c in self.class_names or []]
+        self.label_names = _int_keys(self.label_names)
+        self.mask_coding = _int_keys(self.mask_coding, int)
+        self.spacing = tuple(float(s) for s in self.spacing) if self.spacing is not None and len(self.spacing) \
+            else None
+        self.affine = None if self.affine is None else np.asarray(self.affine, np.float64)
+        self.normalisation, self.config = dict(self.normalisation or {}), dict(self.config or {})
+
+    @classmethod
+    def from_attrs(cls, attrs: Any, images_shape: tuple[int, ...] | None = None) -> Header:
+        """The header from a file's root attributes (`f.attrs` or a dict of them); the shape of /images
+        stands in for the counts and dimensions a file does not record."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in attrs.items():
+            if key not in known:
+                continue
+            value = _plain(value)
+            if key in JSON_FIELDS and isinstance(value, str):
+                value = json.loads(value or "null")
+            values[key] = value
+        if images_shape is not None:
+            values.setdefault("n_planned", images_shape[0])
+            values.setdefault("n_complete", images_shape[0])
+            values.setdefault("spatial_dims", len(images_shape) - 2)
+        for f in fields(cls):
+            if f.name in values and isinstance(f.default, (str, int)):
+                values[f.name] = type(f.default)(values[f.name])  # numpy scalars as the field's own type
+        return cls(**values)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The attributes as written: JSON text for lists and dicts, the spacing and affine filled in."""
+        spacing = np.asarray(self.spacing if self.spacing else (1.0,) * self.spatial_dims, np.float64)
+        affine = self.affine if self.affine is not None else np.diag([*spacing, 1.0])
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("label_names", "mask_coding"):
+                value = to_json({str(k): v for k, v in value.items()})
+            elif f.name in JSON_FIELDS:
+                value = to_json(value)
+            out[f.name] = value
+        out.update(spacing=spacing, affine=np.asarray(affine, np.float64))
+        return out
+
+    @property
+    def volume(self) -> bool:
+        return self.spatial_dims == 3
+
+    @property
+    def volume_affine(self) -> np.ndarray | None:
+        """The affine when it places samples in the world: a volume's; a 2D file's is its spacing alone."""
+        return self.affine if self.volume else None
+
+    @property
+    def modality(self) -> str:
+        return str(self.normalisation.get("modality", "generic"))
+
+    def shown_spacing(self) -> tuple[float, ...] | None:
+        return shown_spacing(self.spacing, self.spatial_dims)
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
+
+
+def shown_spacing(spacing: tuple[float, ...] | None, spatial_dims: int) -> tuple[float, ...] | None:
+    """A file's spacing (x, y[, z]) per axis of a sample as viewers take it: a 2D (H, W) picture's
+    (rows, cols) = (y, x); a volume, shown as (X, Y, Z), keeps (x, y, z)."""
+    if not spacing:
+        return None
+    return tuple(spacing)[::-1] if spatial_dims != 3 else tuple(spacing)
+
+
+def _check_medsynth(f: h5py.File, path: str | Path) -> h5py.File:
+    if f.attrs.get("format") != FORMAT or IMAGES not in f:
+        f.close()
+        raise InputError(path, NOT_MEDSYNTH)
+    return f
+
+
+def open_file(path: str | Path) -> h5py.File:
+    """Open a MedSynth HDF5 file read-only, or fail with one line naming it."""
+    try:
+        # No file lock: the app reads files that a sampling job is still appending to.
+        f = h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise InputError(path, "does not exist") from None
+    except OSError as exc:
+        raise InputError(path, f"is not a readable HDF5 file ({exc.args[0] if exc.args else exc})") from None
+    return _check_medsynth(f, path)
+
+
+def open_for_update(path: str | Path, wait_s: float = 1.0) -> h5py.File:
+    """Open a MedSynth file read-write to add results (/metrics), or fail with one line naming it.
+
+    A long job calls this before its work, so minutes of computing never end in a file it cannot
+    write. HDF5 refuses a read-write open while this process holds the file read-only; the app's
+    readers hold it only for a moment (a batch of thumbnails), so that refusal is retried briefly.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            f = h5py.File(path, "r+", locking=False)
+            break
+        except FileNotFoundError:
+            raise InputError(path, "does not exist") from None
+        except PermissionError:
+            raise InputError(path, "is read-only, so the results cannot be written into it; make it writable "
+                                   "or evaluate a copy") from None
+        except OSError as exc:
+            text = str(exc)
+            if "already open for read-only" in text and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            if "already open for read-only" in text:
+                fault = "is held open read-only elsewhere in this program, so the results cannot be written into it"
+            elif "errno = 30" in text or "errno = 13" in text:
+                fault = "is read-only, so the results cannot be written into it; make it writable or evaluate a copy"
+            else:
+                fault = f"cannot be opened for writing ({exc.args[0] if exc.args else exc})"
+            raise InputError(path, fault) from None
+    return _check_medsynth(f, path)
+
+
+def n_complete(f: h5py.File) -> int:
+    """How many samples a reader may trust: the rest are planned but not (or not yet) written.
+
+    `read_header(f).n_complete` says the same; this reads the one attribute alone, for readers that poll.
+    """
+    return int(f.attrs.get("n_complete", f[IMAGES].shape[0]))
+
+
+def read_header(f: h5py.File) -> Header:
+    return Header.from_attrs(f.attrs, images_shape=tuple(f[IMAGES].shape))
+
+
+def attrs_dict(f: h5py.File) -> dict[str, Any]:
+    """Every root attribute, JSON text decoded, as plain Python: for provenance records and checks that want
+    the file's own words (use `read_header` for its meaning)."""
+    out = {key: _plain(value) for key, value in f.attrs.items()}
+    for key in JSON_FIELDS:
+        if isinstance(out.get(key), str):
+            out[key] = json.loads(out[key] or "null")
+    return out
+
+
+def read_names(f: h5py.File) -> list[str] | None:
+    """Each sample's provenance ("case_003 · z 41") when the file records it (/names), else None."""
+    if NAMES not in f:
+        return None
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in f[NAMES][:]]
+
+
+@dataclass
+class Sample:
+    """One complete sample as stored: image (C, H, W) or (C, D, H, W); mask (H, W) or (D, H, W)."""
+
+    index: int
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    label: int | None = None
+    seed: int | None = None
+    name: str | None = None
+
+
+def read_sample(f: h5py.File, index: int) -> Sample:
+    """Sample `index`, or InputError naming the file when it is not (yet) complete."""
+    n = n_complete(f)
+    if not 0 <= index < n:
+        raise InputError(f.filename, f"has no complete sample {index} (0..{n - 1})")
+    names = read_names(f)
+    return Sample(index, f[IMAGES][index], f[MASKS][index] if MASKS in f else None,
+                  int(f[LABELS][index]) if LABELS in f else None, int(f[SEEDS][index]) if SEEDS in f else None,
+                  names[index] if names is not None and index < len(names) else None)
+
+
+def read_metrics(f: h5py.File) -> tuple[dict[str, float], dict[str, Any]]:
+    """(figures, summary) of /metrics; both empty before any evaluation."""
+    if METRICS not in f:
+        return {}, {}
+    attrs = f[METRICS].attrs
+    figures = {k: float(v) for k, v in attrs.items() if k != SUMMARY}
+    return figures, json.loads(attrs.get(SUMMARY, "{}") or "{}")
+
+
+def write_metrics(f: h5py.File, figures: dict[str, float], summary: dict[str, Any] | None = None, *,
+                  arrays: dict[str, np.ndarray] | None = None, array_attrs: dict[str, str] | None = None,
+                  replace: bool = False) -> None:
+    """Add figures, summary entries and per-sample arrays to /metrics, keeping what is there under other names.
+
+    `replace` drops the earlier figures and summary first: a new evaluation is one whole set of results,
+    never mixed with an older one's. `array_attrs` annotates every array written (e.g. the data it was
+    measured against).
+    """
+    group = f.require_group(METRICS)
+    _, merged = read_metrics(f)
+    if replace:
+        merged = {}
+        for key in [k for k in group.attrs if k != SUMMARY]:
+            del group.attrs[key]
+    for key, value in figures.items():
+        group.attrs[key] = value
+    merged.update(figures if summary is None else summary)
+    group.attrs[SUMMARY] = to_json(merged)
+    for name, values in (arrays or {}).items():
+        if name in group:
+            del group[name]
+        group.create_dataset(name, data=values)
+        for key, text in (array_attrs or {}).items():
+            group[name].attrs[key] = text
+    f.flush()
+
+
+class SampleWriter:
+    """Appends samples to a new MedSynth HDF5 file; use as a context manager.
+
+    The header is `header`, or built from `fields` (Header's field names); its spatial_dims, counts,
+    version and time are the writer's to set.
+    """
+
+    def __init__(self, path: str | Path, n: int, image_shape: tuple[int, ...], *, masks: bool, labels: bool,
+                 header: Header | None = None, overwrite: bool = False, **fields: Any) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise InputError(self.path, "already exists; choose another name or allow overwriting it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.n = int(n)
+        self.count = 0
+        spatial = tuple(image_shape[1:])
+        self.header = replace(header) if header is not None else Header(**fields)
+        self.header.spatial_dims, self.header.n_planned, self.header.n_complete = len(spatial), self.n, 0
+        self.header.medsynth_version = __version__
+        self.header.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.header.format, self.header.format_version = FORMAT, FORMAT_VERSION
+        self.f = h5py.File(self.path, "w", locking=False)
+        opts = dict(compression="gzip", compression_opts=4, shuffle=True)
+        self.images = self.f.create_dataset(IMAGES, (self.n, *image_shape), np.float32,
+                                            chunks=(1, *image_shape), **opts)
+        self.masks = (self.f.create_dataset(MASKS, (self.n, *spatial), np.uint8, chunks=(1, *spatial),
+                                            **opts) if masks else None)
+        self.labels = self.f.create_dataset(LABELS, (self.n,), np.int64) if labels else None
+        self.seeds = self.f.create_dataset(SEEDS, (self.n,), np.int64)
+        self.f.create_group(METRICS).attrs[SUMMARY] = "{}"
+        self.f.attrs.update(self.header.to_attrs())
+        self.f.flush()
+
+    def write_names(self, names: list[str]) -> None:
+        self.f.create_dataset(NAMES, data=list(names), dtype=h5py.string_dtype())
+
+    def append(self, images: np.ndarray, seeds: np.ndarray, masks: np.ndarray | None = None,
+               labels: np.ndarray | None = None) -> None:
+        b = len(images)
+        lo, hi = self.count, self.count + b
+        if hi > self.n:
+            raise ValueError(f"{hi} samples exceed the {self.n} planned")
+        self.images[lo:hi] = images
+        self.seeds[lo:hi] = seeds
+        if self.masks is not None and masks is not None:
+            self.masks[lo:hi] = masks
+        if self.labels is not None and labels is not None:
+            self.labels[lo:hi] = labels
+        # Data first, then the count: a reader never sees a count ahead of its data.
+        self.f.flush()
+        self.count = self.header.n_complete = hi
+        self.f.attrs["n_complete"] = hi
+        self.f.flush()
+
+    def set_metrics(self, figures: dict[str, float], summary: dict | None = None) -> None:
+        write_metrics(self.f, figures, summary)
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def __enter__(self) -> SampleWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -> Path:
+    """Write a whole ImageSet (e.g. real data or phantoms) as a MedSynth file of kind "real"."""
+    header = Header(kind=s.kind, class_names=s.class_names, label_names=s.label_names, mask_coding=s.mask_coding,
+                    spacing=s.spacing, affine=s.affine, normalisation={"modality": s.modality})
+    with SampleWriter(path, len(s), s.images.shape[1:], masks=s.masks is not None, labels=s.labels is not None,
+                      header=header, overwrite=overwrite) as w:
+        if s.names is not None:
+            w.write_names(s.names)
+        for lo in range(0, len(s), 256):
+            hi = min(lo + 256, len(s))
+            w.append(s.images[lo:hi], np.arange(lo, hi),
+                     None if s.masks is None else s.masks[lo:hi],
+                     None if s.labels is None else s.labels[lo:hi])
+    return Path(path)
+
+
+def read_image_set(path: str | Path) -> ImageSet:
+    """The complete samples of a MedSynth file (images or volumes) as an ImageSet."""
+    with open_file(path) as f:
+        h = read_header(f)
+        n = h.n_complete
+        images = f[IMAGES][:n].astype(np.float32)
+        masks = f[MASKS][:n] if MASKS in f else None
+        labels = f[LABELS][:n].astype(np.int64) if LABELS in f else None
+        names = read_names(f)
+    s = ImageSet(images=images, masks=masks, labels=labels, class_names=h.class_names, label_names=h.label_names,
+                 mask_coding=h.mask_coding, spacing=h.spacing, modality=h.modality, source=str(path),
+                 kind=h.kind, names=None if names is None else names[:n], affine=h.volume_affine)
+    return validate(s)
