@@ -13,11 +13,13 @@ from pathlib import Path
 import h5py
 import pytest
 
+from engine.data.phantoms import make_phantoms
 from engine.demo import DemoJob
 from engine.evaluate import EvalSettings, EvaluateJob
 from engine.evaluation.stages import Stage
-from engine.jobs import Cancelled, Done, Event, Job, Progress, Requests, execute
+from engine.jobs import Cancelled, Checkpoint, Done, Event, Job, Preview, Progress, Requests, execute
 from engine.sample import SampleJob
+from engine.store import write_image_set
 from engine.train import TrainJob
 from tests.conftest import StopAfter, make_evaluation_files, tiny_config
 
@@ -148,6 +150,35 @@ def test_stop_in_the_app_stops_a_job_through_the_same_requests(tiny_run, tmp_pat
     assert isinstance(done, Done) and done.cancelled and done.result["n"] == 0
     with h5py.File(tmp_path / "s.h5") as f:
         assert f.attrs["n_complete"] == 0 and f.attrs["n_planned"] == 6
+
+
+def test_the_train_panels_save_and_preview_buttons_reach_the_running_job(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from medsynth_gui.panels.train_panel import TrainPanel
+
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    panel.data_edit.setText(str(write_image_set(tmp_path / "d.h5", make_phantoms(16, 16))))
+    panel.run_edit.setText(str(tmp_path / "run"))
+    panel.steps_spin.setValue(100_000)
+    panel.batch_spin.setValue(4)
+    panel.size_spin.setValue(16)
+    seen: list = []
+    panel.runner.event.connect(seen.append)
+    panel.start()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 2, timeout=120_000)
+    panel.save_btn.click()
+    panel.sample_btn.click()
+    qtbot.waitUntil(lambda: {Checkpoint, Preview} <= {type(e) for e in seen}, timeout=120_000)
+    with qtbot.waitSignal(panel.runner.done, timeout=60_000) as finished:
+        panel.stop()
+    assert finished.args[0].cancelled
+    # The demo preset saves every 200 steps and previews every 100: these came from the buttons.
+    assert next(e for e in seen if isinstance(e, Checkpoint)).step < 100
+    assert next(e for e in seen if isinstance(e, Preview)).step < 100
 
 
 # --------------------------------------------------------------------------- evaluation stages
