@@ -56,10 +56,10 @@ class TqdmView:
         self.bars.clear()
 
 
-def run_job(job: Job, view: TqdmView, requests: Requests | None = None) -> Done:
+def run_job(job: Job, view: TqdmView) -> Done:
     """Run a job in the foreground; the first Ctrl-C asks it to stop cleanly (as the app's Stop does), a
     second one kills."""
-    requests = requests or Requests()
+    requests = Requests()
 
     def on_sigint(signum: int, frame: Any) -> None:
         if requests.stop_asked():
