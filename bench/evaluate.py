@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.evaluate import EvalSettings, EvaluateJob  # noqa: E402
 from engine.io.medsynth_h5 import SampleWriter, write_image_set  # noqa: E402
+from engine.jobs import Requests  # noqa: E402
 from engine.metrics.inception import find_weights  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     print(f"FID Inception weights: {weights}" if weights else "FID Inception weights: not present, FID stage skipped")
     t0 = time.perf_counter()
     result = EvaluateJob(path, real=test, settings=EvalSettings(utility_steps=args.utility_steps)).run(
-        lambda ev: None, lambda: False)
+        lambda ev: None, Requests())
     total = time.perf_counter() - t0
     timings = result["summary"]["timings_s"]
     for stage, seconds in timings.items():

@@ -47,7 +47,7 @@ def find_demo_checkpoint() -> Path | None:
 
 def train_demo(run_dir: Path, steps: int) -> Path:
     from engine.config import load_preset
-    from engine.jobs import Loss, Message
+    from engine.jobs import Loss, Message, Requests
     from engine.train import TrainJob
 
     cfg = load_preset("demo")
@@ -62,7 +62,7 @@ def train_demo(run_dir: Path, steps: int) -> Path:
             print(f"  step {event.step}/{steps}  loss {event.loss:.4f}", flush=True)
 
     t0 = time.perf_counter()
-    TrainJob(cfg, run_dir, data=data, steps=steps).run(emit, lambda: False)
+    TrainJob(cfg, run_dir, data=data, steps=steps).run(emit, Requests())
     print(f"  trained in {time.perf_counter() - t0:.0f} s", flush=True)
     return run_dir
 

@@ -48,7 +48,7 @@ from engine.data.dataset import ImageSet  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  # noqa: E402
 from engine.diffusion import train_scheduler  # noqa: E402
-from engine.jobs import Event, Progress  # noqa: E402
+from engine.jobs import Event, Progress, Requests  # noqa: E402
 from engine.models import build_model  # noqa: E402
 from engine.threads import use_free_cores  # noqa: E402
 from engine.train import TrainJob, complete_model_config, diffusion_loss, mixed_precision, pick_device  # noqa: E402
@@ -190,7 +190,7 @@ def engine_run(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: 
 
     with tempfile.TemporaryDirectory(prefix="medsynth-bench-") as tmp:
         run_dir = Path(tmp) / "run"
-        TrainJob(cfg, run_dir, data=data).run(emit, lambda: False)
+        TrainJob(cfg, run_dir, data=data).run(emit, Requests())
         rows = [json.loads(ln) for ln in (run_dir / "loss.jsonl").read_text().splitlines() if ln]
     # The first logged window holds the warm-up steps; the rest are steady state.
     steady = [r["images_per_s"] for r in rows[1:]]

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from engine import memory  # noqa: E402
 from engine.config import load_preset, preset_names  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.jobs import Progress  # noqa: E402
+from engine.jobs import Progress, Requests  # noqa: E402
 from engine.models import count_parameters  # noqa: E402
 from engine.sample import Generator  # noqa: E402
 from engine.train import TrainJob  # noqa: E402
@@ -49,7 +49,7 @@ def measure(preset: str, steps: int, sampler_steps: int, device: str, latent: bo
     job = TrainJob(cfg, run, data=data)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    job.run(emit, lambda: False)
+    job.run(emit, Requests())
     train_peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
 
     def per_step(stage: str) -> float:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from engine import checkpoints
 from engine.config import RunConfig, public_config
 from engine.estimate import StepTimer, describe
-from engine.jobs import Cancelled, Checkpoint, Emit, Message, Progress
+from engine.jobs import Checkpoint, Emit, Message, Progress, Requests
 from engine.models import build_autoencoder, count_parameters
 
 STAGE_DIR = "autoencoder"
@@ -36,7 +36,7 @@ def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, acc: Any, emit: Emit,
-                      cancelled: Cancelled, stop: Any, step_generator: Any) -> tuple[torch.nn.Module, bool]:
+                      requests: Requests, stop: Any, step_generator: Any) -> tuple[torch.nn.Module, bool]:
     """Train (or resume) stage 1 on pixel-space tensors x_all in [-1, 1].
 
     Returns (autoencoder, cancelled). `stop(acc, local)` agrees a stop across processes and
@@ -79,7 +79,7 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, 
         per_step, steps, where, cfg.preset, acc.device.type, "stage 1, the autoencoder,")),
         torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None))
     while step < a.steps:
-        if stop(acc, cancelled()):
+        if stop(acc, requests.stop_asked()):
             was_cancelled = True
             break
         g = step_generator(seed + 7919, step, rank, world)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
-from engine.jobs import Checkpoint, Done, Event, Failed, Loss, Message, Progress, Requests
+from engine.evaluation.stages import STEPPED
+from engine.jobs import Checkpoint, Done, Event, Job, Message, Progress, Requests, execute
 
 EXIT_INPUT = 2
 EXIT_CANCELLED = 130
@@ -25,8 +26,6 @@ class TqdmView:
         self._tqdm = tqdm
         self.bars: dict[str, Any] = {}
         self.quiet = quiet
-        self.result: dict[str, Any] = {}
-        self.cancelled = False
 
     def __call__(self, ev: Event) -> None:
         if isinstance(ev, Progress):
@@ -34,7 +33,7 @@ class TqdmView:
                 return
             bar = self.bars.get(ev.stage)
             if bar is None:
-                stepped = ev.stage in ("train", "autoencoder", "labels", "utility")
+                stepped = ev.stage in ("train", "autoencoder", *STEPPED)
                 bar = self.bars[ev.stage] = self._tqdm(total=ev.total, desc=ev.stage, unit="step"
                                                        if stepped else "img", dynamic_ncols=True)
                 bar.update(ev.done - 1 if stepped else 0)
@@ -47,13 +46,6 @@ class TqdmView:
         elif isinstance(ev, Checkpoint):
             if not self.quiet:
                 self.write(f"checkpoint at step {ev.step}: {ev.path}")
-        elif isinstance(ev, Loss):
-            pass
-        elif isinstance(ev, Done):
-            self.close()
-            self.result, self.cancelled = ev.result, ev.cancelled
-        elif isinstance(ev, Failed):
-            self.close()
 
     def write(self, text: str) -> None:
         self._tqdm.write(text, file=sys.stderr)
@@ -64,24 +56,27 @@ class TqdmView:
         self.bars.clear()
 
 
-def run_job(job: Any, view: TqdmView) -> int:
-    """Run a job in the foreground; the first Ctrl-C asks it to stop cleanly, a second one kills."""
-    requests = getattr(job, "requests", None) or Requests()
-    if getattr(job, "requests", "absent") is None:
-        job.requests = requests
+def run_job(job: Job, view: TqdmView) -> Done:
+    """Run a job in the foreground; the first Ctrl-C asks it to stop cleanly (as the app's Stop does), a
+    second one kills."""
+    requests = Requests()
 
     def on_sigint(signum: int, frame: Any) -> None:
-        if requests.stop:
+        if requests.stop_asked():
             raise KeyboardInterrupt
-        requests.stop = True
+        requests.stop()
         view.write("stopping after this step (Ctrl-C again to abort without saving)...")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        job.run(view, requests.cancelled)
+        return execute(job, view, requests)
     finally:
         signal.signal(signal.SIGINT, previous)
-    return EXIT_CANCELLED if view.cancelled else 0
+        view.close()
+
+
+def exit_code(done: Done) -> int:
+    return EXIT_CANCELLED if done.cancelled else 0
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,24 +108,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.train import TrainJob
 
     if args.resume:
-        job = TrainJob(None, args.out, resume=True, steps=args.steps, requests=Requests())
+        job = TrainJob(None, args.out, resume=True, steps=args.steps)
     else:
         from engine.data import load_images, volume_options
 
         cfg = resolve(args.preset, args.config, _overrides(args))
         data = load_images(args.data, split=cfg.data.split, volumes=volume_options(cfg))
-        job = TrainJob(cfg, args.out, data=data, requests=Requests())
-    view = TqdmView()
-    code = run_job(job, view)
-    r = view.result
+        job = TrainJob(cfg, args.out, data=data)
+    done = run_job(job, TqdmView())
+    r = done.result
     if r and r.get("main_process", True):
         print(f"trained to step {r['step']} (loss {r['loss']:.4f}) in {r['seconds']:.0f} s; "
               f"checkpoint {r['checkpoint']}")
         if r.get("peak_gpu_gib") is not None:
             print(f"peak GPU memory {r['peak_gpu_gib']:.2f} GiB")
-    if code == EXIT_CANCELLED and r.get("main_process", True):
+    if done.cancelled and r.get("main_process", True):
         print(f"stopped; continue with: medsynth train --resume --out {args.out}")
-    return code
+    return exit_code(done)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -140,11 +134,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     class_index=args.class_index, class_mix=args.class_mix, guidance=args.guidance,
                     batch=args.batch, device=args.device, overwrite=args.force,
                     redraw_mismatches=not args.keep_mismatched)
-    view = TqdmView()
-    code = run_job(job, view)
-    r = view.result
+    done = run_job(job, TqdmView())
+    r = done.result
     print(f"wrote {r.get('n', 0)} samples to {r.get('out')} in {r.get('seconds', 0):.1f} s")
-    return code
+    return exit_code(done)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -186,9 +179,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             utility=not args.no_utility, utility_steps=args.utility_steps, seed=args.seed,
                             device=args.device)
     job = EvaluateJob(args.file, args.real, args.train_data, settings)
-    view = TqdmView()
-    code = run_job(job, view)
-    r = view.result
+    done = run_job(job, TqdmView())
+    r = done.result
     from engine.evaluate_report import named_figures
 
     # Named as in the app and the report, each beside its real-vs-real reference, with the key in /metrics.
@@ -199,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"report: {r['report']}")
     print(f"figures written to {args.file} /metrics in {r.get('seconds', 0):.0f} s"
           + ("" if r.get("complete", True) else " (stopped early: partial)"))
-    return code
+    return exit_code(done)
 
 
 def cmd_reader_study(args: argparse.Namespace) -> int:
@@ -233,7 +225,7 @@ def cmd_reader_study(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
-    return run_demo(Path(args.out), steps=args.steps, n=args.n, view=TqdmView())
+    return run_demo(Path(args.out), steps=args.steps, n=args.n, run=lambda job: exit_code(run_job(job, TqdmView())))
 
 
 class VersionAction(argparse.Action):

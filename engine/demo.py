@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,33 +11,45 @@ import numpy as np
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
 from engine.io.medsynth_h5 import read_image_set, write_image_set
+from engine.jobs import Emit, Job, Message, Requests
 from engine.sample import SampleJob
 from engine.train import TrainJob
 
 DEMO_IMAGES = 512
 
 
-def run_demo(out: Path, *, steps: int | None = None, n: int = 64, view: Any = None) -> int:
-    from engine.cli import run_job
+class DemoJob:
+    """Phantoms, a short training on them, then generation: a job like the two it runs, so a stop ends it
+    the same way (a stopped training keeps its checkpoint and the next demo resumes it)."""
 
-    out.mkdir(parents=True, exist_ok=True)
-    data_path = out / "phantoms.h5"
-    if not data_path.exists():
-        write_image_set(data_path, make_phantoms(DEMO_IMAGES, size=32, seed=0))
-    run_dir = out / "run"
-    if (run_dir / "checkpoints").exists():
-        job = TrainJob(None, run_dir, resume=True, steps=steps)
-    else:
-        cfg = load_preset("demo")
-        cfg.data.path = str(data_path)
-        job = TrainJob(cfg, run_dir, data=read_image_set(data_path), steps=steps)
-    view.write(f"demo: {DEMO_IMAGES} phantom images in {data_path}")
-    code = run_job(job, view)
-    if code:
-        return code
-    synth = out / "synthetic.h5"
-    code = run_job(SampleJob(run_dir, n, synth, sampler_name="dpm", steps=25, seed=0, guidance=2.0,
-                                  overwrite=True), view)
+    def __init__(self, out: Path, *, steps: int | None = None, n: int = 64) -> None:
+        self.out, self.steps, self.n = Path(out), steps, n
+        self.run_dir, self.synth = self.out / "run", self.out / "synthetic.h5"
+
+    def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+        out, steps, run_dir, synth = self.out, self.steps, self.run_dir, self.synth
+        out.mkdir(parents=True, exist_ok=True)
+        data_path = out / "phantoms.h5"
+        if not data_path.exists():
+            write_image_set(data_path, make_phantoms(DEMO_IMAGES, size=32, seed=0))
+        if (run_dir / "checkpoints").exists():
+            job = TrainJob(None, run_dir, resume=True, steps=steps)
+        else:
+            cfg = load_preset("demo")
+            cfg.data.path = str(data_path)
+            job = TrainJob(cfg, run_dir, data=read_image_set(data_path), steps=steps)
+        emit(Message(f"demo: {DEMO_IMAGES} phantom images in {data_path}"))
+        job.run(emit, requests)
+        SampleJob(run_dir, self.n, synth, sampler_name="dpm", steps=25, seed=0, guidance=2.0,
+                  overwrite=True).run(emit, requests)
+        return {"synthetic": str(synth), "run_dir": str(run_dir)}
+
+
+def run_demo(out: Path, *, steps: int | None = None, n: int = 64, run: Callable[[Job], int]) -> int:
+    """The demo with a printed summary; ``run`` is the front end's job runner (its exit code)."""
+    job = DemoJob(out, steps=steps, n=n)
+    run_dir, synth = job.run_dir, job.synth
+    code = run(job)
     if code:
         return code
     made = read_image_set(synth)

@@ -9,6 +9,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from engine.config import TrainConfig
+from engine.jobs import Requests
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 
@@ -52,8 +53,10 @@ def denoise(model: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler | D
             labels: torch.Tensor | None = None, cond: torch.Tensor | None = None,
             null_class: int | None = None, guidance: float = 1.0,
             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-            on_step: Callable[[int, int], bool] | None = None, clip: bool = True) -> torch.Tensor | None:
-    """Run the reverse process for one batch; returns None if ``on_step`` asks to stop.
+            on_step: Callable[[int, int], None] | None = None, clip: bool = True,
+            requests: Requests | None = None) -> torch.Tensor:
+    """Run the reverse process for one batch. ``on_step(done, total)`` hears of each step; a stop in
+    ``requests`` raises Cancelled between steps.
 
     Classifier-free guidance runs the conditional and unconditional halves in one
     batch: one network call per step instead of two.
@@ -79,6 +82,8 @@ def denoise(model: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler | D
             else:
                 pred = model(inp, tt, class_labels=labels).sample.float()
         x = scheduler.step(pred, t, x, generator=generators).prev_sample
-        if on_step is not None and not on_step(i + 1, len(scheduler.timesteps)):
-            return None
+        if on_step is not None:
+            on_step(i + 1, len(scheduler.timesteps))
+        if requests is not None:
+            requests.check()
     return x.clamp(-1.0, 1.0) if clip else x

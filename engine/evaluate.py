@@ -35,6 +35,7 @@ from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet
 from engine.data.prepare import resize
 from engine.errors import InputError
+from engine.evaluation.stages import Stage
 from engine.io.medsynth_h5 import (
     NN_CORR,
     NN_INDEX,
@@ -45,12 +46,10 @@ from engine.io.medsynth_h5 import (
     read_image_set,
     write_metrics,
 )
-from engine.jobs import Cancelled, Done, Emit, Message, Progress
-from engine.metrics.utility import UtilityCancelled
+from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 
 FID_DIMS = (64, 192, 768, 2048)
 FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
-STAGES = ("load", "fid", "features", "radiomics", "diversity", "memorization", "labels", "utility", "report")
 BUNDLED_DEMO = RESOURCES / "demo"  # phantoms.h5 and the run/ of the demo model shipped with the app
 
 
@@ -72,11 +71,7 @@ class EvalSettings:
     seed: int = 0
     device: str = "auto"
     report: bool = True
-    skip: list[str] = field(default_factory=list)  # stage names to leave out
-
-
-class EvaluationCancelled(Exception):
-    pass
+    skip: list[Stage | str] = field(default_factory=list)  # stages (or their names) to leave out
 
 
 def scaled(s: ImageSet, size: tuple[int, ...], lo: float, hi: float) -> tuple[np.ndarray, np.ndarray | None]:
@@ -169,7 +164,7 @@ class EvaluateJob:
         self.figures: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}  # arrays the report and /metrics need: features, neighbours
-        self._cancelled: Cancelled = lambda: False
+        self._requests = Requests()  # the run's, which the utility trainers poll too
 
     # ----------------------------------------------------------------------------- data
     def _sets(self, emit: Emit) -> dict[str, Any]:
@@ -221,64 +216,56 @@ class EvaluateJob:
         return sets
 
     # ----------------------------------------------------------------------------- run
-    def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
+    def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         # Before any work: minutes of computing must never end in a file or folder that refuses the results.
         out = open_for_update(self.synth_path)
         try:
-            if self.settings.report and "report" not in self.settings.skip:
+            if self.settings.report and Stage.REPORT not in self.settings.skip:
                 from engine.evaluate_report import report_path
 
                 _check_writable_folder(report_path(self.synth_path).parent)
-            return self._run(out, emit, cancelled)
+            return self._run(out, emit, requests)
         finally:
             out.close()
 
-    def _run(self, out: h5py.File, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
+    def _run(self, out: h5py.File, emit: Emit, requests: Requests) -> dict[str, Any]:
         st = self.settings
         device = "cuda" if st.device == "auto" and torch.cuda.is_available() else \
             ("cpu" if st.device == "auto" else st.device)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        stages = [s for s in STAGES if s not in st.skip]
+        stages = [s for s in Stage if s not in st.skip]
         sets: dict[str, Any] = {}
         was_cancelled = False
-        self._cancelled = cancelled  # the utility trainers poll it and raise UtilityCancelled
-
-        def check() -> None:
-            if cancelled():
-                raise EvaluationCancelled
-
+        self._requests = requests
+        steps = self._steps()
         try:
             for i, stage in enumerate(stages):
                 emit(Progress("evaluate", i, len(stages), {"stage": stage}))
-                check()
+                requests.check()
+                if stage is Stage.REPORT:
+                    continue  # written after the stages, so that a stopped evaluation has one too
                 t = time.perf_counter()
-                if stage == "load":
-                    sets = self._sets(emit)
-                    self.summary["notes"] = sets["notes"]
-                    self.summary["sources"] = sets["sources"]
-                elif stage == "report":
-                    continue  # written below, also after a cancel
-                else:
-                    getattr(self, f"_{stage}")(sets, device, emit, check)
-                timings[stage] = round(time.perf_counter() - t, 2)
-            emit(Progress("evaluate", len(stages), len(stages), {"stage": "done"}))
-        except (EvaluationCancelled, UtilityCancelled):
-            was_cancelled = True
+                steps[stage](sets, device, emit, requests.check)
+                timings[stage.value] = round(time.perf_counter() - t, 2)
+            emit(Progress("evaluate", len(stages), len(stages), {"stage": None}))  # None: all done
+        except Cancelled:
+            was_cancelled = True  # what was measured so far is written below
         self.summary["timings_s"] = timings
         self.summary["settings"] = asdict(st) | {"device": device}
         self.summary["complete"] = not was_cancelled
         report_path = None
         if sets:
             self._write_metrics(out)
-            if st.report and "report" in stages:
+            if st.report and Stage.REPORT in stages:
                 from engine.evaluate_report import build_report
 
                 report_path = build_report(self.synth_path, self.figures, self.summary, sets, self.extras)
         result = {"file": str(self.synth_path), "figures": dict(self.figures), "report": str(report_path)
                   if report_path else None, "seconds": time.perf_counter() - t0, "complete": not was_cancelled,
                   "summary": _plain(self.summary), **self._pictures(sets)}
-        emit(Done(result, cancelled=was_cancelled))
+        if was_cancelled:
+            raise Cancelled("evaluation stopped", result)
         return result
 
     def _set(self, key: str, value: float | None) -> None:
@@ -286,6 +273,17 @@ class EvaluateJob:
             self.figures[key] = float(value)
 
     # ----------------------------------------------------------------------------- stages
+    def _steps(self) -> dict[Stage, Any]:
+        """Each stage's work but the report's: (sets, device, emit, check), where check raises Cancelled."""
+        return {Stage.LOAD: self._load, Stage.FID: self._fid, Stage.FEATURES: self._features,
+                Stage.RADIOMICS: self._radiomics, Stage.DIVERSITY: self._diversity,
+                Stage.MEMORIZATION: self._memorization, Stage.LABELS: self._labels, Stage.UTILITY: self._utility}
+
+    def _load(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
+        sets.update(self._sets(emit))
+        self.summary["notes"] = sets["notes"]
+        self.summary["sources"] = sets["sources"]
+
     def _fid(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
         from engine.metrics import inception
         from engine.metrics.frechet import frechet_from_features, kid
@@ -430,12 +428,12 @@ class EvaluateJob:
         r_img, r_mask, r_lab = sets["train"]
 
         def progress(done: int, total: int) -> None:
-            emit(Progress("labels", done, total))
+            emit(Progress(Stage.LABELS, done, total))
 
         if s_mask is not None and r_mask is not None:
             k = int(max(s_mask.max(), r_mask.max())) + 1
             model = utility.train_segmenter(r_img, r_mask, max(k, 2), steps=st.utility_steps, seed=st.seed,
-                                            device=device, progress=progress, cancelled=self._cancelled)
+                                            device=device, progress=progress, requests=self._requests)
             agree = utility.dice_iou(utility.segment(model, s_img), s_mask, max(k, 2))
             ref = utility.dice_iou(utility.segment(model, sets["test"][0]), sets["test"][1], max(k, 2)) \
                 if sets["test"][1] is not None else None
@@ -445,7 +443,7 @@ class EvaluateJob:
                 self._set("mask_dice_real", ref["dice"])
         if s_lab is not None and r_lab is not None:
             fid = utility.class_fidelity(r_img, r_lab, s_img, s_lab, steps=st.utility_steps, seed=st.seed,
-                                         device=device, progress=progress, cancelled=self._cancelled)
+                                         device=device, progress=progress, requests=self._requests)
             out["class_fidelity"] = fid
             self._set("class_fidelity", fid["accuracy"])
             self._set("class_fidelity_real", fid["real_accuracy"])
@@ -461,14 +459,14 @@ class EvaluateJob:
         out: dict[str, Any] = {}
 
         def progress(done: int, total: int) -> None:
-            emit(Progress("utility", done, total))
+            emit(Progress(Stage.UTILITY, done, total))
 
         (s_img, s_mask, s_lab), (r_img, r_mask, r_lab), (t_img, t_mask, t_lab) = \
             sets["synth"], sets["train"], sets["test"]
         if s_mask is not None and r_mask is not None and t_mask is not None:
             seg = utility.segmentation_utility((r_img, r_mask), (t_img, t_mask), (s_img, s_mask),
                                                steps=st.utility_steps, seed=st.seed, device=device,
-                                               progress=progress, cancelled=self._cancelled)
+                                               progress=progress, requests=self._requests)
             out["segmentation"] = seg
             for arm in ("real", "synth", "both"):
                 self._set(f"dice_{arm}", seg[arm]["dice"])
@@ -478,7 +476,7 @@ class EvaluateJob:
         if s_lab is not None and r_lab is not None and t_lab is not None:
             cls = utility.classification_utility((r_img, r_lab), (t_img, t_lab), (s_img, s_lab),
                                                  steps=st.utility_steps, seed=st.seed, device=device,
-                                                 progress=progress, cancelled=self._cancelled)
+                                                 progress=progress, requests=self._requests)
             out["classification"] = cls
             for arm in ("real", "synth", "both"):
                 self._set(f"accuracy_{arm}", cls[arm]["accuracy"])

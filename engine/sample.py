@@ -20,7 +20,7 @@ from engine.data.prepare import Normalisation, decode_masks
 from engine.diffusion import SAMPLERS, denoise, sampler
 from engine.errors import InputError
 from engine.io.medsynth_h5 import Header, SampleWriter
-from engine.jobs import Cancelled, Done, Emit, Message, Progress
+from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.threads import use_free_cores
 
@@ -107,8 +107,9 @@ class Generator:
 
     def generate(self, seeds: list[int], labels: list[int] | None, sampler_name: str = "ddim",
                  steps: int = 50, guidance: float = 1.0, cond: torch.Tensor | None = None,
-                 on_step: Any = None) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """(images in data units (B, C, H, W), masks (B, H, W) or None); None if stopped."""
+                 requests: Requests | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(images in data units (B, C, H, W), masks (B, H, W) or None); a stop in ``requests`` raises
+        Cancelled."""
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         lab = None if labels is None or self.null is None else torch.tensor(labels, dtype=torch.long)
         latent = self.autoencoder is not None
@@ -117,9 +118,7 @@ class Generator:
             cond = autoencoder.condition_at(cond, shape[1:])
         x = denoise(self.model, sampler(sampler_name, self.cfg.train, latent), steps, shape,
                     gens, self.device, labels=lab, cond=cond, null_class=self.null, guidance=guidance,
-                    autocast=self.autocast, on_step=on_step, clip=not latent)
-        if x is None:
-            return None
+                    autocast=self.autocast, clip=not latent, requests=requests)
         if latent:
             with self.autocast():
                 x = autoencoder.decode(self.autoencoder, x, self.latent_scale)
@@ -175,10 +174,9 @@ class SampleJob:
         return t.cond[picks]
 
     def _redraw(self, gen: Generator, rule: Any, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray,
-                labels: list[int], cancelled: Cancelled) -> tuple[int, int] | None:
+                labels: list[int], requests: Requests) -> tuple[int, int]:
         """Draw again, in place, the samples of a batch whose mask contradicts their class, keeping the class:
-        (samples redrawn, samples still contradicting after MAX_REDRAWS or when the budget ran out), or None if
-        stopped."""
+        (samples redrawn, samples still contradicting after MAX_REDRAWS or when the budget ran out)."""
         wrong = [i for i in range(len(seeds)) if rule.mismatch(masks[i], labels[i])]
         redrawn = 0
         base = seeds.copy()
@@ -193,15 +191,13 @@ class SampleJob:
             self._budget -= len(wrong)
             new_seeds = [int(base[i]) + attempt * REDRAW_SEED_STRIDE for i in wrong]
             out = gen.generate(new_seeds, [labels[i] for i in wrong], self.sampler_name, self.steps,
-                               self.guidance, None, on_step=lambda i, k: not cancelled())
-            if out is None:
-                return None
+                               self.guidance, None, requests=requests)
             for j, i in enumerate(wrong):
                 images[i], masks[i], seeds[i] = out[0][j], out[1][j], new_seeds[j]
             wrong = [i for i in wrong if rule.mismatch(masks[i], labels[i])] + left
         return redrawn, len(wrong)
 
-    def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
+    def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         gen = Generator(self.checkpoint, self.device)
         if gen.device.type == "cpu":
             use_free_cores()
@@ -230,37 +226,32 @@ class SampleJob:
                         config=public_config(st["config"]), checkpoint_sha256=gen.sha256)
         with SampleWriter(self.out, self.n, (c,) + (size,) * dims, masks=masks_out, labels=labels is not None,
                           header=header, overwrite=self.overwrite) as writer:
-            for lo in range(0, self.n, self.batch):
-                hi = min(lo + self.batch, self.n)
-                if cancelled():
-                    stopped = True
-                    break
-                lab = None if labels is None else labels[lo:hi].tolist()
-                cond = None if conds is None else conds[lo:hi]
-                out = gen.generate(seeds[lo:hi].tolist(), lab, self.sampler_name, self.steps, self.guidance,
-                                   cond, on_step=lambda i, k: not cancelled())
-                if out is None:
-                    stopped = True
-                    break
-                images, masks = out
-                if masks is None and conds is not None:
-                    masks = decode_masks(cond)
-                batch_seeds = seeds[lo:hi].copy()
-                if rule is not None and masks is not None and lab is not None:
-                    redone = self._redraw(gen, rule, images, masks, batch_seeds, lab, cancelled)
-                    if redone is None:
-                        stopped = True
-                        break
-                    redrawn += redone[0]
-                    still_wrong += redone[1]
-                writer.append(images, batch_seeds, masks, None if labels is None else labels[lo:hi])
-                done = hi
-                emit(Progress("sample", done, self.n, {"per_sample_s": (time.perf_counter() - t0) / done}))
+            try:
+                for lo in range(0, self.n, self.batch):
+                    hi = min(lo + self.batch, self.n)
+                    requests.check()
+                    lab = None if labels is None else labels[lo:hi].tolist()
+                    cond = None if conds is None else conds[lo:hi]
+                    images, masks = gen.generate(seeds[lo:hi].tolist(), lab, self.sampler_name, self.steps,
+                                                 self.guidance, cond, requests=requests)
+                    if masks is None and conds is not None:
+                        masks = decode_masks(cond)
+                    batch_seeds = seeds[lo:hi].copy()
+                    if rule is not None and masks is not None and lab is not None:
+                        redone = self._redraw(gen, rule, images, masks, batch_seeds, lab, requests)
+                        redrawn += redone[0]
+                        still_wrong += redone[1]
+                    writer.append(images, batch_seeds, masks, None if labels is None else labels[lo:hi])
+                    done = hi
+                    emit(Progress("sample", done, self.n, {"per_sample_s": (time.perf_counter() - t0) / done}))
+            except Cancelled:
+                stopped = True  # the batches written so far are complete samples, and stay
         result = {"out": str(self.out), "n": done, "seconds": time.perf_counter() - t0,
                   "checkpoint": str(gen.ckpt)}
         if rule is not None:
             result.update(redrawn=redrawn, mask_class_disagreements=still_wrong)
             emit(Message(f"{redrawn} of {done} samples were drawn again because their mask contradicted their "
                          f"class; {still_wrong} still do{'es' if still_wrong == 1 else ''} (flagged in the gallery)"))
-        emit(Done(result, cancelled=stopped))
+        if stopped:
+            raise Cancelled("sampling stopped", result)
         return result

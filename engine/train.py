@@ -27,7 +27,7 @@ from engine.data.prepare import Normalisation, fit_normalisation, resized_geomet
 from engine.diffusion import denoise, sampler, train_scheduler
 from engine.errors import InputError
 from engine.estimate import StepTimer, describe, device_warning
-from engine.jobs import Cancelled, Checkpoint, DataSummary, Done, Emit, Loss, Message, Preview, Progress
+from engine.jobs import Cancelled, Checkpoint, DataSummary, Emit, Loss, Message, Preview, Progress, Requests
 from engine.models import (
     build_autoencoder,
     build_model,
@@ -124,13 +124,12 @@ def data_summary(data: ImageSet, cfg: RunConfig, params: int) -> str:
 class TrainJob:
     def __init__(self, cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False,
                  data: ImageSet | None = None, steps: int | None = None,
-                 requests: Any | None = None, preview_at_end: bool = False) -> None:
+                 preview_at_end: bool = False) -> None:
         self.run_dir = Path(run_dir)
         # The app shows what the final weights make; a console has nowhere to show a preview.
         self.preview_at_end = preview_at_end
         self.resume = resume
         self.data = data
-        self.requests = requests
         if resume:
             # A latent run stopped during stage 1 has autoencoder checkpoints but no diffusion one yet.
             in_stage1 = checkpoints.latest(self.run_dir) is None and \
@@ -149,10 +148,7 @@ class TrainJob:
         if steps is not None:
             self.cfg.train.steps = int(steps)
 
-    def _request(self, name: str) -> bool:
-        return bool(self.requests is not None and self.requests.take(name))
-
-    def run(self, emit: Emit, cancelled: Cancelled) -> dict[str, Any]:
+    def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         from accelerate import Accelerator
 
         cfg, tc = self.cfg, self.cfg.train
@@ -216,15 +212,14 @@ class TrainJob:
                 ae.load_state_dict(checkpoints.read_weights(self.ckpt, "autoencoder"))
                 ae.to(acc.device)
             else:
-                ae, stopped = autoencoder.train_autoencoder(cfg, x_all, self.run_dir, acc, emit, cancelled,
+                ae, stopped = autoencoder.train_autoencoder(cfg, x_all, self.run_dir, acc, emit, requests,
                                                             stop_requested, step_generator)
                 if stopped:
                     result = {"run_dir": str(self.run_dir), "step": 0, "main_process": acc.is_main_process,
                               "checkpoint": str(checkpoints.latest(autoencoder.stage_dir(self.run_dir))),
                               "loss": float("nan"), "seconds": 0.0, "peak_gpu_gib": peak_gpu(acc),
                               "stage": "autoencoder"}
-                    emit(Done(result, cancelled=True))
-                    return result
+                    raise Cancelled("stopped in stage 1", result)
             emit(Progress("encode", 0, 1))
             latents = autoencoder.encode_all(ae, x_all)
             scale = float(state["latent_scale"]) if state else autoencoder.latent_scale(latents)
@@ -279,16 +274,18 @@ class TrainJob:
             labels = None if null is None else torch.arange(n) % max(cfg.model.num_classes, 1)
             cond = None if cond_all is None else cond_all[:n]
 
-            def on_step(i: int, total: int) -> bool:
-                # A preview can take minutes on a CPU: say how far it is, and let Stop cut it short.
+            def on_step(i: int, total: int) -> None:
+                # A preview can take minutes on a CPU: say how far it is (and Stop cuts it short).
                 emit(Progress("preview", i, total, {"step": step}))
-                return not cancelled()
 
             net.eval()
-            with ema_weights(net, ema):
-                x = denoise(net, sampler("ddim", tc, latent), PREVIEW_STEPS, diffusion_shape(cfg), gens,
-                            acc.device, labels=labels, cond=cond, null_class=null, guidance=1.0,
-                            autocast=acc.autocast, on_step=on_step, clip=not latent)
+            try:
+                with ema_weights(net, ema):
+                    x = denoise(net, sampler("ddim", tc, latent), PREVIEW_STEPS, diffusion_shape(cfg), gens,
+                                acc.device, labels=labels, cond=cond, null_class=null, guidance=1.0,
+                                autocast=acc.autocast, on_step=on_step, clip=not latent, requests=requests)
+            except Cancelled:
+                x = None  # the loop stops at its next poll, after saving the checkpoint
             net.train()
             nonlocal previewed
             previewed = step
@@ -302,7 +299,7 @@ class TrainJob:
             emit(Preview(step, images))
 
         if not acc.is_main_process:
-            emit = _only_done(emit)
+            emit = _silent
         emit(Message(f"training {count_parameters(net) / 1e6:.2f} M parameters on {acc.device} "
                      f"({world} process{'es' if world > 1 else ''}, precision {acc.mixed_precision}), "
                      f"{len(data)} images at {cfg.model.image_size} px"
@@ -324,7 +321,7 @@ class TrainJob:
             per_step, steps, device_name, cfg.preset, acc.device.type,
             "stage 2, the diffusion model," if latent else "training")), sync)
         while step < tc.steps:
-            if stop_requested(acc, cancelled()):
+            if stop_requested(acc, requests.stop_asked()):
                 was_cancelled = True
                 break
             g = step_generator(tc.seed, step, rank, world)
@@ -382,9 +379,9 @@ class TrainJob:
             if acc.device.type == "cuda":
                 info["gpu_mem_gib"] = torch.cuda.memory_allocated() / 2**30
             emit(Progress("train", step, tc.steps, info))
-            if step % tc.checkpoint_every == 0 or self._request("save_now"):
+            if step % tc.checkpoint_every == 0 or requests.take_save_now():
                 save(step)
-            if (tc.preview_every and step % tc.preview_every == 0) or self._request("sample_now"):
+            if (tc.preview_every and step % tc.preview_every == 0) or requests.take_preview_now():
                 preview(step)
 
         if self.preview_at_end and not was_cancelled and step > start and previewed != step and acc.is_main_process:
@@ -400,7 +397,8 @@ class TrainJob:
         result = {"run_dir": str(self.run_dir), "step": step, "main_process": acc.is_main_process,
                   "checkpoint": str(path) if path else None,
                   "loss": last_loss, "seconds": time.perf_counter() - t0, "peak_gpu_gib": peak}
-        emit(Done(result, cancelled=was_cancelled))
+        if was_cancelled:
+            raise Cancelled("training stopped", result)
         return result
 
 
@@ -417,9 +415,9 @@ def stop_requested(acc: Any, local: bool) -> bool:
     return bool(acc.reduce(flag, "sum").item() > 0)
 
 
-def _only_done(emit: Emit) -> Emit:
-    """Processes other than the main one report only their end, so the console shows one run."""
-    return lambda ev: emit(ev) if isinstance(ev, Done) else None
+def _silent(ev: Any) -> None:
+    """Processes other than the main one report nothing, so the console shows one run; their end comes
+    back from run()."""
 
 
 @contextlib.contextmanager

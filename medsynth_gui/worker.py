@@ -1,8 +1,8 @@
 """The one bridge between Qt and the engine: a job runs in a QThread, its events become signals.
 
 Events are throttled to about ten updates a second (losses batched, only the
-latest progress kept) so a fast job cannot flood the event loop; stop, sample-now
-and save-now travel as plain requests that the job polls every step. A job's bad input
+latest progress kept) so a fast job cannot flood the event loop; stop, save-now
+and preview-now travel in the job's Requests, which it polls every step. A job's bad input
 reaches its panel as one line; a bug's traceback goes to the log file, and the panel
 says where.
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from engine.errors import InputError
-from engine.jobs import Done, Failed, Loss, Progress, Requests
+from engine.jobs import Done, Event, Failed, Job, Loss, Progress, Requests, execute
 from medsynth_gui.logfile import record_failure
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ class _Worker(QObject):
     losses = Signal(list)
     finished = Signal(object)  # Done or Failed
 
-    def __init__(self, job: Any, requests: Requests) -> None:
+    def __init__(self, job: Job, requests: Requests) -> None:
         super().__init__()
         self.job = job
         self.requests = requests
@@ -56,13 +55,11 @@ class _Worker(QObject):
             self._pending_progress = None
         self._last = time.monotonic()
 
-    def _emit(self, ev: Any) -> None:
+    def _emit(self, ev: Event) -> None:
         if isinstance(ev, Loss):
             self._pending_losses.append(ev)
         elif isinstance(ev, Progress):
             self._pending_progress = ev
-        elif isinstance(ev, Done | Failed):
-            return  # reported once, through `finished`, after run() returns
         else:
             self._flush()
             self.event.emit(ev)
@@ -74,15 +71,7 @@ class _Worker(QObject):
     def run(self) -> None:
         outcome: Done | Failed
         try:
-            events: list[Any] = []
-
-            def emit(ev: Any) -> None:
-                if isinstance(ev, Done):
-                    events.append(ev)
-                self._emit(ev)
-
-            result = self.job.run(emit, self.requests.cancelled)
-            outcome = events[-1] if events else Done(result or {})
+            outcome = execute(self.job, self._emit, self.requests)
         except InputError as exc:
             log.info("%s stopped on bad input: %s", type(self.job).__name__, exc)
             outcome = Failed(describe_failure(exc), exc)
@@ -114,12 +103,10 @@ class JobRunner(QObject):
     def running(self) -> bool:
         return self._thread is not None
 
-    def start(self, job: Any) -> None:
+    def start(self, job: Job) -> None:
         if self.running:
             raise RuntimeError("a job is already running")
-        self.requests = Requests()
-        if hasattr(job, "requests"):
-            job.requests = self.requests
+        self.requests = Requests()  # the job's: what stop(), save_now() and preview_now() reach
         thread = QThread()
         worker = _Worker(job, self.requests)
         worker.moveToThread(thread)
@@ -132,11 +119,13 @@ class JobRunner(QObject):
         self.running_changed.emit(True)
 
     def stop(self) -> None:
-        self.requests.stop = True
+        self.requests.stop()
 
-    def request(self, name: str) -> None:
-        """"sample_now" or "save_now": honoured at the job's next step."""
-        setattr(self.requests, name, True)
+    def save_now(self) -> None:
+        self.requests.save_now()
+
+    def preview_now(self) -> None:
+        self.requests.preview_now()
 
     def wait(self, timeout_ms: int = 60_000) -> bool:
         """Block until the job ends (used when the window closes mid-run)."""

@@ -23,6 +23,7 @@ from engine import checkpoints  # noqa: E402
 from engine.config import RESOURCES, load_preset  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.io.medsynth_h5 import read_image_set, write_image_set  # noqa: E402
+from engine.jobs import Requests  # noqa: E402
 from engine.train import TrainJob  # noqa: E402
 
 DEMO = RESOURCES / "demo"
@@ -37,7 +38,7 @@ def train(data: Path, run: Path) -> None:
     cfg.train.ema_decay = 0.995
     cfg.train.checkpoint_every = 250
     cfg.train.preview_every = 0
-    TrainJob(cfg, run, data=read_image_set(data)).run(lambda ev: None, lambda: False)
+    TrainJob(cfg, run, data=read_image_set(data)).run(lambda ev: None, Requests())
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from engine.config import RunConfig, load_preset  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
+from engine.jobs import Requests  # noqa: E402
 
 
 def tiny_config(steps: int = 20, mask_mode: str = "joint", **train: object) -> RunConfig:
@@ -46,7 +47,7 @@ def tiny_run(tmp_path_factory, phantoms16):
 
     run = tmp_path_factory.mktemp("run") / "run"
     events: list = []
-    TrainJob(tiny_config(steps=20), run, data=phantoms16).run(events.append, lambda: False)
+    TrainJob(tiny_config(steps=20), run, data=phantoms16).run(events.append, Requests())
     return run
 
 
@@ -109,3 +110,18 @@ def open_main_window(qtbot, tmp_path, monkeypatch, size: tuple[int, int] | None 
         win.show()
         qtbot.waitExposed(win)
     return win
+
+
+class StopAfter(Requests):
+    """Requests that ask a job to stop at its (polls + 1)-th poll: a stop at a known point of a job, as if a
+    user had pressed Stop there. ``polls`` counts how often the job asked."""
+
+    def __init__(self, polls: int) -> None:
+        super().__init__()
+        self.limit, self.polls = polls, 0
+
+    def stop_asked(self) -> bool:
+        self.polls += 1
+        if self.polls > self.limit:
+            self.stop()
+        return super().stop_asked()

@@ -8,6 +8,7 @@ import pytest
 
 from engine.config import RESOURCES
 from engine.data.phantoms import make_phantoms
+from engine.jobs import Requests
 from engine.metrics.phantom_fidelity import phantom_fidelity
 from engine.sample import Generator
 
@@ -80,7 +81,7 @@ def test_samples_whose_mask_contradicts_their_class_are_drawn_again(tmp_path):
     def sample(out, redraw, **kw):
         job = SampleJob(DEMO / "run", kw.pop("n", 24), out, sampler_name="dpm", steps=12, guidance=2.0,
                         redraw_mismatches=redraw, **kw)
-        result = job.run(lambda ev: None, lambda: False)
+        result = job.run(lambda ev: None, Requests())
         with h5py.File(out, "r") as f:
             names = json.loads(f.attrs["class_names"])
             return result, f["images"][:], f["masks"][:], f["labels"][:], f["seeds"][:], names

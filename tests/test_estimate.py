@@ -17,6 +17,7 @@ from engine.config import batch_for, preset_device, preset_names, resolve
 from engine.data.phantoms import make_phantoms
 from engine.estimate import Estimate, StepTimer, format_duration
 from engine.io.medsynth_h5 import write_image_set
+from engine.jobs import Requests
 from engine.threads import threads_for, use_free_cores
 from engine.train import TrainJob
 from tests.conftest import tiny_cli_setup, tiny_config
@@ -60,7 +61,7 @@ def test_the_cpu_batch_applies_on_a_cpu_unless_a_batch_is_given():
 
 def test_the_estimate_comes_before_training_ends(phantoms16, tmp_path):
     events: list = []
-    TrainJob(tiny_config(steps=8), tmp_path / "run", data=phantoms16).run(events.append, lambda: False)
+    TrainJob(tiny_config(steps=8), tmp_path / "run", data=phantoms16).run(events.append, Requests())
     estimates = [i for i, ev in enumerate(events) if isinstance(ev, Estimate)]
     assert len(estimates) == 1
     ev = events[estimates[0]]
@@ -136,7 +137,7 @@ def test_a_latent_run_times_each_stage(tmp_path):
 
     events: list = []
     TrainJob(tiny_latent(ae_steps=5, steps=5), tmp_path / "run",
-             data=make_phantoms(4, size=16, dims=3, seed=3)).run(events.append, lambda: False)
+             data=make_phantoms(4, size=16, dims=3, seed=3)).run(events.append, Requests())
     texts = [ev.text for ev in events if isinstance(ev, Estimate)]
     assert len(texts) == 2, texts
     assert texts[0].startswith("Stage 1, the autoencoder, will take about")

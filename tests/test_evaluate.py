@@ -14,8 +14,8 @@ from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.evaluate import EvalSettings, EvaluateJob
 from engine.io.medsynth_h5 import SampleWriter, write_image_set
-from engine.jobs import Done
-from tests.conftest import COPIES, make_evaluation_files
+from engine.jobs import Requests, execute
+from tests.conftest import COPIES, StopAfter, make_evaluation_files
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def evaluated(files):
     _, _, test_path, synth_path = files
     events = []
     result = EvaluateJob(synth_path, real=test_path, settings=EvalSettings(utility_steps=40, nn_threshold=0.99)).run(
-        events.append, lambda: False)
+        events.append, Requests())
     return result, events
 
 
@@ -106,17 +106,13 @@ def test_a_cancelled_evaluation_keeps_what_it_measured(files, tmp_path):
     _, _, test_path, synth_path = files
     copy = tmp_path / "synth.h5"
     copy.write_bytes(synth_path.read_bytes())
-    polls = {"n": 0}
-
-    def stop_in_diversity() -> bool:
-        polls["n"] += 1
-        return polls["n"] > 6  # load (1 poll) and radiomics (5) finish; diversity is stopped
-
-    events = []
+    # Load and features (1 poll each) finish; radiomics stops at its 5th poll, after FRD and before MMD.
+    stop_in_radiomics = StopAfter(6)
     settings = EvalSettings(skip=["fid", "labels", "utility"])
-    EvaluateJob(copy, real=test_path, settings=settings).run(events.append, stop_in_diversity)
-    done = [e for e in events if isinstance(e, Done)][0]
+    done = execute(EvaluateJob(copy, real=test_path, settings=settings), lambda ev: None, stop_in_radiomics)
     assert done.cancelled and not done.result["complete"]
+    assert set(done.result["summary"]["timings_s"]) == {"load", "features"}  # the stages that finished
+    assert "frd" in done.result["figures"] and "mmd" not in done.result["figures"]
     with h5py.File(copy) as f:
         assert "frd" in f["metrics"].attrs and json.loads(f["metrics"].attrs["summary"])["complete"] is False
 
@@ -171,7 +167,7 @@ def test_volumes_are_evaluated_with_a_users_3d_feature_network(tmp_path, monkeyp
                       config={"data": {"path": str(train_path)}}) as w:
         w.append(synth.images, np.arange(12), synth.masks)
     settings = EvalSettings(features_net=str(net_path), utility_steps=10, nn_threshold=0.99)
-    result = EvaluateJob(synth_path, real=test_path, settings=settings).run(lambda ev: None, lambda: False)
+    result = EvaluateJob(synth_path, real=test_path, settings=settings).run(lambda ev: None, Requests())
     f = result["figures"]
     for key in ("fd_net", "fd_net_real_vs_real", "frd", "ms_ssim_synth", "mask_dice", "dice_real", "dice_synth"):
         assert key in f and np.isfinite(f[key]), key

@@ -16,6 +16,7 @@ import pytest
 
 from engine.errors import InputError
 from engine.evaluate import EvalSettings, EvaluateJob
+from engine.jobs import Requests
 from tests.conftest import make_evaluation_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,7 @@ def test_a_file_held_read_only_fails_before_any_work(files, tmp_path):
     with h5py.File(copy, "r", locking=False):  # a reader that keeps the file open, as the gallery once did
         t0 = time.perf_counter()
         with pytest.raises(InputError) as err:
-            EvaluateJob(copy, real=test_path, train_data=train_path).run(events.append, lambda: False)
+            EvaluateJob(copy, real=test_path, train_data=train_path).run(events.append, Requests())
         took = time.perf_counter() - t0
     assert events == [] and took < 5
     assert str(err.value).startswith(str(copy)) and "read-only" in str(err.value) and "\n" not in str(err.value)
@@ -42,7 +43,7 @@ def test_a_file_held_read_only_fails_before_any_work(files, tmp_path):
     events.clear()
     result = EvaluateJob(copy, real=test_path, train_data=train_path,
                          settings=EvalSettings(skip=["fid", "labels", "utility", "report"])).run(events.append,
-                                                                                                 lambda: False)
+                                                                                                 Requests())
     assert result["complete"] and "frd" in result["figures"]
     with h5py.File(copy, "r") as f:
         assert "frd" in f["metrics"].attrs

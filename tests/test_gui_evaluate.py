@@ -10,7 +10,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QAbstractButton, QLabel, QLineEdit, QTableWidget
 
-from engine.jobs import Progress
+from engine.jobs import Progress, Requests
 from tests.conftest import make_evaluation_files
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -165,7 +165,7 @@ def demo_output(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("demo-out") / "demo-synthetic.h5"
     SampleJob(BUNDLED_DEMO / "run", 8, out, sampler_name="dpm", steps=3, seed=0, guidance=2.0).run(
-        lambda ev: None, lambda: False)
+        lambda ev: None, Requests())
     return out
 
 
@@ -252,7 +252,7 @@ def test_bad_input_in_a_worker_is_one_line_without_a_traceback(tmp_path, qtbot, 
 class _Broken:
     """A job with a bug in it."""
 
-    def run(self, emit, cancelled):
+    def run(self, emit, requests):
         emit(Progress("broken", 0, 1))
         return {"half": 1 / 0}
 

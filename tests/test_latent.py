@@ -9,9 +9,10 @@ from engine import checkpoints
 from engine.autoencoder import stage_dir
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
-from engine.jobs import Done, Progress
+from engine.jobs import Cancelled, Progress, Requests, execute
 from engine.sample import SampleJob
 from engine.train import TrainJob
+from tests.conftest import StopAfter
 
 
 def tiny_latent(ae_steps: int = 4, steps: int = 4, mask_mode: str = "joint"):
@@ -39,7 +40,7 @@ def volumes():
 
 def test_tiny_latent_model_trains_and_samples_volumes_with_masks(tmp_path, volumes):
     events = []
-    result = TrainJob(tiny_latent(), tmp_path / "run", data=volumes).run(events.append, lambda: False)
+    result = TrainJob(tiny_latent(), tmp_path / "run", data=volumes).run(events.append, Requests())
     stages = [e.stage for e in events if isinstance(e, Progress)]
     assert stages.index("autoencoder") < stages.index("train")  # stage 1 before stage 2
     assert result["step"] == 4
@@ -49,7 +50,7 @@ def test_tiny_latent_model_trains_and_samples_volumes_with_masks(tmp_path, volum
     assert state["config"]["autoencoder"]["enabled"] is True
     out = tmp_path / "synth.h5"
     SampleJob(tmp_path / "run", 2, out, sampler_name="dpm", steps=3, batch=2, seed=5).run(
-        lambda ev: None, lambda: False)
+        lambda ev: None, Requests())
     with h5py.File(out) as f:
         assert f.attrs["n_complete"] == 2
         # The diffusion model works on 8^3 latents; the file holds decoded 16^3 volumes and masks.
@@ -64,9 +65,9 @@ def test_latent_model_with_masks_as_condition_keeps_the_given_masks(tmp_path, vo
 
     # Sampling reads the condition masks back from the training data's file.
     stored = read_image_set(write_image_set(tmp_path / "vol.h5", volumes))
-    TrainJob(tiny_latent(mask_mode="condition"), tmp_path / "run", data=stored).run(lambda ev: None, lambda: False)
+    TrainJob(tiny_latent(mask_mode="condition"), tmp_path / "run", data=stored).run(lambda ev: None, Requests())
     out = tmp_path / "synth.h5"
-    SampleJob(tmp_path / "run", 2, out, steps=2, batch=2, seed=1).run(lambda ev: None, lambda: False)
+    SampleJob(tmp_path / "run", 2, out, steps=2, batch=2, seed=1).run(lambda ev: None, Requests())
     with h5py.File(out) as f:
         masks = f["masks"][:]
     # Each sample's mask is a training mask picked by its seed, passed through unchanged.
@@ -76,21 +77,13 @@ def test_latent_model_with_masks_as_condition_keeps_the_given_masks(tmp_path, vo
 
 def test_cancel_in_stage_1_then_resume_finishes_both_stages(tmp_path, volumes):
     cfg = tiny_latent(ae_steps=6, steps=2)
-    calls = {"n": 0}
-
-    def cancel_after_3() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 3
-
-    events = []
-    TrainJob(cfg, tmp_path / "run", data=volumes).run(events.append, cancel_after_3)
-    done = [e for e in events if isinstance(e, Done)][0]
+    done = execute(TrainJob(cfg, tmp_path / "run", data=volumes), lambda ev: None, StopAfter(3))
     assert done.cancelled and done.result["stage"] == "autoencoder"
     assert checkpoints.latest(tmp_path / "run") is None
     assert checkpoints.read_state(checkpoints.latest(stage_dir(tmp_path / "run")))["step"] == 3
 
     events = []
-    TrainJob(None, tmp_path / "run", resume=True, data=volumes).run(events.append, lambda: False)
+    TrainJob(None, tmp_path / "run", resume=True, data=volumes).run(events.append, Requests())
     ae_steps = [e.done for e in events if isinstance(e, Progress) and e.stage == "autoencoder"]
     assert ae_steps[0] == 4 and ae_steps[-1] == 6  # stage 1 went on from step 3
     assert checkpoints.read_state(checkpoints.latest(tmp_path / "run"))["step"] == 2
@@ -99,17 +92,13 @@ def test_cancel_in_stage_1_then_resume_finishes_both_stages(tmp_path, volumes):
 def test_latent_run_resumed_in_stage_2_matches_the_uninterrupted_run(tmp_path, volumes):
     from safetensors.torch import load_file
 
-    TrainJob(tiny_latent(ae_steps=3, steps=4), tmp_path / "full", data=volumes).run(lambda ev: None, lambda: False)
-    calls = {"n": 0}
-
-    def cancel_in_stage_2() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 5  # 3 autoencoder steps, then 2 diffusion steps
-
-    TrainJob(tiny_latent(ae_steps=3, steps=4), tmp_path / "cut", data=volumes).run(lambda ev: None,
-                                                                                    cancel_in_stage_2)
+    TrainJob(tiny_latent(ae_steps=3, steps=4), tmp_path / "full", data=volumes).run(lambda ev: None, Requests())
+    cancel_in_stage_2 = StopAfter(5)  # 3 autoencoder steps, then 2 diffusion steps
+    with pytest.raises(Cancelled):
+        TrainJob(tiny_latent(ae_steps=3, steps=4), tmp_path / "cut", data=volumes).run(lambda ev: None,
+                                                                                        cancel_in_stage_2)
     assert checkpoints.read_state(checkpoints.latest(tmp_path / "cut"))["step"] == 2
-    TrainJob(None, tmp_path / "cut", resume=True, data=volumes).run(lambda ev: None, lambda: False)
+    TrainJob(None, tmp_path / "cut", resume=True, data=volumes).run(lambda ev: None, Requests())
     full = load_file(str(checkpoints.latest(tmp_path / "full") / "ema.safetensors"))
     cut = load_file(str(checkpoints.latest(tmp_path / "cut") / "ema.safetensors"))
     for k, v in full.items():

@@ -23,7 +23,7 @@ from engine.data import read_folder_pairs, read_nifti
 from engine.export import export
 from engine.info import describe
 from engine.io.medsynth_h5 import SampleWriter, read_image_set, write_image_set
-from engine.jobs import DataSummary, Progress
+from engine.jobs import DataSummary, Progress, Requests
 from tests.conftest import tiny_config
 
 GREY_2 = (127, 254)
@@ -155,7 +155,7 @@ def test_grey_level_pairs_train_a_model_of_their_label_count_and_export_in_their
     cfg = tiny_config(steps=3)
     events: list = []
     run = tmp_path / "run"
-    TrainJob(cfg, run, data=data).run(events.append, lambda: False)
+    TrainJob(cfg, run, data=data).run(events.append, Requests())
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["mask_labels"] == 3 and saved["model"]["in_channels"] == 1 + 2
     summary = [i for i, ev in enumerate(events) if isinstance(ev, DataSummary)]
@@ -167,7 +167,7 @@ def test_grey_level_pairs_train_a_model_of_their_label_count_and_export_in_their
     assert json.loads((run / "run.json").read_text())["mask_coding"] == {"1": 127, "2": 254}
 
     synth = tmp_path / "synth.h5"
-    SampleJob(run, 4, synth, steps=2).run(lambda ev: None, lambda: False)
+    SampleJob(run, 4, synth, steps=2).run(lambda ev: None, Requests())
     with h5py.File(synth) as f:
         assert json.loads(f.attrs["mask_coding"]) == {"1": 127, "2": 254}
         assert set(np.unique(f["masks"][:]).tolist()) <= {0, 1, 2}
@@ -249,9 +249,9 @@ def test_2d_samples_carry_the_spacing_of_what_was_generated(tmp_path, shape, zoo
 
     cfg = tiny_config(steps=2, mask_mode="none")
     cfg.model.image_size = 32
-    TrainJob(cfg, tmp_path / "run", data=data).run(lambda ev: None, lambda: False)
+    TrainJob(cfg, tmp_path / "run", data=data).run(lambda ev: None, Requests())
     synth = tmp_path / "synth.h5"
-    SampleJob(tmp_path / "run", 1, synth, steps=2).run(lambda ev: None, lambda: False)
+    SampleJob(tmp_path / "run", 1, synth, steps=2).run(lambda ev: None, Requests())
     with h5py.File(synth) as f:
         assert f["images"].shape[2:] == (32, 32)
         # The source's field of view over image_size, in (x, y) order, and an affine that says the same.

@@ -10,6 +10,7 @@ from engine import memory
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
+from engine.jobs import Requests
 from engine.models import build_model, io_channels
 from engine.train import TrainJob
 
@@ -80,7 +81,7 @@ def test_training_refuses_before_writing_anything(tmp_path):
     cfg.model.image_size = 16
     cfg.train.memory_limit_gib = 0.001
     with pytest.raises(InputError, match="needs about"):
-        TrainJob(cfg, tmp_path / "run", data=make_phantoms(2, size=16, dims=3)).run(lambda ev: None, lambda: False)
+        TrainJob(cfg, tmp_path / "run", data=make_phantoms(2, size=16, dims=3)).run(lambda ev: None, Requests())
     assert not (tmp_path / "run").exists()
 
 

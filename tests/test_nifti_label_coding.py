@@ -19,7 +19,7 @@ from engine.data import VolumeOptions, load_images
 from engine.data.readers import read_nifti_cases
 from engine.export import export
 from engine.io.medsynth_h5 import write_image_set
-from engine.jobs import DataSummary
+from engine.jobs import DataSummary, Requests
 from tests.test_mask_coding import check_nnunet_v2
 
 N = 24  # voxels per axis of the source volumes
@@ -213,7 +213,7 @@ def test_a_0_255_mask_trains_a_model_of_one_label(tmp_path):
         data = load_images(image, volumes=VolumeOptions(size=16) if dims == 3 else None)
         events: list = []
         run = tmp_path / f"run{dims}"
-        TrainJob(cfg, run, data=data).run(events.append, lambda: False)
+        TrainJob(cfg, run, data=data).run(events.append, Requests())
         saved = json.loads((run / "config.json").read_text())
         assert saved["model"]["mask_labels"] == 2 and saved["model"]["in_channels"] == 1 + 1  # image + 1 label
         summary = [ev.text for ev in events if isinstance(ev, DataSummary)]
@@ -221,7 +221,7 @@ def test_a_0_255_mask_trains_a_model_of_one_label(tmp_path):
                                                   r"2 input channels", summary[0]), summary
         assert json.loads((run / "run.json").read_text())["mask_coding"] == {"1": 255}
     synth = tmp_path / "synth.h5"
-    SampleJob(tmp_path / "run2", 2, synth, steps=2).run(lambda ev: None, lambda: False)
+    SampleJob(tmp_path / "run2", 2, synth, steps=2).run(lambda ev: None, Requests())
     with h5py.File(synth) as f:
         assert json.loads(f.attrs["mask_coding"]) == {"1": 255}
         assert set(np.unique(f["masks"][:]).tolist()) <= {0, 1}

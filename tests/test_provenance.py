@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 
 from engine.config import path_sha256, public_config, public_path
+from engine.jobs import Requests
 from engine.sample import SampleJob
 from engine.train import TrainJob
 from tests.conftest import tiny_config
@@ -38,7 +39,7 @@ def _train(data: Path, run: Path, steps: int = 10, **data_settings: object) -> N
     cfg.data.class_conditional = False
     for key, value in data_settings.items():
         setattr(cfg.data, key, value)
-    TrainJob(cfg, run).run(lambda e: None, lambda: False)
+    TrainJob(cfg, run).run(lambda e: None, Requests())
 
 
 def test_a_synthetic_file_names_its_data_by_base_name_and_hash_only(tmp_path):
@@ -47,7 +48,7 @@ def test_a_synthetic_file_names_its_data_by_base_name_and_hash_only(tmp_path):
     run = tmp_path / "run"
     _train(data, run)
     out = tmp_path / "synthetic.h5"
-    SampleJob(run, 3, out, steps=2, batch=3, device="cpu").run(lambda e: None, lambda: False)
+    SampleJob(run, 3, out, steps=2, batch=3, device="cpu").run(lambda e: None, Requests())
 
     text = _every_text(out)
     assert str(tmp_path) not in text and "Doe_John" not in text and "MRN0012345" not in text
@@ -60,7 +61,7 @@ def test_a_synthetic_file_names_its_data_by_base_name_and_hash_only(tmp_path):
         assert "Doe_John" not in state.read_text(), state
     # Only the run folder's own config.json keeps the path, and --resume finds the data through it.
     assert json.loads((run / "config.json").read_text())["data"]["path"] == str(data)
-    resumed = TrainJob(None, run, resume=True, steps=14).run(lambda e: None, lambda: False)
+    resumed = TrainJob(None, run, resume=True, steps=14).run(lambda e: None, Requests())
     assert resumed["step"] == 14
     # An export's table says nothing of the data's place either.
     from engine.export import export
@@ -71,7 +72,7 @@ def test_a_synthetic_file_names_its_data_by_base_name_and_hash_only(tmp_path):
     from engine.evaluate import EvalSettings, EvaluateJob
 
     result = EvaluateJob(out, train_data=data, settings=EvalSettings(utility=False, device="cpu")).run(
-        lambda e: None, lambda: False)
+        lambda e: None, Requests())
     assert "Doe_John" not in _every_text(out)
     assert "Doe_John" not in Path(result["report"]).read_text(encoding="utf-8")
 
@@ -81,7 +82,7 @@ def test_record_full_path_keeps_the_path_when_asked(tmp_path):
     run = tmp_path / "run"
     _train(data, run, record_full_path=True)
     out = tmp_path / "synthetic.h5"
-    SampleJob(run, 2, out, steps=2, batch=2, device="cpu").run(lambda e: None, lambda: False)
+    SampleJob(run, 2, out, steps=2, batch=2, device="cpu").run(lambda e: None, Requests())
     with h5py.File(out, "r", locking=False) as f:
         assert json.loads(f.attrs["config"])["data"]["path"] == str(data)
 
@@ -91,7 +92,7 @@ def test_mask_conditioned_sampling_finds_its_masks_through_the_run_folder(tmp_pa
     run = tmp_path / "run"
     _train(data, run, mask_mode="condition")
     out = tmp_path / "synthetic.h5"
-    SampleJob(run, 2, out, steps=2, batch=2, device="cpu").run(lambda e: None, lambda: False)
+    SampleJob(run, 2, out, steps=2, batch=2, device="cpu").run(lambda e: None, Requests())
     with h5py.File(out, "r", locking=False) as f:
         assert f["masks"][:2].any()  # the conditions came from the real training masks
     assert "Doe_Jane" not in _every_text(out)

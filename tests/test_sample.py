@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
-from engine.jobs import Done, Progress
+from engine.jobs import Cancelled, Progress, Requests
 from engine.sample import Generator, SampleJob, parse_class_mix
+from tests.conftest import StopAfter
 
 
 def sample(run, out, **kw):
     events = []
     kw.setdefault("redraw_mismatches", False)  # these tests are about seeds: sample i has seed SEED + i
-    result = SampleJob(run, out=out, **kw).run(events.append, lambda: False)
+    result = SampleJob(run, out=out, **kw).run(events.append, Requests())
     return result, events
 
 
@@ -93,15 +94,10 @@ def test_bad_sampling_requests_fail_before_writing(tiny_run, tmp_path):
 
 def test_cancel_keeps_complete_batches(tiny_run, tmp_path):
     out = tmp_path / "c.h5"
-    calls = {"n": 0}
-
-    def cancelled():
-        calls["n"] += 1
-        return calls["n"] > 8  # partway through the second batch of 5-step denoising
-
-    events = []
-    SampleJob(tiny_run, 9, out, steps=5, batch=3, redraw_mismatches=False).run(events.append, cancelled)
-    assert isinstance(events[-1], Done) and events[-1].cancelled
+    stop = StopAfter(8)  # partway through the second batch of 5-step denoising
+    with pytest.raises(Cancelled) as stopped:
+        SampleJob(tiny_run, 9, out, steps=5, batch=3, redraw_mismatches=False).run(lambda ev: None, stop)
+    assert stopped.value.result["n"] == 3 and stop.polls == 9
     with h5py.File(out) as f:
         assert f.attrs["n_complete"] == 3 and f.attrs["n_planned"] == 9
         assert np.abs(f["images"][:3]).sum() > 0

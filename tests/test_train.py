@@ -6,20 +6,16 @@ import torch
 from safetensors.torch import load_file
 
 from engine import checkpoints
-from engine.jobs import Checkpoint, Done, Loss, Preview, Progress, Requests
+from engine.jobs import Checkpoint, Done, Loss, Preview, Progress, Requests, execute
 from engine.train import TrainJob
-from tests.conftest import tiny_config
+from tests.conftest import StopAfter, tiny_config
 
 
-def run(job, cancel_after=None):
+def run(job, cancel_after=None, requests=None):
+    """The job's events, ending with how it ended (a Done)."""
     events = []
-    calls = {"n": 0}
-
-    def cancelled():
-        calls["n"] += 1
-        return cancel_after is not None and calls["n"] > cancel_after
-
-    job.run(events.append, cancelled)
+    requests = requests or (StopAfter(cancel_after) if cancel_after is not None else Requests())
+    events.append(execute(job, events.append, requests))
     return events
 
 
@@ -83,13 +79,13 @@ def test_new_run_refuses_a_folder_that_holds_one(tiny_run, phantoms16):
         TrainJob(tiny_config(), tiny_run, data=phantoms16)
 
 
-def test_save_now_and_sample_now_requests(tmp_path, phantoms16):
+def test_save_now_and_preview_now_requests(tmp_path, phantoms16):
     req = Requests()
-    req.save_now = True
-    req.sample_now = True
+    req.save_now()
+    req.preview_now()
     cfg = tiny_config(steps=3)
     cfg.train.checkpoint_every = 1000
-    events = run(TrainJob(cfg, tmp_path / "run", data=phantoms16, requests=req))
+    events = run(TrainJob(cfg, tmp_path / "run", data=phantoms16), requests=req)
     assert [e.step for e in events if isinstance(e, Checkpoint)] == [1, 3]
     previews = [e for e in events if type(e).__name__ == "Preview"]
     assert len(previews) == 1 and previews[0].images.shape == (8, 1, 16, 16)
@@ -98,9 +94,9 @@ def test_save_now_and_sample_now_requests(tmp_path, phantoms16):
 def test_a_short_run_logs_a_curve_and_previews_report_their_progress(tmp_path, phantoms16):
     # pairs-64 logs every 50 steps: a 40-step run used to log once, at its end.
     req = Requests()
-    req.sample_now = True
+    req.preview_now()
     cfg = tiny_config(steps=40, log_every=50)
-    events = run(TrainJob(cfg, tmp_path / "run", data=phantoms16, requests=req, preview_at_end=True))
+    events = run(TrainJob(cfg, tmp_path / "run", data=phantoms16, preview_at_end=True), requests=req)
     assert [e.step for e in events if isinstance(e, Loss)] == list(range(2, 41, 2))
     assert [e.step for e in events if isinstance(e, Preview)] == [1, 40]  # asked for, and the final weights'
     ticks = [(e.info["step"], e.done, e.total) for e in events if isinstance(e, Progress) and e.stage == "preview"]
@@ -109,16 +105,16 @@ def test_a_short_run_logs_a_curve_and_previews_report_their_progress(tmp_path, p
 
 def test_stop_during_a_preview_cuts_it_short(tmp_path, phantoms16):
     req = Requests()
-    req.sample_now = True
+    req.preview_now()
     events: list = []
 
     def emit(ev):
         events.append(ev)
         if isinstance(ev, Progress) and ev.stage == "preview" and ev.done == 3:
-            req.stop = True
+            req.stop()
 
-    TrainJob(tiny_config(steps=40), tmp_path / "run", data=phantoms16, requests=req,
-             preview_at_end=True).run(emit, req.cancelled)
+    events.append(execute(TrainJob(tiny_config(steps=40), tmp_path / "run", data=phantoms16, preview_at_end=True),
+                          emit, req))
     assert not [e for e in events if isinstance(e, Preview)]
     assert max(e.done for e in events if isinstance(e, Progress) and e.stage == "preview") == 3
     assert events[-1].cancelled and events[-1].result["step"] == 1

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from engine.data.phantoms import UNITS, make_phantoms
+from engine.jobs import Cancelled
 from engine.metrics import utility as U
+from tests.conftest import StopAfter
 
 
 def _square(size: int, top: int, left: int, side: int, label: int = 1, dims: int = 2) -> np.ndarray:
@@ -138,15 +140,9 @@ def test_segmentation_utility_tells_good_synthetic_data_from_bad(phantoms32):
 
 def test_cancel_raises_with_steps_done(phantoms32):
     x, y = _pairs(phantoms32[0])
-    calls = {"n": 0}
-
-    def cancelled() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 4
-
-    with pytest.raises(U.UtilityCancelled, match="after 4 of 10"):
+    with pytest.raises(Cancelled, match="after 4 of 10"):
         U.segmentation_utility((x[:16], y[:16]), (x[16:24], y[16:24]), (x[:16], y[:16]), steps=10, batch=4,
-                               cancelled=cancelled)
+                               requests=StopAfter(4))
 
 
 def test_segmenter_handles_sizes_the_strides_do_not_divide():

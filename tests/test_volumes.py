@@ -6,7 +6,7 @@ import numpy as np
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
 from engine.io.medsynth_h5 import read_image_set, write_image_set
-from engine.jobs import Loss
+from engine.jobs import Loss, Requests
 from engine.sample import SampleJob
 from engine.train import TrainJob
 
@@ -28,12 +28,12 @@ def test_3d_model_trains_and_samples_volumes_with_masks(tmp_path):
     volumes = read_image_set(data)
     assert volumes.images.shape == (6, 1, 16, 16, 16) and volumes.spatial_dims == 3
     events = []
-    TrainJob(tiny_3d(6), tmp_path / "run", data=volumes).run(events.append, lambda: False)
+    TrainJob(tiny_3d(6), tmp_path / "run", data=volumes).run(events.append, Requests())
     losses = [e.loss for e in events if isinstance(e, Loss)]
     assert len(losses) == 6 and all(np.isfinite(losses))  # a 6-step run logs every step
     out = tmp_path / "synth.h5"
     SampleJob(tmp_path / "run", 3, out, steps=3, batch=2, seed=7, redraw_mismatches=False).run(
-        lambda ev: None, lambda: False)
+        lambda ev: None, Requests())
     with h5py.File(out) as f:
         assert f.attrs["spatial_dims"] == 3 and f.attrs["n_complete"] == 3
         assert f["images"].shape == (3, 1, 16, 16, 16) and f["images"].chunks == (1, 1, 16, 16, 16)
@@ -46,9 +46,9 @@ def test_3d_model_with_masks_as_condition_generates_volumes_for_given_masks(tmp_
     volumes = read_image_set(write_image_set(tmp_path / "vol.h5", make_phantoms(4, size=16, dims=3, seed=2)))
     cfg = tiny_3d(2)
     cfg.data.mask_mode = "condition"
-    TrainJob(cfg, tmp_path / "run", data=volumes).run(lambda ev: None, lambda: False)
+    TrainJob(cfg, tmp_path / "run", data=volumes).run(lambda ev: None, Requests())
     out = tmp_path / "synth.h5"
-    SampleJob(tmp_path / "run", 2, out, steps=2, batch=2, seed=3).run(lambda ev: None, lambda: False)
+    SampleJob(tmp_path / "run", 2, out, steps=2, batch=2, seed=3).run(lambda ev: None, Requests())
     with h5py.File(out) as f:
         assert f["images"].shape == (2, 1, 16, 16, 16)
         # Each volume was generated for a training mask, which the file keeps beside it.

@@ -18,8 +18,8 @@ With ``ignore_empty=False`` an empty truth scores 1 when the prediction is empty
 of the per-label figures over labels that occur (macro average, as nnU-Net reports), so
 a rare label counts as much as a common one.
 
-Cancellation: the training helpers poll ``cancelled()`` once a step and raise
-``UtilityCancelled``; a job catches it and reports a cancelled Done. Nothing partial is
+Cancellation: the training helpers poll the job's ``requests`` once a step and raise
+``engine.jobs.Cancelled``; the job keeps what it measured before. Nothing partial is
 returned, because a utility figure from an unfinished training budget would mislead.
 """
 
@@ -37,8 +37,9 @@ from monai.networks.nets import UNet
 from monai.networks.utils import one_hot
 from torch import nn
 
+from engine.jobs import Requests
+
 Progress = Callable[[int, int], None]
-Cancelled = Callable[[], bool]
 Pair = tuple[np.ndarray, np.ndarray]
 
 SEG_STEPS = 300
@@ -46,10 +47,6 @@ CLS_STEPS = 300
 BATCH = 16
 # Chunk of cases sent through the metric or the network at once: bounds memory for volumes.
 CHUNK = 16
-
-
-class UtilityCancelled(Exception):
-    """Raised when ``cancelled()`` turned true during a utility training."""
 
 
 # --------------------------------------------------------------------------- metrics
@@ -152,7 +149,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def _fit(net: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
          x: torch.Tensor, y: torch.Tensor, *, steps: int, batch: int, seed: int, lr: float,
-         device: torch.device, augment: bool, progress: Progress | None, cancelled: Cancelled | None) -> nn.Module:
+         device: torch.device, augment: bool, progress: Progress | None, requests: Requests | None) -> nn.Module:
     """The one training loop: AdamW, cosine decay, batches in a seeded order, epoch by epoch."""
     if len(x) == 0:
         raise ValueError("no training samples")
@@ -164,8 +161,8 @@ def _fit(net: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.T
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr / 10)
     order, pos = torch.randperm(len(x), generator=g), 0
     for step in range(steps):
-        if cancelled is not None and cancelled():
-            raise UtilityCancelled(f"cancelled after {step} of {steps} steps")
+        if requests is not None:
+            requests.check(f"cancelled after {step} of {steps} steps")
         if pos + batch > len(x):
             order, pos = torch.randperm(len(x), generator=g), 0
         idx = order[pos:pos + batch]
@@ -202,11 +199,11 @@ def build_segmenter(in_channels: int, num_labels: int, spatial_dims: int = 2,
 def train_segmenter(images: np.ndarray, masks: np.ndarray, num_labels: int, *, steps: int = SEG_STEPS,
                     batch: int = BATCH, seed: int = 0, device: str | torch.device = "cpu",
                     spatial_dims: int | None = None, lr: float = 1e-2, augment: bool = False,
-                    progress: Progress | None = None, cancelled: Cancelled | None = None) -> nn.Module:
+                    progress: Progress | None = None, requests: Requests | None = None) -> nn.Module:
     """Train a small UNet (DiceCE loss, AdamW) on image/mask pairs; returns it in eval mode.
 
-    ``spatial_dims`` defaults to what the images' shape says. Raises UtilityCancelled
-    when ``cancelled()`` turns true.
+    ``spatial_dims`` defaults to what the images' shape says. Raises Cancelled
+    when ``requests`` asks to stop.
     """
     x = _images(images, spatial_dims)
     dims = x.dim() - 2
@@ -220,7 +217,7 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, num_labels: int, *, s
     # and small lesions are not swamped by per-image noise.
     dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
     return _fit(net, dice_ce, x, y[:, None], steps=steps, batch=batch, seed=seed, lr=lr,
-                device=torch.device(device), augment=augment, progress=progress, cancelled=cancelled)
+                device=torch.device(device), augment=augment, progress=progress, requests=requests)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -271,7 +268,7 @@ class SmallCNN(nn.Module):
 def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, steps: int = CLS_STEPS,
                      batch: int = BATCH, seed: int = 0, device: str | torch.device = "cpu", lr: float = 1e-2,
                      augment: bool = False, progress: Progress | None = None,
-                     cancelled: Cancelled | None = None) -> nn.Module:
+                     requests: Requests | None = None) -> nn.Module:
     """Train a small CNN classifier (cross-entropy, AdamW); returns it in eval mode."""
     x = _images(images)
     y = torch.as_tensor(np.asarray(labels)).long()
@@ -281,7 +278,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *
         raise ValueError(f"labels outside 0..{num_classes - 1}")
     net = _seeded(seed, lambda: SmallCNN(x.shape[1], num_classes, x.dim() - 2))
     net = _fit(net, F.cross_entropy, x, y, steps=steps, batch=batch, seed=seed, lr=lr,
-               device=torch.device(device), augment=augment, progress=progress, cancelled=cancelled)
+               device=torch.device(device), augment=augment, progress=progress, requests=requests)
     return _recalibrate_batch_norm(net, x)
 
 
@@ -341,7 +338,7 @@ def class_fidelity(real_images: np.ndarray, real_labels: np.ndarray, synth_image
                    synth_labels: np.ndarray, num_classes: int | None = None, *, steps: int = CLS_STEPS,
                    batch: int = BATCH, seed: int = 0, device: str | torch.device = "cpu",
                    holdout: float = 0.25, progress: Progress | None = None,
-                   cancelled: Cancelled | None = None) -> dict:
+                   requests: Requests | None = None) -> dict:
     """Label quality: a classifier trained on real data, scored on synthetic samples and their labels.
 
     A share ``holdout`` of the real set is kept back to give the ceiling: the real held-out
@@ -356,7 +353,7 @@ def class_fidelity(real_images: np.ndarray, real_labels: np.ndarray, synth_image
     train_idx, test_idx = _holdout(len(real_labels), holdout, seed)
     real_images = np.asarray(real_images, dtype=np.float32)
     model = train_classifier(real_images[train_idx], real_labels[train_idx], k, steps=steps, batch=batch,
-                             seed=seed, device=device, progress=progress, cancelled=cancelled)
+                             seed=seed, device=device, progress=progress, requests=requests)
     on_synth = _accuracy(classify(model, synth_images), synth_labels, k)
     on_real = _accuracy(classify(model, real_images[test_idx]), real_labels[test_idx], k)
     return {"accuracy": on_synth["accuracy"], "per_class": on_synth["per_class"],
@@ -390,11 +387,11 @@ def _sets(real_train: Pair, synth: Pair) -> list[tuple[str, np.ndarray, np.ndarr
 def segmentation_utility(real_train: Pair, real_test: Pair, synth: Pair, *, num_labels: int | None = None,
                          steps: int = SEG_STEPS, batch: int = BATCH, seed: int = 0,
                          device: str | torch.device = "cpu", ignore_empty: bool = True,
-                         progress: Progress | None = None, cancelled: Cancelled | None = None) -> dict:
+                         progress: Progress | None = None, requests: Requests | None = None) -> dict:
     """Train segmenters on real, synthetic and both (same seed, same steps); score each on real_test.
 
     Each argument is an (images, masks) pair. ``progress(done, total)`` counts training
-    steps over the three runs (total = 3 * steps); ``cancelled()`` raises UtilityCancelled.
+    steps over the three runs (total = 3 * steps); a stop in ``requests`` raises Cancelled.
     Returns {"real", "synth", "both"} (each the ``dice_iou`` dict: dice, iou, per label),
     "ratio_synth_real" and "ratio_both_real" (of mean Dice; NaN when the real Dice is 0),
     "ratio_iou_synth_real", "ratio_iou_both_real", "num_labels", "steps" and "n" (train sizes).
@@ -405,7 +402,7 @@ def segmentation_utility(real_train: Pair, real_test: Pair, synth: Pair, *, num_
     out: dict = {"num_labels": k, "steps": steps, "n": {}}
     for i, (name, images, masks) in enumerate(sets):
         model = train_segmenter(images, masks, k, steps=steps, batch=batch, seed=seed, device=device,
-                                progress=_offset(progress, i * steps, 3 * steps), cancelled=cancelled)
+                                progress=_offset(progress, i * steps, 3 * steps), requests=requests)
         out[name] = dice_iou(segment(model, test_images), test_masks, k, ignore_empty=ignore_empty)
         out["n"][name] = int(len(images))
     out["ratio_synth_real"] = _ratio(out["synth"]["dice"], out["real"]["dice"])
@@ -418,7 +415,7 @@ def segmentation_utility(real_train: Pair, real_test: Pair, synth: Pair, *, num_
 def classification_utility(real_train: Pair, real_test: Pair, synth: Pair, *, num_classes: int | None = None,
                            steps: int = CLS_STEPS, batch: int = BATCH, seed: int = 0,
                            device: str | torch.device = "cpu", progress: Progress | None = None,
-                           cancelled: Cancelled | None = None) -> dict:
+                           requests: Requests | None = None) -> dict:
     """The same as segmentation_utility for classification; each argument is an (images, labels) pair.
 
     Returns {"real", "synth", "both"} (each {"accuracy", "per_class"}), "ratio_synth_real",
@@ -429,7 +426,7 @@ def classification_utility(real_train: Pair, real_test: Pair, synth: Pair, *, nu
     out: dict = {"num_classes": k, "steps": steps, "n": {}}
     for i, (name, images, labels) in enumerate(_sets(real_train, synth)):
         model = train_classifier(images, labels, k, steps=steps, batch=batch, seed=seed, device=device,
-                                 progress=_offset(progress, i * steps, 3 * steps), cancelled=cancelled)
+                                 progress=_offset(progress, i * steps, 3 * steps), requests=requests)
         out[name] = _accuracy(classify(model, test_images), test_labels, k)
         out["n"][name] = int(len(images))
     out["ratio_synth_real"] = _ratio(out["synth"]["accuracy"], out["real"]["accuracy"])

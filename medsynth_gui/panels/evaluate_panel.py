@@ -37,17 +37,18 @@ from PySide6.QtWidgets import (
 from engine.errors import InputError
 from engine.evaluate import EvalSettings, EvaluateJob, default_training_data
 from engine.evaluate_report import answers, named_figures
+from engine.evaluation.stages import Stage
 from engine.jobs import Done, Message, Progress
 from medsynth_gui.flow_layout import FlowLayout
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
 ACCENT = (61, 122, 184)
-STAGE_TEXT = {"load": "reading the data", "fid": "Inception features (FID, KID)",
-              "features": "your feature network's Fréchet distance", "radiomics": "radiomic features "
-              "(FRD, MMD)", "diversity": "MS-SSIM diversity", "memorization": "nearest training images",
-              "labels": "label quality (segmenter, classifier)", "utility": "downstream utility (3 segmenters)",
-              "report": "writing the report", "done": "done"}
+STAGE_TEXT = {Stage.LOAD: "reading the data", Stage.FID: "Inception features (FID, KID)",
+              Stage.FEATURES: "your feature network's Fréchet distance", Stage.RADIOMICS: "radiomic features "
+              "(FRD, MMD)", Stage.DIVERSITY: "MS-SSIM diversity", Stage.MEMORIZATION: "nearest training images",
+              Stage.LABELS: "label quality (segmenter, classifier)",
+              Stage.UTILITY: "downstream utility (3 segmenters)", Stage.REPORT: "writing the report"}
 
 
 def _pixmap(picture: np.ndarray, size: int = 88) -> QPixmap:
@@ -285,8 +286,9 @@ class EvaluatePanel(QWidget):
             if ev.stage == "evaluate":
                 self.progress.setRange(0, ev.total)
                 self.progress.setValue(ev.done)
-                stage = str(ev.info.get("stage", ""))
-                self.status.setText(f"{ev.done + (stage != 'done')}/{ev.total}: {STAGE_TEXT.get(stage, stage)}")
+                stage = ev.info.get("stage")  # None once every stage is done
+                self.status.setText(f"{ev.done + 1}/{ev.total}: {STAGE_TEXT[stage]}" if stage is not None
+                                    else f"{ev.done}/{ev.total}: done")
             else:
                 self.status.setText(f"{STAGE_TEXT.get(ev.stage, ev.stage)}: step {ev.done} of {ev.total}")
         elif isinstance(ev, Message):

@@ -132,8 +132,8 @@ class TrainPanel(QWidget):
         self.start_btn.clicked.connect(self.start)
         self.stop_btn.clicked.connect(self.stop)
         self.resume_btn.clicked.connect(self.resume)
-        self.sample_btn.clicked.connect(lambda: self.runner.request("sample_now"))
-        self.save_btn.clicked.connect(lambda: self.runner.request("save_now"))
+        self.sample_btn.clicked.connect(self.runner.preview_now)
+        self.save_btn.clicked.connect(self.runner.save_now)
         for b in (self.start_btn, self.stop_btn, self.resume_btn, self.sample_btn, self.save_btn):
             buttons.addWidget(b)
         outer.addLayout(buttons)
