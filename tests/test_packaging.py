@@ -178,6 +178,17 @@ def test_the_first_start_keeps_its_files_in_the_users_folders(app, tmp_path, unt
     assert (home / ".config" / "MedSynth" / "MedSynth.conf").is_file()
 
 
+def test_the_unpacked_folder_installs_its_desktop_entry(app, tmp_path, untouched):
+    data = tmp_path / "data"
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "XDG_DATA_HOME": str(data)}
+    r = subprocess.run([str(app.parent / "install-desktop-entry.sh")], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    entry = (data / "applications" / "medsynth.desktop").read_text()
+    assert f'Exec="{app}" gui %f' in entry or f"Exec={app} gui %f" in entry, entry
+    assert (data / "icons" / "hicolor" / "256x256" / "apps" / "medsynth.png").is_file()
+
+
 def test_the_folder_is_trimmed_and_complete(built):
     folder = built["folder"]
     # The torchvision package or its metadata; MONAI's own monai/networks/nets/torchvision_fc.py is not it.
