@@ -1,15 +1,13 @@
 """Stage 1 of latent diffusion: train the KL autoencoder, then encode the training set into its latent space.
 
-The autoencoder lives in ``RUN/autoencoder/checkpoints`` with the same safetensors
-format and the same (seed, step, rank) batches as the diffusion model, so a
-cancelled stage 1 resumes exactly too. Each diffusion checkpoint later carries a
+The autoencoder lives in the run folder's stage-1 folder (RunDir.autoencoder) with the
+same safetensors format and the same (seed, step, rank) batches as the diffusion model,
+so a cancelled stage 1 resumes exactly too. Each diffusion checkpoint later carries a
 copy of the finished autoencoder, which makes a checkpoint folder all a sampler needs.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,12 +18,8 @@ from engine.config import RunConfig, public_config
 from engine.estimate import StepTimer, describe
 from engine.jobs import Cancelled, Checkpoint, Emit, Message, Progress
 from engine.models import build_autoencoder, count_parameters
-
-STAGE_DIR = "autoencoder"
-
-
-def stage_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / STAGE_DIR
+from engine.training.run_dir import RunDir
+from engine.training.steps import step_generator
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -35,21 +29,19 @@ def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return per_sample.flatten(1).sum(1).mean()
 
 
-def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, acc: Any, emit: Emit,
-                      cancelled: Cancelled, stop: Any, step_generator: Any) -> tuple[torch.nn.Module, bool]:
-    """Train (or resume) stage 1 on pixel-space tensors x_all in [-1, 1].
+def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, out: RunDir, acc: Any, emit: Emit,
+                      cancelled: Cancelled, stop: Any) -> tuple[torch.nn.Module, bool]:
+    """Train (or resume) stage 1 on pixel-space tensors x_all in [-1, 1], in the stage-1 folder `out`.
 
-    Returns (autoencoder, cancelled). `stop(acc, local)` agrees a stop across processes and
-    `step_generator(seed, step, rank, world)` is the diffusion loop's per-step generator.
+    Returns (autoencoder, cancelled). `stop(acc, local)` agrees a stop across processes.
     """
     a, seed = cfg.autoencoder, cfg.train.seed
-    out = stage_dir(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed + 1)
     ae = build_autoencoder(cfg)
     opt = torch.optim.AdamW(ae.parameters(), lr=a.lr)
     start = 0
-    ckpt = checkpoints.latest(out)
+    ckpt = out.latest()
     if ckpt is not None:
         state = checkpoints.read_state(ckpt)
         ae.load_state_dict(checkpoints.read_weights(ckpt, "model"))
@@ -66,11 +58,14 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, 
 
     def save(step: int) -> None:
         if acc.is_main_process:
-            path = checkpoints.save(out, step, net, None, opt.optimizer if hasattr(opt, "optimizer") else opt,
-                                    {"stage": "autoencoder", "config": public_config(cfg.to_dict())})
+            path = out.save_checkpoint(step, net, None, opt.optimizer if hasattr(opt, "optimizer") else opt,
+                                       {"stage": "autoencoder", "config": public_config(cfg.to_dict())})
             emit(Checkpoint(step, str(path)))
 
-    log = open(out / "loss.jsonl", "a") if acc.is_main_process else None
+    log = None
+    if acc.is_main_process:
+        out.trim_loss_log(start)  # steps after the checkpoint are trained, and logged, again
+        log = out.open_loss_log()
     n = x_all.shape[0]
     step, was_cancelled = start, False
     model.train()
@@ -98,8 +93,7 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, 
         timer(step)
         value = float(loss.detach())
         if log is not None and (step % cfg.train.log_every == 0 or step == a.steps):
-            log.write(json.dumps({"step": step, "loss": round(value, 6)}) + "\n")
-            log.flush()
+            log.write({"step": step, "loss": round(value, 6)})
         emit(Progress("autoencoder", step, a.steps, {"loss": value}))
         if step % a.checkpoint_every == 0:
             save(step)

@@ -14,6 +14,7 @@ from engine.data.phantoms import make_phantoms
 from engine.sample import SampleJob
 from engine.store import read_image_set, write_image_set
 from engine.train import TrainJob
+from engine.training.run_dir import RunDir
 
 DEMO_IMAGES = 512
 
@@ -26,7 +27,7 @@ def run_demo(out: Path, *, steps: int | None = None, n: int = 64, view: Any = No
     if not data_path.exists():
         write_image_set(data_path, make_phantoms(DEMO_IMAGES, size=32, seed=0))
     run_dir = out / "run"
-    if (run_dir / "checkpoints").exists():
+    if RunDir(run_dir).holds_run():
         job = TrainJob(None, run_dir, resume=True, steps=steps)
     else:
         cfg = load_preset("demo")

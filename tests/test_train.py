@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine import checkpoints
 from engine.jobs import Checkpoint, Done, Loss, Preview, Progress, Requests
 from engine.train import TrainJob
+from engine.training.run_dir import RunDir
 from tests.conftest import tiny_config
 
 
@@ -37,7 +37,7 @@ def test_loss_falls_on_phantoms(tmp_path, phantoms16, loss):
 
 def test_run_directory_holds_config_checkpoints_and_log(tiny_run):
     assert (tiny_run / "config.json").exists() and (tiny_run / "loss.jsonl").exists()
-    ckpts = checkpoints.list_checkpoints(tiny_run)
+    ckpts = RunDir(tiny_run).checkpoints()
     assert [p.name for p in ckpts] == ["step_0000010", "step_0000020"]
     for name in ("model", "ema", "optimizer"):
         assert (ckpts[-1] / f"{name}.safetensors").exists()
@@ -57,8 +57,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, phantoms16
     assert any(isinstance(e, Checkpoint) and e.step == 7 for e in events)
     events = run(TrainJob(None, split, resume=True, data=phantoms16))
     assert events[-1].result["step"] == 20
-    a = checkpoints.latest(straight)
-    b = checkpoints.latest(split)
+    a = RunDir(straight).latest()
+    b = RunDir(split).latest()
     for name in ("model", "ema", "optimizer"):
         wa, wb = load_file(a / f"{name}.safetensors"), load_file(b / f"{name}.safetensors")
         assert wa.keys() == wb.keys()
@@ -133,7 +133,7 @@ def test_mask_conditioned_and_unconditional_models_train(tmp_path, phantoms16):
 
 
 def test_cosine_schedule_warms_up_then_falls_to_a_tenth():
-    from engine.train import lr_at
+    from engine.training.steps import lr_at
 
     assert lr_at(0, 1.0, 10, 110, "cosine") == pytest.approx(0.1)
     assert lr_at(9, 1.0, 10, 110, "cosine") == pytest.approx(1.0)

@@ -1,0 +1,1 @@
+"""Training: the run folder (run_dir), the training step (steps). Importing the package loads no torch."""
