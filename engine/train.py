@@ -25,7 +25,7 @@ from engine.data.prepare import Normalisation, fit_normalisation, resized_geomet
 from engine.diffusion import denoise, sampler, train_scheduler
 from engine.errors import InputError
 from engine.estimate import StepTimer, describe, device_warning
-from engine.jobs import Cancelled, Checkpoint, DataSummary, Done, Emit, Loss, Message, Preview, Progress
+from engine.jobs import Cancelled, Checkpoint, DataSummary, Done, Emit, Message, Preview, Progress
 from engine.models import (
     build_autoencoder,
     build_model,
@@ -38,7 +38,8 @@ from engine.models import (
 )
 from engine.threads import use_free_cores
 from engine.training.ema import EMA, ema_weights
-from engine.training.run_dir import LossLog, RunDir
+from engine.training.meter import TrainMeter
+from engine.training.run_dir import RunDir
 from engine.training.steps import draw_batch, lr_at, noised_loss, step_generator
 
 PREVIEW_STEPS = 25  # DDIM steps of a training preview
@@ -106,43 +107,6 @@ class _Run:
     @property
     def latent(self) -> bool:
         return self.ae is not None
-
-
-class _Meter:
-    """The loss and images/s of each logging window, sent as events and written to the loss log."""
-
-    def __init__(self, run: _Run, tc: Any, log: LossLog | None) -> None:
-        self.acc, self.tc, self.log = run.acc, tc, log
-        self.world = run.acc.num_processes
-        # A short run still draws a curve: at least about twenty points whatever the preset's interval.
-        self.every = max(1, min(tc.log_every, tc.steps // 20))
-        self.running = torch.zeros((), device=run.acc.device)
-        self.t0 = self.t_last = time.perf_counter()
-        self.step_last = run.start
-        self.loss = self.images_per_s = float("nan")
-        cuda = run.acc.device.type == "cuda"
-        self.device_name = torch.cuda.get_device_name(run.acc.device) if cuda else "CPU"
-
-    def after(self, step: int, loss: torch.Tensor, lr: float, emit: Emit) -> None:
-        self.running += loss.detach()
-        if step % self.every == 0 or step == self.tc.steps:
-            self._window(step, lr, emit)
-        info = {"loss": self.loss, "images_per_s": self.images_per_s, "device": self.device_name}
-        if self.acc.device.type == "cuda":
-            info["gpu_mem_gib"] = torch.cuda.memory_allocated() / 2**30
-        emit(Progress("train", step, self.tc.steps, info))
-
-    def _window(self, step: int, lr: float, emit: Emit) -> None:
-        mean = self.acc.reduce(self.running, "mean") if self.world > 1 else self.running
-        self.loss = float(mean.item()) / max(1, step - self.step_last)
-        self.running.zero_()
-        now = time.perf_counter()
-        self.images_per_s = (step - self.step_last) * self.tc.batch * self.world / max(now - self.t_last, 1e-9)
-        self.t_last, self.step_last = now, step
-        emit(Loss(step, self.loss, lr))
-        if self.log is not None:
-            self.log.write({"step": step, "loss": round(self.loss, 6), "lr": lr,
-                            "images_per_s": round(self.images_per_s, 2), "time": round(now - self.t0, 3)})
 
 
 class TrainJob:
@@ -262,12 +226,8 @@ class TrainJob:
             ae, stopped = autoencoder.train_autoencoder(cfg, run.x_all, self.folder.autoencoder, acc, emit, cancelled,
                                                         stop_requested)
             if stopped:
-                result = {"run_dir": str(self.run_dir), "step": 0, "main_process": acc.is_main_process,
-                          "checkpoint": str(self.folder.autoencoder.latest()),
-                          "loss": float("nan"), "seconds": 0.0, "peak_gpu_gib": peak_gpu(acc),
-                          "stage": "autoencoder"}
-                emit(Done(result, cancelled=True))
-                return result
+                return self._done(acc, emit, 0, True, self.folder.autoencoder.latest(), float("nan"), 0.0,
+                                  stage="autoencoder")
         emit(Progress("encode", 0, 1))
         latents = autoencoder.encode_all(ae, run.x_all)
         scale = float(run.state["latent_scale"]) if run.state else autoencoder.latent_scale(latents)
@@ -328,20 +288,13 @@ class TrainJob:
         run.ema.update(step)
         return loss, lr
 
-    def _open_loss_log(self, run: _Run) -> LossLog | None:
-        if not run.acc.is_main_process:
-            return None
-        # Steps logged after the checkpoint we resume from will be trained again.
-        self.folder.trim_loss_log(run.start)
-        return self.folder.open_loss_log()
-
     def _loop(self, run: _Run, emit: Emit, cancelled: Cancelled) -> tuple[int, bool, float]:
         """Train from run.start to the configured step count; returns (step, cancelled, last logged loss)."""
         cfg, tc, acc = self.cfg, self.cfg.train, run.acc
         self._announce(run, emit)
         run.model.train()
-        log = self._open_loss_log(run)
-        meter = _Meter(run, tc, log)
+        log = self.folder.open_loss_log(run.start) if acc.is_main_process else None
+        meter = TrainMeter(acc, tc, run.start, log)
         run.t0 = meter.t0
         sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
         timer = StepTimer(run.start, tc.steps, lambda per_step, steps: emit(describe(
@@ -418,11 +371,16 @@ class TrainJob:
             # Every process waits for the main one's final checkpoint before exiting: a process
             # that leaves the group early made gloo abort at exit (2 runs in 6 here).
             acc.wait_for_everyone()
+        return self._done(acc, emit, step, was_cancelled, path, loss, time.perf_counter() - run.t0)
+
+    def _done(self, acc: Any, emit: Emit, step: int, cancelled: bool, checkpoint: Path | None, loss: float,
+              seconds: float, **extra: Any) -> dict[str, Any]:
         result = {"run_dir": str(self.run_dir), "step": step, "main_process": acc.is_main_process,
-                  "checkpoint": str(path) if path else None,
-                  "loss": loss, "seconds": time.perf_counter() - run.t0, "peak_gpu_gib": peak_gpu(acc)}
-        emit(Done(result, cancelled=was_cancelled))
+                  "checkpoint": str(checkpoint) if checkpoint else None, "loss": loss, "seconds": seconds,
+                  "peak_gpu_gib": peak_gpu(acc), **extra}
+        emit(Done(result, cancelled=cancelled))
         return result
+
 
 def peak_gpu(acc: Any) -> float | None:
     """Peak GPU memory of this process in GiB, the figure users compare with their card."""

@@ -173,8 +173,11 @@ class RunDir:
             kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= upto]
             self.loss_log_path.write_text("".join(ln + "\n" for ln in kept))
 
-    def open_loss_log(self) -> LossLog:
+    def open_loss_log(self, start: int) -> LossLog:
+        """The log, for a run that trains on from step `start`: rows logged after it are dropped first,
+        since those steps are trained, and logged, again."""
         self.path.mkdir(parents=True, exist_ok=True)
+        self.trim_loss_log(start)
         return LossLog(self.loss_log_path)
 
 
