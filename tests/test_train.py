@@ -140,3 +140,46 @@ def test_cosine_schedule_warms_up_then_falls_to_a_tenth():
     assert lr_at(60, 1.0, 10, 110, "cosine") == pytest.approx(0.55)
     assert lr_at(110, 1.0, 10, 110, "cosine") == pytest.approx(0.1)
     assert lr_at(60, 1.0, 10, 110) == 1.0  # constant stays flat
+
+
+def test_ema_follows_weights_moved_after_it_was_made():
+    # On a GPU the network moves (to the device, to channels-last) after its EMA is made. The EMA held
+    # aliases of the weights' old storage, so it stayed at the initial weights there.
+    from engine.training.ema import EMA
+
+    net = torch.nn.Conv2d(2, 2, 3)
+    ema = EMA(net, decay=0.5)
+    net = net.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(step=1000)
+    torch.testing.assert_close(ema.shadow["weight"], net.weight.detach() - 0.5)
+
+
+def test_the_noising_step_targets_the_noise_or_v_and_appends_the_condition():
+    from types import SimpleNamespace
+
+    from engine.training.steps import Batch, noised_loss
+
+    x0, noise = torch.randn(4, 2, 8, 8), torch.randn(4, 2, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    alphas = torch.linspace(0.999, 0.01, 1000)
+    a = alphas[t].view(-1, 1, 1, 1)
+    seen = {}
+
+    def zero_net(inp, timesteps, class_labels=None):
+        seen["inp"], seen["labels"] = inp, class_labels
+        return SimpleNamespace(sample=torch.zeros_like(x0))
+
+    tc = tiny_config().train
+    tc.prediction, tc.loss = "epsilon", "l2"
+    torch.testing.assert_close(noised_loss(zero_net, Batch(x0, noise, t), alphas, tc), noise.pow(2).mean())
+    torch.testing.assert_close(seen["inp"], a.sqrt() * x0 + (1 - a).sqrt() * noise)
+    tc.prediction = "v_prediction"
+    v = a.sqrt() * noise - (1 - a).sqrt() * x0
+    labels = torch.tensor([0, 1, 2, 3])
+    cond = torch.ones(4, 1, 8, 8)
+    loss = noised_loss(zero_net, Batch(x0, noise, t, cond=cond, labels=labels), alphas, tc)
+    torch.testing.assert_close(loss, v.pow(2).mean())
+    assert seen["inp"].shape == (4, 3, 8, 8) and torch.equal(seen["inp"][:, 2:], cond)
+    assert seen["labels"] is labels
