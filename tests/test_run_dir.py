@@ -174,8 +174,10 @@ def test_a_run_folder_written_before_the_reshape_resumes(old_run):
     assert [json.loads(x)["step"] for x in log] == list(range(1, OLD_RUN_STEPS + 5))
 
 
-def test_a_run_folder_written_before_the_reshape_describes_and_samples(old_run, tmp_path):
-    text = describe(old_run)
+def test_a_run_folder_written_before_the_reshape_describes_and_samples(old_run, tmp_path, capsys):
+    assert main(["info", str(old_run)]) == 0
+    text = capsys.readouterr().out.strip()
+    assert text == describe(old_run)
     assert f"training run, preset demo, step {OLD_RUN_STEPS} of {OLD_RUN_STEPS}" in text
     assert f"checkpoints at steps: {OLD_RUN_STEPS}" in text and "4 classes" in text
     assert f"at step {OLD_RUN_STEPS}" in text.splitlines()[-1]  # the loss line reads the old log
