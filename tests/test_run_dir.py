@@ -143,6 +143,12 @@ def test_the_loss_log_is_trimmed_to_the_step_training_continues_from(tmp_path):
     assert after[:4] == before[:4] and [json.loads(x)["step"] for x in after] == [1, 2, 3, 4, 5]
     run.trim_loss_log(2)
     assert [r["step"] for r in run.loss_rows()] == [1, 2]
+    # A row cut short by a crash mid-write is read past, and dropped when the run resumes.
+    with open(run.loss_log_path, "a") as fh:
+        fh.write('{"step": 3, "lo')
+    assert [r["step"] for r in run.loss_rows()] == [1, 2]
+    run.open_loss_log(2).close()
+    assert [json.loads(x)["step"] for x in run.loss_log_path.read_text().splitlines()] == [1, 2]
     assert RunDir(tmp_path / "none").loss_rows() == []
 
 

@@ -160,18 +160,28 @@ class RunDir:
         return 0 if ckpt is None else int(checkpoints.read_state(ckpt)["step"])
 
     # -- loss log ---------------------------------------------------------------------------
-    def loss_rows(self, upto: int | None = None) -> list[dict[str, Any]]:
+    def _loss_lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each row with its line as written; a line cut short by a crash mid-write is left out."""
         if not self.loss_log_path.exists():
             return []
-        rows = [json.loads(ln) for ln in self.loss_log_path.read_text().splitlines() if ln.strip()]
-        return rows if upto is None else [r for r in rows if r["step"] <= upto]
+        found = []
+        for line in self.loss_log_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "step" in row:
+                found.append((line, row))
+        return found
+
+    def loss_rows(self, upto: int | None = None) -> list[dict[str, Any]]:
+        return [row for _, row in self._loss_lines() if upto is None or row["step"] <= upto]
 
     def trim_loss_log(self, upto: int) -> None:
         """Drop rows after step `upto`: a resumed run trains those steps again and logs them anew."""
         if self.loss_log_path.exists():
-            lines = self.loss_log_path.read_text().splitlines()
-            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= upto]
-            self.loss_log_path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [line for line, row in self._loss_lines() if row["step"] <= upto]
+            self.loss_log_path.write_text("".join(line + "\n" for line in kept))
 
     def open_loss_log(self, start: int) -> LossLog:
         """The log, for a run that trains on from step `start`: rows logged after it are dropped first,
