@@ -301,22 +301,20 @@ class TrainJob:
             per_step, steps, meter.device_name, cfg.preset, acc.device.type,
             "stage 2, the diffusion model," if run.latent else "training")), sync)
         step, was_cancelled = run.start, False
-        try:
-            while step < tc.steps:
-                if stop_requested(acc, cancelled()):
-                    was_cancelled = True
-                    break
-                loss, lr = self._train_step(run, step)
-                step += 1
-                timer(step)
-                meter.after(step, loss, lr, emit)
-                if step % tc.checkpoint_every == 0 or self._request("save_now"):
-                    self._save(run, step, emit)
-                if (tc.preview_every and step % tc.preview_every == 0) or self._request("sample_now"):
-                    self._preview(run, step, emit, cancelled)
-        finally:
-            if log is not None:
-                log.close()
+        while step < tc.steps:
+            if stop_requested(acc, cancelled()):
+                was_cancelled = True
+                break
+            loss, lr = self._train_step(run, step)
+            step += 1
+            timer(step)
+            meter.after(step, loss, lr, emit)
+            if step % tc.checkpoint_every == 0 or self._request("save_now"):
+                self._save(run, step, emit)
+            if (tc.preview_every and step % tc.preview_every == 0) or self._request("sample_now"):
+                self._preview(run, step, emit, cancelled)
+        if log is not None:
+            log.close()
         return step, was_cancelled, meter.loss
 
     def _save(self, run: _Run, step: int, emit: Emit) -> Path | None:
