@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from engine import checkpoints  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.metrics.phantom_fidelity import phantom_fidelity  # noqa: E402
+from engine.training.run_dir import RunDir  # noqa: E402
 
 DEMO_DIR = ROOT / "engine" / "resources" / "demo"
 SETTINGS = [("ddpm", 1000), ("ddim", 20), ("ddim", 50), ("dpm", 20), ("dpm", 50)]
@@ -40,7 +41,7 @@ def find_demo_checkpoint() -> Path | None:
     if not DEMO_DIR.is_dir():
         return None
     for place in [DEMO_DIR, *sorted(p for p in DEMO_DIR.iterdir() if p.is_dir())]:
-        if (place / "state.json").exists() or checkpoints.latest(place) is not None:
+        if checkpoints.is_checkpoint(place) or RunDir(place).latest() is not None:
             return place
     return None
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import statistics
 import sys
@@ -51,7 +50,9 @@ from engine.diffusion import train_scheduler  # noqa: E402
 from engine.jobs import Event, Progress, Requests  # noqa: E402
 from engine.models import build_model  # noqa: E402
 from engine.threads import use_free_cores  # noqa: E402
-from engine.train import TrainJob, complete_model_config, diffusion_loss, mixed_precision, pick_device  # noqa: E402
+from engine.train import TrainJob, complete_model_config, mixed_precision, pick_device  # noqa: E402
+from engine.training.run_dir import RunDir  # noqa: E402
+from engine.training.steps import Batch, noised_loss  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -123,15 +124,19 @@ def rate(images: int, wall: float, cpu: float) -> Rate:
 
 
 def bare_loop(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: torch.device) -> Rate:
-    """Throughput of the minimum training step: sample, noise, forward, loss, backward, AdamW."""
+    """Throughput of the minimum training step: sample, noise, forward, loss, backward, AdamW.
+
+    The noising, forward and loss are the engine's own `noised_loss`; what the bare loop leaves out is
+    the engine's per-step CPU generator, flips, class dropout, EMA, gradient clipping and logging."""
     cfg, tensors = resolved(cfg, data)
     tc = cfg.train
     x_all = tensors.x.to(device)
     labels_all = None if tensors.labels is None else tensors.labels.to(device)
     cond_all = None if tensors.cond is None else tensors.cond.to(device)
     torch.manual_seed(tc.seed)
+    channels_last = device.type == "cuda" and x_all.dim() == 4
     model = build_model(cfg).to(device)
-    if device.type == "cuda":
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -147,19 +152,10 @@ def bare_loop(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: t
             t0, c0 = time.perf_counter(), time.process_time()
         idx = torch.randint(n, (b,), generator=gen, device=device)
         x0 = x_all[idx]
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        t = torch.randint(0, tc.num_train_timesteps, (b,), generator=gen, device=device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        inp = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = noise if tc.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        if cond_all is not None:
-            inp = torch.cat([inp, cond_all[idx]], dim=1)
-        if device.type == "cuda":
-            inp = inp.contiguous(memory_format=torch.channels_last)
-        labels = None if labels_all is None else labels_all[idx]
-        with autocast():
-            pred = model(inp, t, class_labels=labels).sample
-        loss = diffusion_loss(pred.float(), target, tc.loss, tc.huber_delta)
+        batch = Batch(x0, torch.randn(x0.shape, generator=gen, device=device),
+                      torch.randint(0, tc.num_train_timesteps, (b,), generator=gen, device=device),
+                      None if cond_all is None else cond_all[idx], None if labels_all is None else labels_all[idx])
+        loss = noised_loss(model, batch, alphas, tc, autocast, channels_last)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -191,7 +187,7 @@ def engine_run(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: 
     with tempfile.TemporaryDirectory(prefix="medsynth-bench-") as tmp:
         run_dir = Path(tmp) / "run"
         TrainJob(cfg, run_dir, data=data).run(emit, Requests())
-        rows = [json.loads(ln) for ln in (run_dir / "loss.jsonl").read_text().splitlines() if ln]
+        rows = RunDir(run_dir).loss_rows()
     # The first logged window holds the warm-up steps; the rest are steady state.
     steady = [r["images_per_s"] for r in rows[1:]]
     (t0, c0), (t1, c1) = marks[warmup], marks[warmup + steps]

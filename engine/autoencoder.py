@@ -1,15 +1,13 @@
 """Stage 1 of latent diffusion: train the KL autoencoder, then encode the training set into its latent space.
 
-The autoencoder lives in ``RUN/autoencoder/checkpoints`` with the same safetensors
-format and the same (seed, step, rank) batches as the diffusion model, so a
-cancelled stage 1 resumes exactly too. Each diffusion checkpoint later carries a
+The autoencoder lives in the run folder's stage-1 folder (RunDir.autoencoder) with the
+same safetensors format and the same (seed, step, rank) batches as the diffusion model,
+so a cancelled stage 1 resumes exactly too. Each diffusion checkpoint later carries a
 copy of the finished autoencoder, which makes a checkpoint folder all a sampler needs.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,12 +18,8 @@ from engine.config import RunConfig, public_config
 from engine.estimate import StepTimer, describe
 from engine.jobs import Checkpoint, Emit, Message, Progress, Requests
 from engine.models import build_autoencoder, count_parameters
-
-STAGE_DIR = "autoencoder"
-
-
-def stage_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / STAGE_DIR
+from engine.training.run_dir import RunDir
+from engine.training.steps import step_generator
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -35,43 +29,61 @@ def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return per_sample.flatten(1).sum(1).mean()
 
 
-def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, acc: Any, emit: Emit,
-                      requests: Requests, stop: Any, step_generator: Any) -> tuple[torch.nn.Module, bool]:
-    """Train (or resume) stage 1 on pixel-space tensors x_all in [-1, 1].
-
-    Returns (autoencoder, cancelled). `stop(acc, local)` agrees a stop across processes and
-    `step_generator(seed, step, rank, world)` is the diffusion loop's per-step generator.
-    """
-    a, seed = cfg.autoencoder, cfg.train.seed
-    out = stage_dir(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed + 1)
+def _restore(cfg: RunConfig, out: RunDir) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+    """The autoencoder and its optimizer, from stage 1's latest checkpoint when there is one; and its step."""
+    torch.manual_seed(cfg.train.seed + 1)
     ae = build_autoencoder(cfg)
-    opt = torch.optim.AdamW(ae.parameters(), lr=a.lr)
-    start = 0
-    ckpt = checkpoints.latest(out)
-    if ckpt is not None:
-        state = checkpoints.read_state(ckpt)
-        ae.load_state_dict(checkpoints.read_weights(ckpt, "model"))
-        checkpoints.load_optimizer(opt, checkpoints.read_weights(ckpt, "optimizer"), state["optimizer_param_groups"])
-        start = int(state["step"])
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.autoencoder.lr)
+    ckpt = out.latest()
+    if ckpt is None:
+        return ae, opt, 0
+    state = checkpoints.read_state(ckpt)
+    ae.load_state_dict(checkpoints.read_weights(ckpt, "model"))
+    checkpoints.load_optimizer(opt, checkpoints.read_weights(ckpt, "optimizer"), state["optimizer_param_groups"])
+    return ae, opt, int(state["step"])
+
+
+def _step(cfg: RunConfig, model: Any, opt: Any, x_all: torch.Tensor, step: int, acc: Any) -> float:
+    """One optimizer step of stage 1: L1 reconstruction plus the KL term, on the batch of `step`."""
+    a = cfg.autoencoder
+    g = step_generator(cfg.train.seed + 7919, step, acc.process_index, acc.num_processes)
+    x = x_all[torch.randint(x_all.shape[0], (a.batch,), generator=g).to(acc.device)]
+    with acc.autocast():
+        recon, mu, sigma = model(x, g)
+    loss = F.l1_loss(recon.float(), x) + a.kl_weight * kl_divergence(mu.float(), sigma.float())
+    for group in opt.param_groups:
+        group["lr"] = a.lr * min(1.0, (step + 1) / 50)
+    acc.backward(loss)
+    acc.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, out: RunDir, acc: Any, emit: Emit,
+                      requests: Requests, stop: Any) -> tuple[torch.nn.Module, bool]:
+    """Train (or resume) stage 1 on pixel-space tensors x_all in [-1, 1], in the stage-1 folder `out`.
+
+    Returns (autoencoder, cancelled). `stop(acc, local)` agrees a stop across processes.
+    """
+    a = cfg.autoencoder
+    out.path.mkdir(parents=True, exist_ok=True)
+    ae, opt, start = _restore(cfg, out)
     if start >= a.steps:
         return ae.to(acc.device), False
     model, opt = acc.prepare(_Reconstruct(ae), opt)
     net = acc.unwrap_model(model).ae
-    rank, world = acc.process_index, acc.num_processes
     emit(Message(f"stage 1: autoencoder, {count_parameters(net) / 1e6:.2f} M parameters, "
                  f"{x_all.shape[2]}^{x_all.dim() - 2} -> latent {a.latent_channels} x "
                  f"{x_all.shape[2] // 2 ** (len(a.channels) - 1)}^{x_all.dim() - 2}, steps {start}->{a.steps}"))
 
     def save(step: int) -> None:
         if acc.is_main_process:
-            path = checkpoints.save(out, step, net, None, opt.optimizer if hasattr(opt, "optimizer") else opt,
-                                    {"stage": "autoencoder", "config": public_config(cfg.to_dict())})
+            path = out.save_checkpoint(step, net, None, opt.optimizer if hasattr(opt, "optimizer") else opt,
+                                       {"stage": "autoencoder", "config": public_config(cfg.to_dict())})
             emit(Checkpoint(step, str(path)))
 
-    log = open(out / "loss.jsonl", "a") if acc.is_main_process else None
-    n = x_all.shape[0]
+    log = out.open_loss_log(start) if acc.is_main_process else None
     step, was_cancelled = start, False
     model.train()
     where = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "CPU"
@@ -82,24 +94,11 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, 
         if stop(acc, requests.stop_asked()):
             was_cancelled = True
             break
-        g = step_generator(seed + 7919, step, rank, world)
-        idx = torch.randint(n, (a.batch,), generator=g).to(acc.device)
-        x = x_all[idx]
-        with acc.autocast():
-            recon, mu, sigma = model(x, g)
-        loss = F.l1_loss(recon.float(), x) + a.kl_weight * kl_divergence(mu.float(), sigma.float())
-        for group in opt.param_groups:
-            group["lr"] = a.lr * min(1.0, (step + 1) / 50)
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        value = _step(cfg, model, opt, x_all, step, acc)
         step += 1
         timer(step)
-        value = float(loss.detach())
         if log is not None and (step % cfg.train.log_every == 0 or step == a.steps):
-            log.write(json.dumps({"step": step, "loss": round(value, 6)}) + "\n")
-            log.flush()
+            log.write({"step": step, "loss": round(value, 6)})
         emit(Progress("autoencoder", step, a.steps, {"loss": value}))
         if step % a.checkpoint_every == 0:
             save(step)
@@ -107,7 +106,7 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, run_dir: str | Path, 
         log.close()
     if step > start or was_cancelled:
         save(step)
-    if world > 1:
+    if acc.num_processes > 1:
         acc.wait_for_everyone()
     net.eval()
     return net, was_cancelled

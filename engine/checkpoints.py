@@ -1,9 +1,9 @@
 """Checkpoints as safetensors plus JSON: loading never unpickles code.
 
-A checkpoint is a folder ``checkpoints/step_NNNNNNN`` holding the network, its EMA
-copy, the optimizer state, and ``state.json`` (step, data facts, the resolved
-config). It is written under a temporary name and renamed, so a crash mid-save
-never leaves a half checkpoint that ``--resume`` would pick up.
+A checkpoint is a folder holding the network, its EMA copy, the optimizer state, and
+``state.json`` (step, data facts, the resolved config). It is written under a temporary
+name and renamed, so a crash mid-save never leaves a half checkpoint that resuming
+would pick up. Where the folders lie in a run is engine.training.run_dir's business.
 """
 
 from __future__ import annotations
@@ -19,21 +19,11 @@ from engine.errors import InputError
 if TYPE_CHECKING:  # torch is imported where tensors are handled: `medsynth info` on a run needs none
     import torch
 
-KEEP = 3
+STATE = "state.json"  # its presence marks a complete checkpoint: it is written last, inside the temporary folder
 
 
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    d = checkpoint_dir(run_dir)
-    return sorted(p for p in d.glob("step_*") if p.is_dir() and (p / "state.json").exists())
-
-
-def latest(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / STATE).is_file()
 
 
 def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -62,13 +52,15 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": fixed})
 
 
-def save(run_dir: str | Path, step: int, model: torch.nn.Module, ema: dict[str, torch.Tensor] | None,
-         opt: torch.optim.Optimizer | None, state: dict[str, Any], keep: int = KEEP,
-         extra_weights: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
-    """Write checkpoints/step_N; `extra_weights` adds named weight files (a latent model's autoencoder)."""
+def write(final: Path, step: int, model: torch.nn.Module, ema: dict[str, torch.Tensor] | None,
+          opt: torch.optim.Optimizer | None, state: dict[str, Any],
+          extra_weights: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write the checkpoint folder `final`; `extra_weights` adds named weight files (a latent model's autoencoder).
+
+    Where checkpoints go and how many are kept is the run folder's business (engine.training.run_dir).
+    """
     from safetensors.torch import save_file
 
-    final = checkpoint_dir(run_dir) / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -82,33 +74,18 @@ def save(run_dir: str | Path, step: int, model: torch.nn.Module, ema: dict[str, 
         tensors, groups = optimizer_tensors(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         extra["optimizer_param_groups"] = groups
-    (tmp / "state.json").write_text(json.dumps(extra, indent=2))
+    (tmp / STATE).write_text(json.dumps(extra, indent=2))
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def resolve(path: str | Path) -> Path:
-    """A run directory (→ its latest checkpoint) or a checkpoint folder, validated."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "does not exist")
-    if (p / "state.json").exists():
-        return p
-    found = latest(p)
-    if found is None:
-        raise InputError(p, "holds no checkpoint (expected checkpoints/step_*/state.json)")
-    return found
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
     try:
-        return json.loads((ckpt / "state.json").read_text())
+        return json.loads((ckpt / STATE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(ckpt / "state.json", f"is unreadable ({exc})") from None
+        raise InputError(ckpt / STATE, f"is unreadable ({exc})") from None
 
 
 def read_weights(ckpt: Path, name: str) -> dict[str, torch.Tensor]:

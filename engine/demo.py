@@ -14,6 +14,7 @@ from engine.io.medsynth_h5 import read_image_set, write_image_set
 from engine.jobs import Emit, Job, Message, Requests
 from engine.sample import SampleJob
 from engine.train import TrainJob
+from engine.training.run_dir import RunDir
 
 DEMO_IMAGES = 512
 
@@ -32,7 +33,7 @@ class DemoJob:
         data_path = out / "phantoms.h5"
         if not data_path.exists():
             write_image_set(data_path, make_phantoms(DEMO_IMAGES, size=32, seed=0))
-        if (run_dir / "checkpoints").exists():
+        if RunDir(run_dir).holds_run():
             job = TrainJob(None, run_dir, resume=True, steps=steps)
         else:
             cfg = load_preset("demo")

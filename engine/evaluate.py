@@ -108,8 +108,10 @@ def _read_synth(path: Path) -> tuple[ImageSet, Header, Any, float, float]:
 @lru_cache(maxsize=1)
 def _demo_checkpoint_hashes() -> frozenset[str]:
     from engine.checkpoints import sha256
+    from engine.training.run_dir import RunDir
 
-    return frozenset(sha256(p) for p in (BUNDLED_DEMO / "run" / "checkpoints").glob("*/*.safetensors"))
+    checkpoints = RunDir(BUNDLED_DEMO / "run").checkpoints()
+    return frozenset(sha256(p) for ckpt in checkpoints for p in ckpt.glob("*.safetensors"))
 
 
 def default_training_data(synth: str | Path, header: Header | None = None) -> Path | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from engine import checkpoints
 from engine.errors import InputError
+from engine.training.run_dir import RunDir, is_run_or_checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
     from engine.data.dataset import ImageSet
@@ -66,11 +66,11 @@ def _orientation(header: Header) -> str:
 
 
 def _run_dir(path: Path) -> list[str]:
-    ckpt = checkpoints.resolve(path)
+    ckpt = resolve_checkpoint(path)
     state = checkpoints.read_state(ckpt)
     cfg = state["config"]
-    steps = [int(p.name.split("_")[1]) for p in checkpoints.list_checkpoints(path)] if ckpt.parent.name \
-        == "checkpoints" and ckpt.parent.parent == path else [state["step"]]
+    run = RunDir(path)
+    steps = run.steps() if ckpt.parent == run.checkpoints_dir else [state["step"]]
     lines = [f"{path}: training run, preset {cfg.get('preset') or '-'}, step {state['step']} of "
              f"{cfg['train']['steps']}",
              f"  checkpoints at steps: {', '.join(map(str, steps))}",
@@ -80,12 +80,10 @@ def _run_dir(path: Path) -> list[str]:
              f"  training: loss {cfg['train']['loss']}, {cfg['train']['prediction']}, batch "
              f"{cfg['train']['batch']}, lr {cfg['train']['lr']}",
              f"  data: {state.get('data_source')}"]
-    log = path / "loss.jsonl"
-    if log.exists():
-        rows = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
-        if rows:
-            lines.append(f"  loss: {rows[0]['loss']:.4f} at step {rows[0]['step']} -> {rows[-1]['loss']:.4f} "
-                         f"at step {rows[-1]['step']}")
+    rows = run.loss_rows()
+    if rows:
+        lines.append(f"  loss: {rows[0]['loss']:.4f} at step {rows[0]['step']} -> {rows[-1]['loss']:.4f} "
+                     f"at step {rows[-1]['step']}")
     return lines
 
 
@@ -135,7 +133,7 @@ def describe(path: str | Path) -> str:
     p = Path(path)
     if not p.exists():
         raise InputError(p, "does not exist")
-    if p.is_dir() and ((p / "checkpoints").is_dir() or (p / "state.json").exists()):
+    if is_run_or_checkpoint(p):
         return "\n".join(_run_dir(p))
     if p.suffix in (".h5", ".hdf5"):
         return "\n".join(_h5(p))

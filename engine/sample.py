@@ -15,7 +15,6 @@ import torch
 
 from engine import autoencoder, checkpoints
 from engine.config import from_dict, public_config
-from engine.config import load as load_config
 from engine.data.prepare import Normalisation, decode_masks
 from engine.diffusion import SAMPLERS, denoise, sampler
 from engine.errors import InputError
@@ -23,14 +22,15 @@ from engine.io.medsynth_h5 import Header, SampleWriter
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.threads import use_free_cores
+from engine.training.run_dir import RunDir, resolve_checkpoint
 
 
 def _training_data(ckpt: Path, state: dict[str, Any]) -> str:
     """Where a mask-conditioned model's training masks are: the checkpoint names its data only by base
     name and hash, so the full path comes from its run folder's config.json (or an older checkpoint)."""
-    config = ckpt.parent.parent / "config.json"
-    if ckpt.parent.name == "checkpoints" and config.is_file():
-        path = load_config(config).data.path
+    run = RunDir.of_checkpoint(ckpt)
+    if run is not None and run.config_path.is_file():
+        path = run.read_config().data.path
         if path and Path(path).exists():
             return path
     recorded = str(state.get("data_source") or "")
@@ -73,7 +73,7 @@ class Generator:
     """A loaded checkpoint ready to sample: used by the sample job, previews and benches."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", use_ema: bool = True) -> None:
-        self.ckpt = checkpoints.resolve(checkpoint)
+        self.ckpt = resolve_checkpoint(checkpoint)
         self.state = checkpoints.read_state(self.ckpt)
         self.cfg = from_dict(self.state["config"])
         self.norm = Normalisation.from_dict(self.state["normalisation"])

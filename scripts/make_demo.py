@@ -25,6 +25,7 @@ from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.io.medsynth_h5 import read_image_set, write_image_set  # noqa: E402
 from engine.jobs import Requests  # noqa: E402
 from engine.train import TrainJob  # noqa: E402
+from engine.training.run_dir import RunDir  # noqa: E402
 
 DEMO = RESOURCES / "demo"
 STEPS = 4000
@@ -49,29 +50,29 @@ def main() -> None:
     data = DEMO / "phantoms.h5"
     if not data.exists():
         write_image_set(data, make_phantoms(512, size=32, seed=0))
-    run = args.from_run or Path(tempfile.mkdtemp()) / "run"
+    run = RunDir(args.from_run or Path(tempfile.mkdtemp()) / "run")
     if args.from_run is None:
-        train(data, run)
-    ckpt = checkpoints.latest(run)
+        train(data, run.path)
+    ckpt = run.latest()
     if ckpt is None:
-        raise SystemExit(f"{run}: no checkpoint")
-    out = DEMO / "run"
-    shutil.rmtree(out, ignore_errors=True)
-    target = out / "checkpoints" / ckpt.name
+        raise SystemExit(f"{run.path}: no checkpoint")
+    out = RunDir(DEMO / "run")
+    shutil.rmtree(out.path, ignore_errors=True)
+    target = out.checkpoints_dir / ckpt.name
     target.mkdir(parents=True)
-    for name in ("ema.safetensors", "state.json"):
+    for name in ("ema.safetensors", checkpoints.STATE):
         shutil.copy2(ckpt / name, target / name)
     # The bundled run names its data by base name, as every run does; the app knows where the bundled file is.
     state = checkpoints.read_state(target)
     state["data_source"] = "phantoms.h5"
     state["config"]["data"]["path"] = "phantoms.h5"
     state.pop("optimizer_param_groups", None)
-    (target / "state.json").write_text(json.dumps(state, indent=2))
-    config = json.loads((run / "config.json").read_text())
-    config["data"]["path"] = "phantoms.h5"
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    if (run / "loss.jsonl").exists():
-        shutil.copy2(run / "loss.jsonl", out / "loss.jsonl")
+    (target / checkpoints.STATE).write_text(json.dumps(state, indent=2))
+    config = run.read_config()
+    config.data.path = "phantoms.h5"
+    out.write_config(config)
+    if run.loss_log_path.exists():
+        shutil.copy2(run.loss_log_path, out.loss_log_path)
     print(f"demo model: {target} ({sum(p.stat().st_size for p in target.iterdir()) / 2**20:.1f} MB)")
 
 

@@ -152,6 +152,34 @@ def test_stop_ends_training_within_a_step_and_resume_continues(qtbot, data16, tm
     assert blocker.args[0].result["step"] == stopped_at + 5
 
 
+def test_resume_redraws_an_old_run_folders_curve_and_refuses_a_folder_that_is_not_a_run(qtbot, tmp_path):
+    import json
+    import shutil
+
+    from tests.data.make_old_run import OLD_RUN, OLD_RUN_IMAGES, OLD_RUN_SEED, OLD_RUN_STEPS
+
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    (tmp_path / "empty").mkdir()
+    panel.run_edit.setText(str(tmp_path / "empty"))
+    panel.resume()
+    assert "is not a training run" in panel.error.text() and not panel.runner.running
+    # A run folder written by MedSynth 0.1.0, its data where its config.json says.
+    run = tmp_path / "old"
+    shutil.copytree(OLD_RUN, run)
+    data = write_image_set(tmp_path / "d.h5", make_phantoms(OLD_RUN_IMAGES, 16, seed=OLD_RUN_SEED))
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["path"] = str(data)
+    (run / "config.json").write_text(json.dumps(config))
+    panel.run_edit.setText(str(run))
+    panel.steps_spin.setValue(OLD_RUN_STEPS + 2)
+    with qtbot.waitSignal(panel.runner.done, timeout=120_000) as blocker:
+        panel.resume()
+        assert panel.steps[:OLD_RUN_STEPS] == list(range(1, OLD_RUN_STEPS + 1))  # the old curve, redrawn
+    assert blocker.args[0].result["step"] == OLD_RUN_STEPS + 2
+    assert panel.error.isHidden()
+
+
 def test_a_bad_data_folder_shows_its_message_and_the_panel_stays_usable(qtbot, tmp_path):
     panel = TrainPanel()
     qtbot.addWidget(panel)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from engine import checkpoints
-from engine.autoencoder import stage_dir
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
 from engine.jobs import Cancelled, Progress, Requests, execute
 from engine.sample import SampleJob
 from engine.train import TrainJob
+from engine.training.run_dir import RunDir
 from tests.conftest import StopAfter
 
 
@@ -44,7 +44,7 @@ def test_tiny_latent_model_trains_and_samples_volumes_with_masks(tmp_path, volum
     stages = [e.stage for e in events if isinstance(e, Progress)]
     assert stages.index("autoencoder") < stages.index("train")  # stage 1 before stage 2
     assert result["step"] == 4
-    ckpt = checkpoints.latest(tmp_path / "run")
+    ckpt = RunDir(tmp_path / "run").latest()
     state = checkpoints.read_state(ckpt)
     assert (ckpt / "autoencoder.safetensors").exists() and state["latent_scale"] > 0
     assert state["config"]["autoencoder"]["enabled"] is True
@@ -79,14 +79,14 @@ def test_cancel_in_stage_1_then_resume_finishes_both_stages(tmp_path, volumes):
     cfg = tiny_latent(ae_steps=6, steps=2)
     done = execute(TrainJob(cfg, tmp_path / "run", data=volumes), lambda ev: None, StopAfter(3))
     assert done.cancelled and done.result["stage"] == "autoencoder"
-    assert checkpoints.latest(tmp_path / "run") is None
-    assert checkpoints.read_state(checkpoints.latest(stage_dir(tmp_path / "run")))["step"] == 3
+    assert RunDir(tmp_path / "run").latest() is None
+    assert checkpoints.read_state(RunDir(tmp_path / "run").autoencoder.latest())["step"] == 3
 
     events = []
     TrainJob(None, tmp_path / "run", resume=True, data=volumes).run(events.append, Requests())
     ae_steps = [e.done for e in events if isinstance(e, Progress) and e.stage == "autoencoder"]
     assert ae_steps[0] == 4 and ae_steps[-1] == 6  # stage 1 went on from step 3
-    assert checkpoints.read_state(checkpoints.latest(tmp_path / "run"))["step"] == 2
+    assert checkpoints.read_state(RunDir(tmp_path / "run").latest())["step"] == 2
 
 
 def test_latent_run_resumed_in_stage_2_matches_the_uninterrupted_run(tmp_path, volumes):
@@ -97,9 +97,9 @@ def test_latent_run_resumed_in_stage_2_matches_the_uninterrupted_run(tmp_path, v
     with pytest.raises(Cancelled):
         TrainJob(tiny_latent(ae_steps=3, steps=4), tmp_path / "cut", data=volumes).run(lambda ev: None,
                                                                                         cancel_in_stage_2)
-    assert checkpoints.read_state(checkpoints.latest(tmp_path / "cut"))["step"] == 2
+    assert checkpoints.read_state(RunDir(tmp_path / "cut").latest())["step"] == 2
     TrainJob(None, tmp_path / "cut", resume=True, data=volumes).run(lambda ev: None, Requests())
-    full = load_file(str(checkpoints.latest(tmp_path / "full") / "ema.safetensors"))
-    cut = load_file(str(checkpoints.latest(tmp_path / "cut") / "ema.safetensors"))
+    full = load_file(str(RunDir(tmp_path / "full").latest() / "ema.safetensors"))
+    cut = load_file(str(RunDir(tmp_path / "cut").latest() / "ema.safetensors"))
     for k, v in full.items():
         np.testing.assert_allclose(cut[k].numpy(), v.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)

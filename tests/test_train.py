@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine import checkpoints
 from engine.jobs import Checkpoint, Done, Loss, Preview, Progress, Requests, execute
 from engine.train import TrainJob
+from engine.training.run_dir import RunDir
 from tests.conftest import StopAfter, tiny_config
 
 
@@ -33,7 +33,7 @@ def test_loss_falls_on_phantoms(tmp_path, phantoms16, loss):
 
 def test_run_directory_holds_config_checkpoints_and_log(tiny_run):
     assert (tiny_run / "config.json").exists() and (tiny_run / "loss.jsonl").exists()
-    ckpts = checkpoints.list_checkpoints(tiny_run)
+    ckpts = RunDir(tiny_run).checkpoints()
     assert [p.name for p in ckpts] == ["step_0000010", "step_0000020"]
     for name in ("model", "ema", "optimizer"):
         assert (ckpts[-1] / f"{name}.safetensors").exists()
@@ -53,8 +53,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, phantoms16
     assert any(isinstance(e, Checkpoint) and e.step == 7 for e in events)
     events = run(TrainJob(None, split, resume=True, data=phantoms16))
     assert events[-1].result["step"] == 20
-    a = checkpoints.latest(straight)
-    b = checkpoints.latest(split)
+    a = RunDir(straight).latest()
+    b = RunDir(split).latest()
     for name in ("model", "ema", "optimizer"):
         wa, wb = load_file(a / f"{name}.safetensors"), load_file(b / f"{name}.safetensors")
         assert wa.keys() == wb.keys()
@@ -129,10 +129,53 @@ def test_mask_conditioned_and_unconditional_models_train(tmp_path, phantoms16):
 
 
 def test_cosine_schedule_warms_up_then_falls_to_a_tenth():
-    from engine.train import lr_at
+    from engine.training.steps import lr_at
 
     assert lr_at(0, 1.0, 10, 110, "cosine") == pytest.approx(0.1)
     assert lr_at(9, 1.0, 10, 110, "cosine") == pytest.approx(1.0)
     assert lr_at(60, 1.0, 10, 110, "cosine") == pytest.approx(0.55)
     assert lr_at(110, 1.0, 10, 110, "cosine") == pytest.approx(0.1)
     assert lr_at(60, 1.0, 10, 110) == 1.0  # constant stays flat
+
+
+def test_ema_follows_weights_moved_after_it_was_made():
+    # On a GPU the network moves (to the device, to channels-last) after its EMA is made. The EMA held
+    # aliases of the weights' old storage, so it stayed at the initial weights there.
+    from engine.training.ema import EMA
+
+    net = torch.nn.Conv2d(2, 2, 3)
+    ema = EMA(net, decay=0.5)
+    net = net.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(step=1000)
+    torch.testing.assert_close(ema.shadow["weight"], net.weight.detach() - 0.5)
+
+
+def test_the_noising_step_targets_the_noise_or_v_and_appends_the_condition():
+    from types import SimpleNamespace
+
+    from engine.training.steps import Batch, noised_loss
+
+    x0, noise = torch.randn(4, 2, 8, 8), torch.randn(4, 2, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    alphas = torch.linspace(0.999, 0.01, 1000)
+    a = alphas[t].view(-1, 1, 1, 1)
+    seen = {}
+
+    def zero_net(inp, timesteps, class_labels=None):
+        seen["inp"], seen["labels"] = inp, class_labels
+        return SimpleNamespace(sample=torch.zeros_like(x0))
+
+    tc = tiny_config().train
+    tc.prediction, tc.loss = "epsilon", "l2"
+    torch.testing.assert_close(noised_loss(zero_net, Batch(x0, noise, t), alphas, tc), noise.pow(2).mean())
+    torch.testing.assert_close(seen["inp"], a.sqrt() * x0 + (1 - a).sqrt() * noise)
+    tc.prediction = "v_prediction"
+    v = a.sqrt() * noise - (1 - a).sqrt() * x0
+    labels = torch.tensor([0, 1, 2, 3])
+    cond = torch.ones(4, 1, 8, 8)
+    loss = noised_loss(zero_net, Batch(x0, noise, t, cond=cond, labels=labels), alphas, tc)
+    torch.testing.assert_close(loss, v.pow(2).mean())
+    assert seen["inp"].shape == (4, 3, 8, 8) and torch.equal(seen["inp"][:, 2:], cond)
+    assert seen["labels"] is labels

@@ -25,6 +25,7 @@ from engine import checkpoints
 from engine.errors import InputError
 from engine.jobs import Done, Progress
 from engine.sample import SampleJob
+from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
@@ -117,7 +118,7 @@ class GeneratePanel(QWidget):
         self.class_combo.clear()
         self.class_combo.addItem("Uniform mix of classes")
         try:
-            ckpt = checkpoints.resolve(self.ckpt_edit.text().strip())
+            ckpt = resolve_checkpoint(self.ckpt_edit.text().strip())
             state = checkpoints.read_state(ckpt)
         except InputError as exc:
             self.model_info.setText(str(exc) if self.ckpt_edit.text().strip() else "")
@@ -133,7 +134,8 @@ class GeneratePanel(QWidget):
         masks = {"joint": "image + mask", "condition": "mask → image", "none": "image only"}
         self.model_info.setText(f"step {state['step']}, {cfg['model']['image_size']} px, "
                                 f"{masks[cfg['data']['mask_mode']]}, {k} classes")
-        self.model_chosen.emit(ckpt.parent.parent.name)  # run/checkpoints/step_N
+        run = RunDir.of_checkpoint(ckpt)
+        self.model_chosen.emit(run.path.name if run is not None else ckpt.name)
 
     def _pick_ckpt(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training run")

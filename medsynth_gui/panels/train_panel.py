@@ -29,12 +29,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import checkpoints
 from engine.config import batch_for, load_preset, preset_description, preset_names, resolve
 from engine.errors import InputError
 from engine.estimate import Estimate, device_warning
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
 from engine.train import TrainJob, pick_device
+from engine.training.run_dir import RunDir
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.widgets import path_row, status_labels
@@ -282,16 +282,21 @@ class TrainPanel(QWidget):
 
     def resume(self) -> None:
         self._show_error("")
-        run = self.run_edit.text().strip()
+        if not self.run_edit.text().strip():
+            self._show_error("Choose the run folder to resume.")
+            return
+        run = RunDir(self.run_edit.text().strip())
         try:
-            ckpt = checkpoints.resolve(run)
-            step = int(checkpoints.read_state(ckpt)["step"])
-            job = TrainJob(None, run, resume=True, steps=max(self.steps_spin.value(), step), preview_at_end=True)
+            step = run.resume_step()
+            job = TrainJob(None, run.path, resume=True, steps=max(self.steps_spin.value(), step),
+                           preview_at_end=True)
         except InputError as exc:
             self._show_error(str(exc))
             return
         self._reset_plot()
-        self._load_log(Path(run) / "loss.jsonl", step)
+        for row in run.loss_rows(upto=step):
+            self._add_point(row["step"], row["loss"])
+        self._redraw()
         self._launch(job, step)
 
     def _launch(self, job: TrainJob, step: int) -> None:
@@ -388,16 +393,6 @@ class TrainPanel(QWidget):
             lab.clear()
         self._captions = {"preview": "", "checkpoint": ""}
         self._caption()
-
-    def _load_log(self, path: Path, upto: int) -> None:
-        import json
-
-        if path.exists():
-            for line in path.read_text().splitlines():
-                row = json.loads(line) if line.strip() else None
-                if row and row["step"] <= upto:
-                    self._add_point(row["step"], row["loss"])
-            self._redraw()
 
     def _show_previews(self, ev: Preview) -> None:
         images = np.asarray(ev.images)
