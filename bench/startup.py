@@ -54,16 +54,17 @@ def main() -> int:
     ap.add_argument("--source", default=str(ROOT / ".venv" / "bin" / "medsynth"), help="the source install's")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    app = Path(args.app)
+    app = Path(args.app).resolve()
     if not app.is_file():
         print(f"no packaged app at {app}; building it (packaging/build.sh)", file=sys.stderr)
         env = dict(os.environ, NO_ARCHIVE="1", DIST=str(app.parent.parent))
         subprocess.run(["bash", str(ROOT / "packaging" / "build.sh")], env=env, check=True)
     # Warm the page cache for both, so neither pays for a first read from disk the other does not.
-    for exe in (Path(args.source), app):
+    source_exe = Path(args.source).resolve()
+    for exe in (source_exe, app):
         with tempfile.TemporaryDirectory() as home:
             launch([str(exe), "--help"], Path(home))
-    source, frozen = measure(Path(args.source), args.runs), measure(app, args.runs)
+    source, frozen = measure(source_exe, args.runs), measure(app, args.runs)
     print(f"start-up, median of {args.runs} launches, fresh HOME each ({os.cpu_count()} CPUs)")
     print(f"{'':24}{'source install':>16}{'packaged app':>16}{'packaged / source':>20}")
     for key, label in (("help", "--help (s)"), ("window", "launch -> window (s)")):
