@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -37,9 +36,8 @@ from engine.train import TrainJob, pick_device
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.job_panel import JobPanel
+from medsynth_gui.panels.loss_plot import LossPlot
 from medsynth_gui.panels.widgets import path_row
-
-SMOOTHING = 0.9
 
 
 def format_eta(seconds: float) -> str:
@@ -62,9 +60,6 @@ class TrainPanel(JobPanel):
         super().__init__("Start", parent, one_line_status=True)
         self.start_btn = self.run_btn  # the name the tests knew it by
         self.runner.losses.connect(self._on_losses)
-        self.steps: list[int] = []
-        self.raw: list[float] = []
-        self.smooth: list[float] = []
         self._t_start = 0.0
         self._step_start = 0
         self._build()
@@ -139,19 +134,8 @@ class TrainPanel(JobPanel):
         outer.addWidget(self.status)
         outer.addWidget(self.error)
 
-        self.plot = pg.PlotWidget()
-        self.plot.setMinimumHeight(160)
-        self.plot.setLabel("bottom", "step")
-        self.plot.setLabel("left", "loss")
-        self.plot.setLogMode(y=True)
-        # Plain loss values on the axis, not "loss (x0.001)" with ticks scaled to match.
-        self.plot.getAxis("left").enableAutoSIPrefix(False)
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.addLegend(offset=(-10, 10))
-        self.raw_curve = self.plot.plot([], [], pen=pg.mkPen((150, 150, 150, 110), width=1), name="raw",
-                                       symbol="o", symbolSize=3, symbolPen=None,
-                                       symbolBrush=(150, 150, 150, 160))
-        self.smooth_curve = self.plot.plot([], [], pen=pg.mkPen((80, 170, 255), width=2), name="smoothed")
+        self.plot = LossPlot()
+        self.smooth_curve = self.plot.smooth_curve  # the name the tests knew it by
         outer.addWidget(self.plot, 1)
 
         previews = QGroupBox("Previews (EMA weights, DDIM 25 steps)")
@@ -336,30 +320,16 @@ class TrainPanel(JobPanel):
         self.estimate.setText(text)
         self.estimate.setStyleSheet("color: #f0a020;" if warning else "")
 
+    @property
+    def steps(self) -> list[int]:
+        """The steps whose losses are plotted."""
+        return self.plot.steps
+
     def _on_losses(self, losses: list[Loss]) -> None:
-        for ev in losses:
-            self._add_point(ev.step, ev.loss)
-        self._redraw()
-
-    def _add_point(self, step: int, loss: float) -> None:
-        if not (loss > 0 and math.isfinite(loss)):
-            return
-        prev = self.smooth[-1] if self.smooth else loss
-        self.steps.append(step)
-        self.raw.append(loss)
-        self.smooth.append(SMOOTHING * prev + (1 - SMOOTHING) * loss)
-
-    def _redraw(self) -> None:
-        self.raw_curve.setData(self.steps, self.raw)
-        self.smooth_curve.setData(self.steps, self.smooth)
-        # An empty log axis would number an arbitrary 1 … 10 that no loss has reached.
-        for side in ("left", "bottom"):
-            self.plot.getAxis(side).setStyle(showValues=bool(self.steps))
+        self.plot.add((ev.step, ev.loss) for ev in losses)
 
     def _reset_plot(self) -> None:
-        self.steps, self.raw, self.smooth = [], [], []
-        self._redraw()
-        self.plot.enableAutoRange()
+        self.plot.reset()
         # An earlier run's previews under the new run's caption would pass for the new model's.
         for lab in self.preview_labels:
             lab.clear()
@@ -370,11 +340,8 @@ class TrainPanel(JobPanel):
         import json
 
         if path.exists():
-            for line in path.read_text().splitlines():
-                row = json.loads(line) if line.strip() else None
-                if row and row["step"] <= upto:
-                    self._add_point(row["step"], row["loss"])
-            self._redraw()
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.plot.add((row["step"], row["loss"]) for row in rows if row["step"] <= upto)
 
     def _show_previews(self, ev: Preview) -> None:
         images = np.asarray(ev.images)
