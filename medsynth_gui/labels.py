@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
 
 MIN_WIDTH = 60  # px: enough for a few characters and the ellipsis
 HINT_WIDTH = 360  # px: what a label asks for at most when there is room
+HINT_STYLE = "color: #9a9a9a;"  # secondary text: hints, key help, conventions
 
 
 class ElidedLabel(QLabel):

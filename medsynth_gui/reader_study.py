@@ -17,30 +17,26 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QAbstractItemView,
-    QButtonGroup,
     QFileDialog,
     QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
     QStackedWidget,
-    QTableWidget,
-    QTableWidgetItem,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from engine import reader_study as rs
 from engine.errors import InputError
-from medsynth_gui.labels import ElidedLabel, WrapLabel
+from medsynth_gui.labels import HINT_STYLE, ElidedLabel, WrapLabel
 from medsynth_gui.panels.widgets import path_row
+from medsynth_gui.rating_row import RatingRow
+from medsynth_gui.reader_summary import SummaryPage
 from medsynth_gui.viewer import Viewer
 
 RATING_HELP = {
@@ -51,51 +47,6 @@ RATING_HELP = {
                                          "in all three views"),
 }
 VERDICT_TEXT = {"real": "Real", "fake": "Fake", "unsure": "Unsure"}
-HINT_STYLE = "color: #9a9a9a;"
-# The Fusion look barely marks a checked tool button on a dark palette; a chosen rating must be unmistakable.
-RATING_STYLE = ("QToolButton { border: 1px solid #666; border-radius: 3px; background: #3a3a3e; }"
-                "QToolButton:hover { border-color: #2a82da; }"
-                "QToolButton:checked { background: #2a82da; border-color: #5aa2ea; color: white; font-weight: bold; }")
-
-
-class RatingRow(QWidget):
-    """Five toggle buttons 1-5; none chosen means "not rated" (ratings are optional)."""
-
-    def __init__(self, help_text: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(3)
-        # Not exclusive: an exclusive group cannot return to "none", and a reader may take a rating back.
-        self.group = QButtonGroup(self)
-        self.group.setExclusive(False)
-        self.setStyleSheet(RATING_STYLE)
-        for v in range(1, 6):
-            b = QToolButton()
-            b.setText(str(v))
-            b.setCheckable(True)
-            b.setFixedSize(30, 26)
-            b.setToolTip(help_text)
-            self.group.addButton(b, v)
-            lay.addWidget(b)
-        lay.addStretch(1)
-        self.group.idToggled.connect(self._toggled)
-
-    def _toggled(self, chosen: int, on: bool) -> None:
-        if on:
-            for b in self.group.buttons():
-                if self.group.id(b) != chosen and b.isChecked():
-                    b.setChecked(False)
-
-    @property
-    def value(self) -> int | None:
-        checked = self.group.checkedId()
-        return None if checked < 1 else checked
-
-    @value.setter
-    def value(self, v: int | None) -> None:
-        for b in self.group.buttons():
-            b.setChecked(self.group.id(b) == v)
 
 
 class ReaderStudyWidget(QWidget):
@@ -114,7 +65,14 @@ class ReaderStudyWidget(QWidget):
         self.start_page = self._build_start()
         self.reading_page = self._build_reading()
         self.done_page = self._build_done()
-        self.summary_page = self._build_summary()
+        self.summary_page = SummaryPage()
+        self.summary_page.refresh.connect(lambda: self.show_summary(self._summary_study, self._summary_key))
+        self.summary_page.back.connect(self.stop)
+        self._summary_study: str | Path | None = None
+        self._summary_key: str | Path | None = None
+        # The summary's tables, under the names the tests read them by.
+        self.figures_table, self.agreement_table = self.summary_page.figures_table, self.summary_page.agreement_table
+        self.convention = self.summary_page.convention
         for page in (self.start_page, self.reading_page, self.done_page, self.summary_page):
             self.stack.addWidget(page)
         lay = QVBoxLayout(self)
@@ -313,51 +271,6 @@ class ReaderStudyWidget(QWidget):
         lay.addStretch(2)
         return page
 
-    def _build_summary(self) -> QWidget:
-        page = QWidget()
-        lay = QVBoxLayout(page)
-        self.summary_title = QLabel("")
-        self.summary_title.setWordWrap(True)
-        lay.addWidget(self.summary_title)
-        # Two-line headers: the rating columns' names are longer than their figures.
-        self.figures_table = self._table([c.replace(" real / synth", "\nreal / synth") for c in rs.FIGURE_COLUMNS])
-        lay.addWidget(self.figures_table)
-        agreement = QLabel("<b>Agreement between readers</b>")
-        lay.addWidget(agreement)
-        self.agreement_table = self._table(["Measure", "Readers", "Shared items", "Kappa"])
-        lay.addWidget(self.agreement_table)
-        self.convention = QLabel("")
-        self.convention.setWordWrap(True)
-        self.convention.setStyleSheet(HINT_STYLE)
-        lay.addWidget(self.convention)
-        lay.addStretch(1)
-        row = QHBoxLayout()
-        refresh = QPushButton("Refresh")
-        refresh.clicked.connect(lambda: self.show_summary(self._summary_study, self._summary_key))
-        back = QPushButton("Back")
-        back.clicked.connect(self.stop)
-        row.addWidget(refresh)
-        row.addWidget(back)
-        row.addStretch(1)
-        lay.addLayout(row)
-        self._summary_study: str | Path | None = None
-        self._summary_key: str | Path | None = None
-        return page
-
-    @staticmethod
-    def _table(headers: list[str]) -> QTableWidget:
-        t = QTableWidget(0, len(headers))
-        t.setHorizontalHeaderLabels(headers)
-        t.verticalHeader().hide()
-        t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        t.setAlternatingRowColors(True)
-        t.verticalHeader().setDefaultSectionSize(26)
-        # Columns share the width: one stretched last column left a wide gap in the middle of the table.
-        t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        t.horizontalHeader().setMinimumSectionSize(70)
-        return t
-
     # -- file pickers --------------------------------------------------------------------------------------------
     def _pick_dir(self, edit: QLineEdit, caption: str) -> None:
         path = QFileDialog.getExistingDirectory(self, caption, edit.text())
@@ -530,32 +443,6 @@ class ReaderStudyWidget(QWidget):
             self._say(str(exc), error=True)
             return False
         self._summary_study, self._summary_key = study, key
-        s = summary["study"]
-        n_readers = len(summary["readers"])
-        self.summary_title.setText(
-            f"<h2>Summary</h2><p>{Path(s['folder']).name}: {s['items']} items ({s['real']} real, "
-            f"{s['synthetic']} synthetic, {s['spatial_dims']}D) · {n_readers} reader{'s' * (n_readers != 1)}. "
-            "Sensitivity: synthetic called fake; specificity: real called real.</p>")
-        self._fill(self.figures_table, rs.figure_rows(summary))
-        self._fill(self.agreement_table, rs.agreement_rows(summary)
-                   or [["–", "agreement needs two or more readers", "", ""]])
-        self.convention.setText("Conventions: " + summary["convention"] + ".")
+        self.summary_page.show_summary(summary)
         self.stack.setCurrentWidget(self.summary_page)
         return True
-
-    @staticmethod
-    def _fill(table: QTableWidget, rows: list[list[str]]) -> None:
-        table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, text in enumerate(row):
-                cell = QTableWidgetItem(text)
-                if c > 0:
-                    cell.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-                if r == len(rows) - 1 and row[0] == "pooled":
-                    font = cell.font()
-                    font.setBold(True)
-                    cell.setFont(font)
-                table.setItem(r, c, cell)
-        # As tall as its rows: a table padded with empty space reads as if rows were missing.
-        height = table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth()
-        table.setFixedHeight(height + sum(table.rowHeight(r) for r in range(table.rowCount())) + 2)

@@ -1,4 +1,4 @@
-"""Thumbnails of a MedSynth file: rendering with mask outlines, and the lazy list model behind the gallery.
+"""Thumbnails of a MedSynth file: the lazy list model behind the gallery (thumbnail_drawing.py draws them).
 
 Thumbnails are read one sample at a time, only when the view paints them, and in
 small time slices on the GUI thread so that scrolling never waits on a whole page of
@@ -19,28 +19,18 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from PySide6.QtCore import (
-    QAbstractListModel,
-    QModelIndex,
-    QPersistentModelIndex,
-    Qt,
-    QTimer,
-    Signal,
-)
-from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
-from PySide6.QtWidgets import (
-    QWidget,
-)
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import QWidget
 
 from engine.errors import InputError
 from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, SEEDS, Header, n_complete, open_file, read_header
 from engine.metrics.phantom_fidelity import CountRule, count_rule
-from medsynth_gui.viewer.colors import PALETTE, label_color
+from medsynth_gui.thumbnail_drawing import COLOUR_NAMES, render_thumbnail, unreadable_pixmap
+from medsynth_gui.viewer.colors import PALETTE
 
 # The viewer's palette (ITK-SNAP's order), so a label has one colour everywhere in the app.
 LABEL_COLOURS: list[tuple[int, int, int]] = list(PALETTE)
-COLOUR_NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple", "lime", "pink", "teal",
-                "brown"]
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 64, 192, 96
 CACHE_ITEMS = 2000
 CACHE_BYTES = 96 * 2**20  # 2,000 thumbnails at 192 px would be ~300 MB
@@ -48,62 +38,6 @@ LOAD_BUDGET_S = 0.025  # per event-loop turn: long enough to fill a page, short 
 PREFETCH_BUDGET_S = 0.010
 WINDOW_SAMPLES = 8
 POLL_MS = 1000
-
-
-def label_colour(label: int) -> tuple[int, int, int]:
-    return label_color(int(label))
-
-
-def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
-    """Pixels of each labelled region that touch a different label (4-neighbours, `thickness` deep)."""
-    edge = np.zeros(mask.shape, bool)
-    padded = np.pad(mask, thickness, mode="edge")
-    h, w = mask.shape
-    for d in range(1, thickness + 1):
-        for dy, dx in ((d, 0), (-d, 0), (0, d), (0, -d)):
-            edge |= padded[thickness + dy:thickness + dy + h, thickness + dx:thickness + dx + w] != mask
-    return edge & (mask > 0)
-
-
-def _to_rgb32(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """(C, H, W) in data units → (H, W) uint32 0xffRRGGBB; three channels stay colour, others show channel 0."""
-    planes = image if image.shape[0] == 3 else image[:1]
-    scaled = np.clip((planes - lo) * (255.0 / max(hi - lo, 1e-12)), 0.0, 255.0)
-    v = np.nan_to_num(scaled, copy=False).astype(np.uint32)
-    if len(v) == 3:
-        return (v[0] << 16) | (v[1] << 8) | v[2] | np.uint32(0xFF000000)
-    return v[0] * np.uint32(0x010101) | np.uint32(0xFF000000)
-
-
-def _packed(rgb: tuple[int, int, int]) -> np.uint32:
-    return np.uint32(0xFF000000 | rgb[0] << 16 | rgb[1] << 8 | rgb[2])
-
-
-def render_thumbnail(image: np.ndarray, mask: np.ndarray | None, window: tuple[float, float], size: int,
-                     aspect: float = 1.0) -> QImage:
-    """One (C, H, W) sample and its (H, W) label map → a QImage fitting size×size, outlines on top.
-
-    aspect is the physical height/width ratio of a pixel, so anisotropic images keep their shape.
-    """
-    _, h, w = image.shape
-    tall = h * aspect
-    th, tw = (size, max(1, round(size * w / tall))) if tall >= w else (max(1, round(size * tall / w)), size)
-    argb = np.ascontiguousarray(_to_rgb32(image, *window))
-    # RGB32 is the format Qt's smooth scaler is fastest on (3x RGB888 here).
-    src = QImage(argb.data, w, h, 4 * w, QImage.Format.Format_RGB32)
-    scaled = src.scaled(tw, th, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation)
-    stride = scaled.bytesPerLine() // 4
-    buf = np.frombuffer(scaled.constBits(), np.uint32, count=th * stride)
-    pixels = buf.reshape(th, stride)[:, :tw].copy()
-    if mask is not None and mask.any():
-        # Outline at display resolution so the line is crisp whatever the source size.
-        iy = np.minimum((np.arange(th) + 0.5) * h / th, h - 1).astype(np.intp)
-        ix = np.minimum((np.arange(tw) + 0.5) * w / tw, w - 1).astype(np.intp)
-        big = mask[iy][:, ix]
-        edge = outline(big, 1 if size < 128 else 2)
-        for label in np.unique(big[edge]):
-            pixels[edge & (big == label)] = _packed(label_colour(int(label)))
-    return QImage(pixels.data, tw, th, 4 * tw, QImage.Format.Format_RGB32).copy()
 
 
 class ThumbnailModel(QAbstractListModel):
@@ -352,16 +286,6 @@ class ThumbnailModel(QAbstractListModel):
             self._mismatch[sample] = self.count_rule.mismatch(whole, int(self.labels[sample]))
         return render_thumbnail(image, mask, self.window or (0.0, 1.0), self.size, self.aspect)
 
-    def _error_pixmap(self) -> QPixmap:
-        pix = QPixmap(self.size, self.size)
-        pix.fill(QColor(60, 20, 20))
-        p = QPainter(pix)
-        p.setPen(QPen(QColor(220, 80, 80), 2))
-        p.drawLine(8, 8, self.size - 8, self.size - 8)
-        p.drawLine(self.size - 8, 8, 8, self.size - 8)
-        p.end()
-        return pix
-
     def prefetch(self, rows: Iterable[int]) -> None:
         """Load these rows while the user is idle, after anything the view asks for."""
         self._ahead = [s for s in (int(self.rows[r]) for r in rows if 0 <= r < len(self.rows))
@@ -376,7 +300,7 @@ class ThumbnailModel(QAbstractListModel):
         except (InputError, OSError):
             # The file went away or was replaced mid-write: the poll or the next open says so; show crosses.
             for sample in [*self._queue, *self._ahead]:
-                self._store(sample, self._error_pixmap())
+                self._store(sample, unreadable_pixmap(self.size))
             self._queue.clear()
             self._ahead = []
             if len(self.rows):
@@ -410,7 +334,7 @@ class ThumbnailModel(QAbstractListModel):
         try:
             pix = QPixmap.fromImage(self.render(sample))
         except (OSError, KeyError, ValueError, IndexError):
-            pix = self._error_pixmap()  # a damaged chunk shows as a red cross, the rest still loads
+            pix = unreadable_pixmap(self.size)  # a damaged chunk shows as a red cross, the rest still loads
         self._store(sample, pix)
 
     def _store(self, sample: int, pix: QPixmap) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage, QPixmap
+from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -40,8 +39,9 @@ from engine.evaluate_report import answers, named_figures
 from engine.evaluation.stages import Stage
 from engine.jobs import Done, Message, Progress
 from medsynth_gui.flow_layout import FlowLayout
-from medsynth_gui.panels.widgets import path_row, status_labels
-from medsynth_gui.worker import JobRunner
+from medsynth_gui.images import picture_pixmap
+from medsynth_gui.panels.job_panel import JobPanel
+from medsynth_gui.panels.widgets import path_row
 
 ACCENT = (61, 122, 184)
 STAGE_TEXT = {Stage.LOAD: "reading the data", Stage.FID: "Inception features (FID, KID)",
@@ -51,29 +51,12 @@ STAGE_TEXT = {Stage.LOAD: "reading the data", Stage.FID: "Inception features (FI
               Stage.UTILITY: "downstream utility (3 segmenters)", Stage.REPORT: "writing the report"}
 
 
-def _pixmap(picture: np.ndarray, size: int = 88) -> QPixmap:
-    a = np.asarray(picture)
-    if a.dtype != np.uint8:
-        a = (np.clip(a, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    a = np.ascontiguousarray(a)
-    if a.ndim == 2:
-        img = QImage(a.data, a.shape[1], a.shape[0], a.strides[0], QImage.Format.Format_Grayscale8)
-    else:
-        img = QImage(a.data, a.shape[1], a.shape[0], a.strides[0], QImage.Format.Format_RGB888)
-    return QPixmap.fromImage(img.copy()).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
-                                                Qt.TransformationMode.FastTransformation)
-
-
-class EvaluatePanel(QWidget):
+class EvaluatePanel(JobPanel):
     evaluated = Signal(str)  # the file whose /metrics were just written
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.runner = JobRunner(self)
-        self.runner.event.connect(self._on_event)
-        self.runner.done.connect(self._on_done)
-        self.runner.failed.connect(self._on_failed)
-        self.runner.running_changed.connect(self._on_running)
+        super().__init__("Evaluate", parent)
+        self.go_btn = self.run_btn  # the name the tests knew it by
         self.result: dict | None = None
         self._prefilled = ""  # the training data this panel filled in itself, replaced when the file changes
         self._build()
@@ -113,13 +96,9 @@ class EvaluatePanel(QWidget):
         form.addRow("", self.utility_check)
         left.addWidget(box)
         row = QHBoxLayout()
-        self.go_btn = QPushButton("Evaluate")
-        self.stop_btn = QPushButton("Stop")
         self.report_btn = QPushButton("Open report")
-        self.go_btn.clicked.connect(self.start)
-        self.stop_btn.clicked.connect(self.runner.stop)
         self.report_btn.clicked.connect(self.open_report)
-        for b in (self.go_btn, self.stop_btn, self.report_btn):
+        for b in (self.run_btn, self.stop_btn, self.report_btn):
             row.addWidget(b)
         left.addLayout(row)
         # The report's path, selectable and copyable: a machine without a browser cannot open it. A read-only
@@ -135,8 +114,6 @@ class EvaluatePanel(QWidget):
         report_row.addWidget(self.report_path, 1)
         report_row.addWidget(self.copy_btn)
         left.addLayout(report_row)
-        self.progress = QProgressBar()
-        self.status, self.error = status_labels()
         left.addWidget(self.progress)
         left.addWidget(self.status)
         left.addWidget(self.error)
@@ -205,7 +182,6 @@ class EvaluatePanel(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setWidget(right)
         outer.addWidget(scroll, 1)
-        self._on_running(False)
         self.report_btn.setEnabled(False)
 
     def _path_field(self, form: QFormLayout, label: str, placeholder: str, pattern: str,
@@ -259,7 +235,7 @@ class EvaluatePanel(QWidget):
                             utility_steps=self.steps.value())
 
     def start(self) -> None:
-        self.error.hide()
+        self.show_error("")
         readable = self._prefill_training_data()
         synth = self.synth_edit.text().strip()
         if readable and not self.train_edit.text().strip() and not self.real_edit.text().strip():
@@ -274,12 +250,7 @@ class EvaluatePanel(QWidget):
             return
         self.result = None
         self.progress.setRange(0, 0)
-        self.status.setText("Starting…")
-        self.runner.start(job)
-
-    def _on_running(self, running: bool) -> None:
-        self.go_btn.setEnabled(not running)
-        self.stop_btn.setEnabled(running)
+        self.launch(job, "Starting…")
 
     def _on_event(self, ev: object) -> None:
         if isinstance(ev, Progress):
@@ -294,12 +265,10 @@ class EvaluatePanel(QWidget):
         elif isinstance(ev, Message):
             self.status.setText(ev.text)
 
-    def _on_failed(self, text: str) -> None:
-        self.progress.setRange(0, 1)
+    def _on_failed(self, message: str) -> None:
+        self.progress.setRange(0, 1)  # ends the busy indicator start() set
         self.progress.setValue(0)
-        self.error.setText(text)
-        self.error.show()
-        self.status.setText("Failed")
+        super()._on_failed(message)
 
     def _on_done(self, ev: Done) -> None:
         self.progress.setRange(0, 1)
@@ -374,7 +343,7 @@ class EvaluatePanel(QWidget):
             pics = QHBoxLayout()
             for pic in (synth, train):
                 lab = QLabel()
-                lab.setPixmap(_pixmap(pic))
+                lab.setPixmap(picture_pixmap(pic, 88))
                 pics.addWidget(lab)
             lay.addLayout(pics)
             cap = QLabel(caption)

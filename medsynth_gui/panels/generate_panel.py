@@ -14,7 +14,6 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -27,25 +26,21 @@ from engine.jobs import Done, Progress
 from engine.sample import SampleJob
 from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
-from medsynth_gui.panels.widgets import path_row, status_labels
-from medsynth_gui.worker import JobRunner
+from medsynth_gui.panels.job_panel import JobPanel
+from medsynth_gui.panels.widgets import path_row
 
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 25}
 
 
-class GeneratePanel(QWidget):
+class GeneratePanel(JobPanel):
     file_started = Signal(str)  # the output file exists and is filling
     file_progress = Signal(str)
     file_done = Signal(str)
     model_chosen = Signal(str)  # the training run's name, when a model has loaded
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.runner = JobRunner(self)
-        self.runner.event.connect(self._on_event)
-        self.runner.done.connect(self._on_done)
-        self.runner.failed.connect(self._on_failed)
-        self.runner.running_changed.connect(self._on_running)
+        super().__init__("Generate", parent)
+        self.go_btn = self.run_btn  # the name the tests knew it by
         self._announced = False
         self._build()
 
@@ -94,21 +89,14 @@ class GeneratePanel(QWidget):
         form.addRow("Output", path_row(self.out_edit, out_btn))
         outer.addWidget(box)
         row = QHBoxLayout()
-        self.go_btn = QPushButton("Generate")
-        self.stop_btn = QPushButton("Stop")
-        self.go_btn.clicked.connect(self.start)
-        self.stop_btn.clicked.connect(self.runner.stop)
-        row.addWidget(self.go_btn)
+        row.addWidget(self.run_btn)
         row.addWidget(self.stop_btn)
         outer.addLayout(row)
-        self.progress = QProgressBar()
         self.progress.setFormat("%v / %m samples")
-        self.status, self.error = status_labels()
         outer.addWidget(self.progress)
         outer.addWidget(self.status)
         outer.addWidget(self.error)
         outer.addStretch(1)
-        self._on_running(False)
 
     def set_checkpoint(self, path: str) -> None:
         self.ckpt_edit.setText(path)
@@ -148,7 +136,7 @@ class GeneratePanel(QWidget):
             self.out_edit.setText(path if path.endswith((".h5", ".hdf5")) else path + ".h5")
 
     def start(self) -> None:
-        self.error.hide()
+        self.show_error("")
         out = self.out_edit.text().strip()
         if not out:
             self._on_failed("Choose an output file.")
@@ -167,12 +155,7 @@ class GeneratePanel(QWidget):
         self.progress.setValue(0)
         self._announced = False
         self._out = out
-        self.status.setText("Loading the model…")
-        self.runner.start(job)
-
-    def _on_running(self, running: bool) -> None:
-        self.go_btn.setEnabled(not running)
-        self.stop_btn.setEnabled(running)
+        self.launch(job, "Loading the model…")
 
     def _on_event(self, ev: object) -> None:
         if isinstance(ev, Progress) and ev.stage == "sample":
@@ -196,8 +179,3 @@ class GeneratePanel(QWidget):
         self.status.setText(text)
         if r.get("n"):
             self.file_done.emit(r["out"])
-
-    def _on_failed(self, message: str) -> None:
-        self.error.setText(message)
-        self.error.show()
-        self.status.setText("Failed")

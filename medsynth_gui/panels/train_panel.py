@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -22,7 +21,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -37,10 +35,9 @@ from engine.train import TrainJob, pick_device
 from engine.training.run_dir import RunDir
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.labels import ElidedLabel, WrapLabel
-from medsynth_gui.panels.widgets import path_row, status_labels
-from medsynth_gui.worker import JobRunner
-
-SMOOTHING = 0.9
+from medsynth_gui.panels.job_panel import JobPanel
+from medsynth_gui.panels.loss_plot import LossPlot
+from medsynth_gui.panels.widgets import path_row
 
 
 def format_eta(seconds: float) -> str:
@@ -56,20 +53,13 @@ def format_eta(seconds: float) -> str:
     return f"{h} h {m:02d} min left"
 
 
-class TrainPanel(QWidget):
+class TrainPanel(JobPanel):
     run_finished = Signal(str)  # run directory, when a run ends with a checkpoint
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.runner = JobRunner(self)
-        self.runner.event.connect(self._on_event)
+        super().__init__("Start", parent, one_line_status=True)
+        self.start_btn = self.run_btn  # the name the tests knew it by
         self.runner.losses.connect(self._on_losses)
-        self.runner.done.connect(self._on_done)
-        self.runner.failed.connect(self._on_failed)
-        self.runner.running_changed.connect(self._on_running)
-        self.steps: list[int] = []
-        self.raw: list[float] = []
-        self.smooth: list[float] = []
         self._t_start = 0.0
         self._step_start = 0
         self._build()
@@ -124,23 +114,17 @@ class TrainPanel(QWidget):
         outer.addWidget(setup)
 
         buttons = QHBoxLayout()
-        self.start_btn = QPushButton("Start")
-        self.stop_btn = QPushButton("Stop")
         self.resume_btn = QPushButton("Resume")
         self.sample_btn = QPushButton("Preview now")
         self.save_btn = QPushButton("Save now")
-        self.start_btn.clicked.connect(self.start)
-        self.stop_btn.clicked.connect(self.stop)
         self.resume_btn.clicked.connect(self.resume)
         self.sample_btn.clicked.connect(self.runner.preview_now)
         self.save_btn.clicked.connect(self.runner.save_now)
-        for b in (self.start_btn, self.stop_btn, self.resume_btn, self.sample_btn, self.save_btn):
+        for b in (self.run_btn, self.stop_btn, self.resume_btn, self.sample_btn, self.save_btn):
             buttons.addWidget(b)
         outer.addLayout(buttons)
 
-        self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
-        self.status, self.error = status_labels(one_line=True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.progress)
         self.data_summary = WrapLabel()  # what the data holds and the model size, kept while training runs
@@ -150,19 +134,8 @@ class TrainPanel(QWidget):
         outer.addWidget(self.status)
         outer.addWidget(self.error)
 
-        self.plot = pg.PlotWidget()
-        self.plot.setMinimumHeight(160)
-        self.plot.setLabel("bottom", "step")
-        self.plot.setLabel("left", "loss")
-        self.plot.setLogMode(y=True)
-        # Plain loss values on the axis, not "loss (x0.001)" with ticks scaled to match.
-        self.plot.getAxis("left").enableAutoSIPrefix(False)
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.addLegend(offset=(-10, 10))
-        self.raw_curve = self.plot.plot([], [], pen=pg.mkPen((150, 150, 150, 110), width=1), name="raw",
-                                       symbol="o", symbolSize=3, symbolPen=None,
-                                       symbolBrush=(150, 150, 150, 160))
-        self.smooth_curve = self.plot.plot([], [], pen=pg.mkPen((80, 170, 255), width=2), name="smoothed")
+        self.plot = LossPlot()
+        self.smooth_curve = self.plot.smooth_curve  # the name the tests knew it by
         outer.addWidget(self.plot, 1)
 
         previews = QGroupBox("Previews (EMA weights, DDIM 25 steps)")
@@ -178,7 +151,10 @@ class TrainPanel(QWidget):
         outer.addWidget(previews)
         outer.addWidget(self.preview_caption)
         self._reset_plot()
-        self._on_running(False)
+        self.enable_while(idle=(self.resume_btn, self.data_edit, self.run_edit, self.preset, self.steps_spin,
+                                self.batch_spin, self.lr_spin, self.loss_combo, self.size_spin, self.mask_combo,
+                                self.classes_check, self.device_combo),
+                          running=(self.sample_btn, self.save_btn))
 
     # -- settings -----------------------------------------------------------------------
     def _apply_preset(self, name: str) -> None:
@@ -260,30 +236,26 @@ class TrainPanel(QWidget):
             self.run_edit.setText(path)
 
     # -- actions ------------------------------------------------------------------------
-    def _show_error(self, text: str) -> None:
-        self.error.setText(text)
-        self.error.setVisible(bool(text))
-
     def start(self) -> None:
-        self._show_error("")
+        self.show_error("")
         if not self.data_edit.text().strip():
-            self._show_error("Choose the training data first.")
+            self.show_error("Choose the training data first.")
             return
         if not self.run_edit.text().strip():
-            self._show_error("Choose a run folder for checkpoints.")
+            self.show_error("Choose a run folder for checkpoints.")
             return
         try:
             job = TrainJob(self.config(), self.run_edit.text().strip(), preview_at_end=True)
         except InputError as exc:
-            self._show_error(str(exc))
+            self.show_error(str(exc))
             return
         self._reset_plot()
         self._launch(job, 0)
 
     def resume(self) -> None:
-        self._show_error("")
+        self.show_error("")
         if not self.run_edit.text().strip():
-            self._show_error("Choose the run folder to resume.")
+            self.show_error("Choose the run folder to resume.")
             return
         run = RunDir(self.run_edit.text().strip())
         try:
@@ -291,38 +263,25 @@ class TrainPanel(QWidget):
             job = TrainJob(None, run.path, resume=True, steps=max(self.steps_spin.value(), step),
                            preview_at_end=True)
         except InputError as exc:
-            self._show_error(str(exc))
+            self.show_error(str(exc))
             return
         self._reset_plot()
-        for row in run.loss_rows(upto=step):
-            self._add_point(row["step"], row["loss"])
-        self._redraw()
+        self.plot.add((row["step"], row["loss"]) for row in run.loss_rows(upto=step))
         self._launch(job, step)
 
     def _launch(self, job: TrainJob, step: int) -> None:
         self.progress.setRange(0, job.cfg.train.steps)
         self.progress.setValue(step)
         self._t_start, self._step_start = time.monotonic(), step
-        self.status.setText("Loading data…")
         self.save_settings()
-        self.runner.start(job)
+        self.launch(job, "Loading data…")
 
     def stop(self) -> None:
         if self.runner.running:
             self.status.setText("Stopping after this step; a checkpoint will be saved…")
-            self.runner.stop()
+        super().stop()
 
     # -- events -------------------------------------------------------------------------
-    def _on_running(self, running: bool) -> None:
-        self.start_btn.setEnabled(not running)
-        self.resume_btn.setEnabled(not running)
-        self.stop_btn.setEnabled(running)
-        self.sample_btn.setEnabled(running)
-        self.save_btn.setEnabled(running)
-        for w in (self.data_edit, self.run_edit, self.preset, self.steps_spin, self.batch_spin, self.lr_spin,
-                  self.loss_combo, self.size_spin, self.mask_combo, self.classes_check, self.device_combo):
-            w.setEnabled(not running)
-
     def _on_event(self, ev: object) -> None:
         if isinstance(ev, Progress) and ev.stage in ("train", "autoencoder"):
             if ev.stage != getattr(self, "_stage", "train"):
@@ -364,30 +323,16 @@ class TrainPanel(QWidget):
         self.estimate.setText(text)
         self.estimate.setStyleSheet("color: #f0a020;" if warning else "")
 
+    @property
+    def steps(self) -> list[int]:
+        """The steps whose losses are plotted."""
+        return self.plot.steps
+
     def _on_losses(self, losses: list[Loss]) -> None:
-        for ev in losses:
-            self._add_point(ev.step, ev.loss)
-        self._redraw()
-
-    def _add_point(self, step: int, loss: float) -> None:
-        if not (loss > 0 and math.isfinite(loss)):
-            return
-        prev = self.smooth[-1] if self.smooth else loss
-        self.steps.append(step)
-        self.raw.append(loss)
-        self.smooth.append(SMOOTHING * prev + (1 - SMOOTHING) * loss)
-
-    def _redraw(self) -> None:
-        self.raw_curve.setData(self.steps, self.raw)
-        self.smooth_curve.setData(self.steps, self.smooth)
-        # An empty log axis would number an arbitrary 1 … 10 that no loss has reached.
-        for side in ("left", "bottom"):
-            self.plot.getAxis(side).setStyle(showValues=bool(self.steps))
+        self.plot.add((ev.step, ev.loss) for ev in losses)
 
     def _reset_plot(self) -> None:
-        self.steps, self.raw, self.smooth = [], [], []
-        self._redraw()
-        self.plot.enableAutoRange()
+        self.plot.reset()
         # An earlier run's previews under the new run's caption would pass for the new model's.
         for lab in self.preview_labels:
             lab.clear()
@@ -418,7 +363,3 @@ class TrainPanel(QWidget):
             self.progress.setValue(int(r["step"]))  # the last update may have been a preview's
         if r.get("checkpoint"):
             self.run_finished.emit(str(r.get("run_dir")))
-
-    def _on_failed(self, message: str) -> None:
-        self.status.setText("Failed")
-        self._show_error(message)

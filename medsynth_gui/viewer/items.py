@@ -1,12 +1,13 @@
 """The graphics items a pane is built from, each tuned for repainting often.
 
-An image item that hands Qt a 32-bit picture, a ViewBox with clinical mouse
-gestures, and a cheap text label pinned to the pane's edge.
+An image item that hands Qt a 32-bit picture and a cheap text label pinned to the
+pane's edge. The pane's ViewBox lives with the pane (slice_view.py): its gestures
+drive the pane.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -14,10 +15,6 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QGraphicsRectItem, QGraphicsSimpleTextItem
 
-if TYPE_CHECKING:
-    from .slice_view import SliceView
-
-WHEEL_NOTCH = 120  # angle delta of one wheel click; trackpads send fractions of it
 TEXT_FILL = (0, 0, 0, 200)  # dark enough that a crosshair running under a letter never garbles it
 
 
@@ -52,45 +49,6 @@ class FastImageItem(pg.ImageItem):
 
 
 _FAST_FORMATS = (QImage.Format.Format_RGB32, QImage.Format.Format_ARGB32_Premultiplied)
-
-
-class PaneViewBox(pg.ViewBox):
-    """A ViewBox whose mouse gestures are the clinical ones instead of pyqtgraph's defaults."""
-
-    def __init__(self, pane: SliceView) -> None:
-        super().__init__(lockAspect=True, enableMenu=False, invertY=False)
-        self._pane = pane
-        self._wheel_rest = 0
-
-    def wheelEvent(self, ev: Any, axis: int | None = None) -> None:
-        if ev.modifiers() & Qt.KeyboardModifier.ControlModifier:
-            factor = 1.02 ** (ev.delta() * self.state["wheelScaleFactor"])
-            super().wheelEvent(ev, axis)
-            self._pane.zoomed.emit(factor)
-            return
-        # Whole notches move whole slices; trackpad fractions add up until they make one.
-        self._wheel_rest += ev.delta()
-        steps = int(self._wheel_rest / WHEEL_NOTCH)
-        if steps:
-            self._wheel_rest -= steps * WHEEL_NOTCH
-            self._pane.step_slice(steps)
-        ev.accept()
-
-    def mouseClickEvent(self, ev: Any) -> None:
-        if ev.button() == Qt.MouseButton.LeftButton and not self._pane.state.wl_mode:
-            self._pane.set_cursor_at(ev.scenePos())
-        ev.accept()
-
-    def mouseDragEvent(self, ev: Any, axis: int | None = None) -> None:
-        button = ev.button()
-        if button == Qt.MouseButton.MiddleButton:
-            super().mouseDragEvent(ev, axis)  # pyqtgraph pans on a middle drag
-        elif button == Qt.MouseButton.RightButton or (
-                button == Qt.MouseButton.LeftButton and self._pane.state.wl_mode):
-            self._pane.drag_window_level(ev)
-        elif button == Qt.MouseButton.LeftButton:
-            self._pane.set_cursor_at(ev.scenePos())
-        ev.accept()
 
 
 class Label(QGraphicsRectItem):

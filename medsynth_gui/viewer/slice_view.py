@@ -20,13 +20,14 @@ from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
 from .colors import label_lut
-from .items import FastImageItem, Label, PaneViewBox, row_order
+from .items import FastImageItem, Label, row_order
 from .orientation import VIEW_COLORS, Plane, display_slice, from_display, to_display
 from .state import ViewState
 
 BIG_STEP = 10  # slices per PageUp / PageDown
 WL_PIXELS = 500.0  # dragging this many pixels sweeps the data's whole intensity range
 LETTER_COLOR = (255, 236, 160)
+WHEEL_NOTCH = 120  # angle delta of one wheel click; trackpads send fractions of it
 
 
 class SliceView(pg.GraphicsView):
@@ -331,4 +332,43 @@ class SliceView(pg.GraphicsView):
         else:
             super().keyPressEvent(ev)
             return
+        ev.accept()
+
+
+class PaneViewBox(pg.ViewBox):
+    """A ViewBox whose mouse gestures are the clinical ones instead of pyqtgraph's defaults."""
+
+    def __init__(self, pane: SliceView) -> None:
+        super().__init__(lockAspect=True, enableMenu=False, invertY=False)
+        self._pane = pane
+        self._wheel_rest = 0
+
+    def wheelEvent(self, ev: Any, axis: int | None = None) -> None:
+        if ev.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            factor = 1.02 ** (ev.delta() * self.state["wheelScaleFactor"])
+            super().wheelEvent(ev, axis)
+            self._pane.zoomed.emit(factor)
+            return
+        # Whole notches move whole slices; trackpad fractions add up until they make one.
+        self._wheel_rest += ev.delta()
+        steps = int(self._wheel_rest / WHEEL_NOTCH)
+        if steps:
+            self._wheel_rest -= steps * WHEEL_NOTCH
+            self._pane.step_slice(steps)
+        ev.accept()
+
+    def mouseClickEvent(self, ev: Any) -> None:
+        if ev.button() == Qt.MouseButton.LeftButton and not self._pane.state.wl_mode:
+            self._pane.set_cursor_at(ev.scenePos())
+        ev.accept()
+
+    def mouseDragEvent(self, ev: Any, axis: int | None = None) -> None:
+        button = ev.button()
+        if button == Qt.MouseButton.MiddleButton:
+            super().mouseDragEvent(ev, axis)  # pyqtgraph pans on a middle drag
+        elif button == Qt.MouseButton.RightButton or (
+                button == Qt.MouseButton.LeftButton and self._pane.state.wl_mode):
+            self._pane.drag_window_level(ev)
+        elif button == Qt.MouseButton.LeftButton:
+            self._pane.set_cursor_at(ev.scenePos())
         ev.accept()
