@@ -41,6 +41,7 @@ from medsynth_gui.loaders import (
 from medsynth_gui.panels.evaluate_panel import EvaluatePanel
 from medsynth_gui.panels.generate_panel import GeneratePanel
 from medsynth_gui.panels.train_panel import TrainPanel
+from medsynth_gui.panels.widgets import fresh_name
 from medsynth_gui.reader_study import ReaderStudyWidget
 from medsynth_gui.viewer import CompareView, Viewer
 
@@ -329,27 +330,18 @@ class MainWindow(QMainWindow):
             self.generate.set_checkpoint(str(run))
         self._suggest_output("demo-synthetic.h5")
         self.train.data_edit.setText(str(data))
-        self.train.run_edit.setText(str(self._fresh_name(user_dir() / "demo-run")))
+        self.train.run_edit.setText(str(fresh_name(user_dir() / "demo-run")))
         self.generate_dock.raise_()
-        self.statusBar().showMessage("Demo: phantom images with lesion masks. Press Generate to make new ones.")
+        # A hint for the first minute, not a caption that outlives the training and generation it invites.
+        self.statusBar().showMessage("Demo: phantom images with lesion masks. Press Generate to make new ones.", 60_000)
 
     def _suggest_output(self, name: str) -> None:
         """Name the Generate output after the model, unless the user has typed a name of their own."""
         current = self.generate.out_edit.text().strip()
         if current and current != self._suggested_output:
             return
-        self._suggested_output = str(self._fresh_name(user_dir() / name))
+        self._suggested_output = str(fresh_name(user_dir() / name))
         self.generate.out_edit.setText(self._suggested_output)
-
-    @staticmethod
-    def _fresh_name(path: Path) -> Path:
-        if not path.exists():
-            return path
-        stem, suffix = (path.stem, path.suffix) if path.suffix == ".h5" else (path.name, "")
-        i = 2
-        while path.with_name(f"{stem}-{i}{suffix}").exists():
-            i += 1
-        return path.with_name(f"{stem}-{i}{suffix}")
 
     def _generation_started(self, path: str) -> None:
         self.gallery.open_file(path)

@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PySide6.QtWidgets import QMessageBox
 
 pytest.importorskip("pytestqt")
 
@@ -209,5 +210,28 @@ def test_generate_panel_fills_a_file(qtbot, tiny_run, tmp_path):
     assert started == [str(out)]
     with h5py.File(out) as f:
         assert f.attrs["n_complete"] == 20 and set(f["labels"][:]) == {1}
-    panel.start()  # the file exists now: refused with a message, nothing overwritten
-    assert "already exists" in panel.error.text()
+    # Generate again: the next free name, not the same file written over.
+    assert panel.out_edit.text() == str(tmp_path / "g-2.h5")
+    panel.out_edit.setText(str(out))
+    asked = []
+
+    def answer(button: str):
+        def exec_(box):
+            asked.append(box.text())
+            box.clickedButton = lambda: next(b for b in box.buttons() if b.text() == button)
+            return 0
+        return exec_
+
+    before = out.stat().st_mtime_ns
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(QMessageBox, "exec", answer("Cancel"))
+        panel.start()  # the file exists: asked first; Cancel writes nothing
+    assert "g.h5 already exists" in asked[0] and "already exists" in panel.error.text()
+    assert out.stat().st_mtime_ns == before and not panel.runner.running
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(QMessageBox, "exec", answer("Replace"))
+        panel.n_spin.setValue(4)
+        with qtbot.waitSignal(panel.file_done, timeout=120_000):
+            panel.start()  # Replace: written over with the new samples
+    with h5py.File(out) as f:
+        assert f.attrs["n_complete"] == 4

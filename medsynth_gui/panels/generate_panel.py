@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -27,7 +28,7 @@ from engine.sample import SampleJob
 from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.job_panel import JobPanel
-from medsynth_gui.panels.widgets import path_row
+from medsynth_gui.panels.widgets import fresh_name, path_row
 
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 25}
 
@@ -141,9 +142,13 @@ class GeneratePanel(JobPanel):
         if not out:
             self._on_failed("Choose an output file.")
             return
+        replace = Path(out).exists()
+        if replace and not self._may_replace(Path(out)):
+            self.show_error(f"{out}: already exists; choose another name, or answer Replace to write over it.")
+            return
         class_index = self.class_combo.currentData()
         try:
-            job = SampleJob(self.ckpt_edit.text().strip(), self.n_spin.value(), out,
+            job = SampleJob(self.ckpt_edit.text().strip(), self.n_spin.value(), out, overwrite=replace,
                             sampler_name=self.sampler.currentText(), steps=self.steps_spin.value(),
                             seed=self.seed_spin.value(), class_index=class_index,
                             class_mix=self.mix_edit.text().strip() or None, guidance=self.guidance.value(),
@@ -156,6 +161,16 @@ class GeneratePanel(JobPanel):
         self._announced = False
         self._out = out
         self.launch(job, "Loading the model…")
+
+    def _may_replace(self, path: Path) -> bool:
+        """As a Save dialog asks: the file's samples would be lost, so only on a clear Replace."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Replace the file?",
+                          f"{path.name} already exists in {path.parent}.\nReplace it with the new samples?",
+                          QMessageBox.StandardButton.Cancel, self)
+        replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is replace
 
     def _on_event(self, ev: object) -> None:
         if isinstance(ev, Progress) and ev.stage == "sample":
@@ -179,3 +194,6 @@ class GeneratePanel(JobPanel):
         self.status.setText(text)
         if r.get("n"):
             self.file_done.emit(r["out"])
+            if self.out_edit.text().strip() == r["out"]:
+                # Generate again means more samples, not the same file written over: the next free name.
+                self.out_edit.setText(str(fresh_name(Path(r["out"]))))

@@ -8,7 +8,9 @@ from collections.abc import Iterable
 import pyqtgraph as pg
 from PySide6.QtWidgets import QWidget
 
-SMOOTHING = 0.9
+# Weight of the past in the smoothed line, per logged point. Losses are logged every few steps and fall fast at first,
+# so a heavier weight left the line above every raw point for the whole of a short run.
+SMOOTHING = 0.6
 
 
 class LossPlot(pg.PlotWidget):
@@ -17,7 +19,12 @@ class LossPlot(pg.PlotWidget):
         self.steps: list[int] = []
         self.raw: list[float] = []
         self.smooth: list[float] = []
+        self._ema = 0.0
         self.setMinimumHeight(160)
+        # The plot sits in a scrolling dock: the wheel scrolls the dock, it does not zoom the curve away.
+        self.setMouseEnabled(x=False, y=False)
+        self.setMenuEnabled(False)
+        self.hideButtons()
         self.setLabel("bottom", "step")
         self.setLabel("left", "loss")
         self.setLogMode(y=True)
@@ -35,14 +42,17 @@ class LossPlot(pg.PlotWidget):
         for step, loss in points:
             if not (loss > 0 and math.isfinite(loss)):
                 continue
-            prev = self.smooth[-1] if self.smooth else loss
             self.steps.append(step)
             self.raw.append(loss)
-            self.smooth.append(SMOOTHING * prev + (1 - SMOOTHING) * loss)
+            # Started from zero and divided by the weight it has gathered (TensorBoard's debiasing), so the first
+            # points are not pulled towards the first loss.
+            self._ema = SMOOTHING * self._ema + (1 - SMOOTHING) * loss
+            self.smooth.append(self._ema / (1 - SMOOTHING ** len(self.raw)))
         self._redraw()
 
     def reset(self) -> None:
         self.steps, self.raw, self.smooth = [], [], []
+        self._ema = 0.0
         self._redraw()
         self.enableAutoRange()
 

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 
 from engine.config import batch_for, load_preset, preset_description, preset_names, resolve
 from engine.errors import InputError
-from engine.estimate import Estimate, device_warning
+from engine.estimate import Estimate, device_warning, format_duration
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
 from engine.train import TrainJob, pick_device
 from engine.training.run_dir import RunDir
@@ -359,6 +359,9 @@ class TrainPanel(JobPanel):
         ckpt = r.get("checkpoint")
         saved = f"; checkpoint {Path(ckpt).name} in the run folder" if ckpt else ""
         self.status.setText(f"{verb} at step {r.get('step')}{loss_text}{saved}")
+        if r.get("seconds"):
+            # The estimate line said how long it would take; now it says how long it took.
+            self._show_estimate(f"{verb} after {format_duration(float(r['seconds']))}.", warning=False)
         if r.get("stage") != "autoencoder" and r.get("step") is not None:
             self.progress.setValue(int(r["step"]))  # the last update may have been a preview's
         if r.get("checkpoint"):

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
 
 from medsynth_gui.labels import ElidedLabel, WrapLabel
+
+
+def fresh_name(path: Path) -> Path:
+    """path, or path-2, path-3, ... (before .h5): the first name nothing is written under yet."""
+    if not path.exists():
+        return path
+    stem, suffix = (path.stem, path.suffix) if path.suffix == ".h5" else (path.name, "")
+    i = 2
+    while path.with_name(f"{stem}-{i}{suffix}").exists():
+        i += 1
+    return path.with_name(f"{stem}-{i}{suffix}")
 
 
 def path_row(edit: QLineEdit, *buttons: QPushButton) -> QWidget:

@@ -51,7 +51,8 @@ class ControlBar(QWidget):
         lay.setContentsMargins(4, 2, 4, 2)
         lay.setSpacing(8)
 
-        self.title = ElidedLabel("")
+        # The end of a sample's title says what it is ("#3 · 3 lesions · seed 30000060"): cut the file name first.
+        self.title = ElidedLabel("", mode=Qt.TextElideMode.ElideLeft)
         self.title.setStyleSheet("font-weight: bold;")
         lay.addWidget(self.title)
 
