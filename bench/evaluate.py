@@ -22,10 +22,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.evaluate import EvalSettings, EvaluateJob  # noqa: E402
+from engine.evaluation.evaluate import EvalSettings, EvaluateJob  # noqa: E402
+from engine.evaluation.metrics.inception import find_weights  # noqa: E402
 from engine.io.medsynth_h5 import SampleWriter, write_image_set  # noqa: E402
 from engine.jobs import Requests  # noqa: E402
-from engine.metrics.inception import find_weights  # noqa: E402
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Without a checkpoint (and none under engine/resources/demo/) it first trains the
 on 512 phantoms in a temporary directory (about 2-3 minutes on 2 CPU cores). Every
 sampler draws the same seeds 0..n-1 with balanced classes, in batches of the same
 size, so the seconds per sample compare like for like. Fidelity is judged by the
-phantom rules (engine.metrics.phantom_fidelity), with n real phantoms as reference.
+phantom rules (engine.evaluation.metrics.phantom_fidelity), with n real phantoms as reference.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from engine import checkpoints  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.metrics.phantom_fidelity import phantom_fidelity  # noqa: E402
+from engine.evaluation.metrics.phantom_fidelity import phantom_fidelity  # noqa: E402
 from engine.training.run_dir import RunDir  # noqa: E402
 
 DEMO_DIR = ROOT / "engine" / "resources" / "demo"
@@ -49,7 +49,7 @@ def find_demo_checkpoint() -> Path | None:
 def train_demo(run_dir: Path, steps: int) -> Path:
     from engine.config import load_preset
     from engine.jobs import Loss, Message, Requests
-    from engine.train import TrainJob
+    from engine.training.train import TrainJob
 
     cfg = load_preset("demo")
     # The data are passed in memory; the path is only the label recorded in the run.
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 def bench(run: Path, n: int, ddpm_n: int, batch: int, device: str) -> int:
     import torch
 
-    from engine.sample import Generator
+    from engine.inference.sample import Generator
 
     torch.manual_seed(0)
     gen = Generator(run, device=device)

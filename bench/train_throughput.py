@@ -46,13 +46,13 @@ from engine.data import read_npz  # noqa: E402
 from engine.data.dataset import ImageSet  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  # noqa: E402
-from engine.diffusion import train_scheduler  # noqa: E402
 from engine.jobs import Event, Progress, Requests  # noqa: E402
-from engine.models import build_model  # noqa: E402
-from engine.threads import use_free_cores  # noqa: E402
-from engine.train import TrainJob, complete_model_config, mixed_precision, pick_device  # noqa: E402
+from engine.models.diffusion import train_scheduler  # noqa: E402
+from engine.models.networks import build_model  # noqa: E402
+from engine.runtime.threads import use_free_cores  # noqa: E402
 from engine.training.run_dir import RunDir  # noqa: E402
 from engine.training.steps import Batch, noised_loss  # noqa: E402
+from engine.training.train import TrainJob, complete_model_config, mixed_precision, pick_device  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

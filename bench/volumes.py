@@ -20,10 +20,10 @@ import torch  # noqa: E402
 from engine import memory  # noqa: E402
 from engine.config import load_preset, preset_names  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
+from engine.inference.sample import Generator  # noqa: E402
 from engine.jobs import Progress, Requests  # noqa: E402
-from engine.models import count_parameters  # noqa: E402
-from engine.sample import Generator  # noqa: E402
-from engine.train import TrainJob  # noqa: E402
+from engine.models.networks import count_parameters  # noqa: E402
+from engine.training.train import TrainJob  # noqa: E402
 
 WARMUP = 2
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from engine.data.dataset import to_user_coding
 from engine.errors import InputError
-from engine.export_nifti import NiftiExport
+from engine.io.export_nifti import NiftiExport
 from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, METRICS, NN_CORR, SEEDS, Header, open_file, read_header
 
 FORMATS = ("png", "nifti", "nnunet")
@@ -104,8 +104,8 @@ def nearest_correlations(path: str | Path, f: Any, n: int, train_data: str | Pat
     """Each sample's correlation with its nearest training image: computed against `train_data`
     when given, else the ones `medsynth evaluate` stored in the file."""
     if train_data is not None:
-        from engine.evaluate import load_training_like
-        from engine.metrics.memorization import nearest_training
+        from engine.evaluation.evaluate import load_training_like
+        from engine.evaluation.metrics.memorization import nearest_training
 
         synth, train = load_training_like(path, train_data)
         return nearest_training(synth[:n], train)[1]

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine import checkpoints
 from engine.errors import InputError
+from engine.training import checkpoints
 from engine.training.run_dir import RunDir, is_run_or_checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def _h5(path: Path) -> list[str]:
 def _orientation(header: Header) -> str:
     import nibabel as nib
 
-    from engine.export_nifti import sample_affine
+    from engine.io.export_nifti import sample_affine
 
     # The geometry a NIfTI export writes, so what info says is what Slicer will show.
     affine = sample_affine(header)

@@ -22,7 +22,7 @@ def _opens_a_file(args: list[str]) -> bool:
     """`medsynth scan.nii.gz`: what a file manager or a double-click on a file runs; the app opens it."""
     if len(args) != 1 or args[0].startswith("-") or not os.path.exists(args[0]):
         return False
-    from engine.cli import build_parser
+    from medsynth.cli import build_parser
 
     commands = next(a.choices for a in build_parser()._actions if a.dest == "command")
     return args[0] not in commands  # a folder called `demo` in the working folder is still the subcommand
@@ -40,6 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from medsynth_gui.app import main as gui_main
 
         return gui_main(args[1:])
-    from engine.cli import main as cli_main
+    from medsynth.cli import main as cli_main
 
     return cli_main(args)

@@ -36,6 +36,6 @@ def to_pixmap(image: np.ndarray, lo: float | None = None, hi: float | None = Non
 
 
 def picture_pixmap(picture: np.ndarray, size: int = 0) -> QPixmap:
-    """A picture as engine.evaluate_report.picture makes one: grey (H, W) in [0, 1], or RGB (H, W, 3) already uint8."""
+    """A picture as engine.evaluation.figures.picture makes one: grey (H, W) in [0, 1], or RGB (H, W, 3) in uint8."""
     a = np.asarray(picture)
     return pixels_to_pixmap(a if a.dtype == np.uint8 else to_uint8(a, 0.0, 1.0), size)

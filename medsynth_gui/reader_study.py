@@ -31,8 +31,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import reader_study as rs
 from engine.errors import InputError
+from engine.evaluation import reader_study as rs
 from medsynth_gui.labels import HINT_STYLE, ElidedLabel, WrapLabel
 from medsynth_gui.panels.widgets import path_row
 from medsynth_gui.rating_row import RatingRow

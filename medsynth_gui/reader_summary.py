@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import reader_study as rs
+from engine.evaluation import reader_study as rs
 from medsynth_gui.labels import HINT_STYLE
 
 
@@ -58,7 +58,7 @@ class SummaryPage(QWidget):
         lay.addLayout(row)
 
     def show_summary(self, summary: dict[str, Any]) -> None:
-        """Fill the page from engine.reader_study.summarise's result."""
+        """Fill the page from engine.evaluation.reader_study.summarise's result."""
         s = summary["study"]
         n_readers = len(summary["readers"])
         self.summary_title.setText(

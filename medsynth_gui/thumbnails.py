@@ -24,8 +24,8 @@ from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QWidget
 
 from engine.errors import InputError
+from engine.evaluation.metrics.phantom_fidelity import CountRule, count_rule
 from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, SEEDS, Header, n_complete, open_file, read_header
-from engine.metrics.phantom_fidelity import CountRule, count_rule
 from medsynth_gui.thumbnail_drawing import COLOUR_NAMES, render_thumbnail, unreadable_pixmap
 from medsynth_gui.viewer.colors import PALETTE
 

@@ -24,8 +24,8 @@ from engine.config import RESOURCES, load_preset  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.io.medsynth_h5 import read_image_set, write_image_set  # noqa: E402
 from engine.jobs import Requests  # noqa: E402
-from engine.train import TrainJob  # noqa: E402
 from engine.training.run_dir import RunDir  # noqa: E402
+from engine.training.train import TrainJob  # noqa: E402
 
 DEMO = RESOURCES / "demo"
 STEPS = 4000

@@ -43,7 +43,7 @@ def phantoms16():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, phantoms16):
     """A run directory with a few training steps done: enough to sample from."""
-    from engine.train import TrainJob
+    from engine.training.train import TrainJob
 
     run = tmp_path_factory.mktemp("run") / "run"
     events: list = []

@@ -375,7 +375,7 @@ def cli(*args: object) -> tuple[int, str]:
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    from engine.cli import main
+    from medsynth.cli import main
 
     out = io.StringIO()
     with redirect_stdout(out), redirect_stderr(out):

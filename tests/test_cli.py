@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
 from engine.data.phantoms import make_phantoms
 from engine.io.medsynth_h5 import write_image_set
+from medsynth.cli import main
 from tests.conftest import tiny_cli_setup
 
 ROOT = Path(__file__).resolve().parents[1]

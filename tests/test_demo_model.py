@@ -8,9 +8,9 @@ import pytest
 
 from engine.config import RESOURCES
 from engine.data.phantoms import make_phantoms
+from engine.evaluation.metrics.phantom_fidelity import phantom_fidelity
+from engine.inference.sample import Generator
 from engine.jobs import Requests
-from engine.metrics.phantom_fidelity import phantom_fidelity
-from engine.sample import Generator
 
 DEMO = RESOURCES / "demo"
 
@@ -75,8 +75,8 @@ def test_samples_whose_mask_contradicts_their_class_are_drawn_again(tmp_path):
     and the same class, and the seed stored with it regenerates exactly the sample kept."""
     import h5py
 
-    from engine.metrics.phantom_fidelity import count_mismatches
-    from engine.sample import REDRAW_SEED_STRIDE, SampleJob
+    from engine.evaluation.metrics.phantom_fidelity import count_mismatches
+    from engine.inference.sample import REDRAW_SEED_STRIDE, SampleJob
 
     def sample(out, redraw, **kw):
         job = SampleJob(DEMO / "run", kw.pop("n", 24), out, sampler_name="dpm", steps=12, guidance=2.0,

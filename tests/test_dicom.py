@@ -89,7 +89,7 @@ def test_mixed_series_and_bad_files_are_named(tmp_path, ct_volume):
 
 
 def test_info_and_the_app_open_a_dicom_folder(tmp_path, ct_volume, qtbot, capsys, monkeypatch):
-    from engine.cli import main
+    from medsynth.cli import main
 
     write_series(tmp_path / "series", ct_volume)
     assert main(["info", str(tmp_path / "series")]) == 0

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.cli import main
 from engine.config import batch_for, preset_device, preset_names, resolve
 from engine.data.phantoms import make_phantoms
-from engine.estimate import Estimate, StepTimer, format_duration
 from engine.io.medsynth_h5 import write_image_set
 from engine.jobs import Requests
-from engine.threads import threads_for, use_free_cores
-from engine.train import TrainJob
+from engine.runtime.estimate import Estimate, StepTimer, format_duration
+from engine.runtime.threads import threads_for, use_free_cores
+from engine.training.train import TrainJob
+from medsynth.cli import main
 from tests.conftest import tiny_cli_setup, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent

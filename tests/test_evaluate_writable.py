@@ -15,7 +15,7 @@ import h5py
 import pytest
 
 from engine.errors import InputError
-from engine.evaluate import EvalSettings, EvaluateJob
+from engine.evaluation.evaluate import EvalSettings, EvaluateJob
 from engine.jobs import Requests
 from tests.conftest import make_evaluation_files
 
@@ -51,7 +51,7 @@ def test_a_file_held_read_only_fails_before_any_work(files, tmp_path):
 
 def _as_nobody(args: list[str]) -> subprocess.CompletedProcess:
     """Run the CLI as an unprivileged user, for whom file permissions hold (root ignores them)."""
-    cmd = [sys.executable, "-m", "engine.cli", *args]
+    cmd = [sys.executable, "-m", "medsynth.cli", *args]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: permissions cannot be tested")
@@ -59,7 +59,7 @@ def _as_nobody(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_HOME=str(Path(tempfile.gettempdir()) / "no-torch-home"))
     if os.geteuid() == 0:
         # A checkout inside a private folder (mktemp -d is 0700) is out of the unprivileged user's reach.
-        probe = subprocess.run([*cmd[:4], sys.executable, "-c", "import engine.cli"], capture_output=True,
+        probe = subprocess.run([*cmd[:4], sys.executable, "-c", "import medsynth.cli"], capture_output=True,
                                env=env, cwd="/", timeout=120)
         if probe.returncode != 0:
             pytest.skip(f"the unprivileged user cannot read this checkout ({ROOT}): permissions cannot be tested")

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.cli import main
 from engine.data.readers import read_msd
 from engine.io.medsynth_h5 import SampleWriter
+from medsynth.cli import main
 
 SPACING = (1.5, 1.0, 2.0)  # x, y, z in mm
 SHAPE = (12, 16, 20)  # stored (D, H, W); NIfTI (x, y, z) = (20, 16, 12)

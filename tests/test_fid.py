@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from scipy import linalg
 
 from engine.errors import InputError
-from engine.metrics import inception as inc
-from engine.metrics.frechet import frechet_distance, frechet_from_features, gaussian, kid
-from engine.metrics.inception import (
+from engine.evaluation.metrics import inception as inc
+from engine.evaluation.metrics.frechet import frechet_distance, frechet_from_features, gaussian, kid
+from engine.evaluation.metrics.inception import (
     FIDInception,
     find_weights,
     inception_features,

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from engine.evaluate_report import picture  # noqa: E402
+from engine.evaluation.figures import picture  # noqa: E402
 from medsynth_gui.images import picture_pixmap, to_pixmap, to_uint8  # noqa: E402
 
 

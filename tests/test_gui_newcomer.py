@@ -102,9 +102,10 @@ def test_newcomer_path(window, qtbot, tmp_path, capfd):
     gen = window.generate
     gen.n_spin.setValue(8)
     gen.steps_spin.setValue(10)
+    out = gen.out_edit.text()
     gen.start()
     qtbot.waitUntil(lambda: not gen.runner.running, timeout=300_000)
-    out = gen.out_edit.text()
+    assert gen.out_edit.text() != out  # generating again writes a new file, not over this one
     assert Path(out).is_file() and not errors, errors
     assert window.gallery.path() == out and window.gallery.count() == 8
     check_screen(window, "03_generated_gallery")

@@ -8,7 +8,7 @@ pytest.importorskip("PySide6")
 
 import torch  # noqa: E402
 
-from engine.estimate import describe  # noqa: E402
+from engine.runtime.estimate import describe  # noqa: E402
 from medsynth_gui.panels.train_panel import TrainPanel  # noqa: E402
 
 

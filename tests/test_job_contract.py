@@ -15,12 +15,12 @@ import pytest
 
 from engine.data.phantoms import make_phantoms
 from engine.demo import DemoJob
-from engine.evaluate import EvalSettings, EvaluateJob
+from engine.evaluation.evaluate import EvalSettings, EvaluateJob
 from engine.evaluation.stages import Stage
+from engine.inference.sample import SampleJob
 from engine.io.medsynth_h5 import write_image_set
 from engine.jobs import Cancelled, Checkpoint, Done, Event, Job, Preview, Progress, Requests, execute
-from engine.sample import SampleJob
-from engine.train import TrainJob
+from engine.training.train import TrainJob
 from tests.conftest import StopAfter, make_evaluation_files, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ class RecordingSampleJob(SampleJob):
 
 
 def test_ctrl_c_in_the_cli_stops_a_job_through_its_requests(tiny_run, tmp_path):
-    from engine.cli import EXIT_CANCELLED, TqdmView, exit_code, run_job
+    from medsynth.cli import EXIT_CANCELLED, TqdmView, exit_code, run_job
 
     class CtrlCAfterFirstBatch(TqdmView):
         def __call__(self, ev):
@@ -213,7 +213,7 @@ def test_the_evaluate_panel_names_every_stage_the_engine_runs(tmp_path, qtbot):
 
 
 def test_the_cli_shows_a_training_stage_as_a_stepped_bar():
-    from engine.cli import TqdmView
+    from medsynth.cli import TqdmView
 
     view = TqdmView()
     view(Progress(Stage.UTILITY, 3, 30))

@@ -5,13 +5,13 @@ import h5py
 import numpy as np
 import pytest
 
-from engine import checkpoints
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
+from engine.inference.sample import SampleJob
 from engine.jobs import Cancelled, Progress, Requests, execute
-from engine.sample import SampleJob
-from engine.train import TrainJob
+from engine.training import checkpoints
 from engine.training.run_dir import RunDir
+from engine.training.train import TrainJob
 from tests.conftest import StopAfter
 
 

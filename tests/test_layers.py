@@ -29,7 +29,8 @@ def test_no_engine_module_imports_qt():
 
 
 def test_cli_runs_without_loading_qt():
-    code = ("import sys\nfrom engine import cli, train, sample, export, info, demo\nimport engine.io.medsynth_h5\n"
+    code = ("import sys\nimport medsynth.cli, engine.training.train, engine.inference.sample, engine.export\n"
+            "import engine.info, engine.demo, engine.io.medsynth_h5\n"
             f"bad = [m for m in sys.modules if m.split('.')[0] in {QT!r}]\nprint(bad)\nsys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr

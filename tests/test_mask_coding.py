@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
 from engine.data import read_folder_pairs, read_nifti
 from engine.export import export
 from engine.info import describe
 from engine.io.medsynth_h5 import SampleWriter, read_image_set, write_image_set
 from engine.jobs import DataSummary, Progress, Requests
+from medsynth.cli import main
 from tests.conftest import tiny_config
 
 GREY_2 = (127, 254)
@@ -147,9 +147,9 @@ def test_kvasir_jpeg_masks_of_varying_size_stay_binary(tmp_path):
 
 
 def test_grey_level_pairs_train_a_model_of_their_label_count_and_export_in_their_coding(tmp_path):
-    from engine.models import build_model, count_parameters
-    from engine.sample import SampleJob
-    from engine.train import TrainJob
+    from engine.inference.sample import SampleJob
+    from engine.models.networks import build_model, count_parameters
+    from engine.training.train import TrainJob
 
     data = read_folder_pairs(grey_level_set(tmp_path / "brain", GREY_2))
     cfg = tiny_config(steps=3)
@@ -235,8 +235,8 @@ def _nifti_slices(path: Path, shape: tuple[int, int, int], zooms: tuple[float, f
     ((64, 40, 3), (0.8, 1.6, 3.0), (1.6, 2.0)),  # non-square pixels, non-square slices
 ], ids=["64sq-3mm", "0.8x1.6mm"])
 def test_2d_samples_carry_the_spacing_of_what_was_generated(tmp_path, shape, zooms, want):
-    from engine.sample import SampleJob
-    from engine.train import TrainJob
+    from engine.inference.sample import SampleJob
+    from engine.training.train import TrainJob
 
     src = _nifti_slices(tmp_path / "src" / "t2.nii.gz", shape, zooms)
     data = read_nifti(src)
@@ -378,7 +378,7 @@ def test_the_train_panel_shows_the_coding_and_model_size_while_training(qtbot, t
 
 
 def test_a_2d_reader_study_shows_items_at_the_files_pixel_aspect(tmp_path):
-    from engine import reader_study as rs
+    from engine.evaluation import reader_study as rs
 
     files = []
     for name in ("real", "synth"):

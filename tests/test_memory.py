@@ -6,13 +6,13 @@ import copy
 import pytest
 import torch
 
-from engine import memory
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.jobs import Requests
-from engine.models import build_model, io_channels
-from engine.train import TrainJob
+from engine.models.networks import build_model, io_channels
+from engine.runtime import memory
+from engine.training.train import TrainJob
 
 GIB = 2**30
 

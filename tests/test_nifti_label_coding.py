@@ -14,12 +14,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.cli import main
 from engine.data import VolumeOptions, load_images
 from engine.data.readers import read_nifti_cases
 from engine.export import export
 from engine.io.medsynth_h5 import write_image_set
 from engine.jobs import DataSummary, Requests
+from medsynth.cli import main
 from tests.test_mask_coding import check_nnunet_v2
 
 N = 24  # voxels per axis of the source volumes
@@ -203,8 +203,8 @@ def test_info_says_the_coding(tmp_path, capsys):
 
 
 def test_a_0_255_mask_trains_a_model_of_one_label(tmp_path):
-    from engine.sample import SampleJob
-    from engine.train import TrainJob
+    from engine.inference.sample import SampleJob
+    from engine.training.train import TrainJob
     from tests.conftest import tiny_config
     from tests.test_volumes import tiny_3d
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engine.data.phantoms import make_phantoms
-from engine.metrics.phantom_fidelity import (
+from engine.evaluation.metrics.phantom_fidelity import (
     count_mismatches,
     count_rule,
     image_mask_agreement,

@@ -10,9 +10,9 @@ from pathlib import Path
 import h5py
 
 from engine.config import path_sha256, public_config, public_path
+from engine.inference.sample import SampleJob
 from engine.jobs import Requests
-from engine.sample import SampleJob
-from engine.train import TrainJob
+from engine.training.train import TrainJob
 from tests.conftest import tiny_config
 from tests.test_partners import make_raw_folder
 
@@ -69,7 +69,7 @@ def test_a_synthetic_file_names_its_data_by_base_name_and_hash_only(tmp_path):
     export(out, tmp_path / "png", "png")
     assert "Doe_John" not in (tmp_path / "png" / "samples.csv").read_text()
     # Nor does an evaluation, in the file's /metrics or in its report, though it was given the full path.
-    from engine.evaluate import EvalSettings, EvaluateJob
+    from engine.evaluation.evaluate import EvalSettings, EvaluateJob
 
     result = EvaluateJob(out, train_data=data, settings=EvalSettings(utility=False, device="cpu")).run(
         lambda e: None, Requests())

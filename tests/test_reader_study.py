@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-from engine import reader_study as rs
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
+from engine.evaluation import reader_study as rs
 from engine.io.medsynth_h5 import write_image_set
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,7 +215,7 @@ def test_bad_inputs_refused_with_one_line_naming_the_file(files2d, files3d, tmp_
 
 
 def test_engine_module_loads_no_qt():
-    code = ("import sys, engine.reader_study\n"
+    code = ("import sys, engine.evaluation.reader_study\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'pyqtgraph', 'medsynth_gui')]"
             "\nsys.exit(f'Qt loaded: {bad}' if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -305,7 +305,7 @@ def test_answers_survive_a_killed_process_and_the_session_resumes(files2d, tmp_p
     k = 3
     code = textwrap.dedent(f"""
         import sys, time
-        from engine.reader_study import Session
+        from engine.evaluation.reader_study import Session
         s = Session({str(study)!r}, "bob")
         for _ in range({k}):
             s.answer(s.next_item().id, "fake", realism=3, seconds=1.0)
@@ -623,10 +623,10 @@ def test_widget_reports_bad_input_in_place(widget, qtbot, files2d, tmp_path):
 
 
 def test_cli_creates_a_study_and_prints_its_summary(tmp_path, capsys):
-    from engine import reader_study as rs
-    from engine.cli import main
     from engine.data.phantoms import make_phantoms
+    from engine.evaluation import reader_study as rs
     from engine.io.medsynth_h5 import write_image_set
+    from medsynth.cli import main
 
     real = write_image_set(tmp_path / "real.h5", make_phantoms(6, size=16, seed=1))
     synth = write_image_set(tmp_path / "synth.h5", make_phantoms(6, size=16, seed=2))

@@ -8,14 +8,14 @@ import h5py
 import pytest
 import torch
 
-from engine.cli import main
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
+from engine.inference.sample import SampleJob
 from engine.info import describe
 from engine.jobs import Checkpoint, Progress, Requests
-from engine.sample import SampleJob
-from engine.train import TrainJob
 from engine.training.run_dir import RunDir, is_run_or_checkpoint, resolve_checkpoint
+from engine.training.train import TrainJob
+from medsynth.cli import main
 from tests.data.make_old_run import OLD_RUN, OLD_RUN_IMAGES, OLD_RUN_SEED, OLD_RUN_STEPS
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
+from engine.inference.sample import Generator, SampleJob, parse_class_mix
 from engine.jobs import Cancelled, Progress, Requests
-from engine.sample import Generator, SampleJob, parse_class_mix
 from tests.conftest import StopAfter
 
 

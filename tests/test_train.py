@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from engine.jobs import Checkpoint, Done, Loss, Preview, Progress, Requests, execute
-from engine.train import TrainJob
 from engine.training.run_dir import RunDir
+from engine.training.train import TrainJob
 from tests.conftest import StopAfter, tiny_config
 
 

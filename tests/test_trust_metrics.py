@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from engine.metrics.diversity import mmd, ms_ssim_diversity, ms_ssim_settings
-from engine.metrics.memorization import (
+from engine.evaluation.metrics.diversity import mmd, ms_ssim_diversity, ms_ssim_settings
+from engine.evaluation.metrics.memorization import (
     HIST_EDGES,
     memorization_distance,
     memorization_summary,
     mifid,
     nearest_training,
 )
-from engine.metrics.radiomics import feature_names, frd, radiomic_features
+from engine.evaluation.metrics.radiomics import feature_names, frd, radiomic_features
 
 
 def smooth_images(n: int, shape: tuple[int, ...], seed: int, sigma: float = 2.0) -> np.ndarray:

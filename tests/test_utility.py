@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine.data.phantoms import UNITS, make_phantoms
+from engine.evaluation.metrics import utility as U
 from engine.jobs import Cancelled
-from engine.metrics import utility as U
 from tests.conftest import StopAfter
 
 

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.cli import main
 from engine.data.phantoms import make_phantoms
+from medsynth.cli import main
 
 
 def write_nifti_folder(folder, n: int = 4):

@@ -3,7 +3,7 @@
     RUN/config.json        the resolved config, with the data's full path (what resuming reads)
     RUN/run.json           facts taken from the data (normalisation, names, geometry), as checkpoints carry them
     RUN/loss.jsonl         one JSON row per logged step
-    RUN/checkpoints/step_NNNNNNN/   one checkpoint each; engine.checkpoints writes and reads what is inside
+    RUN/checkpoints/step_NNNNNNN/   one checkpoint each; engine.training.checkpoints writes and reads what is inside
     RUN/autoencoder/       stage 1 of a latent model, a run folder of its own (checkpoints/, loss.jsonl)
 
 Nothing here imports torch: `medsynth info` and the app read run folders without it.
@@ -16,11 +16,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import checkpoints
 from engine.config import RunConfig
 from engine.config import load as load_config
 from engine.config import save as save_config
 from engine.errors import InputError
+from engine.training import checkpoints
 
 if TYPE_CHECKING:
     import torch

@@ -2,7 +2,7 @@
 
 FID values of different Inception depths stay in a table, one row each: they are on
 different scales, and a shared axis would invite comparing them. Figure names and their
-verdicts come from engine.evaluate_report, which the HTML report uses too.
+verdicts come from engine.evaluation.figures, which the HTML report uses too.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
-from engine.evaluate import EvalSettings, EvaluateJob, default_training_data
-from engine.evaluate_report import answers, named_figures
+from engine.evaluation.evaluate import EvalSettings, EvaluateJob, default_training_data
+from engine.evaluation.figures import answers, named_figures
 from engine.evaluation.stages import Stage
 from engine.jobs import Done, Message, Progress
 from medsynth_gui.flow_layout import FlowLayout

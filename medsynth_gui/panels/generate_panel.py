@@ -21,10 +21,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine import checkpoints
 from engine.errors import InputError
+from engine.inference.sample import SampleJob
 from engine.jobs import Done, Progress
-from engine.sample import SampleJob
+from engine.training import checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.job_panel import JobPanel

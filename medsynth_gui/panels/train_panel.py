@@ -29,10 +29,10 @@ from PySide6.QtWidgets import (
 
 from engine.config import batch_for, load_preset, preset_description, preset_names, resolve
 from engine.errors import InputError
-from engine.estimate import Estimate, device_warning, format_duration
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
-from engine.train import TrainJob, pick_device
+from engine.runtime.estimate import Estimate, device_warning, format_duration
 from engine.training.run_dir import RunDir
+from engine.training.train import TrainJob, pick_device
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.job_panel import JobPanel

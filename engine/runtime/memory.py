@@ -20,7 +20,7 @@ import torch
 
 from engine.config import RunConfig
 from engine.errors import InputError
-from engine.models import (
+from engine.models.networks import (
     build_autoencoder,
     build_model,
     diffusion_size,

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.checkpoints import sha256
 from engine.errors import InputError
+from engine.training.checkpoints import sha256
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # torch.hub names files by the first 8 hex digits of their SHA-256: a file that starts

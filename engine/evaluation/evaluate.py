@@ -107,7 +107,7 @@ def _read_synth(path: Path) -> tuple[ImageSet, Header, Any, float, float]:
 
 @lru_cache(maxsize=1)
 def _demo_checkpoint_hashes() -> frozenset[str]:
-    from engine.checkpoints import sha256
+    from engine.training.checkpoints import sha256
     from engine.training.run_dir import RunDir
 
     checkpoints = RunDir(BUNDLED_DEMO / "run").checkpoints()
@@ -223,7 +223,7 @@ class EvaluateJob:
         out = open_for_update(self.synth_path)
         try:
             if self.settings.report and Stage.REPORT not in self.settings.skip:
-                from engine.evaluate_report import report_path
+                from engine.evaluation.figures import report_path
 
                 _check_writable_folder(report_path(self.synth_path).parent)
             return self._run(out, emit, requests)
@@ -260,7 +260,7 @@ class EvaluateJob:
         if sets:
             self._write_metrics(out)
             if st.report and Stage.REPORT in stages:
-                from engine.evaluate_report import build_report
+                from engine.evaluation.figures import build_report
 
                 report_path = build_report(self.synth_path, self.figures, self.summary, sets, self.extras)
         result = {"file": str(self.synth_path), "figures": dict(self.figures), "report": str(report_path)
@@ -287,8 +287,8 @@ class EvaluateJob:
         self.summary["sources"] = sets["sources"]
 
     def _fid(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.metrics import inception
-        from engine.metrics.frechet import frechet_from_features, kid
+        from engine.evaluation.metrics import inception
+        from engine.evaluation.metrics.frechet import frechet_from_features, kid
 
         st = self.settings
         path = inception.find_weights(st.fid_weights)
@@ -328,8 +328,8 @@ class EvaluateJob:
         self.summary["fid"] = out
 
     def _features(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.checkpoints import sha256
-        from engine.metrics.frechet import frechet_from_features
+        from engine.evaluation.metrics.frechet import frechet_from_features
+        from engine.training.checkpoints import sha256
 
         st = self.settings
         if not st.features_net:
@@ -357,8 +357,8 @@ class EvaluateJob:
                                         "value": value, "real_vs_real": ref}
 
     def _radiomics(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.metrics.diversity import mmd_from_features
-        from engine.metrics.radiomics import feature_names, frd_from_features, radiomic_features, standardise
+        from engine.evaluation.metrics.diversity import mmd_from_features
+        from engine.evaluation.metrics.radiomics import feature_names, frd_from_features, radiomic_features, standardise
 
         st = self.settings
         feats = {}
@@ -382,7 +382,7 @@ class EvaluateJob:
                                "largest_shifts_sd": [[names[i], float(shift[i])] for i in order]}
 
     def _diversity(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.metrics.diversity import ms_ssim_diversity
+        from engine.evaluation.metrics.diversity import ms_ssim_diversity
 
         synth = ms_ssim_diversity(sets["synth"][0], seed=self.settings.seed)
         check()
@@ -392,7 +392,7 @@ class EvaluateJob:
         self.summary["diversity"] = {"ms_ssim_synth": synth, "ms_ssim_real": real}
 
     def _memorization(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.metrics.memorization import memorization_summary, nearest_training
+        from engine.evaluation.metrics.memorization import memorization_summary, nearest_training
 
         st = self.settings
         idx, corr = nearest_training(sets["synth"][0], sets["train"][0])
@@ -416,13 +416,13 @@ class EvaluateJob:
         self._set("nn_corr_max_real_vs_train", float(ref_corr.max()))
         fid = self.extras.get("fid_features")
         if fid is not None:
-            from engine.metrics.memorization import mifid
+            from engine.evaluation.metrics.memorization import mifid
 
             top = max(st.fid_dims)
             self._set(f"mifid_{top}", mifid(self.figures[f"fid_{top}"], fid["synth"][top], fid["train"][top]))
 
     def _labels(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.metrics import utility
+        from engine.evaluation.metrics import utility
 
         st = self.settings
         out: dict[str, Any] = {}
@@ -452,7 +452,7 @@ class EvaluateJob:
         self.summary["labels"] = out
 
     def _utility(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.metrics import utility
+        from engine.evaluation.metrics import utility
 
         st = self.settings
         if not st.utility:
@@ -493,7 +493,7 @@ class EvaluateJob:
     # ----------------------------------------------------------------------------- output
     def _pictures(self, sets: dict) -> dict[str, Any]:
         """What the app plots: every sample's nearest correlation and the closest pairs as pictures."""
-        from engine.evaluate_report import picture
+        from engine.evaluation.figures import picture
 
         nn = self.extras.get("nn")
         mem = self.summary.get("memorization") or {}

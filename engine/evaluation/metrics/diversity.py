@@ -12,7 +12,7 @@ import torch
 from monai.metrics import MMDMetric
 from monai.metrics.regression import compute_ms_ssim
 
-from engine.metrics.radiomics import radiomic_features, standardise
+from engine.evaluation.metrics.radiomics import radiomic_features, standardise
 
 # Wang et al.'s MS-SSIM weights, finest scale first.
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoints
 from engine.config import RunConfig, public_config
-from engine.estimate import StepTimer, describe
 from engine.jobs import Checkpoint, Emit, Message, Progress, Requests
-from engine.models import build_autoencoder, count_parameters
+from engine.models.networks import build_autoencoder, count_parameters
+from engine.runtime.estimate import StepTimer, describe
+from engine.training import checkpoints
 from engine.training.run_dir import RunDir
 from engine.training.steps import step_generator
 

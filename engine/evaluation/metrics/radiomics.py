@@ -24,7 +24,7 @@ import itertools
 
 import numpy as np
 
-from engine.metrics.frechet import frechet_from_features
+from engine.evaluation.metrics.frechet import frechet_from_features
 
 LEVELS = 32  # grey levels of the GLCM and bins of the histogram
 DISTANCES = (1, 2)  # GLCM offsets in pixels: fine texture and one coarser scale

@@ -105,7 +105,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.config import resolve
-    from engine.train import TrainJob
+    from engine.training.train import TrainJob
 
     if args.resume:
         job = TrainJob(None, args.out, resume=True, steps=args.steps)
@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from engine.sample import SampleJob
+    from engine.inference.sample import SampleJob
 
     job = SampleJob(args.run, args.n, args.out, sampler_name=args.sampler, steps=args.steps, seed=args.seed,
                     class_index=args.class_index, class_mix=args.class_mix, guidance=args.guidance,
@@ -172,7 +172,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from engine.evaluate import EvalSettings, EvaluateJob
+    from engine.evaluation.evaluate import EvalSettings, EvaluateJob
 
     settings = EvalSettings(fid_weights=args.fid_weights, features_net=args.features_net,
                             max_samples=args.max_samples, nn_threshold=args.threshold,
@@ -181,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     job = EvaluateJob(args.file, args.real, args.train_data, settings)
     done = run_job(job, TqdmView())
     r = done.result
-    from engine.evaluate_report import named_figures
+    from engine.evaluation.figures import named_figures
 
     # Named as in the app and the report, each beside its real-vs-real reference, with the key in /metrics.
     for key, name, value, ref, reading in named_figures(r.get("figures") or {}):
@@ -195,7 +195,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_reader_study(args: argparse.Namespace) -> int:
-    from engine import reader_study as rs
+    from engine.evaluation import reader_study as rs
 
     if args.action == "create":
         if not (args.real and args.synth and args.out):

@@ -1,4 +1,4 @@
-"""The evaluation report's content: which figures answer which question, laid out by engine.report.
+"""The evaluation report's content: which figures answer which question, laid out by engine.evaluation.report.
 
 Also the one home of what each figure is called and how it is read, used by the HTML report
 and the app alike. The verdict rule reads each figure against its real-vs-real reference —
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import report as r
+from engine.evaluation import report as r
 
 CLOSE_RATIO, FAR_RATIO = 2.0, 5.0
 GOOD_SHARE, FAIR_SHARE = 0.9, 0.7

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import autoencoder, checkpoints
 from engine.config import from_dict, public_config
 from engine.data.prepare import Normalisation, decode_masks
-from engine.diffusion import SAMPLERS, denoise, sampler
 from engine.errors import InputError
 from engine.io.medsynth_h5 import Header, SampleWriter
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
-from engine.models import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
-from engine.threads import use_free_cores
+from engine.models.diffusion import SAMPLERS, denoise, sampler
+from engine.models.networks import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
+from engine.runtime.threads import use_free_cores
+from engine.training import autoencoder, checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 
 
@@ -209,7 +209,7 @@ class SampleJob:
         st = gen.state
         rule = None
         if self.redraw_mismatches and labels is not None and gen.cfg.data.mask_mode == "joint":
-            from engine.metrics.phantom_fidelity import count_rule
+            from engine.evaluation.metrics.phantom_fidelity import count_rule
 
             rule = count_rule(gen.class_names)
         redrawn = still_wrong = 0

@@ -17,16 +17,14 @@ from typing import Any
 
 import torch
 
-from engine import autoencoder, checkpoints, memory
 from engine.config import RunConfig, batch_for, public_config, public_path
 from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet, describe_mask_coding
 from engine.data.prepare import Normalisation, fit_normalisation, resized_geometry, to_tensors
-from engine.diffusion import denoise, sampler, train_scheduler
 from engine.errors import InputError
-from engine.estimate import StepTimer, describe, device_warning
 from engine.jobs import Cancelled, Checkpoint, DataSummary, Emit, Message, Preview, Progress, Requests
-from engine.models import (
+from engine.models.diffusion import denoise, sampler, train_scheduler
+from engine.models.networks import (
     build_autoencoder,
     build_model,
     count_parameters,
@@ -36,7 +34,10 @@ from engine.models import (
     null_class,
     pixel_channels,
 )
-from engine.threads import use_free_cores
+from engine.runtime import memory
+from engine.runtime.estimate import StepTimer, describe, device_warning
+from engine.runtime.threads import use_free_cores
+from engine.training import autoencoder, checkpoints
 from engine.training.ema import EMA, ema_weights
 from engine.training.meter import TrainMeter
 from engine.training.run_dir import RunDir

@@ -1,0 +1,1 @@
+"""Generation: the sampling job that writes synthetic samples to a MedSynth HDF5 file."""
