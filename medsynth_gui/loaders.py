@@ -22,7 +22,7 @@ Displayable = View
 
 # nifti_volume: the name tests/test_export_volumes.py and tests/test_nifti_label_coding.py know the NIfTI view by.
 __all__ = ["Displayable", "ViewCache", "dataset_view", "default_cache_root", "h5_names", "h5_sample", "nifti_volume",
-           "shown", "with_segmentation"]
+           "opened_as", "with_segmentation"]
 
 
 def h5_names(path: str | Path) -> list[str] | None:
@@ -31,7 +31,7 @@ def h5_names(path: str | Path) -> list[str] | None:
         return read_names(f)
 
 
-def shown(path: str | Path) -> tuple[str, Displayable | None]:
+def opened_as(path: str | Path) -> tuple[str, Displayable | None]:
     """How the app opens a path, as its source says: ("gallery", None) for a MedSynth file, browsed as it is;
     ("viewer", image) for one image or volume (a NIfTI file, a DICOM series); ("dataset", None) for a set,
     read into the cache for the gallery. InputError naming the path when no source claims it."""

@@ -33,7 +33,7 @@ from medsynth_gui.loaders import (
     dataset_view,
     default_cache_root,
     h5_sample,
-    shown,
+    opened_as,
     with_segmentation,
 )
 from medsynth_gui.panels.evaluate_panel import EvaluatePanel
@@ -223,7 +223,7 @@ class MainWindow(QMainWindow):
         p = Path(path)
         self.settings.setValue("open/dir", str(p.parent))
         try:
-            how, view = shown(p)  # the engine's source registry says what the path is
+            how, view = opened_as(p)  # the engine's source registry says what the path is
             if how == "gallery":
                 if not self.gallery.open_file(str(p)):
                     return False  # the gallery has said why, through its failed signal

@@ -30,7 +30,7 @@ from engine.io.sources import (
     RawDataset,
     source_for,
 )
-from medsynth_gui.loaders import ViewCache, dataset_view, shown
+from medsynth_gui.loaders import ViewCache, dataset_view, opened_as
 from tests import corpus as C
 from tests.test_partners import make_raw_folder
 
@@ -90,7 +90,7 @@ def test_a_label_map_given_alone_is_a_nifti_file_too(tmp_path):
     assert [type(s) for s in SOURCES if s.claims(seg)] == [NiftiFile]
     # Read as the pair it belongs to, everywhere.
     assert load_images(seg).names == load_images(image).names
-    assert shown(seg)[1].image.shape == shown(image)[1].image.shape
+    assert opened_as(seg)[1].image.shape == opened_as(image)[1].image.shape
 
 
 SETS = ["kvasir-jpeg", "grey-png-masks", "palette-png-masks", "medmnist-npz", "msd-folder", "nnunet-folder",
@@ -111,7 +111,7 @@ def test_the_engine_info_and_the_app_agree_on_a_set(layout, tmp_path):
     if data.spacing:
         assert f"spacing: {tuple(round(v, 4) for v in data.spacing)}" in text
     # The app: a set is read into the gallery's cache, titled by the same words, holding the same images.
-    how, view = shown(path)
+    how, view = opened_as(path)
     assert (how, view) == ("dataset", None) or layout == "nifti-with-seg"
     cached, title = dataset_view(path, ViewCache(tmp_path / "cache"))
     assert title == f"{path.name} ({summary})"
@@ -124,7 +124,7 @@ def test_the_engine_info_and_the_app_agree_on_a_set(layout, tmp_path):
 
 def test_the_engine_info_and_the_viewer_agree_on_a_nifti_volume(tmp_path):
     path = _nifti_pair(tmp_path / "nifti")
-    how, view = shown(path)
+    how, view = opened_as(path)
     assert how == "viewer" and view.image.shape == (20, 18, 8) and view.mask is not None
     assert view.spacing == pytest.approx(NIFTI_ZOOMS)
     data = load_images(path)
@@ -138,7 +138,7 @@ def test_the_engine_info_and_the_viewer_agree_on_a_nifti_volume(tmp_path):
 def test_the_engine_info_and_the_viewer_agree_on_a_dicom_series(tmp_path):
     corpus, hu = C.dicom_series(tmp_path / "patient" / "series")
     path = corpus.path
-    how, view = shown(path)
+    how, view = opened_as(path)
     assert how == "viewer" and view.units == "HU" and view.image.shape == hu.shape
     assert view.spacing == pytest.approx(C.DICOM_ZOOMS)
     np.testing.assert_allclose(view.image, hu)  # the rescale intercept applied
@@ -149,14 +149,14 @@ def test_the_engine_info_and_the_viewer_agree_on_a_dicom_series(tmp_path):
     assert cube.images.shape == (1, 1, 8, 8, 8) and cube.modality == "CT"
     # The folder of series is one case per series for the 3D reader, and the app reads it as a set.
     assert len(read_volumes(path.parent, VolumeOptions(size=8))) == 1
-    assert shown(path.parent) == ("dataset", None)
+    assert opened_as(path.parent) == ("dataset", None)
     with pytest.raises(InputError, match="3D preset"):
         load_images(path)
 
 
 def test_a_medsynth_file_opens_in_the_gallery_as_it_is(tmp_path):
     path = _medsynth(tmp_path / "out")
-    assert shown(path) == ("gallery", None)
+    assert opened_as(path) == ("gallery", None)
     assert len(load_images(path)) == 5
     assert describe(path).startswith(f"{path}: MedSynth HDF5 v1 (") and "5 of 5 samples complete" in describe(path)
 
@@ -168,7 +168,7 @@ def test_an_unknown_file_is_one_input_error_naming_it(tmp_path, capsys):
     folder.mkdir()
     (folder / "readme.txt").write_text("hello")
     for path in (notes, folder):
-        for read in (source_for, load_images, describe, shown, lambda p: read_volumes(p, VolumeOptions(size=8)),
+        for read in (source_for, load_images, describe, opened_as, lambda p: read_volumes(p, VolumeOptions(size=8)),
                      lambda p: load_images(p, volumes=VolumeOptions(size=8))):
             with pytest.raises(InputError) as err:
                 read(path)
