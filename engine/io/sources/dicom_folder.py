@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.data.dicom import is_dicom_folder, read_dicom_series
+from engine.data.dicom import is_dicom_folder, looks_dicom, read_dicom_series
 from engine.io.sources.common import Case, View, visible
 
 
@@ -14,17 +14,8 @@ def holds_slices(folder: Path) -> bool:
     """Whether a folder itself holds the slices of a series."""
     # A DICOMDIR index (often beside a README) looks like DICOM but holds no slice; its series sit
     # in subfolders.
-    return is_dicom_folder(folder) and any(not p.name.upper().startswith("DICOMDIR") and _looks_dicom(p)
+    return is_dicom_folder(folder) and any(not p.name.upper().startswith("DICOMDIR") and looks_dicom(p)
                                            for p in visible(folder))
-
-
-def _looks_dicom(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    if path.suffix.lower() == ".dcm":
-        return True
-    with open(path, "rb") as fh:
-        return fh.read(132)[128:132] == b"DICM"
 
 
 def series_folders(path: Path) -> list[Path]:
