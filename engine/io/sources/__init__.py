@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import InputError
-from engine.io.sources.common import IMAGE_SUFFIXES, Case, View, is_nifti, visible
+from engine.io.sources.common import IMAGE_SUFFIXES, NIFTI_SUFFIXES, Case, View, is_nifti, visible
 
 if TYPE_CHECKING:
     from engine.data.dataset import ImageSet
@@ -181,7 +181,7 @@ class ImageFolder(Source):
             return True
         from engine.io.sources.dicom_folder import holds_slices
 
-        return (not _files(path, (".nii", ".nii.gz")) and bool(_files(path, IMAGE_SUFFIXES))
+        return (not _files(path, NIFTI_SUFFIXES) and bool(_files(path, IMAGE_SUFFIXES))
                 and not holds_slices(path))
 
     def kind_of(self, path: Path) -> str:
@@ -201,12 +201,12 @@ class NiftiFolder(Source):
     slices = True
 
     def claims(self, path: Path) -> bool:
-        return _other_folder(path) and bool(_files(path, (".nii", ".nii.gz")))
+        return _other_folder(path) and bool(_files(path, NIFTI_SUFFIXES))
 
     def _cases(self, path: Path) -> list[Case]:
         from engine.io.sources.nifti import folder_cases
 
-        return folder_cases(_files(path, (".nii", ".nii.gz")))
+        return folder_cases(_files(path, NIFTI_SUFFIXES))
 
     def count(self, path: Path) -> str | None:
         return _plural(len(self._cases(path)), "case")
@@ -227,7 +227,7 @@ class DicomFolder(Source):
     slices = True
 
     def claims(self, path: Path) -> bool:
-        if not _other_folder(path) or _files(path, (".nii", ".nii.gz")):
+        if not _other_folder(path) or _files(path, NIFTI_SUFFIXES):
             return False
         from engine.io.sources.dicom_folder import holds_slices, series_folders
 
