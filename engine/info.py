@@ -87,34 +87,12 @@ def _run_dir(path: Path) -> list[str]:
     return lines
 
 
-def source_kind(path: Path) -> str:
-    """What layout a data source has, in the words its users know it by."""
-    if path.is_file():
-        if path.suffix.lower() == ".npz":
-            return "MedMNIST file"
-        return "NIfTI file" if path.name.lower().endswith((".nii", ".nii.gz")) else f"{path.suffix} file"
-    if (path / "dataset.json").exists() or (path / "imagesTr").is_dir():
-        from engine.data import partners
-
-        meta = path / "dataset.json"
-        nnunet = meta.is_file() and "channel_names" in meta.read_text(encoding="utf-8", errors="replace")
-        images = path / "imagesTr"
-        nnunet = nnunet or (images.is_dir() and any(
-            partners.split_channel(partners.split_name(p)[0]) for p in images.iterdir()))
-        return "nnU-Net folder" if nnunet else "MSD folder"
-    return "image/mask folder" if (path / "masks").is_dir() else "image folder"
-
-
 def source_summary(path: str | Path, data: ImageSet) -> str:
-    """'nnU-Net folder, 12 cases' — the kind of a source and how much it holds, as the app titles it."""
-    path = Path(path)
-    kind = source_kind(path)
-    if kind in ("nnU-Net folder", "MSD folder"):
-        from engine.data.readers import _msd_cases
+    """'nnU-Net folder, 12 cases, 658 slices' — the kind of a source and how much it holds, as the app titles it."""
+    from engine.io.sources import source_for
 
-        cases = len(_msd_cases(path)[0])
-        return f"{kind}, {cases} case{'s' * (cases != 1)}, {len(data)} slices"
-    return f"{kind}, {len(data)} image{'s' * (len(data) != 1)}"
+    path = Path(path)
+    return source_for(path).describe(path, data)
 
 
 def _partner_line(path: Path) -> str | None:
@@ -135,14 +113,19 @@ def describe(path: str | Path) -> str:
         raise InputError(p, "does not exist")
     if is_run_or_checkpoint(p):
         return "\n".join(_run_dir(p))
-    if p.suffix in (".h5", ".hdf5"):
-        return "\n".join(_h5(p))
-    from engine.data.dicom import is_dicom_folder, read_dicom_series
+    from engine.io.sources import DicomFolder, MedSynthFile, NiftiFile, source_for
+    from engine.io.sources.dicom_folder import holds_slices
 
-    if is_dicom_folder(p):
-        v = read_dicom_series(p)
+    source = source_for(p)
+    if isinstance(source, MedSynthFile):
+        return "\n".join(_h5(p))
+    # One DICOM series; a folder of series is read (or refused) as a set.
+    if isinstance(source, DicomFolder) and holds_slices(p):
         import nibabel as nib
 
+        from engine.data.dicom import read_dicom_series
+
+        v = read_dicom_series(p)
         return (f"{p}: DICOM series ({v.modality}), volume {v.array.shape} voxels of "
                 f"{tuple(round(s, 3) for s in v.spacing)} mm, orientation {''.join(nib.aff2axcodes(v.affine))}, "
                 f"values {float(v.array.min()):.4g}..{float(v.array.max()):.4g} {v.units}")
@@ -153,7 +136,7 @@ def describe(path: str | Path) -> str:
     lines = [f"{p}: {len(s)} image(s) of {s.size[0]}x{s.size[1]} px, {s.channels} channel(s), "
              f"values {float(s.images.min()):.4g}..{float(s.images.max()):.4g} (modality {s.modality})",
              f"  source: {source_summary(p, s)}"]
-    if p.name.lower().endswith((".nii", ".nii.gz")) and (partner := _partner_line(p)):
+    if isinstance(source, NiftiFile) and (partner := _partner_line(p)):
         lines.append(partner)
     if s.masks is not None:
         lines.append(f"  {describe_mask_coding(s)}")

@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
 
 from engine import __version__
 from engine.config import RESOURCES
-from engine.data.dicom import is_dicom_folder
 from engine.errors import InputError
 from medsynth_gui.gallery import Gallery
 from medsynth_gui.loaders import (
@@ -33,9 +32,8 @@ from medsynth_gui.loaders import (
     ViewCache,
     dataset_view,
     default_cache_root,
-    dicom_volume,
     h5_sample,
-    nifti_volume,
+    opened_as,
     with_segmentation,
 )
 from medsynth_gui.panels.evaluate_panel import EvaluatePanel
@@ -226,22 +224,20 @@ class MainWindow(QMainWindow):
         p = Path(path)
         self.settings.setValue("open/dir", str(p.parent))
         try:
-            if p.suffix in (".h5", ".hdf5"):
+            how, view = opened_as(p)  # the engine's source registry says what the path is
+            if how == "gallery":
                 if not self.gallery.open_file(str(p)):
                     return False  # the gallery has said why, through its failed signal
                 self.stack.setCurrentWidget(self.tabs)
                 self.tabs.setCurrentWidget(self.gallery)
                 if self.gallery.count():
                     self.open_sample(str(p), 0, switch=False)
-            elif p.name.endswith((".nii", ".nii.gz")):
-                shown = nifti_volume(p)
-                self.show_image(shown)
-                if shown.mask is not None and not shown.image.any():
+            elif view is not None:
+                self.show_image(view)
+                if view.mask is not None and not view.image.any():
                     self.viewer.state.window_level = (1.0, 0.5)  # a label map alone: labels on black
-                if shown.note:
-                    self.show_error(shown.note)
-            elif is_dicom_folder(p):
-                self.show_image(dicom_volume(p))
+                if view.note:
+                    self.show_error(view.note)
             else:
                 self._open_as_dataset(p)
         except InputError as exc:

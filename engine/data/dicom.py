@@ -38,16 +38,18 @@ def _read(path: Path):
         raise InputError(path, f"is not a readable DICOM file ({exc})") from None
 
 
-def is_dicom_folder(folder: Path) -> bool:
-    if not folder.is_dir():
+def looks_dicom(path: Path) -> bool:
+    """A file named .dcm, or one with DICOM's "DICM" marker after its 128-byte preamble."""
+    if not path.is_file():
         return False
-    for p in sorted(folder.iterdir())[:20]:
-        if p.is_file():
-            with open(p, "rb") as fh:
-                head = fh.read(132)
-            if head[128:132] == b"DICM" or p.suffix.lower() == ".dcm":
-                return True
-    return False
+    if path.suffix.lower() == ".dcm":
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(132)[128:132] == b"DICM"
+
+
+def is_dicom_folder(folder: Path) -> bool:
+    return folder.is_dir() and any(looks_dicom(p) for p in sorted(folder.iterdir())[:20])
 
 
 def read_dicom_series(folder: str | Path) -> Volume:

@@ -8,10 +8,8 @@ kept: a set of full-resolution CTs does not fit in memory, its cubes do.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +20,11 @@ from scipy import ndimage
 
 from engine.data import partners
 from engine.data.dataset import ImageSet, check_finite, validate
-from engine.data.dicom import is_dicom_folder, read_dicom_series
-from engine.data.readers import (
-    _channel_modality,
-    _dataset_json,
-    _msd_cases,
-    _nifti_stem,
-    _reading,
-    _visible,
-    code_label_maps,
-    is_nifti,
-    label_values,
-)
+from engine.data.dicom import read_dicom_series
 from engine.errors import InputError
+from engine.io.sources import Case, source_for
+from engine.io.sources.common import looks_like_ct
+from engine.io.sources.nifti import code_label_maps, label_values, read_array
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +61,6 @@ class VolumeOptions:
 
 
 @dataclass
-class _Case:
-    image: Path  # the file, or the DICOM series folder, that errors name
-    mask: Path | None = None
-    channel: int | None = None  # index into a 4D file's last axis (MSD multi-channel); None: 4D is an error
-    modality: str = "auto"  # "CT" / "MR" when dataset.json or DICOM says so
-    dicom: bool = False
-
-
-@dataclass
 class _Volume:
     image: np.ndarray  # float32 (X, Y, Z), RAS voxel order
     mask: np.ndarray | None  # uint8 (X, Y, Z) in the file's values, or None
@@ -100,7 +81,8 @@ def read_volumes(path: str | Path, options: VolumeOptions) -> ImageSet:
         raise InputError(None, f"volume size {size} is too small; at least 2 voxels per axis are needed")
     if options.crop not in ("foreground", "center"):
         raise InputError(None, f"crop {options.crop!r} is not one of 'foreground', 'center'")
-    cases, label_names, allowed = _find_cases(path, options.channel)
+    # The source that claims the path (a NIfTI file or folder, an MSD / nnU-Net folder, DICOM) lists its cases.
+    cases, label_names, allowed = source_for(path).volume_cases(path, options.channel)
     boxes: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(cases)
     if options.spacing is not None:
         target = np.array([float(s) for s in options.spacing])
@@ -147,108 +129,16 @@ def read_volumes(path: str | Path, options: VolumeOptions) -> ImageSet:
                              source=str(path)))
 
 
-# ---------------------------------------------------------------- which files are the cases
-
-
-def _find_cases(path: Path, channel: int) -> tuple[list[_Case], dict[int, str] | None, set[int] | None]:
-    """The cases under `path`, plus label names and allowed label values when dataset.json gives them."""
-    if not path.exists():
-        raise InputError(path, "does not exist")
-    if path.is_file():
-        if not is_nifti(path):
-            raise InputError(path, "is not a NIfTI file (.nii / .nii.gz); 3D input is NIfTI, an MSD / nnU-Net "
-                                   "folder, or DICOM series")
-        # A label map given alone stands for its case: the pair is read.
-        image = partners.image_for(path) if partners.is_label_file(path) else None
-        case = _Case(image, path) if image is not None else _Case(path, partners.label_for(path))
-        root = partners.dataset_root(case.image)
-        if root is not None:
-            label_names, _ = _dataset_json(root)
-            return [case], label_names, set(label_names)
-        return [case], None, None
-    entries = _visible(path)
-    if not entries:
-        raise InputError(path, "is an empty folder")
-    if (path / "dataset.json").exists() or (path / "imagesTr").is_dir():
-        return _msd(path, channel)
-    niftis = [p for p in entries if p.is_file() and is_nifti(p)]
-    if niftis:
-        return _nifti_folder(path, niftis), None, None
-    if _holds_slices(path):
-        return [_Case(path, dicom=True)], None, None
-    series = [Path(d) for d, _, _ in sorted(os.walk(path)) if Path(d) != path and _holds_slices(Path(d))]
-    if series:
-        return [_Case(s, dicom=True) for s in series], None, None
-    raise InputError(path, "holds no NIfTI files, DICOM series or dataset.json + imagesTr/")
-
-
-def _holds_slices(folder: Path) -> bool:
-    # A DICOMDIR index (often beside a README) looks like DICOM but holds no slice; its series sit
-    # in subfolders.
-    return is_dicom_folder(folder) and any(not p.name.upper().startswith("DICOMDIR") and _looks_dicom(p)
-                                           for p in _visible(folder))
-
-
-def _looks_dicom(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    if path.suffix.lower() == ".dcm":
-        return True
-    with open(path, "rb") as fh:
-        return fh.read(132)[128:132] == b"DICM"
-
-
-def _nifti_folder(root: Path, files: list[Path]) -> list[_Case]:
-    # A file is a mask when it is named as one and its image is there too; a lone "x_label.nii.gz"
-    # is an image like any other.
-    is_mask = {p for p in files if partners.is_label_file(p) and partners.image_for(p) in files}
-    cases = [_Case(p, partners.label_for(p)) for p in files if p not in is_mask]
-    with_mask = [c for c in cases if c.mask is not None]
-    if with_mask and len(with_mask) < len(cases):
-        lone = next(c for c in cases if c.mask is None)
-        raise InputError(lone.image, f"has no mask partner ({'/'.join(partners.LABEL_SUFFIXES)}) while "
-                                     f"{with_mask[0].image.name} has one; give every image a mask or none")
-    return cases
-
-
-def _msd(root: Path, channel: int) -> tuple[list[_Case], dict[int, str], set[int]]:
-    label_names, _ = _dataset_json(root)
-    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-    listed = meta.get("modality") or meta.get("channel_names") or {}
-    listed = listed if isinstance(listed, dict) else {}
-    n_channels = max(len(listed), 1)
-    if not 0 <= channel < n_channels:
-        raise InputError(root / "dataset.json", f"lists {n_channels} channel(s); channel {channel} is out of range")
-    # An unknown channel name ("noNorm", "rescale_to_0_1") leaves the modality to the voxels.
-    modality = _channel_modality(str(listed.get(str(channel), "")))
-    modality = modality if modality != "generic" else "auto"
-    cases, label_files = _msd_cases(root)
-    out = []
-    for case in sorted(cases):
-        first = cases[case]
-        stem = _nifti_stem(first)
-        if stem != case:  # nnU-Net v2: one file per channel, case_0000, case_0001, ...
-            image = first.with_name(f"{case}_{channel:04d}{first.name[len(stem):]}")
-            if not image.is_file():
-                raise InputError(first, f"has no channel-{channel} partner {image.name}")
-            four_d = None
-        else:  # MSD: several channels sit on a 4D file's last axis
-            image, four_d = first, (channel if n_channels > 1 else None)
-        mask = label_files[case] if label_files is not None else None
-        out.append(_Case(image, mask, channel=four_d, modality=modality))
-    return out, label_names, set(label_names)
-
-
 # ---------------------------------------------------------------- one case in RAS
 
 
-def _load(case: _Case, allowed: set[int] | None) -> _Volume:
+def _load(case: Case, allowed: set[int] | None) -> _Volume:
     if case.dicom:
         v = read_dicom_series(case.image)
         image, affine = _to_ras(v.array, v.affine)
         modality = v.modality
     else:
-        image, affine = _read_nifti(case.image, "image", case.channel)
+        image, affine = read_array(case.image, "image", case.channel)
         image, affine = _to_ras(image, affine)
         modality = case.modality
     check_finite(case.image, image)
@@ -258,10 +148,10 @@ def _load(case: _Case, allowed: set[int] | None) -> _Volume:
     if not np.all(spacing > 0):
         raise InputError(case.image, f"has voxel size {tuple(spacing.tolist())} mm; every size must be positive")
     if modality not in ("CT", "MR", "generic"):
-        modality = "CT" if float(np.percentile(_strided(image), 1)) < -500 else "MR"
+        modality = "CT" if looks_like_ct(_strided(image)) else "MR"
     mask, values = None, ()
     if case.mask is not None:
-        raw, mask_affine = _read_nifti(case.mask, "label map", None)
+        raw, mask_affine = read_array(case.mask, "label map", None)
         # Checked in memory order: np.unique of a flipped or Fortran-ordered view first copies
         # it into C order, seconds for a full CT.
         order = "F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C"
@@ -271,26 +161,6 @@ def _load(case: _Case, allowed: set[int] | None) -> _Volume:
         mask, mask_affine = _to_ras(labels, mask_affine)
         partners.check_geometry(case.image, image.shape, affine, case.mask, mask.shape, mask_affine)
     return _Volume(image, mask, spacing, modality, values)
-
-
-def _read_nifti(path: Path, what: str, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
-    with _reading(path, f"a NIfTI {what}"):
-        img = nib.load(path)
-        shape = img.shape
-        if len(shape) == 4 and shape[3] == 1:
-            data = img.dataobj[..., 0]
-        elif len(shape) == 4 and channel is not None:
-            if channel >= shape[3]:
-                raise InputError(path, f"has {shape[3]} channels (shape {shape}); channel {channel} is out of range")
-            # Slicing the proxy reads only the chosen channel, not the whole 4D file.
-            data = img.dataobj[..., channel]
-        elif len(shape) == 3:
-            data = img.dataobj[...]
-        else:
-            raise InputError(path, f"is {len(shape)}D with shape {shape}; a 3D volume was expected (store each "
-                                   "channel as its own file, nnU-Net style, or list the channels in dataset.json)")
-        affine = np.asarray(img.affine, float)
-    return np.asarray(data, np.float32), affine
 
 
 def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -344,7 +214,7 @@ def _foreground_box(vol: _Volume) -> tuple[np.ndarray, np.ndarray]:
     return np.min(los, axis=0).astype(float), np.max(his, axis=0).astype(float)
 
 
-def _auto_spacing(cases: list[_Case], allowed: set[int] | None, size: int,
+def _auto_spacing(cases: list[Case], allowed: set[int] | None, size: int,
                   ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray] | None]]:
     needed, finest = 0.0, math.inf
     boxes: list[tuple[np.ndarray, np.ndarray] | None] = []
