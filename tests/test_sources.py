@@ -13,7 +13,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.cli import main
 from engine.data import VolumeOptions, load_images, read_volumes
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
@@ -30,6 +29,7 @@ from engine.io.sources import (
     RawDataset,
     source_for,
 )
+from medsynth.cli import main
 from medsynth_gui.loaders import ViewCache, dataset_view, opened_as
 from tests import corpus as C
 from tests.test_partners import make_raw_folder
