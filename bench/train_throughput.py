@@ -47,11 +47,12 @@ from engine.data import read_npz  # noqa: E402
 from engine.data.dataset import ImageSet  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  # noqa: E402
+from engine.devices import pick_device  # noqa: E402
 from engine.diffusion import train_scheduler  # noqa: E402
 from engine.jobs import Event, Progress, Requests  # noqa: E402
 from engine.models import build_model  # noqa: E402
 from engine.threads import use_free_cores  # noqa: E402
-from engine.train import TrainJob, complete_model_config, diffusion_loss, mixed_precision, pick_device  # noqa: E402
+from engine.train import TrainJob, complete_model_config, diffusion_loss, mixed_precision  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -78,8 +79,8 @@ def resolved(cfg: RunConfig, data: ImageSet) -> tuple[RunConfig, TrainingTensors
     cfg = copy.deepcopy(cfg)
     complete_model_config(cfg, data)
     norm = fit_normalisation(data, cfg.data.modality)
-    tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.model.mask_labels,
-                         cfg.model.num_classes > 0)
+    tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.facts.mask_labels,
+                         cfg.facts.num_classes > 0)
     return cfg, tensors
 
 

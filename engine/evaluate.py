@@ -34,6 +34,7 @@ from engine.config import RESOURCES, from_dict, path_sha256, public_path
 from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet
 from engine.data.prepare import resize
+from engine.devices import pick_device
 from engine.errors import InputError
 from engine.evaluation.stages import Stage
 from engine.io.medsynth_h5 import (
@@ -230,8 +231,7 @@ class EvaluateJob:
 
     def _run(self, out: h5py.File, emit: Emit, requests: Requests) -> dict[str, Any]:
         st = self.settings
-        device = "cuda" if st.device == "auto" and torch.cuda.is_available() else \
-            ("cpu" if st.device == "auto" else st.device)
+        device = pick_device(st.device)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         stages = [s for s in Stage if s not in st.skip]

@@ -24,6 +24,7 @@ from engine.config import save as save_config
 from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet, describe_mask_coding
 from engine.data.prepare import Normalisation, fit_normalisation, resized_geometry, to_tensors
+from engine.devices import pick_device
 from engine.diffusion import denoise, sampler, train_scheduler
 from engine.errors import InputError
 from engine.estimate import StepTimer, describe, device_warning
@@ -87,14 +88,6 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
-def pick_device(requested: str) -> str:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "a CUDA GPU was asked for but torch finds none on this machine")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
 def mixed_precision(requested: str, device: str) -> str:
     if device != "cuda":
         return "no"
@@ -105,20 +98,20 @@ def mixed_precision(requested: str, device: str) -> str:
 
 def complete_model_config(cfg: RunConfig, data: ImageSet) -> None:
     """Channel, label and class counts come from the data, not the preset."""
-    cfg.model.image_channels = data.channels
-    cfg.model.spatial_dims = data.spatial_dims
-    cfg.model.mask_labels = data.num_mask_labels if cfg.data.mask_mode != "none" else 0
+    cfg.facts.image_channels = data.channels
+    cfg.facts.spatial_dims = data.spatial_dims
+    cfg.facts.mask_labels = data.num_mask_labels if cfg.data.mask_mode != "none" else 0
     if data.masks is None:
         cfg.data.mask_mode = "none"
-    cfg.model.num_classes = data.num_classes if cfg.data.class_conditional else 0
-    cfg.model.in_channels = io_channels(cfg)[0]
+    cfg.facts.num_classes = data.num_classes if cfg.data.class_conditional else 0
+    cfg.facts.in_channels = io_channels(cfg)[0]
 
 
 def data_summary(data: ImageSet, cfg: RunConfig, params: int) -> str:
     """What training found in the data and the model size it leads to, said before the first step."""
     coding = describe_mask_coding(data) if cfg.data.mask_mode != "none" else ""
-    return f"{coding + '; ' if coding else ''}model {params / 1e6:.2f} M parameters, {cfg.model.in_channels} " \
-           f"input channel{'s' if cfg.model.in_channels != 1 else ''}"
+    return f"{coding + '; ' if coding else ''}model {params / 1e6:.2f} M parameters, {cfg.facts.in_channels} " \
+           f"input channel{'s' if cfg.facts.in_channels != 1 else ''}"
 
 
 class TrainJob:
@@ -177,15 +170,15 @@ class TrainJob:
             tc.batch = batch_for(tc, device)
         if warning := device_warning(cfg.preset, device):
             emit(Message(warning))
-        voxels = len(data) * cfg.model.image_size ** max(cfg.model.spatial_dims, 2)
+        voxels = len(data) * cfg.model.image_size ** max(cfg.facts.spatial_dims, 2)
         data_bytes = voxels * (pixel_channels(cfg) + io_channels(cfg)[2]) * 4
         fits = memory.check(cfg, device, cfg.preset, data_bytes=data_bytes)
         emit(Message(fits.describe()))
         emit(DataSummary(data_summary(data, cfg, fits.stages[-1].params)))
         acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision(tc.mixed_precision, device))
         rank, world = acc.process_index, acc.num_processes
-        tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.model.mask_labels,
-                             cfg.model.num_classes > 0)
+        tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.facts.mask_labels,
+                             cfg.facts.num_classes > 0)
         spacing, affine = resized_geometry(data, cfg.model.image_size)  # of what the model makes
         x_all = tensors.x.to(acc.device)
         labels_all = None if tensors.labels is None else tensors.labels.to(acc.device)
@@ -250,7 +243,7 @@ class TrainJob:
         noise_sched = train_scheduler(tc)
         alphas = noise_sched.alphas_cumprod.to(acc.device)
         null = null_class(cfg)
-        dims = max(cfg.model.spatial_dims, 2)
+        dims = max(cfg.facts.spatial_dims, 2)
         latent = ae is not None
         extra = {"autoencoder": ae.state_dict()} if latent else None
         log_path = self.run_dir / "loss.jsonl"
@@ -271,7 +264,7 @@ class TrainJob:
         def preview(step: int) -> None:
             n = 8 if dims == 2 else 2
             gens = [torch.Generator().manual_seed(tc.seed + i) for i in range(n)]
-            labels = None if null is None else torch.arange(n) % max(cfg.model.num_classes, 1)
+            labels = None if null is None else torch.arange(n) % max(cfg.facts.num_classes, 1)
             cond = None if cond_all is None else cond_all[:n]
 
             def on_step(i: int, total: int) -> None:
@@ -293,7 +286,7 @@ class TrainJob:
                 return
             if latent:
                 x = autoencoder.decode(ae, x, facts["latent_scale"])
-            images = norm.inverse(x[:, :cfg.model.image_channels]).cpu().numpy()
+            images = norm.inverse(x[:, :cfg.facts.image_channels]).cpu().numpy()
             if dims == 3:
                 images = images[:, :, images.shape[2] // 2]  # previews show the central slice
             emit(Preview(step, images))

@@ -22,14 +22,17 @@ from PySide6.QtWidgets import (
 )
 
 from engine import checkpoints
+from engine.config import data_facts
 from engine.errors import InputError
 from engine.jobs import Done, Progress
 from engine.sample import SampleJob
+from engine.settings import MaskMode, Sampler
 from medsynth_gui.labels import WrapLabel
+from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.widgets import path_row, status_labels
 from medsynth_gui.worker import JobRunner
 
-DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 25}
+DEFAULT_STEPS = {Sampler.DDPM: 1000, Sampler.DDIM: 50, Sampler.DPM: 25}
 
 
 class GeneratePanel(QWidget):
@@ -62,13 +65,11 @@ class GeneratePanel(QWidget):
         form.addRow("", self.model_info)
         self.n_spin = QSpinBox(minimum=1, maximum=1_000_000, value=64)
         form.addRow("Samples", self.n_spin)
-        self.sampler = QComboBox()
-        self.sampler.addItems(["dpm", "ddim", "ddpm"])
-        self.sampler.setItemText(0, "dpm")
-        self.sampler.setToolTip("dpm: DPM-Solver++ (fast); ddim: deterministic; ddpm: the original, 1000 steps")
-        self.sampler.currentTextChanged.connect(lambda s: self.steps_spin.setValue(DEFAULT_STEPS[s]))
+        self.sampler = ChoiceCombo(Sampler)
+        self.sampler.currentIndexChanged.connect(
+            lambda _: self.steps_spin.setValue(DEFAULT_STEPS[Sampler(self.sampler.value())]))
         form.addRow("Sampler", self.sampler)
-        self.steps_spin = QSpinBox(minimum=1, maximum=1000, value=DEFAULT_STEPS["dpm"])
+        self.steps_spin = QSpinBox(minimum=1, maximum=1000, value=DEFAULT_STEPS[Sampler.DPM])
         form.addRow("Steps", self.steps_spin)
         self.class_combo = QComboBox()
         self.class_combo.addItem("Uniform mix of classes")
@@ -124,15 +125,14 @@ class GeneratePanel(QWidget):
             return
         cfg = state["config"]
         names = state.get("class_names") or []
-        k = cfg["model"]["num_classes"]
+        k = data_facts(cfg).num_classes
         for i in range(k):
             self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
         self.class_combo.setEnabled(k > 0)
         self.mix_edit.setEnabled(k > 0)
         self.guidance.setEnabled(k > 0)
-        masks = {"joint": "image + mask", "condition": "mask → image", "none": "image only"}
         self.model_info.setText(f"step {state['step']}, {cfg['model']['image_size']} px, "
-                                f"{masks[cfg['data']['mask_mode']]}, {k} classes")
+                                f"{MaskMode(cfg['data']['mask_mode']).label.lower()}, {k} classes")
         self.model_chosen.emit(ckpt.parent.parent.name)  # run/checkpoints/step_N
 
     def _pick_ckpt(self) -> None:
@@ -154,7 +154,7 @@ class GeneratePanel(QWidget):
         class_index = self.class_combo.currentData()
         try:
             job = SampleJob(self.ckpt_edit.text().strip(), self.n_spin.value(), out,
-                            sampler_name=self.sampler.currentText(), steps=self.steps_spin.value(),
+                            sampler_name=self.sampler.value(), steps=self.steps_spin.value(),
                             seed=self.seed_spin.value(), class_index=class_index,
                             class_mix=self.mix_edit.text().strip() or None, guidance=self.guidance.value(),
                             batch=16, redraw_mismatches=self.redraw_check.isChecked())
