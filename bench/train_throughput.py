@@ -51,6 +51,7 @@ from engine.devices import pick_device  # noqa: E402
 from engine.diffusion import train_scheduler  # noqa: E402
 from engine.jobs import Event, Progress, Requests  # noqa: E402
 from engine.models import build_model  # noqa: E402
+from engine.settings import Device  # noqa: E402
 from engine.threads import use_free_cores  # noqa: E402
 from engine.train import TrainJob, complete_model_config, diffusion_loss, mixed_precision  # noqa: E402
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=None, help="default: the preset's batch on this device")
     ap.add_argument("--repeats", type=int, default=3, help="repetitions of each loop, alternated")
     ap.add_argument("--images", type=int, default=256, help="images in the training set")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: the engine's choice, the cores other processes leave free)")
     args = ap.parse_args(argv)
