@@ -56,6 +56,13 @@ def test_cli_choices_are_the_declared_ones(command, flag, kind):
     assert list(_option(build_parser(), command, flag).choices) == kind.values()
 
 
+def test_the_readme_lists_the_declared_choices():
+    text = (ROOT / "README.md").read_text()
+    for flag, kind in (("--loss", LossKind), ("--prediction", Prediction), ("--mask-mode", MaskMode),
+                       ("--device", Device), ("--sampler", Sampler), ("--format", ExportFormat)):
+        assert f"{flag} {'|'.join(kind.values())}" in text, flag
+
+
 def test_export_formats_are_the_declared_ones(tmp_path):
     # --format has no argparse choices (a wrong name is one error line naming the file); its help lists them.
     assert _option(build_parser(), "export", "--format").metavar == "{png,nifti,nnunet}"
