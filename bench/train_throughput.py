@@ -80,7 +80,7 @@ def resolved(cfg: RunConfig, data: ImageSet) -> tuple[RunConfig, TrainingTensors
     cfg = copy.deepcopy(cfg)
     complete_model_config(cfg, data)
     norm = fit_normalisation(data, cfg.data.modality)
-    tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.facts.mask_labels,
+    tensors = to_tensors(data, norm, cfg.model.image_size, cfg.mask_mode, cfg.facts.mask_labels,
                          cfg.facts.num_classes > 0)
     return cfg, tensors
 
@@ -96,7 +96,7 @@ def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextli
 
 def bench_data(cfg: RunConfig, n: int, folder: Path) -> ImageSet:
     """Phantoms for presets with masks; a MedMNIST-like .npz (8 classes of smooth blobs) otherwise."""
-    if cfg.data.mask_mode != "none":
+    if cfg.mask_mode != "none":
         return make_phantoms(n, size=cfg.model.image_size, seed=0)
     rng = np.random.default_rng(0)
     size = cfg.model.image_size

@@ -45,6 +45,9 @@ class DataFacts:
     image_channels: int = 0
     mask_labels: int = 0
     num_classes: int = 0
+    # The user's mask mode, or "none" when the data holds no masks ("" in configs saved before this field,
+    # which wrote "none" into the user's choice instead).
+    mask_mode: str = ""
 
 
 @dataclass
@@ -141,6 +144,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     facts: DataFacts = field(default_factory=DataFacts)
+
+    @property
+    def mask_mode(self) -> str:
+        """The mask mode the model is trained in: the user's choice, unless the data holds no masks."""
+        return self.facts.mask_mode or self.data.mask_mode
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine import checkpoints
-from engine.config import data_facts
+from engine.config import from_dict
 from engine.errors import InputError
 
 if TYPE_CHECKING:
@@ -70,14 +70,14 @@ def _run_dir(path: Path) -> list[str]:
     ckpt = checkpoints.resolve(path)
     state = checkpoints.read_state(ckpt)
     cfg = state["config"]
-    facts = data_facts(cfg)
+    run = from_dict(cfg)
     steps = [int(p.name.split("_")[1]) for p in checkpoints.list_checkpoints(path)] if ckpt.parent.name \
         == "checkpoints" and ckpt.parent.parent == path else [state["step"]]
     lines = [f"{path}: training run, preset {cfg.get('preset') or '-'}, step {state['step']} of "
              f"{cfg['train']['steps']}",
              f"  checkpoints at steps: {', '.join(map(str, steps))}",
-             f"  model: {cfg['model']['image_size']} px, {facts.image_channels} channel(s), "
-             f"mask {cfg['data']['mask_mode']} ({facts.mask_labels} labels), {facts.num_classes} classes",
+             f"  model: {run.model.image_size} px, {run.facts.image_channels} channel(s), "
+             f"mask {run.mask_mode} ({run.facts.mask_labels} labels), {run.facts.num_classes} classes",
              f"  training: loss {cfg['train']['loss']}, {cfg['train']['prediction']}, batch "
              f"{cfg['train']['batch']}, lr {cfg['train']['lr']}",
              f"  data: {state.get('data_source')}"]

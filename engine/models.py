@@ -12,19 +12,19 @@ from engine.config import RunConfig
 
 
 def mask_channels(cfg: RunConfig) -> int:
-    return max(cfg.facts.mask_labels - 1, 0) if cfg.data.mask_mode != "none" else 0
+    return max(cfg.facts.mask_labels - 1, 0) if cfg.mask_mode != "none" else 0
 
 
 def pixel_channels(cfg: RunConfig) -> int:
     """Channels of a training volume in pixel space: the image, then the jointly generated mask."""
-    return cfg.facts.image_channels + (mask_channels(cfg) if cfg.data.mask_mode == "joint" else 0)
+    return cfg.facts.image_channels + (mask_channels(cfg) if cfg.mask_mode == "joint" else 0)
 
 
 def io_channels(cfg: RunConfig) -> tuple[int, int, int]:
     """(network input, network output, condition) channel counts of the diffusion network."""
     k = mask_channels(cfg)
     out = cfg.autoencoder.latent_channels if cfg.autoencoder.enabled else pixel_channels(cfg)
-    cond = k if cfg.data.mask_mode == "condition" else 0
+    cond = k if cfg.mask_mode == "condition" else 0
     return out + cond, out, cond
 
 

@@ -125,7 +125,7 @@ class Generator:
                 x = autoencoder.decode(self.autoencoder, x, self.latent_scale)
         c = self.cfg.facts.image_channels
         images = self.norm.inverse(x[:, :c].float()).cpu().numpy().astype(np.float32)
-        masks = decode_masks(x[:, c:]) if self.cfg.data.mask_mode == "joint" else None
+        masks = decode_masks(x[:, c:]) if self.cfg.mask_mode == "joint" else None
         return images, masks
 
 
@@ -205,11 +205,11 @@ class SampleJob:
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
         labels = self._labels(gen, seeds)
         conds = self._conditions(gen, seeds)
-        masks_out = gen.cfg.data.mask_mode != "none"
+        masks_out = gen.cfg.mask_mode != "none"
         c, size = gen.cfg.facts.image_channels, gen.cfg.model.image_size
         st = gen.state
         rule = None
-        if self.redraw_mismatches and labels is not None and gen.cfg.data.mask_mode == "joint":
+        if self.redraw_mismatches and labels is not None and gen.cfg.mask_mode == "joint":
             from engine.metrics.phantom_fidelity import count_rule
 
             rule = count_rule(gen.class_names)

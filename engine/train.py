@@ -100,16 +100,15 @@ def complete_model_config(cfg: RunConfig, data: ImageSet) -> None:
     """Channel, label and class counts come from the data, not the preset."""
     cfg.facts.image_channels = data.channels
     cfg.facts.spatial_dims = data.spatial_dims
-    cfg.facts.mask_labels = data.num_mask_labels if cfg.data.mask_mode != "none" else 0
-    if data.masks is None:
-        cfg.data.mask_mode = "none"
+    cfg.facts.mask_mode = cfg.data.mask_mode if data.masks is not None else "none"
+    cfg.facts.mask_labels = data.num_mask_labels if cfg.mask_mode != "none" else 0
     cfg.facts.num_classes = data.num_classes if cfg.data.class_conditional else 0
     cfg.facts.in_channels = io_channels(cfg)[0]
 
 
 def data_summary(data: ImageSet, cfg: RunConfig, params: int) -> str:
     """What training found in the data and the model size it leads to, said before the first step."""
-    coding = describe_mask_coding(data) if cfg.data.mask_mode != "none" else ""
+    coding = describe_mask_coding(data) if cfg.mask_mode != "none" else ""
     return f"{coding + '; ' if coding else ''}model {params / 1e6:.2f} M parameters, {cfg.facts.in_channels} " \
            f"input channel{'s' if cfg.facts.in_channels != 1 else ''}"
 
@@ -177,7 +176,7 @@ class TrainJob:
         emit(DataSummary(data_summary(data, cfg, fits.stages[-1].params)))
         acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision(tc.mixed_precision, device))
         rank, world = acc.process_index, acc.num_processes
-        tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.facts.mask_labels,
+        tensors = to_tensors(data, norm, cfg.model.image_size, cfg.mask_mode, cfg.facts.mask_labels,
                              cfg.facts.num_classes > 0)
         spacing, affine = resized_geometry(data, cfg.model.image_size)  # of what the model makes
         x_all = tensors.x.to(acc.device)

@@ -4,6 +4,7 @@ builder; data facts apart from the user's choices; one device rule; the Python v
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -161,7 +162,7 @@ def test_data_facts_live_apart_from_the_users_choices(tiny_run, tmp_path, phanto
     saved = json.loads((tiny_run / "config.json").read_text())
     assert FACT_NAMES.isdisjoint(saved["model"])
     assert saved["facts"] == {"spatial_dims": 2, "in_channels": 3, "image_channels": 1, "mask_labels": 3,
-                              "num_classes": 4}
+                              "num_classes": 4, "mask_mode": "joint"}
     state = json.loads(sorted((tiny_run / "checkpoints").iterdir())[-1].joinpath("state.json").read_text())
     assert state["config"]["facts"] == saved["facts"] and FACT_NAMES.isdisjoint(state["config"]["model"])
     assert load(tiny_run / "config.json").facts == DataFacts(**saved["facts"])
@@ -172,6 +173,21 @@ def test_data_facts_live_apart_from_the_users_choices(tiny_run, tmp_path, phanto
     chosen = json.dumps(cfg.to_dict()["model"])
     TrainJob(cfg, tmp_path / "run", data=phantoms16).run(lambda ev: None, Requests())
     assert json.dumps(cfg.to_dict()["model"]) == chosen and cfg.facts.num_classes == 4
+
+
+def test_data_without_masks_leaves_the_chosen_mask_mode_alone(tmp_path, phantoms16):
+    from engine.sample import Generator
+    from engine.train import TrainJob
+
+    cfg = tiny_config(steps=1, mask_mode="joint")
+    images_only = dataclasses.replace(phantoms16, masks=None, label_names={})
+    TrainJob(cfg, tmp_path / "run", data=images_only).run(lambda ev: None, Requests())
+    saved = load(tmp_path / "run" / "config.json")
+    assert saved.data.mask_mode == "joint"  # what the user chose
+    assert saved.facts.mask_mode == saved.mask_mode == "none" and saved.facts.mask_labels == 0
+    assert saved.facts.in_channels == 1
+    images, masks = Generator(tmp_path / "run", device="cpu").generate([0], [0], "ddim", 2)
+    assert masks is None and images.shape[1] == 1
 
 
 def test_facts_cannot_be_set_by_a_preset_a_toml_or_an_override(tmp_path):
@@ -192,6 +208,7 @@ def test_old_run_folders_with_inline_facts_still_read(run, tmp_path):
     assert FACT_NAMES <= set(old["model"]) and "facts" not in old  # really written before the change
     cfg = load(run / "config.json")
     assert cfg.facts == DataFacts(**{k: old["model"][k] for k in FACT_NAMES})
+    assert cfg.mask_mode == old["data"]["mask_mode"]  # old runs wrote the mode the model was trained in there
     assert FACT_NAMES.isdisjoint(cfg.to_dict()["model"])
     assert from_dict(old).to_dict() == cfg.to_dict()
     from engine.info import describe

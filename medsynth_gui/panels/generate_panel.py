@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine import checkpoints
-from engine.config import data_facts
+from engine.config import from_dict
 from engine.errors import InputError
 from engine.jobs import Done, Progress
 from engine.sample import SampleJob
@@ -123,16 +123,16 @@ class GeneratePanel(QWidget):
         except InputError as exc:
             self.model_info.setText(str(exc) if self.ckpt_edit.text().strip() else "")
             return
-        cfg = state["config"]
+        cfg = from_dict(state["config"])
         names = state.get("class_names") or []
-        k = data_facts(cfg).num_classes
+        k = cfg.facts.num_classes
         for i in range(k):
             self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
         self.class_combo.setEnabled(k > 0)
         self.mix_edit.setEnabled(k > 0)
         self.guidance.setEnabled(k > 0)
-        self.model_info.setText(f"step {state['step']}, {cfg['model']['image_size']} px, "
-                                f"{MaskMode(cfg['data']['mask_mode']).label.lower()}, {k} classes")
+        self.model_info.setText(f"step {state['step']}, {cfg.model.image_size} px, "
+                                f"{MaskMode(cfg.mask_mode).label.lower()}, {k} classes")
         self.model_chosen.emit(ckpt.parent.parent.name)  # run/checkpoints/step_N
 
     def _pick_ckpt(self) -> None:
