@@ -113,7 +113,7 @@ def bench(run: Path, n: int, ddpm_n: int, batch: int, device: str) -> int:
 
     torch.manual_seed(0)
     gen = Generator(run, device=device)
-    if gen.num_classes != NUM_CLASSES or gen.cfg.data.mask_mode != "joint":
+    if gen.num_classes != NUM_CLASSES or gen.cfg.mask_mode != "joint":
         print(f"{gen.ckpt} is not a class-conditional joint image+mask phantom model", file=sys.stderr)
         return 2
     print(f"checkpoint {gen.ckpt} on {gen.device}; n = {n} (DDPM-1000: {ddpm_n}), batch {batch}", flush=True)

@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from engine.models.diffusion import train_scheduler  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from engine.config import RunConfig, batch_for, load_preset  # noqa: E402
@@ -47,12 +48,13 @@ from engine.data.dataset import ImageSet  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  # noqa: E402
 from engine.jobs import Event, Progress, Requests  # noqa: E402
-from engine.models.diffusion import train_scheduler  # noqa: E402
 from engine.models.networks import build_model  # noqa: E402
+from engine.runtime.devices import pick_device  # noqa: E402
 from engine.runtime.threads import use_free_cores  # noqa: E402
+from engine.settings import Device  # noqa: E402
 from engine.training.run_dir import RunDir  # noqa: E402
 from engine.training.steps import Batch, noised_loss  # noqa: E402
-from engine.training.train import TrainJob, complete_model_config, mixed_precision, pick_device  # noqa: E402
+from engine.training.train import TrainJob, complete_model_config, mixed_precision  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -79,8 +81,8 @@ def resolved(cfg: RunConfig, data: ImageSet) -> tuple[RunConfig, TrainingTensors
     cfg = copy.deepcopy(cfg)
     complete_model_config(cfg, data)
     norm = fit_normalisation(data, cfg.data.modality)
-    tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.model.mask_labels,
-                         cfg.model.num_classes > 0)
+    tensors = to_tensors(data, norm, cfg.model.image_size, cfg.mask_mode, cfg.facts.mask_labels,
+                         cfg.facts.num_classes > 0)
     return cfg, tensors
 
 
@@ -95,7 +97,7 @@ def autocast_for(cfg: RunConfig, device: torch.device) -> Callable[[], contextli
 
 def bench_data(cfg: RunConfig, n: int, folder: Path) -> ImageSet:
     """Phantoms for presets with masks; a MedMNIST-like .npz (8 classes of smooth blobs) otherwise."""
-    if cfg.data.mask_mode != "none":
+    if cfg.mask_mode != "none":
         return make_phantoms(n, size=cfg.model.image_size, seed=0)
     rng = np.random.default_rng(0)
     size = cfg.model.image_size
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=None, help="default: the preset's batch on this device")
     ap.add_argument("--repeats", type=int, default=3, help="repetitions of each loop, alternated")
     ap.add_argument("--images", type=int, default=256, help="images in the training set")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: the engine's choice, the cores other processes leave free)")
     args = ap.parse_args(argv)

@@ -11,7 +11,7 @@ import platform
 import runpy
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata, util
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def collect(root: Path = SOURCE_ROOT) -> dict:
             "variant": f"cuda{cuda}" if cuda else "cpu", "git_commit": _git_commit(root),
             "python": platform.python_version(), "pyside6": pyside,
             "platform": f"{sys.platform}-{platform.machine()}",
-            "built": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "built": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def read() -> dict:

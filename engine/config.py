@@ -6,21 +6,21 @@ import copy
 import dataclasses
 import hashlib
 import json
+import tomllib
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from engine.errors import InputError
+from engine.settings import PresetDevice, allowed
 
 # Found through the package, not the repository, so that a wheel install and the packaged app find them alike.
 RESOURCES = Path(str(files("engine") / "resources"))
 PRESETS = RESOURCES / "presets"
 # A preset's top-level `device` says what it is sized for: "cpu" (runs in minutes on a laptop) or
 # "gpu" (hours or days on a CPU; the CLI and the app warn before such a run starts there).
-PRESET_DEVICES = ("cpu", "gpu")
+PRESET_DEVICES = tuple(PresetDevice.values())
 
 
 @dataclass
@@ -33,12 +33,21 @@ class ModelConfig:
     attention_levels: list[bool] = field(default_factory=lambda: [False, False, True])
     attention_head_dim: int = 8
     dropout: float = 0.0
-    # Filled from the data when training starts.
+
+
+@dataclass
+class DataFacts:
+    """What training found in the data (and what follows from it), kept apart from what the user chose:
+    filled when a run starts, saved with it, never set by a preset, a TOML file or an override."""
+
     spatial_dims: int = 0
     in_channels: int = 0
     image_channels: int = 0
     mask_labels: int = 0
     num_classes: int = 0
+    # The user's mask mode, or "none" when the data holds no masks ("" in configs saved before this field,
+    # which wrote "none" into the user's choice instead).
+    mask_mode: str = ""
 
 
 @dataclass
@@ -134,6 +143,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    facts: DataFacts = field(default_factory=DataFacts)
+
+    @property
+    def mask_mode(self) -> str:
+        """The mask mode the model is trained in: the user's choice, unless the data holds no masks."""
+        return self.facts.mask_mode or self.data.mask_mode
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,17 +157,8 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2)
 
 
+_FACT_NAMES = {f.name for f in dataclasses.fields(DataFacts)}
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "autoencoder": AutoencoderConfig}
-_CHOICES = {
-    ("train", "loss"): {"l2", "l1", "huber"},
-    ("train", "lr_schedule"): {"constant", "cosine"},
-    ("train", "prediction"): {"epsilon", "v_prediction"},
-    ("train", "mixed_precision"): {"auto", "no", "bf16", "fp16"},
-    ("train", "device"): {"auto", "cpu", "cuda"},
-    ("data", "mask_mode"): {"joint", "condition", "none"},
-    ("data", "dims"): {0, 2, 3},
-    ("data", "crop"): {"foreground", "center"},
-}
 
 
 def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
@@ -172,9 +178,9 @@ def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
         for key, value in entries.items():
             if key not in names:
                 raise InputError(source, f"unknown setting {section}.{key}")
-            allowed = _CHOICES.get((section, key))
-            if allowed and value not in allowed:
-                raise InputError(source, f"{section}.{key} = {value!r}; expected one of {sorted(allowed)}")
+            values_allowed = allowed(section, key)
+            if values_allowed and value not in values_allowed:
+                raise InputError(source, f"{section}.{key} = {value!r}; expected one of {values_allowed}")
             setattr(target, key, value)
         if section == "train" and "batch" in entries and "cpu_batch" not in entries:
             target.cpu_batch = 0
@@ -227,8 +233,21 @@ def preset_device(name: str) -> str:
     return str(load_toml(path).get("device", "cpu")) if path.exists() else "cpu"
 
 
+def data_facts(values: dict[str, Any]) -> DataFacts:
+    """The data facts of a saved config given as a dict; configs written before the facts had their own
+    section kept them among the model settings."""
+    facts = {**(values.get("model") or {}), **(values.get("facts") or {})}
+    return DataFacts(**{k: v for k, v in facts.items() if k in _FACT_NAMES})
+
+
 def from_dict(values: dict[str, Any]) -> RunConfig:
-    return merge(RunConfig(), values, "config")
+    """A saved config (config.json, a checkpoint's or an HDF5 file's), old or new, with its data facts."""
+    choices = {k: v for k, v in values.items() if k != "facts"}
+    if isinstance(choices.get("model"), dict):
+        choices["model"] = {k: v for k, v in choices["model"].items() if k not in _FACT_NAMES}
+    cfg = merge(RunConfig(), choices, "config")
+    cfg.facts = data_facts(values)
+    return cfg
 
 
 def resolve(preset: str | None, config_file: str | Path | None, overrides: dict[str, Any]) -> RunConfig:

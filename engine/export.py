@@ -20,8 +20,8 @@ from engine.data.dataset import to_user_coding
 from engine.errors import InputError
 from engine.io.export_nifti import NiftiExport
 from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, METRICS, NN_CORR, SEEDS, Header, open_file, read_header
+from engine.settings import ExportFormat
 
-FORMATS = ("png", "nifti", "nnunet")
 # nnU-Net v2 finds a raw dataset only as nnUNet_raw/DatasetNNN_Name (nnunetv2.utilities.dataset_name_id_conversion).
 NNUNET_FOLDER = re.compile(r"^Dataset(?P<id>\d{3})_(?P<name>.+)$")
 NNUNET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -66,8 +66,8 @@ class PngExport:
 
 
 def _check(path: str | Path, out: Path, fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise InputError(path, f"cannot be exported as {fmt!r}; formats are {', '.join(FORMATS)}")
+    if fmt not in ExportFormat.values():
+        raise InputError(path, f"cannot be exported as {fmt!r}; formats are {', '.join(ExportFormat.values())}")
     if out.exists() and not out.is_dir():
         raise InputError(out, "is a file; choose an empty or new folder")
     if out.exists() and any(out.iterdir()):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.config import from_dict
 from engine.errors import InputError
 from engine.training import checkpoints
 from engine.training.run_dir import RunDir, is_run_or_checkpoint, resolve_checkpoint
@@ -69,18 +70,18 @@ def _run_dir(path: Path) -> list[str]:
     ckpt = resolve_checkpoint(path)
     state = checkpoints.read_state(ckpt)
     cfg = state["config"]
-    run = RunDir(path)
-    steps = run.steps() if ckpt.parent == run.checkpoints_dir else [state["step"]]
+    folder = RunDir(path)
+    steps = folder.steps() if ckpt.parent == folder.checkpoints_dir else [state["step"]]
+    run = from_dict(cfg)
     lines = [f"{path}: training run, preset {cfg.get('preset') or '-'}, step {state['step']} of "
              f"{cfg['train']['steps']}",
              f"  checkpoints at steps: {', '.join(map(str, steps))}",
-             f"  model: {cfg['model']['image_size']} px, {cfg['model']['image_channels']} channel(s), "
-             f"mask {cfg['data']['mask_mode']} ({cfg['model']['mask_labels']} labels), "
-             f"{cfg['model']['num_classes']} classes",
+             f"  model: {run.model.image_size} px, {run.facts.image_channels} channel(s), "
+             f"mask {run.mask_mode} ({run.facts.mask_labels} labels), {run.facts.num_classes} classes",
              f"  training: loss {cfg['train']['loss']}, {cfg['train']['prediction']}, batch "
              f"{cfg['train']['batch']}, lr {cfg['train']['lr']}",
              f"  data: {state.get('data_source')}"]
-    rows = run.loss_rows()
+    rows = folder.loss_rows()
     if rows:
         lines.append(f"  loss: {rows[0]['loss']:.4f} at step {rows[0]['step']} -> {rows[-1]['loss']:.4f} "
                      f"at step {rows[-1]['step']}")

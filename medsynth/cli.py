@@ -80,27 +80,9 @@ def exit_code(done: Done) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    train: dict[str, Any] = {}
-    for key in ("steps", "batch", "loss", "lr", "device", "seed"):
-        value = getattr(args, key, None)
-        if value is not None:
-            train[key] = value
-    if getattr(args, "prediction", None):
-        train["prediction"] = args.prediction
-    if getattr(args, "gradient_checkpointing", False):
-        train["gradient_checkpointing"] = True
-    if getattr(args, "memory_limit", None) is not None:
-        train["memory_limit_gib"] = args.memory_limit
-    data: dict[str, Any] = {"path": str(args.data)} if getattr(args, "data", None) else {}
-    if getattr(args, "mask_mode", None):
-        data["mask_mode"] = args.mask_mode
-    if getattr(args, "spacing", None):
-        data["spacing"] = list(args.spacing)
-    if getattr(args, "record_full_path", False):
-        data["record_full_path"] = True
-    model = {"image_size": args.size} if getattr(args, "size", None) else {}
-    ae = {"steps": args.autoencoder_steps} if getattr(args, "autoencoder_steps", None) is not None else {}
-    return {"train": train, "data": data, "model": model, "autoencoder": ae}
+    from engine.settings import OVERRIDES, overrides
+
+    return overrides(**{name: getattr(args, name, None) for name in OVERRIDES})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -244,6 +226,7 @@ class VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     from engine.config import preset_names
+    from engine.settings import Device, ExportFormat, LossKind, MaskMode, Prediction, Sampler
 
     p = argparse.ArgumentParser(prog="medsynth", description="Train diffusion models on medical images and "
                                 "generate synthetic, labeled data.")
@@ -264,21 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int)
     t.add_argument("--batch", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--loss", choices=["l2", "l1", "huber"])
-    t.add_argument("--prediction", choices=["epsilon", "v_prediction"])
-    t.add_argument("--mask-mode", dest="mask_mode", choices=["joint", "condition", "none"])
+    t.add_argument("--loss", choices=LossKind.values())
+    t.add_argument("--prediction", choices=Prediction.values())
+    t.add_argument("--mask-mode", dest="mask_mode", choices=MaskMode.values())
     t.add_argument("--seed", type=int)
     t.add_argument("--size", type=int, help="training size in pixels / voxels per axis (default: the preset's)")
     t.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="voxel spacing in mm for volumes (default: the finest at which every case fits)")
     t.add_argument("--autoencoder-steps", dest="autoencoder_steps", type=int,
                    help="stage-1 steps of a latent preset (brain-128, ct-128)")
-    t.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
+    # Flags default to None, not False: an absent flag keeps the preset's value.
+    t.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass: less memory, about a third slower")
     t.add_argument("--memory-limit", dest="memory_limit", type=float, metavar="GIB",
                    help="refuse a run whose estimated memory exceeds this (default: the device's)")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--record-full-path", dest="record_full_path", action="store_true",
+    t.add_argument("--device", choices=Device.values())
+    t.add_argument("--record-full-path", dest="record_full_path", action="store_true", default=None,
                    help="write DATA's full path into checkpoints and samples (default: its base name and a hash)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.set_defaults(func=cmd_train)
@@ -287,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run directory or checkpoint folder")
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--out", required=True, help="output .h5 file")
-    s.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm"])
+    s.add_argument("--sampler", default=Sampler.DDIM.value, choices=Sampler.values())
     s.add_argument("--steps", type=int, default=50)
     s.add_argument("--seed", type=int, default=0, help="sample i gets seed SEED+i")
     s.add_argument("--class", dest="class_index", type=int, default=None, help="generate only this class")
@@ -295,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=2.0,
                    help="classifier-free guidance scale for class-conditional models (1 = none)")
     s.add_argument("--batch", type=int, default=32)
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
     s.add_argument("--keep-mismatched", action="store_true",
                    help="keep samples whose mask contradicts a counting class (\"1 lesion\") instead of drawing "
@@ -311,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--to", required=True, help="output folder (new or empty); for nnunet the nnUNet_raw folder, in "
                    "which DatasetNNN_Name is made (or a DatasetNNN_Name folder itself)")
     # No argparse choices: the export checks the name, so a wrong one is one error line naming the file.
-    e.add_argument("--format", required=True, metavar="{png,nifti,nnunet}",
+    e.add_argument("--format", required=True, metavar=f"{{{','.join(ExportFormat.values())}}}",
                    help="png: 2D images + masks; nifti: .nii.gz + _seg.nii.gz per sample, affine kept; "
                    "nnunet: DatasetNNN_Name/ with imagesTr/ labelsTr/ dataset.json (nnU-Net v2 raw)")
     e.add_argument("--dataset-id", dest="dataset_id", type=int, default=None, metavar="N",
@@ -343,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training steps for each downstream segmenter / classifier")
     v.add_argument("--no-utility", dest="no_utility", action="store_true", help="skip the downstream training")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    v.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     v.set_defaults(func=cmd_evaluate)
 
     rsp = sub.add_parser("reader-study", help="blinded real / fake / unsure study for radiologists, and its summary",

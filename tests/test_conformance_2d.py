@@ -63,7 +63,7 @@ def test_info_describes_the_source(walked):
 
 
 def test_the_model_is_sized_by_what_the_data_holds(walked):
-    model = walked.config()["model"]
+    model = walked.config()["facts"]  # what training found in the data, apart from the user's settings
     c = walked.corpus
     assert model["image_channels"] == c.channels
     assert model["num_classes"] == len(c.class_names)
@@ -76,7 +76,7 @@ def test_the_model_is_sized_by_what_the_data_holds(walked):
 
 
 def test_samples_hold_known_labels_classes_and_source_units(walked):
-    arrays, attrs, model = walked.arrays(), walked.attrs(), walked.config()["model"]
+    arrays, attrs, model = walked.arrays(), walked.attrs(), walked.config()["facts"]
     images = arrays["images"]
     assert images.shape == (3, walked.corpus.channels, SIZE, SIZE)
     lo, hi = walked.corpus.value_range
@@ -203,7 +203,7 @@ def test_the_issue_reproduction_as_processes(tmp_path):
                            str(toml), "--steps", "1", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    model = json.loads((run / "config.json").read_text())["model"]
+    model = json.loads((run / "config.json").read_text())["facts"]
     assert model["mask_labels"] == 3 and model["in_channels"] == 1 + 2
     assert _announces_two_grey_labels(done.stdout + done.stderr)
 

@@ -62,8 +62,9 @@ def test_info_describes_the_source(walked):
 
 
 def test_the_model_is_sized_by_what_the_data_holds(walked):
-    model = walked.config()["model"]
-    assert model["spatial_dims"] == 3 and model["image_channels"] == 1 and model["image_size"] == SIZE
+    config = walked.config()
+    model = config["facts"]  # what training found in the data, apart from the user's settings
+    assert model["spatial_dims"] == 3 and model["image_channels"] == 1 and config["model"]["image_size"] == SIZE
     assert model["mask_labels"] == (3 if walked.kind in MASKED else 0)
     assert model["num_classes"] == len(walked.corpus.class_names)  # MedMNIST3D's classes condition the volumes
     assert walked.arrays()["images"].shape == (2, 1, SIZE, SIZE, SIZE)

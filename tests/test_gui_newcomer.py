@@ -149,7 +149,7 @@ def test_newcomer_path(window, qtbot, tmp_path, capfd):
     train.resume()
     qtbot.waitUntil(lambda: not train.runner.running and train.progress.value() >= 40, timeout=600_000)
     config = json.loads((tmp_path / "pairs-run" / "config.json").read_text())
-    assert config["model"]["in_channels"] < 10, "grey levels became labels"
+    assert config["facts"]["in_channels"] < 10, "grey levels became labels"
     check_screen(window, "07_trained")
 
     # Reader study: real demo phantoms against the generated file.

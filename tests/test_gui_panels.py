@@ -100,19 +100,19 @@ def test_train_fields_come_back_after_a_restart(qtbot, tmp_path):
     panel.preset.setCurrentText("pairs-64")
     tiny(panel, tmp_path / "my data", tmp_path / "my run", steps=123)
     panel.lr_spin.setValue(0.0005)
-    panel.loss_combo.setCurrentText("huber")
-    panel.mask_combo.setCurrentText("condition")
+    panel.loss_combo.set_value("huber")
+    panel.mask_combo.set_value("condition")
     panel.classes_check.setChecked(True)
-    panel.device_combo.setCurrentText("cpu")
+    panel.device_combo.set_value("cpu")
     panel.save_settings()
     again = TrainPanel()  # the next start of the app
     qtbot.addWidget(again)
     assert again.preset.currentText() == "pairs-64"
     assert again.data_edit.text() == str(tmp_path / "my data") and again.run_edit.text() == str(tmp_path / "my run")
     assert (again.steps_spin.value(), again.batch_spin.value(), again.size_spin.value()) == (123, 4, 16)
-    assert again.lr_spin.value() == pytest.approx(0.0005) and again.loss_combo.currentText() == "huber"
-    assert again.mask_combo.currentText() == "condition" and again.classes_check.isChecked()
-    assert again.device_combo.currentText() == "cpu"
+    assert again.lr_spin.value() == pytest.approx(0.0005) and again.loss_combo.value() == "huber"
+    assert again.mask_combo.value() == "condition" and again.classes_check.isChecked()
+    assert again.device_combo.value() == "cpu"
 
 
 def test_each_preset_says_what_it_is_for(qtbot):

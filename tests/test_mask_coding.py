@@ -157,7 +157,7 @@ def test_grey_level_pairs_train_a_model_of_their_label_count_and_export_in_their
     run = tmp_path / "run"
     TrainJob(cfg, run, data=data).run(events.append, Requests())
     saved = json.loads((run / "config.json").read_text())
-    assert saved["model"]["mask_labels"] == 3 and saved["model"]["in_channels"] == 1 + 2
+    assert saved["facts"]["mask_labels"] == 3 and saved["facts"]["in_channels"] == 1 + 2
     summary = [i for i, ev in enumerate(events) if isinstance(ev, DataSummary)]
     first_step = next(i for i, ev in enumerate(events) if isinstance(ev, Progress) and ev.stage == "train")
     assert len(summary) == 1 and summary[0] < first_step  # said before the first step

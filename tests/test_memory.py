@@ -20,11 +20,11 @@ GIB = 2**30
 def filled(preset: str, labels: int = 4, classes: int = 0):
     """A preset with the channel counts that reading the data would fill in."""
     cfg = load_preset(preset)
-    cfg.model.spatial_dims = 3
-    cfg.model.image_channels = 1
-    cfg.model.mask_labels = labels
-    cfg.model.num_classes = classes
-    cfg.model.in_channels = io_channels(cfg)[0]
+    cfg.facts.spatial_dims = 3
+    cfg.facts.image_channels = 1
+    cfg.facts.mask_labels = labels
+    cfg.facts.num_classes = classes
+    cfg.facts.in_channels = io_channels(cfg)[0]
     return cfg
 
 
@@ -42,8 +42,8 @@ def test_meta_count_equals_what_a_real_forward_keeps():
 
 def test_gradient_checkpointing_lowers_the_estimate_in_2d_and_3d():
     for cfg in (filled("brain-64"), load_preset("demo")):
-        if cfg.model.spatial_dims == 0:
-            cfg.model.spatial_dims, cfg.model.image_channels, cfg.model.mask_labels = 2, 1, 3
+        if cfg.facts.spatial_dims == 0:
+            cfg.facts.spatial_dims, cfg.facts.image_channels, cfg.facts.mask_labels = 2, 1, 3
         cfg.train.gradient_checkpointing = False
         on = copy.deepcopy(cfg)
         on.train.gradient_checkpointing = True

@@ -215,7 +215,7 @@ def test_a_0_255_mask_trains_a_model_of_one_label(tmp_path):
         run = tmp_path / f"run{dims}"
         TrainJob(cfg, run, data=data).run(events.append, Requests())
         saved = json.loads((run / "config.json").read_text())
-        assert saved["model"]["mask_labels"] == 2 and saved["model"]["in_channels"] == 1 + 1  # image + 1 label
+        assert saved["facts"]["mask_labels"] == 2 and saved["facts"]["in_channels"] == 1 + 1  # image + 1 label
         summary = [ev.text for ev in events if isinstance(ev, DataSummary)]
         assert len(summary) == 1 and re.fullmatch(r"1 mask label: 255 → 1; model \d+\.\d\d M parameters, "
                                                   r"2 input channels", summary[0]), summary

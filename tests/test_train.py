@@ -38,8 +38,8 @@ def test_run_directory_holds_config_checkpoints_and_log(tiny_run):
     for name in ("model", "ema", "optimizer"):
         assert (ckpts[-1] / f"{name}.safetensors").exists()
     state = json.loads((ckpts[-1] / "state.json").read_text())
-    assert state["step"] == 20 and state["config"]["model"]["image_channels"] == 1
-    assert state["config"]["model"]["mask_labels"] == 3 and state["config"]["model"]["num_classes"] == 4
+    assert state["step"] == 20 and state["config"]["facts"]["image_channels"] == 1
+    assert state["config"]["facts"]["mask_labels"] == 3 and state["config"]["facts"]["num_classes"] == 4
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, phantoms16):

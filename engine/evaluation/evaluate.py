@@ -47,6 +47,7 @@ from engine.io.medsynth_h5 import (
     write_metrics,
 )
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
+from engine.runtime.devices import pick_device
 
 FID_DIMS = (64, 192, 768, 2048)
 FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
@@ -232,8 +233,7 @@ class EvaluateJob:
 
     def _run(self, out: h5py.File, emit: Emit, requests: Requests) -> dict[str, Any]:
         st = self.settings
-        device = "cuda" if st.device == "auto" and torch.cuda.is_available() else \
-            ("cpu" if st.device == "auto" else st.device)
+        device = pick_device(st.device)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         stages = [s for s in Stage if s not in st.skip]

@@ -39,7 +39,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -235,7 +235,7 @@ def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: i
     drawn += [("synthetic", int(i)) for i in sorted(rng.choice(s["n"], n_synth, replace=False))]
     order = [drawn[j] for j in rng.permutation(len(drawn))]
     study_id = uuid.uuid4().hex
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     rh: Header = r["header"]
     out.mkdir(parents=True, exist_ok=True)
     key.parent.mkdir(parents=True, exist_ok=True)
@@ -512,7 +512,7 @@ class Session:
             raise InputError(None, f"seconds must be a finite number >= 0, got {seconds!r}")
         a = Answer(int(item_id), verdict, _rating("realism", realism), _rating("anatomy", anatomy),
                    _rating("consistency", consistency), round(seconds, 3),
-                   datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                   datetime.now(UTC).isoformat(timespec="seconds"))
         line = json.dumps({"reader": self.reader, **asdict(a)})
         new = not self.path.exists()
         with open(self.path, "a", encoding="utf-8") as fh:

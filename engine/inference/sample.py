@@ -18,9 +18,11 @@ from engine.data.prepare import Normalisation, decode_masks
 from engine.errors import InputError
 from engine.io.medsynth_h5 import Header, SampleWriter
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
-from engine.models.diffusion import SAMPLERS, denoise, sampler
+from engine.models.diffusion import denoise, sampler
 from engine.models.networks import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
+from engine.runtime.devices import pick_device
 from engine.runtime.threads import use_free_cores
+from engine.settings import Sampler
 from engine.training import autoencoder, checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 
@@ -78,8 +80,7 @@ class Generator:
         self.cfg = from_dict(self.state["config"])
         self.norm = Normalisation.from_dict(self.state["normalisation"])
         self.class_names = list(self.state.get("class_names") or [])
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if device == "auto" else device))
+        self.device = torch.device(pick_device(device))
         self.model = build_model(self.cfg)
         weights = checkpoints.read_weights(self.ckpt, "ema" if use_ema else "model")
         self.model.load_state_dict(weights)
@@ -98,7 +99,7 @@ class Generator:
 
     @property
     def num_classes(self) -> int:
-        return self.cfg.model.num_classes
+        return self.cfg.facts.num_classes
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -122,9 +123,9 @@ class Generator:
         if latent:
             with self.autocast():
                 x = autoencoder.decode(self.autoencoder, x, self.latent_scale)
-        c = self.cfg.model.image_channels
+        c = self.cfg.facts.image_channels
         images = self.norm.inverse(x[:, :c].float()).cpu().numpy().astype(np.float32)
-        masks = decode_masks(x[:, c:]) if self.cfg.data.mask_mode == "joint" else None
+        masks = decode_masks(x[:, c:]) if self.cfg.mask_mode == "joint" else None
         return images, masks
 
 
@@ -133,8 +134,8 @@ class SampleJob:
                  steps: int = 50, seed: int = 0, class_index: int | None = None, class_mix: str | None = None,
                  guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False,
                  redraw_mismatches: bool = True) -> None:
-        if sampler_name not in SAMPLERS:
-            raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(SAMPLERS)}")
+        if sampler_name not in Sampler.values():
+            raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(Sampler.values())}")
         if n < 1 or steps < 1 or batch < 1:
             raise InputError(None, "the number of samples, sampler steps and batch size must be positive")
         self.checkpoint, self.n, self.out = checkpoint, int(n), Path(out)
@@ -169,7 +170,7 @@ class SampleJob:
         from engine.data.prepare import to_tensors
         data = load_images(_training_data(gen.ckpt, gen.state), split=gen.cfg.data.split,
                            volumes=volume_options(gen.cfg))
-        t = to_tensors(data, gen.norm, gen.cfg.model.image_size, "condition", gen.cfg.model.mask_labels, False)
+        t = to_tensors(data, gen.norm, gen.cfg.model.image_size, "condition", gen.cfg.facts.mask_labels, False)
         picks = [int(np.random.default_rng([int(s), 11]).integers(len(data))) for s in seeds]
         return t.cond[picks]
 
@@ -204,11 +205,11 @@ class SampleJob:
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
         labels = self._labels(gen, seeds)
         conds = self._conditions(gen, seeds)
-        masks_out = gen.cfg.data.mask_mode != "none"
-        c, size = gen.cfg.model.image_channels, gen.cfg.model.image_size
+        masks_out = gen.cfg.mask_mode != "none"
+        c, size = gen.cfg.facts.image_channels, gen.cfg.model.image_size
         st = gen.state
         rule = None
-        if self.redraw_mismatches and labels is not None and gen.cfg.data.mask_mode == "joint":
+        if self.redraw_mismatches and labels is not None and gen.cfg.mask_mode == "joint":
             from engine.evaluation.metrics.phantom_fidelity import count_rule
 
             rule = count_rule(gen.class_names)
@@ -218,7 +219,7 @@ class SampleJob:
         t0 = time.perf_counter()
         done = 0
         stopped = False
-        dims = max(gen.cfg.model.spatial_dims, 2)
+        dims = max(gen.cfg.facts.spatial_dims, 2)
         # The run's facts about its data, in the checkpoint under the header's own names, carry into the file.
         header = Header(class_names=gen.class_names, label_names=st.get("label_names"),
                         mask_coding=st.get("mask_coding"), spacing=st.get("spacing"), affine=st.get("affine"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +312,7 @@ class SampleWriter:
         self.header = replace(header) if header is not None else Header(**fields)
         self.header.spatial_dims, self.header.n_planned, self.header.n_complete = len(spatial), self.n, 0
         self.header.medsynth_version = __version__
-        self.header.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.header.created = datetime.now(UTC).isoformat(timespec="seconds")
         self.header.format, self.header.format_version = FORMAT, FORMAT_VERSION
         self.f = h5py.File(self.path, "w", locking=False)
         opts = dict(compression="gzip", compression_opts=4, shuffle=True)

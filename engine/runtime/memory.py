@@ -131,11 +131,11 @@ def _on_meta(build: Callable[[RunConfig], torch.nn.Module], cfg: RunConfig) -> t
 
 def _diffusion_stage(cfg: RunConfig, device: str) -> StageEstimate:
     model, params = _on_meta(build_model, cfg)
-    dims = max(cfg.model.spatial_dims, 2)
+    dims = max(cfg.facts.spatial_dims, 2)
     b = cfg.train.batch
     x = torch.zeros((b, io_channels(cfg)[0]) + (diffusion_size(cfg),) * dims, device="meta")
     t = torch.zeros(b, dtype=torch.long, device="meta")
-    labels = torch.zeros(b, dtype=torch.long, device="meta") if cfg.model.num_classes > 0 else None
+    labels = torch.zeros(b, dtype=torch.long, device="meta") if cfg.facts.num_classes > 0 else None
     regions = unet_blocks(model) if cfg.train.gradient_checkpointing else []
     act = _saved_activation_bytes(lambda: model(x, t, class_labels=labels), regions)
     # weights + gradients + Adam m, v + EMA, all float32
@@ -144,7 +144,7 @@ def _diffusion_stage(cfg: RunConfig, device: str) -> StageEstimate:
 
 def _autoencoder_stage(cfg: RunConfig, device: str) -> StageEstimate:
     ae, params = _on_meta(build_autoencoder, cfg)
-    dims = max(cfg.model.spatial_dims, 2)
+    dims = max(cfg.facts.spatial_dims, 2)
     x = torch.zeros((cfg.autoencoder.batch, pixel_channels(cfg)) + (cfg.model.image_size,) * dims, device="meta")
     regions = [ae.encoder, ae.decoder] if cfg.train.gradient_checkpointing else []
     act = _saved_activation_bytes(lambda: ae(x), regions)
@@ -188,7 +188,7 @@ def _suggestions(cfg: RunConfig, device: str, cap: int, data_bytes: int) -> list
             c.train.batch = batch
             c.train.gradient_checkpointing = True
             tries.append((f"batch {batch} with gradient checkpointing", c))
-    if not cfg.autoencoder.enabled and cfg.model.spatial_dims == 3:
+    if not cfg.autoencoder.enabled and cfg.facts.spatial_dims == 3:
         c = copy.deepcopy(cfg)
         c.autoencoder.enabled = True
         c.train.gradient_checkpointing = True
@@ -213,7 +213,7 @@ def check(cfg: RunConfig, device: str, preset: str = "", data_bytes: int = 0) ->
     if report.fits:
         return report
     worst = max(report.stages, key=lambda s: s.total_bytes)
-    dims = max(cfg.model.spatial_dims, 2)
+    dims = max(cfg.facts.spatial_dims, 2)
     what = (f"{'preset ' + preset + ' at ' if preset else ''}{cfg.model.image_size}^{dims}, batch "
             f"{cfg.autoencoder.batch if worst.stage == 'autoencoder' else cfg.train.batch}")
     hints = _suggestions(cfg, device, cap, data_bytes)

@@ -21,7 +21,6 @@ from engine.config import RunConfig, batch_for, public_config, public_path
 from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet, describe_mask_coding
 from engine.data.prepare import Normalisation, fit_normalisation, resized_geometry, to_tensors
-from engine.errors import InputError
 from engine.jobs import Cancelled, Checkpoint, DataSummary, Emit, Message, Preview, Progress, Requests
 from engine.models.diffusion import denoise, sampler, train_scheduler
 from engine.models.networks import (
@@ -35,6 +34,7 @@ from engine.models.networks import (
     pixel_channels,
 )
 from engine.runtime import memory
+from engine.runtime.devices import pick_device
 from engine.runtime.estimate import StepTimer, describe, device_warning
 from engine.runtime.threads import use_free_cores
 from engine.training import autoencoder, checkpoints
@@ -44,14 +44,6 @@ from engine.training.run_dir import RunDir
 from engine.training.steps import draw_batch, lr_at, noised_loss, step_generator
 
 PREVIEW_STEPS = 25  # DDIM steps of a training preview
-
-
-def pick_device(requested: str) -> str:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "a CUDA GPU was asked for but torch finds none on this machine")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 def mixed_precision(requested: str, device: str) -> str:
@@ -64,20 +56,19 @@ def mixed_precision(requested: str, device: str) -> str:
 
 def complete_model_config(cfg: RunConfig, data: ImageSet) -> None:
     """Channel, label and class counts come from the data, not the preset."""
-    cfg.model.image_channels = data.channels
-    cfg.model.spatial_dims = data.spatial_dims
-    cfg.model.mask_labels = data.num_mask_labels if cfg.data.mask_mode != "none" else 0
-    if data.masks is None:
-        cfg.data.mask_mode = "none"
-    cfg.model.num_classes = data.num_classes if cfg.data.class_conditional else 0
-    cfg.model.in_channels = io_channels(cfg)[0]
+    cfg.facts.image_channels = data.channels
+    cfg.facts.spatial_dims = data.spatial_dims
+    cfg.facts.mask_mode = cfg.data.mask_mode if data.masks is not None else "none"
+    cfg.facts.mask_labels = data.num_mask_labels if cfg.mask_mode != "none" else 0
+    cfg.facts.num_classes = data.num_classes if cfg.data.class_conditional else 0
+    cfg.facts.in_channels = io_channels(cfg)[0]
 
 
 def data_summary(data: ImageSet, cfg: RunConfig, params: int) -> str:
     """What training found in the data and the model size it leads to, said before the first step."""
-    coding = describe_mask_coding(data) if cfg.data.mask_mode != "none" else ""
-    return f"{coding + '; ' if coding else ''}model {params / 1e6:.2f} M parameters, {cfg.model.in_channels} " \
-           f"input channel{'s' if cfg.model.in_channels != 1 else ''}"
+    coding = describe_mask_coding(data) if cfg.mask_mode != "none" else ""
+    return f"{coding + '; ' if coding else ''}model {params / 1e6:.2f} M parameters, {cfg.facts.in_channels} " \
+           f"input channel{'s' if cfg.facts.in_channels != 1 else ''}"
 
 
 @dataclass
@@ -165,7 +156,7 @@ class TrainJob:
             tc.batch = batch_for(tc, device)
         if warning := device_warning(cfg.preset, device):
             emit(Message(warning))
-        voxels = len(data) * cfg.model.image_size ** max(cfg.model.spatial_dims, 2)
+        voxels = len(data) * cfg.model.image_size ** max(cfg.facts.spatial_dims, 2)
         data_bytes = voxels * (pixel_channels(cfg) + io_channels(cfg)[2]) * 4
         fits = memory.check(cfg, device, cfg.preset, data_bytes=data_bytes)
         emit(Message(fits.describe()))
@@ -199,8 +190,8 @@ class TrainJob:
             Normalisation.from_dict(state["normalisation"])
         device = self._choose_device(data, emit)
         acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision(cfg.train.mixed_precision, device))
-        tensors = to_tensors(data, norm, cfg.model.image_size, cfg.data.mask_mode, cfg.model.mask_labels,
-                             cfg.model.num_classes > 0)
+        tensors = to_tensors(data, norm, cfg.model.image_size, cfg.mask_mode, cfg.facts.mask_labels,
+                             cfg.facts.num_classes > 0)
         on_device = [None if t is None else t.to(acc.device) for t in (tensors.x, tensors.labels, tensors.cond)]
         facts = self._facts(data, norm)
         if acc.is_main_process:
@@ -323,10 +314,10 @@ class TrainJob:
     def _preview(self, run: _Run, step: int, emit: Emit, requests: Requests) -> None:
         """A few samples from the EMA weights, shown in the app while training goes on."""
         cfg, tc, net = self.cfg, self.cfg.train, run.net
-        dims = max(cfg.model.spatial_dims, 2)
+        dims = max(cfg.facts.spatial_dims, 2)
         n = 8 if dims == 2 else 2
         gens = [torch.Generator().manual_seed(tc.seed + i) for i in range(n)]
-        labels = None if null_class(cfg) is None else torch.arange(n) % max(cfg.model.num_classes, 1)
+        labels = None if null_class(cfg) is None else torch.arange(n) % max(cfg.facts.num_classes, 1)
         cond = None if run.cond_all is None else run.cond_all[:n]
 
         def on_step(i: int, total: int) -> None:
@@ -347,7 +338,7 @@ class TrainJob:
             return
         if run.latent:
             x = autoencoder.decode(run.ae, x, run.facts["latent_scale"])
-        images = run.norm.inverse(x[:, :cfg.model.image_channels]).cpu().numpy()
+        images = run.norm.inverse(x[:, :cfg.facts.image_channels]).cpu().numpy()
         if dims == 3:
             images = images[:, :, images.shape[2] // 2]  # previews show the central slice
         emit(Preview(step, images))

@@ -21,16 +21,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.config import from_dict
 from engine.errors import InputError
 from engine.inference.sample import SampleJob
 from engine.jobs import Done, Progress
+from engine.settings import MaskMode, Sampler
 from engine.training import checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
+from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.widgets import fresh_name, path_row
 
-DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm": 25}
+DEFAULT_STEPS = {Sampler.DDPM: 1000, Sampler.DDIM: 50, Sampler.DPM: 25}
 
 
 class GeneratePanel(JobPanel):
@@ -59,13 +62,11 @@ class GeneratePanel(JobPanel):
         form.addRow("", self.model_info)
         self.n_spin = QSpinBox(minimum=1, maximum=1_000_000, value=64)
         form.addRow("Samples", self.n_spin)
-        self.sampler = QComboBox()
-        self.sampler.addItems(["dpm", "ddim", "ddpm"])
-        self.sampler.setItemText(0, "dpm")
-        self.sampler.setToolTip("dpm: DPM-Solver++ (fast); ddim: deterministic; ddpm: the original, 1000 steps")
-        self.sampler.currentTextChanged.connect(lambda s: self.steps_spin.setValue(DEFAULT_STEPS[s]))
+        self.sampler = ChoiceCombo(Sampler)
+        self.sampler.currentIndexChanged.connect(
+            lambda _: self.steps_spin.setValue(DEFAULT_STEPS[Sampler(self.sampler.value())]))
         form.addRow("Sampler", self.sampler)
-        self.steps_spin = QSpinBox(minimum=1, maximum=1000, value=DEFAULT_STEPS["dpm"])
+        self.steps_spin = QSpinBox(minimum=1, maximum=1000, value=DEFAULT_STEPS[Sampler.DPM])
         form.addRow("Steps", self.steps_spin)
         self.class_combo = QComboBox()
         self.class_combo.addItem("Uniform mix of classes")
@@ -112,17 +113,16 @@ class GeneratePanel(JobPanel):
         except InputError as exc:
             self.model_info.setText(str(exc) if self.ckpt_edit.text().strip() else "")
             return
-        cfg = state["config"]
+        cfg = from_dict(state["config"])
         names = state.get("class_names") or []
-        k = cfg["model"]["num_classes"]
+        k = cfg.facts.num_classes
         for i in range(k):
             self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
         self.class_combo.setEnabled(k > 0)
         self.mix_edit.setEnabled(k > 0)
         self.guidance.setEnabled(k > 0)
-        masks = {"joint": "image + mask", "condition": "mask → image", "none": "image only"}
-        self.model_info.setText(f"step {state['step']}, {cfg['model']['image_size']} px, "
-                                f"{masks[cfg['data']['mask_mode']]}, {k} classes")
+        self.model_info.setText(f"step {state['step']}, {cfg.model.image_size} px, "
+                                f"{MaskMode(cfg.mask_mode).label.lower()}, {k} classes")
         run = RunDir.of_checkpoint(ckpt)
         self.model_chosen.emit(run.path.name if run is not None else ckpt.name)
 
@@ -149,7 +149,7 @@ class GeneratePanel(JobPanel):
         class_index = self.class_combo.currentData()
         try:
             job = SampleJob(self.ckpt_edit.text().strip(), self.n_spin.value(), out, overwrite=replace,
-                            sampler_name=self.sampler.currentText(), steps=self.steps_spin.value(),
+                            sampler_name=self.sampler.value(), steps=self.steps_spin.value(),
                             seed=self.seed_spin.value(), class_index=class_index,
                             class_mix=self.mix_edit.text().strip() or None, guidance=self.guidance.value(),
                             batch=16, redraw_mismatches=self.redraw_check.isChecked())

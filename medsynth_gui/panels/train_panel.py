@@ -30,11 +30,14 @@ from PySide6.QtWidgets import (
 from engine.config import batch_for, load_preset, preset_description, preset_names, resolve
 from engine.errors import InputError
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
+from engine.runtime.devices import pick_device
 from engine.runtime.estimate import Estimate, device_warning, format_duration
+from engine.settings import Device, LossKind, MaskMode, overrides
 from engine.training.run_dir import RunDir
-from engine.training.train import TrainJob, pick_device
+from engine.training.train import TrainJob
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.labels import ElidedLabel, WrapLabel
+from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.loss_plot import LossPlot
 from medsynth_gui.panels.widgets import path_row
@@ -94,15 +97,11 @@ class TrainPanel(JobPanel):
         self.steps_spin = QSpinBox(maximum=10_000_000, singleStep=100)
         self.batch_spin = QSpinBox(minimum=1, maximum=4096)
         self.lr_spin = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-4)
-        self.loss_combo = QComboBox()
-        self.loss_combo.addItems(["l2", "l1", "huber"])
+        self.loss_combo = ChoiceCombo(LossKind)
         self.size_spin = QSpinBox(minimum=8, maximum=1024, singleStep=4)
         self.classes_check = QCheckBox("class-conditional (when the data has labels)")
-        self.mask_combo = QComboBox()
-        self.mask_combo.addItems(["joint", "condition", "none"])
-        self.mask_combo.setToolTip("joint: generate image and mask together; condition: mask → image")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.mask_combo = ChoiceCombo(MaskMode)
+        self.device_combo = ChoiceCombo(Device)
         form.addRow("Steps", self.steps_spin)
         form.addRow("Batch", self.batch_spin)
         form.addRow("Learning rate", self.lr_spin)
@@ -171,11 +170,11 @@ class TrainPanel(JobPanel):
         self.batch_spin.setValue(batch_for(cfg.train, pick_device("auto")))
         self._show_estimate(device_warning(name, pick_device("auto")), warning=True)
         self.lr_spin.setValue(cfg.train.lr)
-        self.loss_combo.setCurrentText(cfg.train.loss)
+        self.loss_combo.set_value(cfg.train.loss)
         self.size_spin.setValue(cfg.model.image_size)
-        self.mask_combo.setCurrentText(cfg.data.mask_mode)
+        self.mask_combo.set_value(cfg.data.mask_mode)
         self.classes_check.setChecked(cfg.data.class_conditional)
-        self.device_combo.setCurrentText(cfg.train.device)
+        self.device_combo.set_value(cfg.train.device)
 
     def _fields(self) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None], type]]:
         """The fields remembered between starts of the app: key → (read, write, type)."""
@@ -185,11 +184,11 @@ class TrainPanel(JobPanel):
             "steps": (self.steps_spin.value, self.steps_spin.setValue, int),
             "batch": (self.batch_spin.value, self.batch_spin.setValue, int),
             "lr": (self.lr_spin.value, self.lr_spin.setValue, float),
-            "loss": (self.loss_combo.currentText, self.loss_combo.setCurrentText, str),
+            "loss": (self.loss_combo.value, self.loss_combo.set_value, str),
             "image_size": (self.size_spin.value, self.size_spin.setValue, int),
-            "masks": (self.mask_combo.currentText, self.mask_combo.setCurrentText, str),
+            "masks": (self.mask_combo.value, self.mask_combo.set_value, str),
             "classes": (self.classes_check.isChecked, self.classes_check.setChecked, bool),
-            "device": (self.device_combo.currentText, self.device_combo.setCurrentText, str),
+            "device": (self.device_combo.value, self.device_combo.set_value, str),
         }
 
     def save_settings(self) -> None:
@@ -209,15 +208,11 @@ class TrainPanel(JobPanel):
                 write(settings.value(f"train/{key}", type=kind))
 
     def config(self) -> Any:
-        overrides = {
-            "model": {"image_size": self.size_spin.value()},
-            "train": {"steps": self.steps_spin.value(), "batch": self.batch_spin.value(),
-                      "lr": self.lr_spin.value(), "loss": self.loss_combo.currentText(),
-                      "device": self.device_combo.currentText()},
-            "data": {"path": self.data_edit.text().strip(), "mask_mode": self.mask_combo.currentText(),
-                     "class_conditional": self.classes_check.isChecked()},
-        }
-        return resolve(self.preset.currentText(), None, overrides)
+        fields = overrides(data=self.data_edit.text().strip(), size=self.size_spin.value(),
+                           steps=self.steps_spin.value(), batch=self.batch_spin.value(), lr=self.lr_spin.value(),
+                           loss=self.loss_combo.value(), device=self.device_combo.value(),
+                           mask_mode=self.mask_combo.value(), class_conditional=self.classes_check.isChecked())
+        return resolve(self.preset.currentText(), None, fields)
 
     def _pick_data_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Training data", "", "Images (*.npz *.nii *.nii.gz *.h5 "

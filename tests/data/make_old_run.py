@@ -36,8 +36,9 @@ def old_run_config():
 
 
 def main() -> None:
-    from engine.data.phantoms import make_phantoms
     from engine.train import TrainJob
+
+    from engine.data.phantoms import make_phantoms
 
     shutil.rmtree(OLD_RUN, ignore_errors=True)
     data = make_phantoms(OLD_RUN_IMAGES, size=16, seed=OLD_RUN_SEED)

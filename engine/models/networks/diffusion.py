@@ -10,8 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from engine.config import TrainConfig
 from engine.jobs import Requests
-
-SAMPLERS = ("ddpm", "ddim", "dpm")
+from engine.settings import Sampler
 
 
 def train_scheduler(tc: TrainConfig) -> DDPMScheduler:
@@ -39,7 +38,7 @@ def sampler(name: str, tc: TrainConfig, latent: bool = False
         clip = -5.1 if tc.beta_schedule == "squaredcos_cap_v2" else float("-inf")
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                            timestep_spacing="trailing", lambda_min_clipped=clip)
-    raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+    raise ValueError(f"unknown sampler {name!r}; expected one of {Sampler.values()}")
 
 
 def initial_noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:

@@ -12,19 +12,19 @@ from engine.config import RunConfig
 
 
 def mask_channels(cfg: RunConfig) -> int:
-    return max(cfg.model.mask_labels - 1, 0) if cfg.data.mask_mode != "none" else 0
+    return max(cfg.facts.mask_labels - 1, 0) if cfg.mask_mode != "none" else 0
 
 
 def pixel_channels(cfg: RunConfig) -> int:
     """Channels of a training volume in pixel space: the image, then the jointly generated mask."""
-    return cfg.model.image_channels + (mask_channels(cfg) if cfg.data.mask_mode == "joint" else 0)
+    return cfg.facts.image_channels + (mask_channels(cfg) if cfg.mask_mode == "joint" else 0)
 
 
 def io_channels(cfg: RunConfig) -> tuple[int, int, int]:
     """(network input, network output, condition) channel counts of the diffusion network."""
     k = mask_channels(cfg)
     out = cfg.autoencoder.latent_channels if cfg.autoencoder.enabled else pixel_channels(cfg)
-    cond = k if cfg.data.mask_mode == "condition" else 0
+    cond = k if cfg.mask_mode == "condition" else 0
     return out + cond, out, cond
 
 
@@ -39,12 +39,12 @@ def diffusion_size(cfg: RunConfig) -> int:
 
 def diffusion_shape(cfg: RunConfig) -> tuple[int, ...]:
     """Shape of one sample the diffusion network denoises, without the batch axis."""
-    return (io_channels(cfg)[1],) + (diffusion_size(cfg),) * max(cfg.model.spatial_dims, 2)
+    return (io_channels(cfg)[1],) + (diffusion_size(cfg),) * max(cfg.facts.spatial_dims, 2)
 
 
 def null_class(cfg: RunConfig) -> int | None:
     """Index of the "no class" embedding used for classifier-free guidance, or None."""
-    return cfg.model.num_classes if cfg.model.num_classes > 0 else None
+    return cfg.facts.num_classes if cfg.facts.num_classes > 0 else None
 
 
 class MonaiUNet3D(torch.nn.Module):
@@ -61,7 +61,7 @@ class MonaiUNet3D(torch.nn.Module):
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
-    if cfg.model.spatial_dims == 3:
+    if cfg.facts.spatial_dims == 3:
         model = _build_3d(cfg)
         if cfg.train.gradient_checkpointing:
             checkpoint_blocks(model.net)
@@ -116,7 +116,7 @@ def _build_2d(cfg: RunConfig) -> torch.nn.Module:
         norm_num_groups=groups,
         dropout=m.dropout,
         # One extra embedding is the "no class" token for classifier-free guidance.
-        num_class_embeds=(m.num_classes + 1) if m.num_classes > 0 else None,
+        num_class_embeds=(cfg.facts.num_classes + 1) if cfg.facts.num_classes > 0 else None,
     )
 
 
@@ -135,7 +135,7 @@ def _build_3d(cfg: RunConfig) -> MonaiUNet3D:
         attention_levels=tuple((list(m.attention_levels) + [False] * levels)[:levels]),
         norm_num_groups=math.gcd(*m.block_out_channels, 32),
         num_head_channels=m.attention_head_dim,
-        num_class_embeds=(m.num_classes + 1) if m.num_classes > 0 else None,
+        num_class_embeds=(cfg.facts.num_classes + 1) if cfg.facts.num_classes > 0 else None,
     )
     return MonaiUNet3D(net)
 
@@ -148,7 +148,7 @@ def build_autoencoder(cfg: RunConfig) -> torch.nn.Module:
     ch = pixel_channels(cfg)
     levels = len(a.channels)
     return AutoencoderKL(
-        spatial_dims=max(cfg.model.spatial_dims, 2),
+        spatial_dims=max(cfg.facts.spatial_dims, 2),
         in_channels=ch,
         out_channels=ch,
         channels=tuple(a.channels),
