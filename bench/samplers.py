@@ -25,9 +25,9 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from engine import checkpoints  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.evaluation.metrics.phantom_fidelity import phantom_fidelity  # noqa: E402
+from engine.training import checkpoints  # noqa: E402
 from engine.training.run_dir import RunDir  # noqa: E402
 
 DEMO_DIR = ROOT / "engine" / "resources" / "demo"

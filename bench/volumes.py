@@ -17,12 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from engine import memory  # noqa: E402
 from engine.config import load_preset, preset_names  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.inference.sample import Generator  # noqa: E402
 from engine.jobs import Progress, Requests  # noqa: E402
 from engine.models.networks import count_parameters  # noqa: E402
+from engine.runtime import memory  # noqa: E402
 from engine.training.train import TrainJob  # noqa: E402
 
 WARMUP = 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,8 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the checkout's files: an in-tree build would leave build/lib behind, whose stale
+    # modules a later wheel would carry.
+    source = tmp_path_factory.mktemp("source")
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                        str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+                        str(out), str(source)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (whl,) = out.glob("medsynth-*.whl")
     return whl
@@ -37,6 +47,8 @@ def test_the_wheel_carries_presets_demo_and_icons(wheel):
     assert "engine/resources/demo/run/config.json" in names
     assert {"medsynth_gui/icons/medsynth.png", "medsynth_gui/icons/medsynth.svg"} <= names
     assert not any(n.startswith("tests/") for n in names)
+    # Only modules the checkout has: nothing stale from an earlier build.
+    assert all((ROOT / n).exists() for n in names if n.endswith(".py"))
 
 
 def test_an_installed_wheel_finds_presets_and_the_demo_outside_the_checkout(wheel, tmp_path):
