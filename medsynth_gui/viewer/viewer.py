@@ -29,7 +29,7 @@ class Viewer(QWidget):
 
     readout = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, layout: str = "row", blind: bool = False) -> None:
+    def __init__(self, parent: QWidget | None = None, layout: str = "row", blind: bool = False) -> None:  # noqa: PLR0915 — too long; to be split (issue 14)
         super().__init__(parent)
         if layout not in PANE_GRID:
             raise ValueError(f"layout must be 'row' or 'grid', got {layout!r}")
