@@ -38,12 +38,27 @@ class Gallery(QWidget):
     sample_activated = Signal(str, int)  # path, sample index in the file
     failed = Signal(str)  # one line naming the file and the fault
 
-    def __init__(self, parent: QWidget | None = None) -> None:  # noqa: PLR0915 — too long; to be split (issue 14)
+    def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model = ThumbnailModel(self)
         self.model.wanted = self._row_visible
         self.title: str | None = None  # what the header calls the file shown, when not its own name
+        self._build_header()
+        bar = self._build_bar()
+        self._build_view()
 
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.header)
+        layout.addWidget(self.details)
+        layout.addLayout(bar)
+        layout.addWidget(self.view, 1)
+
+        self.poll_timer = QTimer(self, interval=POLL_MS)
+        self.poll_timer.timeout.connect(self.refresh)
+        self._refresh_combo()
+
+    def _build_header(self) -> None:
         self.header = ElidedLabel("No file open")  # plain text: file names are not markup
         font = self.header.font()
         if font.pointSizeF() > 0:
@@ -53,6 +68,8 @@ class Gallery(QWidget):
         self.details = WrapLabel("")
         self.details.setTextFormat(Qt.TextFormat.RichText)
 
+    def _build_bar(self) -> QHBoxLayout:
+        """The class filter, the thumbnail size and a hint, in one row above the grid."""
         self.class_combo = QComboBox()
         self.class_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.class_combo.setToolTip("Show only the samples of one class")
@@ -69,7 +86,18 @@ class Gallery(QWidget):
         self._size_timer.timeout.connect(self._apply_size)
         hint = QLabel("Double-click a thumbnail to open it")
         hint.setStyleSheet("color: #777;")
+        bar = QHBoxLayout()
+        bar.addWidget(QLabel("Class:"))
+        bar.addWidget(self.class_combo)
+        bar.addSpacing(16)
+        bar.addWidget(QLabel("Size:"))
+        bar.addWidget(self.size_slider)
+        bar.addStretch(1)
+        bar.addWidget(hint)
+        return bar
 
+    def _build_view(self) -> None:
+        """The thumbnail grid, with its delegate and the timers that load thumbnails as it scrolls."""
         self.view = GridView()
         self.view.setViewMode(QListView.ViewMode.IconMode)
         self.view.setMovement(QListView.Movement.Static)
@@ -102,25 +130,6 @@ class Gallery(QWidget):
         # Always on: a scroll bar that comes and goes would change the width and re-flow the grid.
         self.view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         self._update_grid()
-
-        bar = QHBoxLayout()
-        bar.addWidget(QLabel("Class:"))
-        bar.addWidget(self.class_combo)
-        bar.addSpacing(16)
-        bar.addWidget(QLabel("Size:"))
-        bar.addWidget(self.size_slider)
-        bar.addStretch(1)
-        bar.addWidget(hint)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
-        layout.addWidget(self.header)
-        layout.addWidget(self.details)
-        layout.addLayout(bar)
-        layout.addWidget(self.view, 1)
-
-        self.poll_timer = QTimer(self, interval=POLL_MS)
-        self.poll_timer.timeout.connect(self.refresh)
-        self._refresh_combo()
 
     # ---- public API ----
     def open_file(self, path: str | Path, title: str | None = None) -> bool:

@@ -62,9 +62,23 @@ class EvaluatePanel(JobPanel):
         self._build()
 
     # ------------------------------------------------------------------ layout
-    def _build(self) -> None:  # noqa: PLR0915 — too long; to be split (issue 14)
+    def _build(self) -> None:
         outer = QHBoxLayout(self)
         left = QVBoxLayout()
+        left.addWidget(self._build_settings_box())
+        self._build_buttons(left)
+        left.addWidget(self.progress)
+        left.addWidget(self.status)
+        left.addWidget(self.error)
+        left.addWidget(self._build_table(), 1)
+        holder = QWidget()
+        holder.setLayout(left)
+        holder.setMaximumWidth(440)
+        outer.addWidget(holder)
+        outer.addWidget(self._build_results(), 1)
+        self.report_btn.setEnabled(False)
+
+    def _build_settings_box(self) -> QGroupBox:
         box = QGroupBox("Evaluate synthetic data")
         form = QFormLayout(box)
         data = "Data (*.h5 *.npz *.nii *.nii.gz)"
@@ -94,7 +108,9 @@ class EvaluatePanel(JobPanel):
         self.utility_check = QCheckBox("downstream utility (3 segmenters)")
         self.utility_check.setChecked(True)
         form.addRow("", self.utility_check)
-        left.addWidget(box)
+        return box
+
+    def _build_buttons(self, left: QVBoxLayout) -> None:
         row = QHBoxLayout()
         self.report_btn = QPushButton("Open report")
         self.report_btn.clicked.connect(self.open_report)
@@ -114,9 +130,8 @@ class EvaluatePanel(JobPanel):
         report_row.addWidget(self.report_path, 1)
         report_row.addWidget(self.copy_btn)
         left.addLayout(report_row)
-        left.addWidget(self.progress)
-        left.addWidget(self.status)
-        left.addWidget(self.error)
+
+    def _build_table(self) -> QTableWidget:
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["figure", "value", "real vs real", "reading"])
         header = self.table.horizontalHeader()
@@ -128,39 +143,14 @@ class EvaluatePanel(JobPanel):
         header.sectionResized.connect(lambda *_: self.table.resizeRowsToContents())  # wrapped names stay whole
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        left.addWidget(self.table, 1)
-        holder = QWidget()
-        holder.setLayout(left)
-        holder.setMaximumWidth(440)
-        outer.addWidget(holder)
+        return self.table
 
+    def _build_results(self) -> QScrollArea:
+        """The right-hand side: the answers, the plots, the closest pairs and the FID table, scrolling."""
         right = QWidget()
         grid = QVBoxLayout(right)
-        answers_box = QGroupBox("Answers")
-        av = QVBoxLayout(answers_box)
-        # One rich-text label: word-wrapped labels in a grid get squeezed to one line each.
-        self.answers_label = QLabel("Run an evaluation to answer: is it like my data, is it diverse, does it copy "
-                                    "patients, does it help segmentation?")
-        self.answers_label.setWordWrap(True)
-        self.answers_label.setTextFormat(Qt.TextFormat.RichText)
-        # The scroll area sizes its page from minimum heights, which ignore word wrapping.
-        self.answers_label.setMinimumHeight(130)
-        self.answers_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        av.addWidget(self.answers_label)
-        grid.addWidget(answers_box)
-        # Flowing rows, not one fixed row: side by side the plots and the pairs would need more width than a
-        # laptop screen leaves beside the form and the docks, and the answers would be cut off on the right.
-        plots_holder = QWidget()
-        plots = FlowLayout(plots_holder)
-        self.hist_plot = pg.PlotWidget(title="Nearest training image")
-        self.hist_plot.setLabel("bottom", "correlation")
-        self.hist_plot.setLabel("left", "samples")
-        self.dice_plot = pg.PlotWidget(title="Dice on held-out real data")
-        for p in (self.hist_plot, self.dice_plot):
-            p.setFixedSize(340, 260)
-            p.setMouseEnabled(False, False)
-            plots.addWidget(p)
-        grid.addWidget(plots_holder)
+        grid.addWidget(self._build_answers())
+        grid.addWidget(self._build_plots())
         pairs_box = QGroupBox("Closest pairs (synthetic | nearest training image)")
         pairs_box.setMinimumHeight(150)
         self.pairs_layout = FlowLayout(pairs_box)
@@ -181,8 +171,36 @@ class EvaluatePanel(JobPanel):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(right)
-        outer.addWidget(scroll, 1)
-        self.report_btn.setEnabled(False)
+        return scroll
+
+    def _build_answers(self) -> QGroupBox:
+        answers_box = QGroupBox("Answers")
+        av = QVBoxLayout(answers_box)
+        # One rich-text label: word-wrapped labels in a grid get squeezed to one line each.
+        self.answers_label = QLabel("Run an evaluation to answer: is it like my data, is it diverse, does it copy "
+                                    "patients, does it help segmentation?")
+        self.answers_label.setWordWrap(True)
+        self.answers_label.setTextFormat(Qt.TextFormat.RichText)
+        # The scroll area sizes its page from minimum heights, which ignore word wrapping.
+        self.answers_label.setMinimumHeight(130)
+        self.answers_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        av.addWidget(self.answers_label)
+        return answers_box
+
+    def _build_plots(self) -> QWidget:
+        # Flowing rows, not one fixed row: side by side the plots and the pairs would need more width than a
+        # laptop screen leaves beside the form and the docks, and the answers would be cut off on the right.
+        plots_holder = QWidget()
+        plots = FlowLayout(plots_holder)
+        self.hist_plot = pg.PlotWidget(title="Nearest training image")
+        self.hist_plot.setLabel("bottom", "correlation")
+        self.hist_plot.setLabel("left", "samples")
+        self.dice_plot = pg.PlotWidget(title="Dice on held-out real data")
+        for p in (self.hist_plot, self.dice_plot):
+            p.setFixedSize(340, 260)
+            p.setMouseEnabled(False, False)
+            plots.addWidget(p)
+        return plots_holder
 
     def _path_field(self, form: QFormLayout, label: str, placeholder: str, pattern: str,
                     folders: bool = False) -> QLineEdit:

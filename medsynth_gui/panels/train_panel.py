@@ -70,10 +70,37 @@ class TrainPanel(JobPanel):
         self.restore_settings()
 
     # -- layout -------------------------------------------------------------------------
-    def _build(self) -> None:  # noqa: PLR0915 — too long; to be split (issue 14)
+    def _build(self) -> None:
         outer = QVBoxLayout(self)
         setup = QGroupBox("Training run")
         form = QFormLayout(setup)
+        self._build_paths(form)
+        self._build_settings(form)
+        outer.addWidget(setup)
+        outer.addLayout(self._build_buttons())
+
+        self.progress.setFormat("%v / %m steps")
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        outer.addWidget(self.progress)
+        self.data_summary = WrapLabel()  # what the data holds and the model size, kept while training runs
+        outer.addWidget(self.data_summary)
+        self.estimate = WrapLabel()  # the run's measured duration; a GPU preset's warning on a CPU
+        outer.addWidget(self.estimate)
+        outer.addWidget(self.status)
+        outer.addWidget(self.error)
+
+        self.plot = LossPlot()
+        self.smooth_curve = self.plot.smooth_curve  # the name the tests knew it by
+        outer.addWidget(self.plot, 1)
+        outer.addWidget(self._build_previews())
+        outer.addWidget(self.preview_caption)
+        self._reset_plot()
+        self.enable_while(idle=(self.resume_btn, self.data_edit, self.run_edit, self.preset, self.steps_spin,
+                                self.batch_spin, self.lr_spin, self.loss_combo, self.size_spin, self.mask_combo,
+                                self.classes_check, self.device_combo),
+                          running=(self.sample_btn, self.save_btn))
+
+    def _build_paths(self, form: QFormLayout) -> None:
         self.data_edit = QLineEdit()
         self.data_edit.setPlaceholderText("npz, NIfTI, MedSynth .h5, or a folder (images/ + masks/, MSD)")
         file_btn, folder_btn = QPushButton("File…"), QPushButton("Folder…")
@@ -85,6 +112,9 @@ class TrainPanel(JobPanel):
         run_btn = QPushButton("Browse…")
         run_btn.clicked.connect(self._pick_run)
         form.addRow("Run folder", path_row(self.run_edit, run_btn))
+
+    def _build_settings(self, form: QFormLayout) -> None:
+        """The preset and the fields it fills."""
         self.preset = QComboBox()
         self.preset.addItems(preset_names())
         for i, name in enumerate(preset_names()):
@@ -110,8 +140,8 @@ class TrainPanel(JobPanel):
         form.addRow("Masks", self.mask_combo)
         form.addRow("", self.classes_check)
         form.addRow("Device", self.device_combo)
-        outer.addWidget(setup)
 
+    def _build_buttons(self) -> QHBoxLayout:
         buttons = QHBoxLayout()
         self.resume_btn = QPushButton("Resume")
         self.sample_btn = QPushButton("Preview now")
@@ -121,22 +151,9 @@ class TrainPanel(JobPanel):
         self.save_btn.clicked.connect(self.runner.save_now)
         for b in (self.run_btn, self.stop_btn, self.resume_btn, self.sample_btn, self.save_btn):
             buttons.addWidget(b)
-        outer.addLayout(buttons)
+        return buttons
 
-        self.progress.setFormat("%v / %m steps")
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        outer.addWidget(self.progress)
-        self.data_summary = WrapLabel()  # what the data holds and the model size, kept while training runs
-        outer.addWidget(self.data_summary)
-        self.estimate = WrapLabel()  # the run's measured duration; a GPU preset's warning on a CPU
-        outer.addWidget(self.estimate)
-        outer.addWidget(self.status)
-        outer.addWidget(self.error)
-
-        self.plot = LossPlot()
-        self.smooth_curve = self.plot.smooth_curve  # the name the tests knew it by
-        outer.addWidget(self.plot, 1)
-
+    def _build_previews(self) -> QGroupBox:
         previews = QGroupBox("Previews (EMA weights, DDIM 25 steps)")
         grid = QGridLayout(previews)
         self.preview_labels = [QLabel() for _ in range(8)]
@@ -147,13 +164,7 @@ class TrainPanel(JobPanel):
             grid.addWidget(lab, i // 4, i % 4)
         self.preview_caption = ElidedLabel("—")
         self._captions = {"preview": "", "checkpoint": ""}
-        outer.addWidget(previews)
-        outer.addWidget(self.preview_caption)
-        self._reset_plot()
-        self.enable_while(idle=(self.resume_btn, self.data_edit, self.run_edit, self.preset, self.steps_spin,
-                                self.batch_spin, self.lr_spin, self.loss_combo, self.size_spin, self.mask_combo,
-                                self.classes_check, self.device_combo),
-                          running=(self.sample_btn, self.save_btn))
+        return previews
 
     # -- settings -----------------------------------------------------------------------
     def _apply_preset(self, name: str) -> None:

@@ -29,7 +29,7 @@ class Viewer(QWidget):
 
     readout = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, layout: str = "row", blind: bool = False) -> None:  # noqa: PLR0915 — too long; to be split (issue 14)
+    def __init__(self, parent: QWidget | None = None, layout: str = "row", blind: bool = False) -> None:
         super().__init__(parent)
         if layout not in PANE_GRID:
             raise ValueError(f"layout must be 'row' or 'grid', got {layout!r}")
@@ -38,20 +38,44 @@ class Viewer(QWidget):
         self._layout_kind = layout
         self._panes = [SliceView(self.state, i) for i in range(3)]
         self.controls = ControlBar(self.state, on_reset=self.reset_views)
+        self._grid_host = self._build_panes()
+        self._build_info_cell()
+        if blind:
+            self.controls.hide_window_level()
+        self._stretch_grid()
 
+        self.placeholder = QLabel("No image loaded")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setStyleSheet("color: #aaa; background: #000; font-size: 14pt;")
+
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(2)
+        outer.addWidget(self.controls)
+        outer.addWidget(self._grid_host, 1)
+        outer.addWidget(self.placeholder, 1)
+        self.state.subscribe("image", self._on_image)
+        self._on_image(None)
+
+    def _build_panes(self) -> QWidget:
+        """The slice panes in their grid, on a host whose background shows through the gaps."""
         grid_host = QWidget()
         grid_host.setObjectName("panes")
         grid_host.setStyleSheet("QWidget#panes { background: #3a3a3a; }")  # the 2px gaps show as pane borders
         grid = QGridLayout(grid_host)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setSpacing(2)
-        for pane, (row, col) in zip(self._panes, PANE_GRID[layout]):
+        for pane, (row, col) in zip(self._panes, PANE_GRID[self._layout_kind]):
             grid.addWidget(pane, row, col)
-            if blind:
+            if self.blind:
                 pane.set_blind()
             else:
                 pane.readout.connect(self.readout)
             pane.zoomed.connect(self._on_zoomed)
+        self._grid = grid
+        return grid_host
+
+    def _build_info_cell(self) -> None:
         # In the 2x2 layout the fourth cell says what is on screen, as Slicer's data probe
         # does, and holds the legend, which leaves the control bar short enough for half a screen.
         self.info_cell = QFrame()
@@ -62,40 +86,25 @@ class Viewer(QWidget):
         self.info = WrapLabel("")
         self.info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         cell.addWidget(self.info)
-        if layout == "grid":
+        if self._layout_kind == "grid":
             self.legend = Legend(self.state, vertical=True)
             self.controls.legend.hide()
             cell.addSpacing(6)
             cell.addWidget(self.legend)
-            grid.addWidget(self.info_cell, 0, 1)
+            self._grid.addWidget(self.info_cell, 0, 1)
         else:
             self.legend = self.controls.legend
             self.info_cell.hide()
         cell.addStretch(1)
-        if blind:
-            self.controls.hide_window_level()
+
+    def _stretch_grid(self) -> None:
         # Panes share the area equally; the text cell must not claim a bigger row.
         self.info_cell.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
-        rows, cols = (1, 3) if layout == "row" else (2, 2)
+        rows, cols = (1, 3) if self._layout_kind == "row" else (2, 2)
         for i in range(cols):
-            grid.setColumnStretch(i, 1)
+            self._grid.setColumnStretch(i, 1)
         for i in range(rows):
-            grid.setRowStretch(i, 1)
-        self._grid = grid
-
-        self.placeholder = QLabel("No image loaded")
-        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.placeholder.setStyleSheet("color: #aaa; background: #000; font-size: 14pt;")
-
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.setSpacing(2)
-        outer.addWidget(self.controls)
-        outer.addWidget(grid_host, 1)
-        outer.addWidget(self.placeholder, 1)
-        self._grid_host = grid_host
-        self.state.subscribe("image", self._on_image)
-        self._on_image(None)
+            self._grid.setRowStretch(i, 1)
 
     @property
     def slice_views(self) -> list[SliceView]:
