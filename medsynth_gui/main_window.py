@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
+from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
-    QFileDialog,
     QFrame,
     QHBoxLayout,
-    QLabel,
     QMainWindow,
     QMessageBox,
     QProgressDialog,
@@ -25,26 +23,18 @@ from PySide6.QtWidgets import (
 
 from engine import __version__
 from engine.config import RESOURCES
-from engine.errors import InputError
+from medsynth_gui.file_opening import FileOpening
 from medsynth_gui.gallery import Gallery
-from medsynth_gui.loaders import (
-    Displayable,
-    ViewCache,
-    dataset_view,
-    default_cache_root,
-    h5_sample,
-    opened_as,
-    with_segmentation,
-)
+from medsynth_gui.loaders import Displayable, ViewCache
 from medsynth_gui.panels.evaluate_panel import EvaluatePanel
 from medsynth_gui.panels.generate_panel import GeneratePanel
 from medsynth_gui.panels.train_panel import TrainPanel
 from medsynth_gui.panels.widgets import fresh_name
 from medsynth_gui.reader_study import ReaderStudyWidget
 from medsynth_gui.viewer import CompareView, Viewer
+from medsynth_gui.welcome import welcome_page
 
 DEMO_DIR = RESOURCES / "demo"
-MAX_RECENT = 10
 # Quitting waits this long for a job to stop at its next step (a 3D step on a CPU can take a minute).
 STOP_WAIT_MS = 180_000
 SHORTCUTS = [
@@ -77,7 +67,7 @@ def scrolling(panel: QWidget) -> QScrollArea:
     return area
 
 
-class MainWindow(QMainWindow):
+class MainWindow(FileOpening, QMainWindow):
     def __init__(self) -> None:
         super().__init__()
         self.setWindowTitle(f"MedSynth {__version__}")
@@ -119,7 +109,7 @@ class MainWindow(QMainWindow):
     # -- layout -------------------------------------------------------------------------
     def _build_centre(self) -> None:
         self.stack = QStackedWidget()
-        self.welcome = self._welcome_page()
+        self.welcome = welcome_page(self.open_demo, self.open_dialog)
         self.tabs = QTabWidget()
         self.viewer = Viewer()
         self.gallery = Gallery()
@@ -146,34 +136,6 @@ class MainWindow(QMainWindow):
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.tabs)
         self.setCentralWidget(self.stack)
-
-    def _welcome_page(self) -> QWidget:
-        page = QWidget()
-        lay = QVBoxLayout(page)
-        lay.addStretch(1)
-        title = QLabel("<h1>MedSynth</h1><p>Train diffusion models on your own medical images and "
-                       "generate synthetic, labeled data.</p>")
-        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        lay.addWidget(title)
-        row = QHBoxLayout()
-        row.addStretch(1)
-        demo = QPushButton("Open the demo")
-        demo.setToolTip("A small phantom dataset with lesion masks and a demo model, ready to generate: on a "
-                        "2-core CPU the first 16 samples take about 10 s and 64 about 35 s")
-        demo.clicked.connect(self.open_demo)
-        open_btn = QPushButton("Open a file…")
-        open_btn.clicked.connect(self.open_dialog)
-        for b in (demo, open_btn):
-            b.setMinimumSize(180, 44)
-            row.addWidget(b)
-        row.addStretch(1)
-        lay.addLayout(row)
-        hint = QLabel("MedSynth HDF5 · NIfTI · DICOM series · MedMNIST .npz · image folders — or drop one here")
-        hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        hint.setStyleSheet("color: #999;")
-        lay.addWidget(hint)
-        lay.addStretch(2)
-        return page
 
     def _build_docks(self) -> None:
         self.train = TrainPanel()
@@ -206,105 +168,6 @@ class MainWindow(QMainWindow):
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(QAction("&Keyboard shortcuts", self, shortcut="F1", triggered=self.show_shortcuts))
         help_menu.addAction(QAction("&About MedSynth", self, triggered=self.show_about))
-
-    # -- opening ------------------------------------------------------------------------
-    def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open", str(self.settings.value("open/dir", "")),
-                                              "Medical images (*.h5 *.hdf5 *.nii *.nii.gz *.npz);;All files (*)")
-        if path:
-            self.open_path(path)
-
-    def open_folder_dialog(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Open folder", str(self.settings.value("open/dir", "")))
-        if path:
-            self.open_path(path)
-
-    def open_path(self, path: str | Path) -> bool:
-        """Open anything MedSynth reads; errors go to a message, never a traceback."""
-        p = Path(path)
-        self.settings.setValue("open/dir", str(p.parent))
-        try:
-            how, view = opened_as(p)  # the engine's source registry says what the path is
-            if how == "gallery":
-                if not self.gallery.open_file(str(p)):
-                    return False  # the gallery has said why, through its failed signal
-                self.stack.setCurrentWidget(self.tabs)
-                self.tabs.setCurrentWidget(self.gallery)
-                if self.gallery.count():
-                    self.open_sample(str(p), 0, switch=False)
-            elif view is not None:
-                self.show_image(view)
-                if view.mask is not None and not view.image.any():
-                    self.viewer.state.window_level = (1.0, 0.5)  # a label map alone: labels on black
-                if view.note:
-                    self.show_error(view.note)
-            else:
-                self._open_as_dataset(p)
-        except InputError as exc:
-            self.show_error(str(exc))
-            return False
-        self._remember(str(p))
-        return True
-
-    @staticmethod
-    def _cache_root() -> Path:
-        base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericCacheLocation)
-        return Path(base) / "medsynth" / "views" if base else default_cache_root()
-
-    def _open_as_dataset(self, p: Path) -> None:
-        """npz and data folders: read through the engine into a private cached copy, browsed in the
-        gallery under the folder's own name."""
-        if self.gallery.path() == str(self.view_cache.path_for(p)):
-            self.gallery.close_file()  # its copy is about to be replaced
-        out, title = dataset_view(p, self.view_cache)
-        self.gallery.open_file(str(out), title=title)
-        self.stack.setCurrentWidget(self.tabs)
-        self.tabs.setCurrentWidget(self.gallery)
-
-    def open_sample(self, path: str, index: int, switch: bool = True) -> None:
-        try:
-            shown = h5_sample(path, index, self.view_cache.title(path))
-        except InputError as exc:
-            self.show_error(str(exc))
-            return
-        self.current_ref = (path, index)
-        self.show_image(shown, switch=switch)
-
-    def show_image(self, d: Displayable, switch: bool = True) -> None:
-        self.current = d
-        self.statusBar().clearMessage()  # the last readout described the previous image
-        self.viewer.set_image(d.image, mask=d.mask, affine=d.affine, spacing=d.spacing,
-                              label_names=d.label_names, units=d.units, title=d.title)
-        self.stack.setCurrentWidget(self.tabs)
-        if switch:
-            self.tabs.setCurrentWidget(self.viewer)
-
-    def load_segmentation_dialog(self) -> None:
-        if self.current is None:
-            self.show_error("Open an image first; its segmentation is then loaded onto it.")
-            return
-        path, _ = QFileDialog.getOpenFileName(self, "Load segmentation", str(self.settings.value("open/dir", "")),
-                                              "Label maps (*.nii *.nii.gz);;All files (*)")
-        if path:
-            self.load_segmentation(path)
-
-    def load_segmentation(self, path: str | Path) -> bool:
-        """Show a label NIfTI as the overlay of the image in the viewer, keeping the slice and window;
-        a label map that does not fit the image is a message, and the image stays as it was."""
-        if self.current is None:
-            self.show_error("Open an image first; its segmentation is then loaded onto it.")
-            return False
-        try:
-            shown = with_segmentation(self.current, path)
-        except InputError as exc:
-            self.show_error(str(exc))
-            return False
-        state = self.viewer.state
-        cursor, window_level = state.cursor, state.window_level
-        self.show_image(shown)
-        state.cursor, state.window_level = cursor, window_level
-        self.statusBar().showMessage(f"Segmentation {Path(path).name} loaded", 5000)
-        return True
 
     def _to_compare(self, side: str) -> None:
         d = self.current
@@ -360,23 +223,6 @@ class MainWindow(QMainWindow):
             if i != study:
                 self.tabs.setTabEnabled(i, not reading)
         self.statusBar().showMessage("Reading a study: everything else is hidden until you stop." if reading else "")
-
-    # -- recent files -------------------------------------------------------------------
-    def _recent(self) -> list[str]:
-        value = self.settings.value("recent", [])
-        return [value] if isinstance(value, str) else list(value or [])
-
-    def _remember(self, path: str) -> None:
-        items = [path] + [p for p in self._recent() if p != path]
-        self.settings.setValue("recent", items[:MAX_RECENT])
-        self._refresh_recent()
-
-    def _refresh_recent(self) -> None:
-        self.recent_menu.clear()
-        items = self._recent()
-        for path in items:
-            self.recent_menu.addAction(QAction(path, self, triggered=lambda _=False, p=path: self.open_path(p)))
-        self.recent_menu.setEnabled(bool(items))
 
     # -- messages -----------------------------------------------------------------------
     def show_error(self, text: str) -> None:
