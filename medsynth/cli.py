@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         job = TrainJob(None, args.out, resume=True, steps=args.steps)
     else:
-        from engine.data import load_images, volume_options
+        from engine.io.load import load_images, volume_options
 
         cfg = resolve(args.preset, args.config, _overrides(args))
         data = load_images(args.data, split=cfg.data.split, volumes=volume_options(cfg))

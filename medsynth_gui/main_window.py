@@ -26,13 +26,13 @@ from PySide6.QtWidgets import (
 from engine import __version__
 from engine.config import RESOURCES
 from engine.errors import InputError
+from engine.io.sources import View as Displayable
+from engine.io.sources.h5 import sample_view as h5_sample
 from medsynth_gui.gallery import Gallery
 from medsynth_gui.loaders import (
-    Displayable,
     ViewCache,
     dataset_view,
     default_cache_root,
-    h5_sample,
     opened_as,
     with_segmentation,
 )

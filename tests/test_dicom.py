@@ -11,9 +11,9 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from engine.data.dicom import is_dicom_folder, read_dicom_series  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.errors import InputError  # noqa: E402
+from engine.io.dicom import is_dicom_folder, read_dicom_series  # noqa: E402
 
 SPACING = (0.8, 0.7, 2.5)  # column (x), row (y), slice
 ORIGIN = (-100.0, -120.0, 40.0)  # LPS mm
