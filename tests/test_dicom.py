@@ -104,8 +104,9 @@ def test_each_slice_that_cannot_be_placed_is_named(tmp_path, ct_volume):
     with pytest.raises(InputError, match=f"{bad.name}: has no PixelSpacing"):
         read_dicom_series(tmp_path / "untagged")
     write_series(tmp_path / "tilted", ct_volume[:, :, :3])
-    bad = _edit_one(tmp_path / "tilted", 2, lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 1, 0, 0]))
-    with pytest.raises(InputError, match=f"{bad.name}: has a different slice orientation"):
+    _edit_one(tmp_path / "tilted", 2, lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 1, 0, 0]))
+    # The odd one out is judged against the first file by name, which may be the tilted one itself.
+    with pytest.raises(InputError, match=r"tilted.\w+\.dcm: has a different slice orientation"):
         read_dicom_series(tmp_path / "tilted")
     write_series(tmp_path / "ragged", ct_volume[:, :, :3])
     small = ct_volume[:-2, :, 0]
