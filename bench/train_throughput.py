@@ -42,10 +42,10 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from engine.config import RunConfig, batch_for, load_preset  # noqa: E402
-from engine.data import read_npz  # noqa: E402
 from engine.data.dataset import ImageSet  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  # noqa: E402
+from engine.io.sources.npz import read_npz  # noqa: E402
 from engine.jobs import Event, Progress, Requests  # noqa: E402
 from engine.models.diffusion import train_scheduler  # noqa: E402
 from engine.models.networks import build_model  # noqa: E402

@@ -97,7 +97,7 @@ def source_summary(path: str | Path, data: ImageSet) -> str:
 
 
 def _partner_line(path: Path) -> str | None:
-    from engine.data import partners
+    from engine.io import partners
 
     if not path.is_file():
         return None
@@ -124,14 +124,14 @@ def describe(path: str | Path) -> str:
     if isinstance(source, DicomFolder) and holds_slices(p):
         import nibabel as nib
 
-        from engine.data.dicom import read_dicom_series
+        from engine.io.dicom import read_dicom_series
 
         v = read_dicom_series(p)
         return (f"{p}: DICOM series ({v.modality}), volume {v.array.shape} voxels of "
                 f"{tuple(round(s, 3) for s in v.spacing)} mm, orientation {''.join(nib.aff2axcodes(v.affine))}, "
                 f"values {float(v.array.min()):.4g}..{float(v.array.max()):.4g} {v.units}")
-    from engine.data import load_images
     from engine.data.dataset import describe_mask_coding
+    from engine.io.load import load_images
 
     s = load_images(p)
     lines = [f"{p}: {len(s)} image(s) of {s.size[0]}x{s.size[1]} px, {s.channels} channel(s), "

@@ -15,6 +15,8 @@ from engine.jobs import Checkpoint, Done, Event, Job, Message, Progress, Request
 
 EXIT_INPUT = 2
 EXIT_CANCELLED = 130
+# What add_subparsers returns: each subcommand adds its parser to it.
+Subcommands = argparse._SubParsersAction
 
 
 class TqdmView:
@@ -92,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         job = TrainJob(None, args.out, resume=True, steps=args.steps)
     else:
-        from engine.data import load_images, volume_options
+        from engine.io.load import load_images, volume_options
 
         cfg = resolve(args.preset, args.config, _overrides(args))
         data = load_images(args.data, split=cfg.data.split, volumes=volume_options(cfg))
@@ -224,20 +226,28 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 — too long; to be split (issue 14)
-    from engine.config import preset_names
-    from engine.settings import Device, ExportFormat, LossKind, MaskMode, Prediction, Sampler
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsynth", description="Train diffusion models on medical images and "
                                 "generate synthetic, labeled data.")
     p.add_argument("--version", action=VersionAction, help="show the version, the torch build and the git commit")
     sub = p.add_subparsers(dest="command", required=True)
+    # One function per subcommand, in the order --help lists them.
+    for add in (_add_demo, _add_train, _add_sample, _add_info, _add_export, _add_evaluate, _add_reader_study):
+        add(sub)
+    return p
 
+
+def _add_demo(sub: Subcommands) -> None:
     d = sub.add_parser("demo", help="phantoms -> short training -> generation -> summary (headless)")
     d.add_argument("--out", default="medsynth-demo", help="folder for the demo's files")
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
     d.add_argument("--n", type=int, default=64, help="samples to generate")
     d.set_defaults(func=cmd_demo)
+
+
+def _add_train(sub: Subcommands) -> None:
+    from engine.config import preset_names
+    from engine.settings import Device, LossKind, MaskMode, Prediction
 
     t = sub.add_parser("train", help="train a diffusion model on DATA")
     t.add_argument("data", nargs="?", help="npz, NIfTI, MedSynth .h5, or a folder (images/+masks/, MSD)")
@@ -267,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 — too long; to
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.set_defaults(func=cmd_train)
 
+
+def _add_sample(sub: Subcommands) -> None:
+    from engine.settings import Device, Sampler
+
     s = sub.add_parser("sample", help="generate samples from a trained run into an HDF5 file")
     s.add_argument("run", help="run directory or checkpoint folder")
     s.add_argument("--n", type=int, required=True)
@@ -286,9 +300,15 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 — too long; to
                         "them again")
     s.set_defaults(func=cmd_sample)
 
+
+def _add_info(sub: Subcommands) -> None:
     i = sub.add_parser("info", help="what an HDF5 / NIfTI / npz file or run directory holds")
     i.add_argument("file")
     i.set_defaults(func=cmd_info)
+
+
+def _add_export(sub: Subcommands) -> None:
+    from engine.settings import ExportFormat
 
     e = sub.add_parser("export", help="export a MedSynth HDF5 file")
     e.add_argument("file")
@@ -307,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 — too long; to
     e.add_argument("--train-data", dest="train_data", default=None,
                    help="training data to compute those correlations against (default: what evaluate stored)")
     e.set_defaults(func=cmd_export)
+
+
+def _add_evaluate(sub: Subcommands) -> None:
+    from engine.settings import Device
 
     v = sub.add_parser("evaluate", help="is the synthetic data like the real data, diverse, free of copies, useful?")
     v.add_argument("file", help="MedSynth .h5 file of synthetic samples")
@@ -330,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 — too long; to
     v.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     v.set_defaults(func=cmd_evaluate)
 
+
+def _add_reader_study(sub: Subcommands) -> None:
     rsp = sub.add_parser("reader-study", help="blinded real / fake / unsure study for radiologists, and its summary",
                          description="create REAL.h5 SYNTH.h5 --out FOLDER: a blinded, shuffled study for readers "
                                      "and, outside it, its answer key; summary FOLDER: accuracy, sensitivity, "
@@ -344,7 +370,6 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 — too long; to
     rsp.add_argument("--key", help="the answer key file, kept outside the study folder "
                                    "(default: FOLDER.key.json beside the folder)")
     rsp.set_defaults(func=cmd_reader_study)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

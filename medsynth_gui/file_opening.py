@@ -14,13 +14,13 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QFileDialog, QMenu, QStackedWidget, QTabWidget
 
 from engine.errors import InputError
+from engine.io.sources import View
+from engine.io.sources.h5 import sample_view
 from medsynth_gui.gallery import Gallery
 from medsynth_gui.loaders import (
-    Displayable,
     ViewCache,
     dataset_view,
     default_cache_root,
-    h5_sample,
     opened_as,
     with_segmentation,
 )
@@ -34,7 +34,7 @@ class FileOpening:
 
     settings: QSettings
     view_cache: ViewCache
-    current: Displayable | None
+    current: View | None
     current_ref: tuple[str, int] | None
     stack: QStackedWidget
     tabs: QTabWidget
@@ -99,14 +99,14 @@ class FileOpening:
 
     def open_sample(self, path: str, index: int, switch: bool = True) -> None:
         try:
-            shown = h5_sample(path, index, self.view_cache.title(path))
+            shown = sample_view(path, index, self.view_cache.title(path))
         except InputError as exc:
             self.show_error(str(exc))
             return
         self.current_ref = (path, index)
         self.show_image(shown, switch=switch)
 
-    def show_image(self, d: Displayable, switch: bool = True) -> None:
+    def show_image(self, d: View, switch: bool = True) -> None:
         self.current = d
         self.statusBar().clearMessage()  # the last readout described the previous image
         self.viewer.set_image(d.image, mask=d.mask, affine=d.affine, spacing=d.spacing,

@@ -13,16 +13,9 @@ from pathlib import Path
 from engine.data.dataset import ImageSet
 from engine.io.medsynth_h5 import open_file, read_names, write_image_set
 from engine.io.sources import MedSynthFile, View, source_for
-from engine.io.sources.h5 import sample_view as h5_sample
-from engine.io.sources.nifti_view import nifti_view as nifti_volume
 from engine.io.sources.nifti_view import with_segmentation
 
-# What the viewer shows; the engine's View, under the name the app's code knows it by.
-Displayable = View
-
-# nifti_volume: the name tests/test_export_volumes.py and tests/test_nifti_label_coding.py know the NIfTI view by.
-__all__ = ["Displayable", "ViewCache", "dataset_view", "default_cache_root", "h5_names", "h5_sample", "nifti_volume",
-           "opened_as", "with_segmentation"]
+__all__ = ["ViewCache", "dataset_view", "default_cache_root", "h5_names", "opened_as", "with_segmentation"]
 
 
 def h5_names(path: str | Path) -> list[str] | None:
@@ -31,7 +24,7 @@ def h5_names(path: str | Path) -> list[str] | None:
         return read_names(f)
 
 
-def opened_as(path: str | Path) -> tuple[str, Displayable | None]:
+def opened_as(path: str | Path) -> tuple[str, View | None]:
     """How the app opens a path, as its source says: ("gallery", None) for a MedSynth file, browsed as it is;
     ("viewer", image) for one image or volume (a NIfTI file, a DICOM series); ("dataset", None) for a set,
     read into the cache for the gallery. InputError naming the path when no source claims it."""
@@ -102,8 +95,8 @@ def default_cache_root() -> Path:
 def dataset_view(source: str | Path, cache: ViewCache) -> tuple[Path, str]:
     """Read a data folder or .npz through the engine into the cache; returns (file, title), the title
     naming the source by its folder, e.g. "BraTS_subset (nnU-Net folder, 12 cases, 658 slices)"."""
-    from engine.data import load_images
     from engine.info import source_summary
+    from engine.io.load import load_images
 
     source = Path(source)
     data = load_images(source)

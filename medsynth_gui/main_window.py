@@ -23,9 +23,10 @@ from PySide6.QtWidgets import (
 
 from engine import __version__
 from engine.config import RESOURCES
+from engine.io.sources import View
 from medsynth_gui.file_opening import FileOpening
 from medsynth_gui.gallery import Gallery
-from medsynth_gui.loaders import Displayable, ViewCache
+from medsynth_gui.loaders import ViewCache
 from medsynth_gui.panels.evaluate_panel import EvaluatePanel
 from medsynth_gui.panels.generate_panel import GeneratePanel
 from medsynth_gui.panels.train_panel import TrainPanel
@@ -73,7 +74,7 @@ class MainWindow(FileOpening, QMainWindow):
         self.setWindowTitle(f"MedSynth {__version__}")
         self.setAcceptDrops(True)
         self.settings = QSettings()
-        self.current: Displayable | None = None
+        self.current: View | None = None
         self.current_ref: tuple[str, int] | None = None
         self.view_cache = ViewCache(self._cache_root())
         self._build_centre()

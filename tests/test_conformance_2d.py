@@ -143,7 +143,7 @@ def _announces_two_grey_labels(log: str) -> bool:
 
 def _resized_spacing(walked: C.Walk) -> tuple[float, float]:
     """(x, y) mm of a training pixel: the source's pixel size times source pixels per training pixel."""
-    from engine.data import load_images
+    from engine.io.load import load_images
 
     s = load_images(walked.corpus.path)
     h, w = s.size
@@ -214,7 +214,8 @@ def test_the_issue_reproduction_as_processes(tmp_path):
 def test_a_nifti_folder_reads_as_the_slices_of_every_file(tmp_path):
     """README: "NIfTI file or folder ... axial slices". Each file with its `_seg` partner, the partners not
     read as images of their own."""
-    from engine.data import load_images, read_nifti
+    from engine.io.load import load_images
+    from engine.io.sources.nifti import read_nifti
 
     corpus = C.nifti_geometry(tmp_path / "nifti")
     s = load_images(corpus.path)
@@ -229,7 +230,7 @@ def test_a_nifti_folder_reads_as_the_slices_of_every_file(tmp_path):
 def test_an_image_file_finds_its_label_file(tmp_path, layout):
     """nnU-Net / MSD: imagesTr/CASE_0000.nii.gz pairs with labelsTr/CASE.nii.gz; elsewhere `_label` partners
     pair like `_seg` ones."""
-    from engine.data import load_images
+    from engine.io.load import load_images
 
     corpus = C.msd_folder(tmp_path / "Dataset042_BraTS", "nnunet", n=1)
     image = corpus.path / "imagesTr" / "BRATS_001_0000.nii.gz"
@@ -253,7 +254,7 @@ def test_info_gives_2d_pixel_spacing_in_x_y_order(tmp_path):
 @pytest.mark.parametrize("walked", ["nifti-pir"], indirect=True)
 def test_a_2d_nifti_export_reads_back_upright_as_the_sample(walked):
     """The exported (x, y, 1) file, read by the engine's own NIfTI reader, is the stored picture the same way up."""
-    from engine.data import read_nifti
+    from engine.io.sources.nifti import read_nifti
 
     walked.output("export")
     arrays = walked.arrays()

@@ -14,7 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.data import VolumeOptions, load_images
+from engine.io.load import load_images
+from engine.io.volumes import VolumeOptions
 from tests import corpus as C
 
 SIZE = 16
@@ -189,7 +190,7 @@ def test_every_orientation_puts_the_anatomy_the_same_way_round(tmp_path, spacing
 
 def test_dicom_geometry_and_units_agree_with_nibabel(tmp_path):
     """The engine's reading of an oblique, rescaled series against nibabel's own DICOM reader, slice by slice."""
-    from engine.data.dicom import LPS_TO_RAS, read_dicom_series
+    from engine.io.dicom import LPS_TO_RAS, read_dicom_series
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nibabel calls its DICOM readers experimental (for Siemens mosaics)

@@ -11,9 +11,9 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from engine.data.dicom import is_dicom_folder, read_dicom_series  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.errors import InputError  # noqa: E402
+from engine.io.dicom import is_dicom_folder, read_dicom_series  # noqa: E402
 
 SPACING = (0.8, 0.7, 2.5)  # column (x), row (y), slice
 ORIGIN = (-100.0, -120.0, 40.0)  # LPS mm
@@ -86,6 +86,47 @@ def test_mixed_series_and_bad_files_are_named(tmp_path, ct_volume):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty folder"):
         read_dicom_series(tmp_path / "empty")
+
+
+def _edit_one(folder: Path, index: int, change) -> Path:
+    """Apply `change` to the dataset of the index-th slice along z, and save it back."""
+    files = sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    ds = pydicom.dcmread(files[index])
+    change(ds)
+    ds.save_as(files[index])
+    return files[index]
+
+
+def test_each_slice_that_cannot_be_placed_is_named(tmp_path, ct_volume):
+    """The checks of a series, each raised with the file or folder at fault, and a one-slice series' spacing."""
+    write_series(tmp_path / "untagged", ct_volume[:, :, :3])
+    bad = _edit_one(tmp_path / "untagged", 1, lambda ds: delattr(ds, "PixelSpacing"))
+    with pytest.raises(InputError, match=f"{bad.name}: has no PixelSpacing"):
+        read_dicom_series(tmp_path / "untagged")
+    write_series(tmp_path / "tilted", ct_volume[:, :, :3])
+    _edit_one(tmp_path / "tilted", 2, lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 1, 0, 0]))
+    # The odd one out is judged against the first file by name, which may be the tilted one itself.
+    with pytest.raises(InputError, match=r"tilted.\w+\.dcm: has a different slice orientation"):
+        read_dicom_series(tmp_path / "tilted")
+    write_series(tmp_path / "ragged", ct_volume[:, :, :3])
+    small = ct_volume[:-2, :, 0]
+
+    def shrink(ds):
+        ds.Columns = small.shape[0]
+        ds.PixelData = (small.T + 1024).astype(np.int16).tobytes()
+
+    bad = _edit_one(tmp_path / "ragged", 1, shrink)
+    with pytest.raises(InputError, match=f"{bad.name}: slice of shape"):
+        read_dicom_series(tmp_path / "ragged")
+    write_series(tmp_path / "twice", ct_volume[:, :, :3])
+    _edit_one(tmp_path / "twice", 2, lambda ds: setattr(ds, "ImagePositionPatient", [*ORIGIN[:2], ORIGIN[2]]))
+    with pytest.raises(InputError, match="twice: holds two slices at the same position"):
+        read_dicom_series(tmp_path / "twice")
+    write_series(tmp_path / "one", ct_volume[:, :, :1])
+    vol = read_dicom_series(tmp_path / "one")
+    assert vol.array.shape == (*ct_volume.shape[:2], 1)
+    np.testing.assert_allclose(vol.spacing, SPACING)
+    np.testing.assert_allclose(vol.affine[:3, 2], [0, 0, SPACING[2]])
 
 
 def test_info_and_the_app_open_a_dicom_folder(tmp_path, ct_volume, qtbot, capsys, monkeypatch):

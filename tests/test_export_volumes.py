@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.data.readers import read_msd
 from engine.io.medsynth_h5 import SampleWriter
+from engine.io.sources.msd import read_msd
 from medsynth.cli import main
 
 SPACING = (1.5, 1.0, 2.0)  # x, y, z in mm
@@ -212,12 +212,13 @@ def test_info_shows_orientation_and_spacing(tmp_path, capsys, kind, letters, ori
 @pytest.mark.parametrize("kind", ["ras", "lps"])
 def test_exported_nifti_opens_in_the_viewer_like_the_h5_sample(tmp_path, qtbot, kind):
     pytest.importorskip("PySide6")
-    from medsynth_gui.loaders import h5_sample, nifti_volume
+    from engine.io.sources.h5 import sample_view
+    from engine.io.sources.nifti_view import nifti_view
     from medsynth_gui.viewer import Viewer
 
     h5 = make_h5(tmp_path / "v.h5", kind, n=2)
     export(h5, tmp_path / "out", "nifti")
-    a, b = h5_sample(h5, 1), nifti_volume(tmp_path / "out" / "synth_00001.nii.gz")
+    a, b = sample_view(h5, 1), nifti_view(tmp_path / "out" / "synth_00001.nii.gz")
     assert nib.aff2axcodes(a.affine) == nib.aff2axcodes(b.affine) == (("R", "A", "S") if kind == "ras"
                                                                        else ("L", "P", "S"))
     np.testing.assert_allclose(b.affine, a.affine)

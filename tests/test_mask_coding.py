@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data import read_folder_pairs, read_nifti
 from engine.export import export
 from engine.info import describe
 from engine.io.medsynth_h5 import SampleWriter, read_image_set, write_image_set
+from engine.io.sources.nifti import read_nifti
+from engine.io.sources.pictures import read_folder_pairs
 from engine.jobs import DataSummary, Progress, Requests
 from medsynth.cli import main
 from tests.conftest import tiny_config
@@ -262,9 +263,9 @@ def test_2d_samples_carry_the_spacing_of_what_was_generated(tmp_path, shape, zoo
     export(synth, tmp_path / "nii", "nifti")
     assert nib.load(tmp_path / "nii" / "synth_00000.nii.gz").header.get_zooms() == pytest.approx((*want, 1.0))
     # The app's viewer takes an (H, W) picture's spacing per array axis: rows (y), then columns (x).
-    from medsynth_gui.loaders import h5_sample
+    from engine.io.sources.h5 import sample_view
 
-    assert h5_sample(synth, 0).spacing == pytest.approx(want[::-1])
+    assert sample_view(synth, 0).spacing == pytest.approx(want[::-1])
 
 
 def test_2d_nnunet_export_carries_the_spacing(tmp_path):

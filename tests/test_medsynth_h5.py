@@ -159,7 +159,7 @@ def test_metrics_merge_keeps_earlier_keys_and_replace_starts_afresh(tmp_path):
 
 
 def test_a_file_mid_write_reads_only_its_complete_samples(tmp_path):
-    from medsynth_gui.loaders import h5_sample
+    from engine.io.sources.h5 import sample_view
 
     s = _tiny_set()
     path = tmp_path / "live.h5"
@@ -173,7 +173,7 @@ def test_a_file_mid_write_reads_only_its_complete_samples(tmp_path):
                 read_sample(f, 2)
         assert len(read_image_set(path)) == 2
         with pytest.raises(InputError, match="no complete sample 3"):
-            h5_sample(path, 3)
+            sample_view(path, 3)
         w.append(s.images[2:3], np.array([7]), s.masks[2:3], s.labels[2:3])
         assert len(read_image_set(path)) == 3
 
@@ -210,10 +210,11 @@ def test_an_older_builds_3d_file_reads_through_the_engine():
 
 
 def test_an_older_builds_files_read_through_the_apps_loader():
-    from medsynth_gui.loaders import h5_names, h5_sample
+    from engine.io.sources.h5 import sample_view
+    from medsynth_gui.loaders import h5_names
 
     e = old.expected_2d()
-    shown = h5_sample(old.FILE_2D, 1)
+    shown = sample_view(old.FILE_2D, 1)
     np.testing.assert_array_equal(shown.image, e["images"][1, 0])
     np.testing.assert_array_equal(shown.mask, e["masks"][1])
     assert shown.title == f"medsynth_v1_2d.h5 #1 · {e['names'][1]} · 1 lesion · seed 8"
@@ -221,7 +222,7 @@ def test_an_older_builds_files_read_through_the_apps_loader():
     assert shown.label_names == old.LABEL_NAMES and shown.units == "a.u."
     assert h5_names(old.FILE_2D)[:3] == e["names"]
     e = old.expected_3d()
-    vol = h5_sample(old.FILE_3D, 1)
+    vol = sample_view(old.FILE_3D, 1)
     np.testing.assert_array_equal(vol.image, np.transpose(e["images"][1, 0], (2, 1, 0)))  # (X, Y, Z)
     np.testing.assert_array_equal(vol.mask, np.transpose(e["masks"][1], (2, 1, 0)))
     assert vol.spacing == old.SPACING_3D and vol.units == "HU"

@@ -14,10 +14,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.data import VolumeOptions, load_images
-from engine.data.readers import read_nifti_cases
 from engine.export import export
+from engine.io.load import load_images
 from engine.io.medsynth_h5 import write_image_set
+from engine.io.sources.nifti import read_nifti_cases
+from engine.io.volumes import VolumeOptions
 from engine.jobs import DataSummary, Requests
 from medsynth.cli import main
 from tests.test_mask_coding import check_nnunet_v2
@@ -233,14 +234,14 @@ def test_a_0_255_mask_trains_a_model_of_one_label(tmp_path):
 
 def test_the_app_shows_such_label_maps_in_their_own_values_one_colour_each(tmp_path):
     pytest.importorskip("PySide6")
-    from medsynth_gui.loaders import nifti_volume
+    from engine.io.sources.nifti_view import nifti_view
     from medsynth_gui.viewer.state import ViewState
 
     image, seg = lone_0_255(tmp_path / "lone")
     cases = brats_folder(tmp_path / "brats")
     for opened, raw in ((image, seg), (tmp_path / "lone" / "t1_seg.nii.gz", seg),
                         (tmp_path / "brats" / "brats_b.nii.gz", cases["brats_b"])):
-        shown = nifti_volume(opened)
+        shown = nifti_view(opened)
         # The viewer shows the file as it is, as 3D Slicer and ITK-SNAP do: 255 is one label, not 255 labels.
         np.testing.assert_array_equal(shown.mask, raw)
         state = ViewState()

@@ -1,4 +1,4 @@
-"""The one mask-partner rule (engine.data.partners) and every place that uses it: the 2D and 3D readers,
+"""The one mask-partner rule (engine.io.partners) and every place that uses it: the 2D and 3D readers,
 `medsynth info`, and slice provenance ("case · z N") carried into the HDF5 file.
 
 The data are made here in the real conventions: an nnU-Net v2 raw folder (imagesTr/case_0000 + a
@@ -16,8 +16,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.data import VolumeOptions, load_images, partners, read_msd, read_nifti, read_volumes
 from engine.errors import InputError
+from engine.io import partners
+from engine.io.load import load_images
+from engine.io.sources.msd import read_msd
+from engine.io.sources.nifti import read_nifti
+from engine.io.volumes import VolumeOptions, read_volumes
 
 SHAPE = (20, 24, 10)
 # Brain MRI as nnU-Net gets it from BraTS: 1 mm in-plane, thicker slices, LPS-flipped axes.
@@ -131,7 +135,7 @@ def test_picture_pairs_and_no_partner(tmp_path: Path) -> None:
 def test_isic_segmentation_masks_pair_with_their_images(tmp_path: Path) -> None:
     from PIL import Image
 
-    from engine.data import load_images
+    from engine.io.load import load_images
 
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

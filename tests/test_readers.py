@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data import load_images, read_folder_pairs, read_msd, read_nifti, read_npz
 from engine.errors import InputError
+from engine.io.load import load_images
+from engine.io.sources.msd import read_msd
+from engine.io.sources.nifti import read_nifti
+from engine.io.sources.npz import read_npz
+from engine.io.sources.pictures import read_folder_pairs
 
 # ---------------------------------------------------------------- helpers
 

@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.data import VolumeOptions, load_images, read_volumes
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.info import describe
+from engine.io.load import load_images
 from engine.io.medsynth_h5 import read_image_set, write_image_set
 from engine.io.sources import (
     SOURCES,
@@ -29,6 +29,7 @@ from engine.io.sources import (
     RawDataset,
     source_for,
 )
+from engine.io.volumes import VolumeOptions, read_volumes
 from medsynth.cli import main
 from medsynth_gui.loaders import ViewCache, dataset_view, opened_as
 from tests import corpus as C

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from engine.config import RunConfig
-from engine.data import VolumeOptions, load_images, read_volumes, volume_options
 from engine.errors import InputError
+from engine.io.load import load_images, volume_options
+from engine.io.volumes import VolumeOptions, read_volumes
 from tests.test_dicom import ORIGIN as DICOM_ORIGIN
 from tests.test_dicom import SPACING as DICOM_SPACING
 from tests.test_dicom import write_series

@@ -83,11 +83,11 @@ def test_samples_export_as_an_nnunet_dataset(workflow, tmp_path):
 
 
 def test_the_viewer_shows_a_sample_with_ras_letters(workflow, qtbot):
-    from medsynth_gui.loaders import h5_sample
+    from engine.io.sources.h5 import sample_view
     from medsynth_gui.viewer import Viewer
 
     _, _, synth = workflow
-    d = h5_sample(synth, 1)
+    d = sample_view(synth, 1)
     assert d.image.shape == (16, 16, 16) and d.mask is not None
     v = Viewer()
     qtbot.addWidget(v)

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from engine.config import RESOURCES, from_dict, path_sha256, public_path
-from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet
 from engine.data.prepare import resize
 from engine.errors import InputError
 from engine.evaluation.stages import Stage
+from engine.io.load import load_images, volume_options
 from engine.io.medsynth_h5 import (
     NN_CORR,
     NN_INDEX,

@@ -166,8 +166,8 @@ class SampleJob:
         """Masks for a mask-conditioned model: training masks picked by each sample's seed."""
         if gen.cond_channels == 0:
             return None
-        from engine.data import load_images, volume_options
         from engine.data.prepare import to_tensors
+        from engine.io.load import load_images, volume_options
         data = load_images(_training_data(gen.ckpt, gen.state), split=gen.cfg.data.split,
                            volumes=volume_options(gen.cfg))
         t = to_tensors(data, gen.norm, gen.cfg.model.image_size, "condition", gen.cfg.facts.mask_labels, False)

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from engine.config import RunConfig, batch_for, public_config, public_path
-from engine.data import load_images, volume_options
 from engine.data.dataset import ImageSet, describe_mask_coding
 from engine.data.prepare import Normalisation, fit_normalisation, resized_geometry, to_tensors
+from engine.io.load import load_images, volume_options
 from engine.jobs import Cancelled, Checkpoint, DataSummary, Emit, Message, Preview, Progress, Requests
 from engine.models.diffusion import denoise, sampler, train_scheduler
 from engine.models.networks import (

@@ -1,7 +1,7 @@
 """The registry of data sources: every kind of input MedSynth reads, each one class that says whether a
 path is of its kind (`claims`, the one detection rule), what it is in its users' words (`describe`), and
 how it is read — as an ImageSet (2D, or the file's own form), as 3D cases (`volume_cases`, for
-engine.data.volumes), and as one image with its geometry for the viewer (`view`).
+engine.io.volumes), and as one image with its geometry for the viewer (`view`).
 
 `source_for(path)` picks the one source that claims a path; the engine's loaders, `medsynth info` and
 the app all ask it, so that a path is the same thing everywhere. The claims are exclusive: at most one
@@ -33,7 +33,7 @@ class Source:
     """One kind of input. Subclasses set `kind` and override what they can do."""
 
     kind = ""
-    volumes = False  # read as whole volumes (engine.data.volumes) when a 3D model asks
+    volumes = False  # read as whole volumes (engine.io.volumes) when a 3D model asks
     slices = False  # its 2D form is its cases' axial slices
 
     def claims(self, path: Path) -> bool:

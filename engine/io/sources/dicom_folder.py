@@ -1,12 +1,12 @@
 """Which folders are DICOM series, and a series as the viewer shows it; the series itself is read by
-engine.data.dicom (slices sorted in space, real units, RAS affine)."""
+engine.io.dicom (slices sorted in space, real units, RAS affine)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from engine.data.dicom import is_dicom_folder, looks_dicom, read_dicom_series
+from engine.io.dicom import is_dicom_folder, looks_dicom, read_dicom_series
 from engine.io.sources.common import Case, View, visible
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.data import partners
 from engine.data.dataset import ImageSet
 from engine.errors import InputError
+from engine.io import partners
 from engine.io.sources.common import Case, is_nifti, nifti_stem, visible
 from engine.io.sources.dataset_json import channel_modality, read_dataset_json
 from engine.io.sources.nifti import read_cases

@@ -9,9 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from engine.data import partners
 from engine.data.dataset import ImageSet, check_finite, check_pair, coded_label_names, consecutive_labels, validate
 from engine.errors import InputError
+from engine.io import partners
 from engine.io.sources.common import Case, nifti_stem, reading
 from engine.io.sources.dataset_json import read_dataset_json
 from engine.io.sources.pictures import resize_to_common
@@ -123,7 +123,7 @@ def slices_to_set(cases: list[Slices], source: Path, *, dataset_names: dict[int,
 def read_nifti(path: str | Path, mask: str | Path | None = None) -> ImageSet:
     """Read one .nii/.nii.gz image (2D) or volume (3D, taken as axial slices).
 
-    The mask is `mask`, or the image's partner (engine.data.partners: `<stem>_seg` / `_mask` /
+    The mask is `mask`, or the image's partner (engine.io.partners: `<stem>_seg` / `_mask` /
     `_label` / `_labels`, or `labelsTr/<case>` beside an nnU-Net / MSD `imagesTr/`). Given a label
     map whose image is there, the pair is read. With a mask, slices are all foreground slices plus
     every 4th empty one; without, all. Each slice is named "<case> · z <index>".

@@ -9,8 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from engine.data import partners
 from engine.errors import InputError
+from engine.io import partners
 from engine.io.sources.common import View, looks_like_ct
 from engine.io.sources.dataset_json import read_dataset_json
 from engine.io.sources.nifti import label_map

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.data import partners
 from engine.data.dataset import ImageSet, check_finite, check_pair, coded_label_names, consecutive_labels, validate
 from engine.errors import InputError
+from engine.io import partners
 from engine.io.sources.common import IMAGE_SUFFIXES, reading, visible
 
 log = logging.getLogger(__name__)

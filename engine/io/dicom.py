@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,29 @@ def is_dicom_folder(folder: Path) -> bool:
     return folder.is_dir() and any(looks_dicom(p) for p in sorted(folder.iterdir())[:20])
 
 
-def read_dicom_series(folder: str | Path) -> Volume:  # noqa: C901, PLR0915 — too long; to be split (issue 14)
+def read_dicom_series(folder: str | Path) -> Volume:
     root = Path(folder)
+    slices = _read_slices(root)
+    orient = np.array(slices[0][1].ImageOrientationPatient, float)
+    row_dir, col_dir = orient[:3], orient[3:]
+    normal = np.cross(row_dir, col_dir)
+    slices, positions = _sorted_in_space(slices, orient, normal)
+    array = _stack(root, slices)
+    dr, dc = (float(v) for v in slices[0][1].PixelSpacing)  # row spacing, column spacing
+    dz, slice_dir = _slice_step(root, slices[0][1], positions, normal)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * dc
+    lps[:3, 1] = col_dir * dr
+    lps[:3, 2] = slice_dir
+    lps[:3, 3] = positions[0]
+    modality = str(getattr(slices[0][1], "Modality", "")).upper()
+    kind = "CT" if modality == "CT" else ("MR" if modality == "MR" else "generic")
+    return Volume(array=np.ascontiguousarray(array), affine=LPS_TO_RAS @ lps, spacing=(dc, dr, dz),
+                  modality=kind, units="HU" if kind == "CT" else "", source=str(root))
+
+
+def _read_slices(root: Path) -> list[tuple[Path, Any]]:
+    """Every file of the folder read as a slice of one series, each with what places it in space."""
     if not root.is_dir():
         raise InputError(root, "is not a folder of DICOM slices")
     files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -67,16 +89,22 @@ def read_dicom_series(folder: str | Path) -> Volume:  # noqa: C901, PLR0915 — 
         for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "PixelData"):
             if tag not in ds:
                 raise InputError(p, f"has no {tag}; cannot place the slice in space")
-    orient = np.array(slices[0][1].ImageOrientationPatient, float)
+    return slices
+
+
+def _sorted_in_space(slices: list[tuple[Path, Any]], orient: np.ndarray, normal: np.ndarray,
+                     ) -> tuple[list[tuple[Path, Any]], list[np.ndarray]]:
+    """The slices and their positions in order along the slice normal; all must share one orientation."""
     for p, ds in slices[1:]:
         if not np.allclose(np.array(ds.ImageOrientationPatient, float), orient, atol=1e-4):
             raise InputError(p, "has a different slice orientation from the rest of the series")
-    row_dir, col_dir = orient[:3], orient[3:]
-    normal = np.cross(row_dir, col_dir)
     positions = [np.array(ds.ImagePositionPatient, float) for _, ds in slices]
     order = np.argsort([float(pos @ normal) for pos in positions])
-    slices = [slices[i] for i in order]
-    positions = [positions[i] for i in order]
+    return [slices[i] for i in order], [positions[i] for i in order]
+
+
+def _stack(root: Path, slices: list[tuple[Path, Any]]) -> np.ndarray:
+    """The slices' pixels in real units (RescaleSlope / Intercept), as one (X, Y, Z) float32 array."""
     shape = slices[0][1].pixel_array.shape
     planes = []
     for p, ds in slices:
@@ -90,24 +118,19 @@ def read_dicom_series(folder: str | Path) -> Volume:  # noqa: C901, PLR0915 — 
     array = np.stack(planes, axis=-1).transpose(1, 0, 2)
     if not np.isfinite(array).all():
         raise InputError(root, "holds non-finite voxel values")
-    dr, dc = (float(v) for v in slices[0][1].PixelSpacing)  # row spacing, column spacing
-    if len(positions) > 1:
-        gaps = np.diff([float(pos @ normal) for pos in positions])
-        if gaps.min() <= 0:
-            raise InputError(root, "holds two slices at the same position (a duplicate or a second series)")
-        dz = float(np.median(gaps))
-        if np.abs(gaps - dz).max() > 0.1 * dz:
-            raise InputError(root, f"has uneven slice gaps ({gaps.min():.3g}..{gaps.max():.3g} mm): missing slices?")
-        slice_dir = (positions[-1] - positions[0]) / (len(positions) - 1)
-    else:
-        dz = float(getattr(slices[0][1], "SliceThickness", 1.0) or 1.0)
-        slice_dir = normal * dz
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * dc
-    lps[:3, 1] = col_dir * dr
-    lps[:3, 2] = slice_dir
-    lps[:3, 3] = positions[0]
-    modality = str(getattr(slices[0][1], "Modality", "")).upper()
-    kind = "CT" if modality == "CT" else ("MR" if modality == "MR" else "generic")
-    return Volume(array=np.ascontiguousarray(array), affine=LPS_TO_RAS @ lps, spacing=(dc, dr, dz),
-                  modality=kind, units="HU" if kind == "CT" else "", source=str(root))
+    return array
+
+
+def _slice_step(root: Path, first: Any, positions: list[np.ndarray], normal: np.ndarray,
+                ) -> tuple[float, np.ndarray]:
+    """The slice spacing in mm and the step from one slice to the next in LPS; the gaps must be even."""
+    if len(positions) == 1:
+        dz = float(getattr(first, "SliceThickness", 1.0) or 1.0)
+        return dz, normal * dz
+    gaps = np.diff([float(pos @ normal) for pos in positions])
+    if gaps.min() <= 0:
+        raise InputError(root, "holds two slices at the same position (a duplicate or a second series)")
+    dz = float(np.median(gaps))
+    if np.abs(gaps - dz).max() > 0.1 * dz:
+        raise InputError(root, f"has uneven slice gaps ({gaps.min():.3g}..{gaps.max():.3g} mm): missing slices?")
+    return dz, (positions[-1] - positions[0]) / (len(positions) - 1)

@@ -18,10 +18,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from engine.data import partners
 from engine.data.dataset import ImageSet, check_finite, validate
-from engine.data.dicom import read_dicom_series
 from engine.errors import InputError
+from engine.io import partners
+from engine.io.dicom import read_dicom_series
 from engine.io.sources import Case, source_for
 from engine.io.sources.common import looks_like_ct
 from engine.io.sources.nifti import code_label_maps, label_values, read_array
