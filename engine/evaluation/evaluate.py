@@ -321,27 +321,26 @@ class EvaluateJob:
 
         (s_img, s_mask, s_lab), (r_img, r_mask, r_lab), (t_img, t_mask, t_lab) = \
             sets["synth"], sets["train"], sets["test"]
+        budget = {"steps": st.utility_steps, "seed": st.seed, "device": device, "progress": progress,
+                  "requests": self._requests}
         if s_mask is not None and r_mask is not None and t_mask is not None:
-            seg = utility.segmentation_utility((r_img, r_mask), (t_img, t_mask), (s_img, s_mask),
-                                               steps=st.utility_steps, seed=st.seed, device=device,
-                                               progress=progress, requests=self._requests)
-            out["segmentation"] = seg
-            for arm in ("real", "synth", "both"):
-                self._set(f"dice_{arm}", seg[arm]["dice"])
-                self._set(f"iou_{arm}", seg[arm]["iou"])
-            self._set("dice_ratio_synth_real", seg["ratio_synth_real"])
-            self._set("dice_ratio_both_real", seg["ratio_both_real"])
+            out["segmentation"] = utility.segmentation_utility((r_img, r_mask), (t_img, t_mask), (s_img, s_mask),
+                                                               **budget)
+            self._set_arms(out["segmentation"], ("dice", "iou"))
         if s_lab is not None and r_lab is not None and t_lab is not None:
-            cls = utility.classification_utility((r_img, r_lab), (t_img, t_lab), (s_img, s_lab),
-                                                 steps=st.utility_steps, seed=st.seed, device=device,
-                                                 progress=progress, requests=self._requests)
-            out["classification"] = cls
-            for arm in ("real", "synth", "both"):
-                self._set(f"accuracy_{arm}", cls[arm]["accuracy"])
-            self._set("accuracy_ratio_synth_real", cls["ratio_synth_real"])
-            self._set("accuracy_ratio_both_real", cls["ratio_both_real"])
+            out["classification"] = utility.classification_utility((r_img, r_lab), (t_img, t_lab), (s_img, s_lab),
+                                                                   **budget)
+            self._set_arms(out["classification"], ("accuracy",))
         if not out:
             missing = [name for name, m in (("synthetic", s_mask), ("training", r_mask), ("held-out real", t_mask))
                        if m is None]
             out["not_measured"] = f"needs masks in every set; the {', '.join(missing)} data have none"
         self.summary["utility"] = out
+
+    def _set_arms(self, result: dict[str, Any], measures: tuple[str, ...]) -> None:
+        """A three-arm utility result's figures: each measure per arm, then the first measure's ratios to real."""
+        for arm in ("real", "synth", "both"):
+            for measure in measures:
+                self._set(f"{measure}_{arm}", result[arm][measure])
+        self._set(f"{measures[0]}_ratio_synth_real", result["ratio_synth_real"])
+        self._set(f"{measures[0]}_ratio_both_real", result["ratio_both_real"])

@@ -46,8 +46,6 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 WINDOW_SAMPLES = 2_000_000  # voxels of the pooled items the study window is computed from
 
 
-
-# -- the study folder and its key -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Study:
     """What the readers' folder says: how many items and their one geometry; nothing about sources."""
