@@ -104,7 +104,7 @@ def nearest_correlations(path: str | Path, f: Any, n: int, train_data: str | Pat
     """Each sample's correlation with its nearest training image: computed against `train_data`
     when given, else the ones `medsynth evaluate` stored in the file."""
     if train_data is not None:
-        from engine.evaluation.evaluate import load_training_like
+        from engine.evaluation.inputs import load_training_like
         from engine.evaluation.metrics.memorization import nearest_training
 
         synth, train = load_training_like(path, train_data)

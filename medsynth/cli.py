@@ -180,6 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_reader_study(args: argparse.Namespace) -> int:
     from engine.evaluation import reader_study as rs
+    from engine.evaluation import reader_summary
 
     if args.action == "create":
         if not (args.real and args.synth and args.out):
@@ -190,15 +191,15 @@ def cmd_reader_study(args: argparse.Namespace) -> int:
         print(f"answer key: {made.key}")
         print("keep the answer key yourself and do not give it to readers; `reader-study summary` needs it")
         return 0
-    summary = rs.summarise(args.real, key=args.key)
+    summary = reader_summary.summarise(args.real, key=args.key)
 
     def show(header: list[str], rows: list[list[str]]) -> None:
         widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
         for line in [header, *rows]:
             print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
 
-    show(list(rs.FIGURE_COLUMNS), rs.figure_rows(summary))
-    agreement = rs.agreement_rows(summary)
+    show(list(reader_summary.FIGURE_COLUMNS), reader_summary.figure_rows(summary))
+    agreement = reader_summary.agreement_rows(summary)
     if agreement:
         print()
         show(["agreement", "readers", "items", "kappa"], agreement)

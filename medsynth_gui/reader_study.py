@@ -18,6 +18,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QStackedWidget, QVBoxLayout, QWidget
 
 from engine.errors import InputError
+from engine.evaluation import reader_session, reader_summary
 from engine.evaluation import reader_study as rs
 from medsynth_gui.reader_reading import VERDICT_TEXT, ReadingPage
 from medsynth_gui.reader_start import StartPage
@@ -33,8 +34,8 @@ class ReaderStudyWidget(QWidget):
 
     def __init__(self, parent: QWidget | None = None, study: str | Path | None = None, reader: str = "") -> None:
         super().__init__(parent)
-        self.session: rs.Session | None = None
-        self.current: rs.BlindItem | None = None
+        self.session: reader_session.Session | None = None
+        self.current: reader_session.BlindItem | None = None
         self._shown_at = 0.0
         self.stack = QStackedWidget()
         self.start_page = self._build_start()
@@ -144,7 +145,7 @@ class ReaderStudyWidget(QWidget):
             self._say("Choose a study folder first.", error=True)
             return False
         try:
-            self.session = rs.Session(study, reader)
+            self.session = reader_session.Session(study, reader)
         except InputError as exc:
             self._say(str(exc), error=True)
             return False
@@ -165,7 +166,7 @@ class ReaderStudyWidget(QWidget):
         else:
             self._show_item(item)
 
-    def _show_item(self, item: rs.BlindItem) -> None:
+    def _show_item(self, item: reader_session.BlindItem) -> None:
         assert self.session is not None
         try:
             img = self.session.image(item.id)
@@ -230,7 +231,7 @@ class ReaderStudyWidget(QWidget):
             self._say("Choose a study folder first.", error=True)
             return False
         try:
-            summary = rs.summarise(study, key=key)
+            summary = reader_summary.summarise(study, key=key)
         except InputError as exc:
             self.stack.setCurrentWidget(self.start_page)
             self._say(str(exc), error=True)

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.evaluation import reader_study as rs
+from engine.evaluation.reader_summary import FIGURE_COLUMNS, agreement_rows, figure_rows
 from medsynth_gui.labels import HINT_STYLE
 
 
@@ -36,7 +36,7 @@ class SummaryPage(QWidget):
         self.summary_title.setWordWrap(True)
         lay.addWidget(self.summary_title)
         # Two-line headers: the rating columns' names are longer than their figures.
-        self.figures_table = self._table([c.replace(" real / synth", "\nreal / synth") for c in rs.FIGURE_COLUMNS])
+        self.figures_table = self._table([c.replace(" real / synth", "\nreal / synth") for c in FIGURE_COLUMNS])
         lay.addWidget(self.figures_table)
         agreement = QLabel("<b>Agreement between readers</b>")
         lay.addWidget(agreement)
@@ -58,15 +58,15 @@ class SummaryPage(QWidget):
         lay.addLayout(row)
 
     def show_summary(self, summary: dict[str, Any]) -> None:
-        """Fill the page from engine.evaluation.reader_study.summarise's result."""
+        """Fill the page from engine.evaluation.reader_summary.summarise's result."""
         s = summary["study"]
         n_readers = len(summary["readers"])
         self.summary_title.setText(
             f"<h2>Summary</h2><p>{Path(s['folder']).name}: {s['items']} items ({s['real']} real, "
             f"{s['synthetic']} synthetic, {s['spatial_dims']}D) · {n_readers} reader{'s' * (n_readers != 1)}. "
             "Sensitivity: synthetic called fake; specificity: real called real.</p>")
-        self._fill(self.figures_table, rs.figure_rows(summary))
-        self._fill(self.agreement_table, rs.agreement_rows(summary)
+        self._fill(self.figures_table, figure_rows(summary))
+        self._fill(self.agreement_table, agreement_rows(summary)
                    or [["–", "agreement needs two or more readers", "", ""]])
         self.convention.setText("Conventions: " + summary["convention"] + ".")
 

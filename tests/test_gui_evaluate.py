@@ -160,7 +160,7 @@ def test_evaluate_a_file_open_in_the_gallery(tmp_path, qtbot, no_fid_weights):
 @pytest.fixture(scope="module")
 def demo_output(tmp_path_factory):
     """A few samples from the bundled demo model, as Generate writes them after "Open the demo"."""
-    from engine.evaluation.evaluate import BUNDLED_DEMO
+    from engine.evaluation.inputs import BUNDLED_DEMO
     from engine.inference.sample import SampleJob
 
     out = tmp_path_factory.mktemp("demo-out") / "demo-synthetic.h5"
@@ -171,7 +171,7 @@ def demo_output(tmp_path_factory):
 
 def test_evaluate_tab_on_a_demo_output_prefills_the_phantoms_and_speaks_no_flags(demo_output, tmp_path, qtbot,
                                                                                  monkeypatch, no_fid_weights):
-    from engine.evaluation.evaluate import BUNDLED_DEMO
+    from engine.evaluation.inputs import BUNDLED_DEMO
     from medsynth_gui.panels.evaluate_panel import EvaluatePanel
 
     monkeypatch.chdir(tmp_path)  # where the app runs, the demo run's recorded relative data path means nothing

@@ -379,6 +379,7 @@ def test_the_train_panel_shows_the_coding_and_model_size_while_training(qtbot, t
 
 
 def test_a_2d_reader_study_shows_items_at_the_files_pixel_aspect(tmp_path):
+    from engine.evaluation import reader_session
     from engine.evaluation import reader_study as rs
 
     files = []
@@ -389,7 +390,7 @@ def test_a_2d_reader_study_shows_items_at_the_files_pixel_aspect(tmp_path):
             w.append(np.zeros((2, 1, 8, 10), np.float32), np.arange(2))
         files.append(h5)
     study = rs.create_study(*files, tmp_path / "study", 2, 2, 0)
-    session = rs.Session(study.folder, "reader1")
+    session = reader_session.Session(study.folder, "reader1")
     img = session.image(session.next_item().id)
     # The viewer takes an (H, W) picture's spacing per array axis: rows 2.0 mm (y), columns 1.6 mm (x).
     assert img.image.shape == (8, 10) and img.spacing == pytest.approx((2.0, 1.6))

@@ -16,6 +16,7 @@ import pytest
 
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
+from engine.evaluation import reader_session, reader_summary
 from engine.evaluation import reader_study as rs
 from engine.io.medsynth_h5 import write_image_set
 
@@ -98,7 +99,7 @@ def _folder_text(folder: Path) -> str:
 def test_the_folder_readers_open_holds_no_key(files2d, tmp_path):
     real, synth = files2d
     made = rs.create_study(real, synth, tmp_path / "s", 6, 6, seed=3)
-    s = rs.Session(made.folder, "ann")
+    s = reader_session.Session(made.folder, "ann")
     while (item := s.next_item()) is not None:
         s.answer(item.id, "fake", realism=2)
     text = _folder_text(made.folder)
@@ -141,16 +142,16 @@ def test_real_and_synthetic_items_are_stored_on_one_scale(tmp_path):
 
 def test_summary_needs_the_key_and_old_studies_stay_summarisable(files2d, tmp_path):
     made = rs.create_study(*files2d, tmp_path / "s", 3, 3, seed=1)
-    s = rs.Session(made.folder, "ann")
+    s = reader_session.Session(made.folder, "ann")
     s.answer(1, "real")
     moved = made.key.rename(tmp_path / "kept-by-organiser.json")
     with pytest.raises(InputError, match="answer key") as e:
-        rs.summarise(made.folder)
+        reader_summary.summarise(made.folder)
     assert e.value.path == str(made.key) and "\n" not in str(e.value)
-    assert rs.summarise(made.folder, key=moved)["readers"]["ann"]["answered"] == 1
+    assert reader_summary.summarise(made.folder, key=moved)["readers"]["ann"]["answered"] == 1
     other = rs.create_study(*files2d, tmp_path / "t", 3, 3, seed=1)
     with pytest.raises(InputError, match="another study"):
-        rs.summarise(made.folder, key=other.key)
+        reader_summary.summarise(made.folder, key=other.key)
     with pytest.raises(InputError, match="inside the study folder"):
         rs.create_study(*files2d, tmp_path / "u", 3, 3, seed=1, key=tmp_path / "u" / "key.json")
     with pytest.raises(InputError, match="never overwritten"):
@@ -169,10 +170,10 @@ def test_summary_needs_the_key_and_old_studies_stay_summarisable(files2d, tmp_pa
         "geometry": {"spacing": None, "affine": None, "units": ""}, "items": items}))
     (old / "answers-bo.jsonl").write_text('{"reader": "bo", "item": 1, "verdict": "real"}\n'
                                           '{"reader": "bo", "item": 2, "verdict": "fake"}\n')
-    summary = rs.summarise(old)
+    summary = reader_summary.summarise(old)
     assert summary["readers"]["bo"]["accuracy"] == 1.0 and summary["study"]["seed"] == 5
     with pytest.raises(InputError, match="first-version study .* create the study again") as e:
-        rs.Session(old, "bo")
+        reader_session.Session(old, "bo")
     assert "\n" not in str(e.value)
 
 
@@ -200,10 +201,10 @@ def test_bad_inputs_refused_with_one_line_naming_the_file(files2d, files3d, tmp_
     with pytest.raises(InputError, match="not an empty folder"):
         rs.create_study(real, synth, tmp_path / "ok", 2, 2, 0)
     with pytest.raises(InputError, match="holds no study.json"):
-        rs.Session(tmp_path, "ann")
+        reader_session.Session(tmp_path, "ann")
     with pytest.raises(InputError, match="reader name"):
-        rs.Session(study, "../evil")
-    s = rs.Session(study, "ann")
+        reader_session.Session(study, "../evil")
+    s = reader_session.Session(study, "ann")
     for kwargs, message in (({"verdict": "maybe"}, "verdict must be"), ({"realism": 6}, "1 to 5"),
                             ({"anatomy": 0}, "1 to 5"), ({"realism": True}, "1 to 5"),
                             ({"consistency": 3}, "volumes only"), ({"seconds": -1}, "seconds")):
@@ -215,7 +216,8 @@ def test_bad_inputs_refused_with_one_line_naming_the_file(files2d, files3d, tmp_
 
 
 def test_engine_module_loads_no_qt():
-    code = ("import sys, engine.evaluation.reader_study\n"
+    code = ("import sys, engine.evaluation.reader_study, engine.evaluation.reader_session, "
+            "engine.evaluation.reader_summary\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'pyqtgraph', 'medsynth_gui')]"
             "\nsys.exit(f'Qt loaded: {bad}' if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -224,7 +226,7 @@ def test_engine_module_loads_no_qt():
 
 def test_items_are_blind_and_share_the_real_geometry(files3d, tmp_path):
     made = rs.create_study(*files3d, tmp_path / "v", 3, 3, seed=1)
-    s = rs.Session(made.folder, "ann")
+    s = reader_session.Session(made.folder, "ann")
     item = s.next_item()
     assert set(vars(item)) == {"id", "number", "total"}  # nothing that names a source or the truth
     shown = [s.image(it.id) for it in key_items(made.folder)]
@@ -248,8 +250,8 @@ SCRIPT = {"synthetic": [("fake", 2), ("fake", 3), ("fake", 2), ("fake", 3), ("re
           "real": [("real", 4), ("real", 4), ("fake", 5), ("unsure", 5)]}
 
 
-def run_script(study: Path, reader: str) -> rs.Session:
-    s = rs.Session(study, reader)
+def run_script(study: Path, reader: str) -> reader_session.Session:
+    s = reader_session.Session(study, reader)
     truth = truths(study)
     todo = {k: list(v) for k, v in SCRIPT.items()}
     while (item := s.next_item()) is not None:
@@ -265,7 +267,7 @@ def test_a_scripted_reader_gives_the_hand_computed_figures(files2d, tmp_path):
     assert s.done and s.next_item() is None
     lines = s.path.read_text().splitlines()
     assert len(lines) == 10 and json.loads(lines[0])["reader"] == "ann"
-    summary = rs.summarise(study)
+    summary = reader_summary.summarise(study)
     ann = summary["readers"]["ann"]
     assert ann["answered"] == 10 and ann["complete"]
     assert ann["accuracy"] == pytest.approx(6 / 8)
@@ -282,22 +284,22 @@ def test_a_scripted_reader_gives_the_hand_computed_figures(files2d, tmp_path):
     assert summary["study"] == {"folder": str(study), "key": str(rs.default_key_path(study)), "items": 10,
                                 "real": 4, "synthetic": 6, "seed": 7, "spatial_dims": 2}
     assert "unsure answers are excluded from accuracy" in summary["convention"]
-    rows = rs.figure_rows(summary)
+    rows = reader_summary.figure_rows(summary)
     assert rows[0][:6] == ["ann", "10 / 10", "75.0%", "80.0%", "66.7%", "20.0%"] and rows[1][0] == "pooled"
     assert rows[0][6] == "4.50 / 2.40"
 
 
 def test_answering_twice_keeps_the_last_answer(files2d, tmp_path):
     study = rs.create_study(*files2d, tmp_path / "s", 2, 2, seed=0).folder
-    s = rs.Session(study, "ann")
+    s = reader_session.Session(study, "ann")
     first = s.next_item()
     s.answer(first.id, "real", realism=2)
     s.answer(first.id, "fake", realism=5)
     assert len(s.path.read_text().splitlines()) == 2
-    again = rs.Session(study, "ann")
+    again = reader_session.Session(study, "ann")
     assert again.n_answered == 1 and again.answers[first.id].verdict == "fake"
     assert again.answers[first.id].realism == 5 and again.next_item().number == 2
-    assert rs.summarise(study)["readers"]["ann"]["answered"] == 1
+    assert reader_summary.summarise(study)["readers"]["ann"]["answered"] == 1
 
 
 def test_answers_survive_a_killed_process_and_the_session_resumes(files2d, tmp_path):
@@ -305,7 +307,7 @@ def test_answers_survive_a_killed_process_and_the_session_resumes(files2d, tmp_p
     k = 3
     code = textwrap.dedent(f"""
         import sys, time
-        from engine.evaluation.reader_study import Session
+        from engine.evaluation.reader_session import Session
         s = Session({str(study)!r}, "bob")
         for _ in range({k}):
             s.answer(s.next_item().id, "fake", realism=3, seconds=1.0)
@@ -318,7 +320,7 @@ def test_answers_survive_a_killed_process_and_the_session_resumes(files2d, tmp_p
     finally:
         proc.kill()  # SIGKILL: no atexit, no flush, no close
         proc.wait(timeout=30)
-    s = rs.Session(study, "bob")
+    s = reader_session.Session(study, "bob")
     order = list(range(1, 9))
     assert sorted(s.answers) == sorted(order[:k])
     assert s.next_item().number == k + 1 and s.next_item().id == order[k]
@@ -326,17 +328,17 @@ def test_answers_survive_a_killed_process_and_the_session_resumes(files2d, tmp_p
 
 def test_a_dropped_session_and_a_torn_last_line_lose_nothing(files2d, tmp_path):
     study = rs.create_study(*files2d, tmp_path / "s", 3, 3, seed=5).folder
-    s = rs.Session(study, "cy")
+    s = reader_session.Session(study, "cy")
     for _ in range(2):
         s.answer(s.next_item().id, "unsure")
     path = s.path
     del s  # never closed
     with open(path, "a") as fh:
         fh.write('{"reader": "cy", "item": 6, "verd')  # a write cut short by a crash
-    s = rs.Session(study, "cy")
+    s = reader_session.Session(study, "cy")
     assert s.n_answered == 2 and s.next_item().number == 3
     s.answer(s.next_item().id, "real")
-    again = rs.Session(study, "cy")
+    again = reader_session.Session(study, "cy")
     assert again.n_answered == 3 and again.next_item().number == 4
 
 
@@ -346,22 +348,23 @@ def test_kappas_equal_hand_computed_values():
     # p_o = 8/10; p_e = 0.6*0.4 + 0.4*0.6 = 0.48; Cohen = 0.32/0.52 = 8/13.
     a = ["real"] * 6 + ["fake"] * 4
     b = ["real"] * 4 + ["fake"] * 6
-    assert rs.cohen_kappa(a, b) == pytest.approx(8 / 13)
+    assert reader_summary.cohen_kappa(a, b) == pytest.approx(8 / 13)
     # Fleiss pools the marginals: p = (1/2, 1/2), P_e = 1/2, mean P_i = 8/10 -> 0.6.
     table = [[int(x == "real") + int(y == "real"), int(x == "fake") + int(y == "fake"), 0] for x, y in zip(a, b)]
-    assert rs.fleiss_kappa(table) == pytest.approx(0.6)
+    assert reader_summary.fleiss_kappa(table) == pytest.approx(0.6)
     # Three raters, three categories: rows RRR, FFF, RFU, RRF. P_i = 1, 1, 0, 1/3 -> mean 7/12;
     # p = (6, 5, 1)/12 -> P_e = 62/144; kappa = (7/12 - 31/72) / (1 - 31/72) = 11/41.
-    assert rs.fleiss_kappa([[3, 0, 0], [0, 3, 0], [1, 1, 1], [2, 1, 0]]) == pytest.approx(float(Fraction(11, 41)))
+    assert reader_summary.fleiss_kappa([[3, 0, 0], [0, 3, 0], [1, 1, 1], [2, 1, 0]]) \
+        == pytest.approx(float(Fraction(11, 41)))
     mixed = ["real", "fake", "unsure", "fake"]
-    assert rs.cohen_kappa(mixed, mixed) == 1.0
-    assert rs.fleiss_kappa([[2, 0, 0], [0, 2, 0], [0, 0, 2]]) == 1.0
-    assert rs.cohen_kappa(["real"] * 3, ["real"] * 3) is None  # p_e = 1: undefined
-    assert rs.cohen_kappa([], []) is None and rs.fleiss_kappa([]) is None
+    assert reader_summary.cohen_kappa(mixed, mixed) == 1.0
+    assert reader_summary.fleiss_kappa([[2, 0, 0], [0, 2, 0], [0, 0, 2]]) == 1.0
+    assert reader_summary.cohen_kappa(["real"] * 3, ["real"] * 3) is None  # p_e = 1: undefined
+    assert reader_summary.cohen_kappa([], []) is None and reader_summary.fleiss_kappa([]) is None
     # Opposite calls on a balanced set: kappa -1.
-    assert rs.cohen_kappa(["real", "fake"], ["fake", "real"]) == pytest.approx(-1.0)
+    assert reader_summary.cohen_kappa(["real", "fake"], ["fake", "real"]) == pytest.approx(-1.0)
     with pytest.raises(ValueError):
-        rs.fleiss_kappa([[2, 0, 0], [1, 0, 0]])
+        reader_summary.fleiss_kappa([[2, 0, 0], [1, 0, 0]])
 
 
 def test_summary_agreement_over_shared_items(files2d, tmp_path):
@@ -370,10 +373,10 @@ def test_summary_agreement_over_shared_items(files2d, tmp_path):
     plans = {"a": ["real"] * 6 + ["fake"] * 4, "b": ["real"] * 4 + ["fake"] * 6,
              "c": ["real"] * 6 + ["fake"] * 2}  # c answers the first 8 items only, as a copies a
     for reader, verdicts in plans.items():
-        s = rs.Session(study, reader)
+        s = reader_session.Session(study, reader)
         for item_id, v in zip(order, verdicts):
             s.answer(item_id, v)
-    ag = rs.summarise(study)["agreement"]
+    ag = reader_summary.summarise(study)["agreement"]
     cohen = {tuple(c["readers"]): (c["items"], c["kappa"]) for c in ag["cohen"]}
     assert cohen[("a", "b")] == (10, pytest.approx(8 / 13))
     assert cohen[("a", "c")] == (8, pytest.approx(1.0))
@@ -382,7 +385,7 @@ def test_summary_agreement_over_shared_items(files2d, tmp_path):
     # Fleiss on the 8 items all three answered: rows RRR x4, RFR x2, FFF x2 -> mean P_i = 5/6,
     # p = (16, 8)/24 -> P_e = 5/9; kappa = (5/6 - 5/9) / (4/9) = 5/8.
     assert ag["fleiss"] == {"readers": ["a", "b", "c"], "items": 8, "kappa": pytest.approx(5 / 8)}
-    rows = rs.agreement_rows(rs.summarise(study))
+    rows = reader_summary.agreement_rows(reader_summary.summarise(study))
     assert rows[0] == ["Cohen's kappa", "a – b", "10", "0.615"] and rows[-1][0] == "Fleiss' kappa"
 
 
@@ -468,7 +471,7 @@ def test_widget_records_keys_buttons_and_ratings_and_stays_blind(widget, qtbot, 
     assert w.progress.text() == "Item 6 of 6"
     assert_blind(w, files2d, study)
 
-    answers = rs.load_answers(rs.answers_path(study, "dana"))
+    answers = reader_session.load_answers(reader_session.answers_path(study, "dana"))
     assert [answers[i].verdict for i in order[:5]] == ["real", "fake", "unsure", "fake", "real"]
     assert (answers[order[0]].realism, answers[order[0]].anatomy, answers[order[0]].consistency) == (4, 3, None)
     assert answers[order[2]].realism is None
@@ -478,11 +481,11 @@ def test_widget_records_keys_buttons_and_ratings_and_stays_blind(widget, qtbot, 
     assert w.progress.text() == "Item 5 of 6" and "Real" in w.previous_note.text()
     qtbot.keyClick(w, Qt.Key.Key_U)
     assert w.progress.text() == "Item 6 of 6"
-    assert rs.load_answers(rs.answers_path(study, "dana"))[order[4]].verdict == "unsure"
+    assert reader_session.load_answers(reader_session.answers_path(study, "dana"))[order[4]].verdict == "unsure"
 
     w.stop()
     qtbot.keyClick(w, Qt.Key.Key_R)  # the letters do nothing away from the reading page
-    assert rs.Session(study, "dana").n_answered == 5
+    assert reader_session.Session(study, "dana").n_answered == 5
     assert w.open_study(study, "dana") and w.progress.text() == "Item 6 of 6"  # resumes
     with qtbot.waitSignal(w.finished, timeout=2000):
         qtbot.keyClick(w, Qt.Key.Key_F)
@@ -506,7 +509,7 @@ def test_widget_shows_volumes_in_three_views_with_slice_consistency(widget, qtbo
     w.grab().save(str(ARTIFACTS / "reader_study.png"))
     first = w.current.id
     qtbot.keyClick(w, Qt.Key.Key_U)
-    a = rs.load_answers(rs.answers_path(study, "eve"))[first]
+    a = reader_session.load_answers(reader_session.answers_path(study, "eve"))[first]
     assert (a.verdict, a.realism, a.anatomy, a.consistency) == ("unsure", 5, 4, 2)
 
 
@@ -562,7 +565,7 @@ def test_nothing_looks_preselected_on_the_next_item(widget, qtbot, files2d, tmp_
     qtbot.keyClick(w.viewer.slice_views[0], Qt.Key.Key_U)  # R / F / U still answer from the focused image
     qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_R)  # R answers; it does not reset the view there
     assert w.progress.text() == "Item 5 of 6"
-    answers = rs.load_answers(rs.answers_path(w.session.study.folder, "gil"))
+    answers = reader_session.load_answers(reader_session.answers_path(w.session.study.folder, "gil"))
     assert [(answers[i].verdict, answers[i].realism, answers[i].anatomy) for i in (1, 2, 3, 4)] == [
         ("real", 4, None), ("fake", None, 2), ("unsure", None, None), ("real", None, None)]
 
@@ -636,7 +639,7 @@ def test_cli_creates_a_study_and_prints_its_summary(tmp_path, capsys):
     key = tmp_path / "study.key.json"
     assert f"answer key: {key}" in out and "do not give it to readers" in out
     assert not list((tmp_path / "study").glob("*key*"))
-    session = rs.Session(tmp_path / "study", "dr_a")
+    session = reader_session.Session(tmp_path / "study", "dr_a")
     for item in rs.load_key(key).items:  # a perfect reader
         session.answer(item.id, "real" if item.truth == "real" else "fake")
     assert main(["reader-study", "summary", str(tmp_path / "study")]) == 0

@@ -10,6 +10,9 @@ import torch
 
 from engine.data.phantoms import UNITS, make_phantoms
 from engine.evaluation.metrics import utility as U
+from engine.evaluation.metrics.classifier import classify, train_classifier
+from engine.evaluation.metrics.dice import dice_iou
+from engine.evaluation.metrics.segmenter import segment, train_segmenter
 from engine.jobs import Cancelled
 from tests.conftest import StopAfter
 
@@ -35,7 +38,7 @@ def phantoms32():
 def test_dice_iou_of_known_overlap_is_exact():
     # Two 4x4 squares offset by one pixel each way share a 3x3 block.
     a, b = _square(12, 2, 2, 4), _square(12, 3, 3, 4)
-    r = U.dice_iou(a[None], b[None], 2)
+    r = dice_iou(a[None], b[None], 2)
     assert r["dice"] == pytest.approx(2 * 9 / (16 + 16), abs=1e-6)
     assert r["iou"] == pytest.approx(9 / (16 + 16 - 9), abs=1e-6)
     assert r["dice_per_label"] == {1: r["dice"]} and r["cases_per_label"] == {1: 1}
@@ -43,16 +46,16 @@ def test_dice_iou_of_known_overlap_is_exact():
 
 def test_dice_iou_known_overlap_in_3d():
     a, b = _square(10, 1, 1, 4, dims=3), _square(10, 2, 2, 4, dims=3)  # cubes sharing 3x3x3
-    r = U.dice_iou(a[None], b[None], 2)
+    r = dice_iou(a[None], b[None], 2)
     assert r["dice"] == pytest.approx(2 * 27 / 128, abs=1e-6)
     assert r["iou"] == pytest.approx(27 / (128 - 27), abs=1e-6)
 
 
 def test_identical_masks_score_one_and_disjoint_zero():
     a = _square(12, 2, 2, 4)
-    same = U.dice_iou(a[None], a[None], 2)
+    same = dice_iou(a[None], a[None], 2)
     assert same["dice"] == pytest.approx(1.0) and same["iou"] == pytest.approx(1.0)
-    apart = U.dice_iou(a[None], _square(12, 7, 7, 4)[None], 2)
+    apart = dice_iou(a[None], _square(12, 7, 7, 4)[None], 2)
     assert apart["dice"] == 0.0 and apart["iou"] == 0.0
 
 
@@ -64,36 +67,36 @@ def test_multi_label_mean_averages_labels_and_skips_empty_truth():
     pred1 = truth1 + _square(12, 7, 7, 3, 2)
     truth, pred = np.stack([truth0, truth1]), np.stack([pred0, pred1])
     d2 = 2 * 9 / 32
-    r = U.dice_iou(pred, truth, 3)
+    r = dice_iou(pred, truth, 3)
     assert r["dice_per_label"][1] == pytest.approx(1.0)
     assert r["dice_per_label"][2] == pytest.approx(d2)  # case 1 has no label 2 in truth: left out
     assert r["cases_per_label"] == {1: 2, 2: 1}
     assert r["dice"] == pytest.approx((1.0 + d2) / 2)
     assert r["iou"] == pytest.approx((1.0 + 9 / 23) / 2)
     # Counting empty truths: the false positive scores 0 for label 2 in case 1.
-    strict = U.dice_iou(pred, truth, 3, ignore_empty=False)
+    strict = dice_iou(pred, truth, 3, ignore_empty=False)
     assert strict["dice_per_label"][2] == pytest.approx(d2 / 2)
     assert strict["cases_per_label"] == {1: 2, 2: 2}
 
 
 def test_empty_versus_empty_convention():
     empty = np.zeros((1, 8, 8), np.uint8)
-    r = U.dice_iou(empty, empty, 3)
+    r = dice_iou(empty, empty, 3)
     assert math.isnan(r["dice"]) and math.isnan(r["dice_per_label"][1]) and r["cases_per_label"] == {1: 0, 2: 0}
-    strict = U.dice_iou(empty, empty, 3, ignore_empty=False)
+    strict = dice_iou(empty, empty, 3, ignore_empty=False)
     assert strict["dice"] == 1.0 and strict["iou"] == 1.0
     # A label absent from every truth is NaN and does not drag the mean.
     a = _square(8, 1, 1, 3)
-    r = U.dice_iou(a[None], a[None], 3)
+    r = dice_iou(a[None], a[None], 3)
     assert math.isnan(r["dice_per_label"][2]) and r["dice"] == pytest.approx(1.0)
 
 
 def test_dice_iou_rejects_bad_input():
     a = _square(8, 1, 1, 3, label=2)[None]
     with pytest.raises(ValueError, match="outside"):
-        U.dice_iou(a, a, 2)
+        dice_iou(a, a, 2)
     with pytest.raises(ValueError, match="shape"):
-        U.dice_iou(a, a[:, :4], 3)
+        dice_iou(a, a[:, :4], 3)
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -101,10 +104,10 @@ def test_dice_iou_rejects_bad_input():
 def test_segmenter_learns_phantom_lesions(phantoms32):
     train, test, _ = phantoms32
     x, y = _pairs(train)
-    untrained = U.train_segmenter(x, y, 3, steps=0)
-    trained = U.train_segmenter(x, y, 3, steps=200)
-    before = U.dice_iou(U.segment(untrained, test.images / UNITS), test.masks, 3)["dice"]
-    after = U.dice_iou(U.segment(trained, test.images / UNITS), test.masks, 3)["dice"]
+    untrained = train_segmenter(x, y, 3, steps=0)
+    trained = train_segmenter(x, y, 3, steps=200)
+    before = dice_iou(segment(untrained, test.images / UNITS), test.masks, 3)["dice"]
+    after = dice_iou(segment(trained, test.images / UNITS), test.masks, 3)["dice"]
     assert after > 0.5 and after > before + 0.3, (before, after)
 
 
@@ -113,8 +116,8 @@ def test_training_is_deterministic_and_leaves_global_rng_alone(phantoms32):
     torch.manual_seed(123)
     expected = torch.rand(1)
     torch.manual_seed(123)
-    a = U.train_segmenter(x[:32], y[:32], 3, steps=3, batch=8, seed=5)
-    b = U.train_segmenter(x[:32], y[:32], 3, steps=3, batch=8, seed=5)
+    a = train_segmenter(x[:32], y[:32], 3, steps=3, batch=8, seed=5)
+    b = train_segmenter(x[:32], y[:32], 3, steps=3, batch=8, seed=5)
     assert torch.rand(1) == expected
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
@@ -147,24 +150,24 @@ def test_cancel_raises_with_steps_done(phantoms32):
 
 def test_segmenter_handles_sizes_the_strides_do_not_divide():
     s = make_phantoms(8, 30, seed=3)
-    model = U.train_segmenter(s.images / UNITS, s.masks, 3, steps=2, batch=4)
-    pred = U.segment(model, s.images / UNITS)
+    model = train_segmenter(s.images / UNITS, s.masks, 3, steps=2, batch=4)
+    pred = segment(model, s.images / UNITS)
     assert pred.shape == (8, 30, 30) and pred.dtype == np.uint8
 
 
 def test_3d_segmenter_and_classifier_train_and_predict():
     s = make_phantoms(6, 16, dims=3, seed=0)
     x = s.images / UNITS
-    model = U.train_segmenter(x, s.masks, 3, steps=3, batch=2, spatial_dims=3)
+    model = train_segmenter(x, s.masks, 3, steps=3, batch=2, spatial_dims=3)
     with torch.no_grad():
         logits = model(torch.as_tensor(x[:2], dtype=torch.float32))
     assert logits.shape == (2, 3, 16, 16, 16) and torch.isfinite(logits).all()
-    pred = U.segment(model, x)
+    pred = segment(model, x)
     assert pred.shape == (6, 16, 16, 16) and pred.dtype == np.uint8 and pred.max() < 3
-    clf = U.train_classifier(x, s.labels, 4, steps=3, batch=2)
-    assert U.classify(clf, x).shape == (6,)
+    clf = train_classifier(x, s.labels, 4, steps=3, batch=2)
+    assert classify(clf, x).shape == (6,)
     with pytest.raises(ValueError, match="spatial_dims"):
-        U.train_segmenter(x, s.masks, 3, steps=1, spatial_dims=2)
+        train_segmenter(x, s.masks, 3, steps=1, spatial_dims=2)
 
 
 # --------------------------------------------------------------------------- classification

@@ -34,8 +34,9 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
-from engine.evaluation.evaluate import EvalSettings, EvaluateJob, default_training_data
+from engine.evaluation.evaluate import EvalSettings, EvaluateJob
 from engine.evaluation.figures import answers, named_figures
+from engine.evaluation.inputs import default_training_data
 from engine.evaluation.stages import Stage
 from engine.jobs import Done, Message, Progress
 from medsynth_gui.flow_layout import FlowLayout
