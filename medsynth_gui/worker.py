@@ -16,6 +16,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from engine.errors import InputError
 from engine.jobs import Done, Event, Failed, Job, Loss, Progress, Requests, execute
+from medsynth_gui import gui_gc
 from medsynth_gui.logfile import record_failure
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class JobRunner(QObject):
         worker.losses.connect(self.losses)
         worker.finished.connect(self._finished)
         self._thread, self._worker = thread, worker
+        gui_gc.job_started()
         thread.start()
         self.running_changed.emit(True)
 
@@ -145,6 +147,7 @@ class JobRunner(QObject):
         if thread is not None:
             thread.wait()
             thread.deleteLater()
+            gui_gc.job_ended()
         self.running_changed.emit(False)
         if isinstance(outcome, Failed):
             self.failed.emit(outcome.message)
