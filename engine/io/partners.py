@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import nibabel as nib
@@ -192,3 +192,15 @@ def onto_grid(mask: np.ndarray, mask_affine: np.ndarray, affine: np.ndarray, sha
         mask = nib.orientations.apply_orientation(mask, ornt)
     check_geometry(image_path, shape, affine, mask_path, mask.shape, mask_affine)
     return np.ascontiguousarray(mask)
+
+
+def check_pairing(images: dict[str, Path], labels: dict[str, Path], missing: Callable[[str], str],
+                  orphan: str) -> None:
+    """Every image has its label file and every label file its image, matched by key; the first that does not is
+    refused in one line naming it (missing(key) for an image alone, orphan for a label file alone)."""
+    for key, p in images.items():
+        if key not in labels:
+            raise InputError(p, missing(key))
+    for key, p in labels.items():
+        if key not in images:
+            raise InputError(p, orphan)

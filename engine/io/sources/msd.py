@@ -48,12 +48,8 @@ def msd_cases(root: Path) -> tuple[dict[str, Path], dict[str, Path] | None]:
     if not cases:
         raise InputError(image_dir, "holds no channel-0 images (nnU-Net names end in _0000.nii.gz)")
     if label_files is not None:
-        for case, p in cases.items():
-            if case not in label_files:
-                raise InputError(p, f"has no label file {case}.nii.gz in {label_dir}")
-        for case, p in label_files.items():
-            if case not in cases:
-                raise InputError(p, f"is a label file without an image in {image_dir}")
+        partners.check_pairing(cases, label_files, lambda case: f"has no label file {case}.nii.gz in {label_dir}",
+                               f"is a label file without an image in {image_dir}")
     return cases, label_files
 
 

@@ -134,12 +134,8 @@ def read_folder_pairs(root: str | Path, class_names: list[str] | None = None) ->
         raise InputError(image_dir, f"holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     mask_files = _pictures_by_stem(mask_dir, partners.LABEL_SUFFIXES) if mask_dir is not None else None
     if mask_files is not None:
-        for stem, p in image_files.items():
-            if stem not in mask_files:
-                raise InputError(p, f"has no mask partner in {mask_dir}")
-        for stem, p in mask_files.items():
-            if stem not in image_files:
-                raise InputError(p, f"is a mask without an image partner in {image_dir}")
+        partners.check_pairing(image_files, mask_files, lambda stem: f"has no mask partner in {mask_dir}",
+                               f"is a mask without an image partner in {image_dir}")
     stems = sorted(image_files)
     images, masks, words = [], [], set()
     for stem in stems:
