@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyqtgraph as pg
@@ -34,9 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
-from engine.evaluation.evaluate import EvalSettings, EvaluateJob
 from engine.evaluation.figures import answers, named_figures
-from engine.evaluation.inputs import default_training_data
 from engine.evaluation.stages import Stage
 from engine.jobs import Done, Message, Progress
 from medsynth_gui.flow_layout import FlowLayout
@@ -50,6 +49,9 @@ STAGE_TEXT = {Stage.LOAD: "reading the data", Stage.FID: "Inception features (FI
               "(FRD, MMD)", Stage.DIVERSITY: "MS-SSIM diversity", Stage.MEMORIZATION: "nearest training images",
               Stage.LABELS: "label quality (segmenter, classifier)",
               Stage.UTILITY: "downstream utility (3 segmenters)", Stage.REPORT: "writing the report"}
+
+if TYPE_CHECKING:
+    from engine.evaluation.evaluate import EvalSettings
 
 
 class EvaluatePanel(JobPanel):
@@ -237,6 +239,8 @@ class EvaluatePanel(JobPanel):
         if current and current != self._prefilled:
             return True
         try:
+            from engine.evaluation.inputs import default_training_data  # torch: loaded when first needed
+
             found = default_training_data(self.synth_edit.text().strip())
         except InputError:
             return False  # the evaluation says what is wrong with the file when it starts
@@ -246,6 +250,8 @@ class EvaluatePanel(JobPanel):
 
     # ------------------------------------------------------------------ running
     def settings(self) -> EvalSettings:
+        from engine.evaluation.evaluate import EvalSettings
+
         return EvalSettings(fid_weights=self.weights_edit.text().strip() or None,
                             features_net=self.net_edit.text().strip() or None,
                             nn_threshold=None if self.threshold.value() <= self.threshold.minimum()
@@ -262,6 +268,8 @@ class EvaluatePanel(JobPanel):
                             "Real (test) or Training data above.")
             return
         try:
+            from engine.evaluation.evaluate import EvaluateJob
+
             job = EvaluateJob(self.synth_edit.text().strip(), self.real_edit.text().strip() or None,
                               self.train_edit.text().strip() or None, self.settings())
         except InputError as exc:

@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
 
 from engine.config import from_dict
 from engine.errors import InputError
-from engine.inference.sample import SampleJob
 from engine.jobs import Done, Progress
 from engine.settings import MaskMode, Sampler
 from engine.training import checkpoints
@@ -148,6 +147,8 @@ class GeneratePanel(JobPanel):
             return
         class_index = self.class_combo.currentData()
         try:
+            from engine.inference.sample import SampleJob  # diffusers and torch: loaded when first needed
+
             job = SampleJob(self.ckpt_edit.text().strip(), self.n_spin.value(), out, overwrite=replace,
                             sampler_name=self.sampler.value(), steps=self.steps_spin.value(),
                             seed=self.seed_spin.value(), class_index=class_index,

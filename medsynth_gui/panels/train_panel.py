@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PySide6.QtCore import QSettings, Qt, Signal
@@ -34,13 +34,15 @@ from engine.runtime.devices import pick_device
 from engine.runtime.estimate import Estimate, device_warning, format_duration
 from engine.settings import Device, LossKind, MaskMode, overrides
 from engine.training.run_dir import RunDir
-from engine.training.train import TrainJob
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.loss_plot import LossPlot
 from medsynth_gui.panels.widgets import path_row
+
+if TYPE_CHECKING:
+    from engine.training.train import TrainJob
 
 
 def format_eta(seconds: float) -> str:
@@ -250,6 +252,8 @@ class TrainPanel(JobPanel):
         if not self.run_edit.text().strip():
             self.show_error("Choose a run folder for checkpoints.")
             return
+        from engine.training.train import TrainJob  # torch, diffusers, accelerate: loaded when first needed
+
         try:
             job = TrainJob(self.config(), self.run_edit.text().strip(), preview_at_end=True)
         except InputError as exc:
@@ -263,6 +267,8 @@ class TrainPanel(JobPanel):
         if not self.run_edit.text().strip():
             self.show_error("Choose the run folder to resume.")
             return
+        from engine.training.train import TrainJob
+
         run = RunDir(self.run_edit.text().strip())
         try:
             step = run.resume_step()
