@@ -70,8 +70,8 @@ def test_evaluate_page_shows_the_answers_and_plots(tmp_path, qtbot, no_fid_weigh
     panel.threshold.setValue(0.99)
     panel.steps.setValue(30)
     with qtbot.waitSignal(panel.evaluated, timeout=120_000) as sig:
-        panel.go_btn.click()
-        assert panel.stop_btn.isEnabled() and not panel.go_btn.isEnabled()
+        panel.run_btn.click()
+        assert panel.stop_btn.isEnabled() and not panel.run_btn.isEnabled()
     assert sig.args == [str(synth_path)]
     figures = figures_by_key(panel)
     assert {"frd", "nn_share_above", "dice_ratio_synth_real", "ms_ssim_synth"} <= set(figures)
@@ -110,7 +110,7 @@ def test_evaluate_page_reports_bad_input_on_one_line(tmp_path, qtbot):
     panel = EvaluatePanel()
     qtbot.addWidget(panel)
     panel.set_file(str(tmp_path / "nothing.h5"))
-    panel.go_btn.click()
+    panel.run_btn.click()
     assert panel.error.isVisibleTo(panel) and "nothing.h5" in panel.error.text()
     assert not panel.runner.running
 
@@ -147,7 +147,7 @@ def test_evaluate_a_file_open_in_the_gallery(tmp_path, qtbot, no_fid_weights):
     panel.runner.failed.connect(failures.append)
     with qtbot.waitSignal(panel.runner.running_changed, timeout=120_000,
                           check_params_cb=lambda running: not running):
-        panel.go_btn.click()
+        panel.run_btn.click()
         gallery.view.verticalScrollBar().setValue(gallery.view.verticalScrollBar().maximum())  # reads go on
     assert failures == [] and panel.error.isHidden()
     with h5py.File(synth_path, "r") as f:
@@ -186,7 +186,7 @@ def test_evaluate_tab_on_a_demo_output_prefills_the_phantoms_and_speaks_no_flags
     panel.utility_check.setChecked(False)  # both sets have masks: only the box stands between them and utility
     seen = watch_status(panel)
     with qtbot.waitSignal(panel.evaluated, timeout=180_000):
-        panel.go_btn.click()
+        panel.run_btn.click()
     answers = dict(zip(("like", "diverse", "copies", "helps"), panel.answer_texts))
     assert answers["helps"] == "not measured: switched off"
     assert "frd" in figures_by_key(panel) and "nn_corr_max" in figures_by_key(panel)
@@ -202,7 +202,7 @@ def test_evaluate_tab_on_a_demo_output_prefills_the_phantoms_and_speaks_no_flags
         dst.attrs.update({k: v for k, v in src.attrs.items() if k != "checkpoint_sha256"})
     panel.set_file(str(bare))
     assert panel.train_edit.text() == ""
-    panel.go_btn.click()
+    panel.run_btn.click()
     assert "Real (test) or Training data" in panel.error.text()
     texts += visible_texts(panel)
     flags = sorted({m for t in texts for m in FLAG.findall(t)})
@@ -239,7 +239,7 @@ def test_bad_input_in_a_worker_is_one_line_without_a_traceback(tmp_path, qtbot, 
     capfd.readouterr()
     with caplog.at_level(logging.DEBUG), h5py.File(synth_path, "r", locking=False):
         with qtbot.waitSignal(panel.runner.failed, timeout=30_000) as sig:
-            panel.go_btn.click()
+            panel.run_btn.click()
     assert progress == []  # failed before the first stage
     line = sig.args[0]
     assert line.startswith(str(synth_path)) and "read-only" in line and "\n" not in line

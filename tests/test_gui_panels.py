@@ -50,7 +50,7 @@ def test_training_runs_from_the_panel_and_plots_loss(qtbot, data16, tmp_path):
     panel.show()
     tiny(panel, data16, tmp_path / "run", steps=30)
     panel.start()
-    assert panel.runner.running and not panel.start_btn.isEnabled()
+    assert panel.runner.running and not panel.run_btn.isEnabled()
     qtbot.waitUntil(lambda: panel.progress.value() >= 10, timeout=120_000)
     ARTIFACTS.mkdir(exist_ok=True)
     panel.grab().save(str(ARTIFACTS / "train_panel_running.png"))
@@ -58,7 +58,7 @@ def test_training_runs_from_the_panel_and_plots_loss(qtbot, data16, tmp_path):
         pass
     assert not panel.runner.running
     assert len(panel.steps) >= 3 and panel.steps[-1] == 30, panel.steps
-    xs, ys = panel.smooth_curve.getData()
+    xs, ys = panel.plot.smooth_curve.getData()
     assert len(xs) == len(panel.steps)
     assert "Finished at step 30" in panel.status.text()
     assert (tmp_path / "run" / "checkpoints" / "step_0000030").exists()
@@ -190,7 +190,7 @@ def test_a_bad_data_folder_shows_its_message_and_the_panel_stays_usable(qtbot, t
     with qtbot.waitSignal(panel.runner.failed, timeout=60_000):
         panel.start()
     assert "empty" in panel.error.text() and not panel.error.isHidden()
-    assert panel.start_btn.isEnabled() and not panel.runner.running
+    assert panel.run_btn.isEnabled() and not panel.runner.running
 
 
 def test_generate_panel_fills_a_file(qtbot, tiny_run, tmp_path):

@@ -59,7 +59,6 @@ class EvaluatePanel(JobPanel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Evaluate", parent)
-        self.go_btn = self.run_btn  # the name the tests knew it by
         self.result: dict | None = None
         self._prefilled = ""  # the training data this panel filled in itself, replaced when the file changes
         self._build()

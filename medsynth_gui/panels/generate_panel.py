@@ -43,7 +43,6 @@ class GeneratePanel(JobPanel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Generate", parent)
-        self.go_btn = self.run_btn  # the name the tests knew it by
         self._announced = False
         self._build()
 

@@ -63,7 +63,6 @@ class TrainPanel(JobPanel):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Start", parent, one_line_status=True)
-        self.start_btn = self.run_btn  # the name the tests knew it by
         self.runner.losses.connect(self._on_losses)
         self._t_start = 0.0
         self._step_start = 0
@@ -92,7 +91,6 @@ class TrainPanel(JobPanel):
         outer.addWidget(self.error)
 
         self.plot = LossPlot()
-        self.smooth_curve = self.plot.smooth_curve  # the name the tests knew it by
         outer.addWidget(self.plot, 1)
         outer.addWidget(self._build_previews())
         outer.addWidget(self.preview_caption)
