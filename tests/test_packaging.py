@@ -192,8 +192,8 @@ def test_the_unpacked_folder_installs_its_desktop_entry(app, tmp_path, untouched
 def test_the_folder_is_trimmed_and_complete(built):
     folder = built["folder"]
     # The torchvision package or its metadata; MONAI's own monai/networks/nets/torchvision_fc.py is not it.
-    found = [p for p in folder.rglob("*") if p.name == "torchvision" or p.name.startswith("torchvision-")
-             or p.name.startswith(("hf_xet", "tensorboard"))]
+    left_out = ("torchvision", "tensorboard", "hf_xet")  # the packages or their metadata (name-version.dist-info)
+    found = [p for p in folder.rglob("*") if p.name in left_out or p.name.startswith(tuple(f"{n}-" for n in left_out))]
     assert not found, found
     internal = folder / "_internal"
     for gone in ("torch/test", "torch/bin/test_api", "torch/bin/protoc", "torch/include", "PySide6/Qt/translations"):
