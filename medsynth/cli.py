@@ -162,6 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             max_samples=args.max_samples, nn_threshold=args.threshold,
                             utility=not args.no_utility, utility_steps=args.utility_steps, seed=args.seed,
                             device=args.device)
+    settings.trust_code = args.trust_code
     job = EvaluateJob(args.file, args.real, args.train_data, settings)
     done = run_job(job, TqdmView())
     r = done.result
@@ -343,6 +344,10 @@ def _add_evaluate(sub: Subcommands) -> None:
     v.add_argument("--features-net", dest="features_net", default=None, metavar="FILE",
                    help="exported (.pt2) or TorchScript network mapping images or volumes to features, for a "
                         "Fréchet distance on them (e.g. a 3D encoder)")
+    v.add_argument("--trust-code", dest="trust_code", action="store_true",
+                   help="load the --features-net FILE as torch loads it, running any code it holds (TorchScript, "
+                        "pickled parts). Without it only a plain torch.export .pt2 that runs no code is loaded. "
+                        "Give it only for a file whose source you trust")
     v.add_argument("--max-samples", dest="max_samples", type=int, default=1000,
                    help="samples per set for the distribution distances")
     v.add_argument("--threshold", type=float, default=None,

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from engine.errors import InputError
-from engine.evaluation.inputs import load_feature_net, read_sets, subset
+from engine.evaluation.feature_net import check_feature_net, load_feature_net
+from engine.evaluation.inputs import read_sets, subset
 from engine.evaluation.results import check_writable_folder, pictures, plain, write_results
 from engine.evaluation.stages import Stage
 from engine.io.medsynth_h5 import open_for_update
@@ -39,6 +40,9 @@ class EvalSettings:
     # A TorchScript network of the user's (e.g. a 3D MedicalNet encoder) mapping images to feature
     # vectors: a Fréchet distance on features that suit volumes, which Inception's 2D ones do not.
     features_net: str | None = None
+    # The user has said the feature network's file is theirs: loaded as torch loads it, code and all
+    # (engine.evaluation.feature_net). Otherwise only a .pt2 proven to run no code of its own.
+    trust_code: bool = False
     max_samples: int = 1000  # per set, for the distribution distances; memorization uses every sample
     # None: the larger of 0.95 and the 99th percentile of held-out real cases' own nearest-training
     # correlations. Unrelated patients share anatomy, so a fixed 0.95 can flag honest samples; a
@@ -65,6 +69,9 @@ class EvaluateJob:
         for given in (self.real_path, self.train_path, self.settings.features_net):
             if given and not Path(given).exists():
                 raise InputError(given, "does not exist")
+        if self.settings.features_net:
+            # Before any work: a network that could run code is refused (unless trusted) in a moment, not minutes.
+            check_feature_net(Path(self.settings.features_net), self.settings.trust_code)
         self.figures: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}  # arrays the report and /metrics need: features, neighbours
@@ -189,7 +196,7 @@ class EvaluateJob:
         if not st.features_net:
             return
         path = Path(st.features_net)
-        net = load_feature_net(path, device)
+        net = load_feature_net(path, device, trusted=st.trust_code)
         feats = {}
         for name in ("synth", "test", "train"):
             images = sets[name][0][subset(len(sets[name][0]), st.max_samples, st.seed)]

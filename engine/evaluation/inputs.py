@@ -160,18 +160,6 @@ def read_sets(synth_path: Path, real_path: Path | None, train_path: Path | None,
     return sets
 
 
-def load_feature_net(path: Path, device: str) -> Any:
-    """A user's feature network: a torch.export program (.pt2) or a TorchScript file. Both load
-    without running pickled code, unlike a plain torch.save of a module."""
-    try:
-        if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module().to(device)
-        return torch.jit.load(str(path), map_location=device).eval()
-    except Exception as exc:  # both loaders raise RuntimeError, ValueError, OSError... for a bad file
-        raise InputError(path, f"is not an exported (.pt2) or TorchScript feature network ({type(exc).__name__})") \
-            from None
-
-
 def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if n < 2:
         raise InputError(None, "evaluation needs at least 2 real samples")

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -268,15 +269,35 @@ class EvaluatePanel(JobPanel):
             return
         try:
             from engine.evaluation.evaluate import EvaluateJob
+            from engine.evaluation.feature_net import NeedsTrust
 
-            job = EvaluateJob(self.synth_edit.text().strip(), self.real_edit.text().strip() or None,
-                              self.train_edit.text().strip() or None, self.settings())
+            settings = self.settings()
+            files = (self.synth_edit.text().strip(), self.real_edit.text().strip() or None,
+                     self.train_edit.text().strip() or None)
+            try:
+                job = EvaluateJob(*files, settings)
+            except NeedsTrust as exc:
+                if not self._may_run_code(Path(settings.features_net), exc.fault):
+                    raise
+                settings.trust_code = True
+                job = EvaluateJob(*files, settings)
         except InputError as exc:
             self._on_failed(str(exc))
             return
         self.result = None
         self.progress.setRange(0, 0)
         self.launch(job, "Starting…")
+
+    def _may_run_code(self, path: Path, fault: str) -> bool:
+        """Only on a clear yes naming the file: loading it runs whatever code it holds, as this user."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "Run code from this file?",
+                          f"The feature network {path.name} (in {path.parent}) {fault.split(';')[0]}.\n\n"
+                          "Loading it runs that code on this computer with your permissions. Load it only if "
+                          "you made it or trust where it came from.", QMessageBox.StandardButton.Cancel, self)
+        trust = box.addButton(f"Trust {path.name} and load it", QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is trust
 
     def _on_event(self, ev: object) -> None:
         if isinstance(ev, Progress):
