@@ -236,3 +236,48 @@ def test_nothing_here_unpickles(tmp_path, good, monkeypatch):
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("pickle.loads called"))
     load_feature_net(good[0], "cpu")
     assert calls and all(w is True for w in calls)
+
+
+def test_the_app_asks_naming_the_file_before_it_loads_code(tmp_path, qtbot, monkeypatch):
+    """In the app the trust is a question naming the file, in words: Cancel loads nothing, a clear yes loads it."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from medsynth_gui.panels.evaluate_panel import EvaluatePanel
+
+    monkeypatch.delenv("MEDSYNTH_FID_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    torch.manual_seed(0)
+    net = tmp_path / "my encoder.ts"
+    torch.jit.save(torch.jit.script(Encoder().eval()), str(net))
+    synth, real = evaluation_files(tmp_path)
+    panel = EvaluatePanel()
+    qtbot.addWidget(panel)
+    panel.set_file(str(synth))
+    panel.real_edit.setText(str(real))
+    panel.net_edit.setText(str(net))
+    panel.utility_check.setChecked(False)
+    asked = []
+
+    def answer(choice: str):
+        def exec_(box):
+            asked.append((box.text(), [b.text() for b in box.buttons()]))
+            box.clickedButton = lambda: next(b for b in box.buttons() if b.text().startswith(choice))
+            return 0
+        return exec_
+
+    monkeypatch.setattr(QMessageBox, "exec", answer("Cancel"))
+    panel.start()
+    text, buttons = asked[-1]
+    assert "my encoder.ts" in text and str(tmp_path) in text and "runs code" in text
+    assert "Trust my encoder.ts and load it" in buttons
+    assert not any("--" in t for t in (text, *buttons, panel.error.text()))  # words, never a flag
+    assert "my encoder.ts: is a TorchScript file" in panel.error.text() and not panel.runner.running
+    with h5py.File(synth, "r") as f:
+        assert "fd_net" not in f["metrics"].attrs
+
+    monkeypatch.setattr(QMessageBox, "exec", answer("Trust"))
+    with qtbot.waitSignal(panel.evaluated, timeout=120_000):
+        panel.start()
+    assert len(asked) == 2
+    with h5py.File(synth, "r") as f:
+        assert np.isfinite(f["metrics"].attrs["fd_net"])
