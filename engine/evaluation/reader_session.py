@@ -20,7 +20,16 @@ import h5py
 import numpy as np
 
 from engine.errors import InputError
-from engine.evaluation.reader_study import DISPLAY_LEVELS, STUDY_FILE, VERDICTS, fsync_dir, load_study, study_folder
+from engine.evaluation.reader_study import (
+    DISPLAY_LEVELS,
+    LINK_FAULT,
+    STUDY_FILE,
+    VERDICTS,
+    fsync_dir,
+    load_study,
+    study_file,
+    study_folder,
+)
 from engine.io.medsynth_h5 import shown_spacing
 
 READER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -62,8 +71,22 @@ def check_reader(name: str) -> str:
     return name
 
 
+# Opened without following a link, so a link put in place after the check is not followed either.
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 def answers_path(study: str | Path, reader: str) -> Path:
-    return study_folder(study) / f"answers-{check_reader(reader)}.jsonl"
+    """The reader's answers file; refused when it is a link or lies outside the study folder (`study_file`)."""
+    return study_file(study_folder(study), f"answers-{check_reader(reader)}.jsonl")
+
+
+def _open_answers(path: Path, flags: int) -> int:
+    try:
+        return os.open(path, flags | NO_FOLLOW, 0o644)
+    except OSError:
+        if path.is_symlink():  # a link made after the check
+            raise InputError(path, LINK_FAULT) from None
+        raise
 
 
 def readers(study: str | Path) -> list[str]:
@@ -75,9 +98,11 @@ def readers(study: str | Path) -> list[str]:
 def load_answers(path: Path) -> dict[int, Answer]:
     """The last answer per item. A line torn by a crash mid-write is skipped, never fatal."""
     out: dict[int, Answer] = {}
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    with os.fdopen(_open_answers(path, os.O_RDONLY), "r", encoding="utf-8", errors="replace") as fh:
+        text = fh.read()
+    for line in text.splitlines():
         try:
             d = json.loads(line)
             a = Answer(int(d["item"]), str(d["verdict"]), d.get("realism"), d.get("anatomy"), d.get("consistency"),
@@ -111,7 +136,7 @@ class Session:
     def _repair_torn_tail(self) -> None:
         # A crash mid-write can leave a line without its newline; the next answer must not be glued to it.
         if self.path.exists() and self.path.stat().st_size:
-            with open(self.path, "rb+") as fh:
+            with os.fdopen(_open_answers(self.path, os.O_RDWR), "rb+") as fh:
                 fh.seek(-1, os.SEEK_END)
                 if fh.read(1) != b"\n":
                     fh.write(b"\n")
@@ -169,7 +194,7 @@ class Session:
                    datetime.now(UTC).isoformat(timespec="seconds"))
         line = json.dumps({"reader": self.reader, **asdict(a)})
         new = not self.path.exists()
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with os.fdopen(_open_answers(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())

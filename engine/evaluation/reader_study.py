@@ -95,6 +95,24 @@ def study_folder(path: str | Path) -> Path:
     return p.parent if p.name == STUDY_FILE else p
 
 
+LINK_FAULT = "is a link; a study's files must be plain files inside its folder, not links to files elsewhere"
+
+
+def study_file(folder: Path, name: str) -> Path:
+    """A file of the study folder, by its plain name; refused when it is a link or would lie outside the folder.
+
+    Readers' answers are appended and items read here: a link (or a name with a path in it) planted in a
+    study folder must not make MedSynth write or read a file elsewhere."""
+    path = folder / name
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise InputError(path, "is not a plain file name inside the study folder; a study's files stay in its folder")
+    if path.is_symlink():
+        raise InputError(path, LINK_FAULT)
+    if path.exists() and path.resolve().parent != folder.resolve():
+        raise InputError(path, "lies outside the study folder; a study's files stay in its folder")
+    return path
+
+
 def default_key_path(study: str | Path) -> Path:
     """Where the key goes unless the organiser names a place: beside the study folder, never in it."""
     folder = study_folder(study).resolve()
@@ -215,6 +233,9 @@ def create_study(real: str | Path, synth: str | Path, out: str | Path, n_real: i
     drawn = [("real", int(i)) for i in sorted(rng.choice(info["real"]["n"], n_real, replace=False))]
     drawn += [("synthetic", int(i)) for i in sorted(rng.choice(info["synthetic"]["n"], n_synth, replace=False))]
     order = [drawn[j] for j in rng.permutation(len(drawn))]
+    fault = item_ids_fault(_key_entries(order))
+    if fault:  # before anything is written: a repeated item would be shown, and scored, twice
+        raise InputError(key, f"would be a damaged answer key: {fault}")
     out.mkdir(parents=True, exist_ok=True)
     key.parent.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -251,7 +272,7 @@ def _write_study(out: Path, key: Path, info: dict[str, dict[str, Any]], drawn: l
                             "n_complete": v["n"]} for truth, v in info.items()},
         "window": {"lo": window[0], "hi": window[1], "units": rh.intensity_units,
                    "percentiles": list(WINDOW_PERCENTILES)},
-        "items": [{"id": k + 1, "truth": truth, "index": index} for k, (truth, index) in enumerate(order)],
+        "items": _key_entries(order),
     })
     written.append(out / STUDY_FILE)
     # The readers' file is written last: a study folder with study.json in it is complete.
@@ -266,6 +287,11 @@ def _write_study(out: Path, key: Path, info: dict[str, dict[str, Any]], drawn: l
     })
 
 
+def _key_entries(order: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """The key's items: the blinded order, numbered from 1."""
+    return [{"id": k + 1, "truth": truth, "index": index} for k, (truth, index) in enumerate(order)]
+
+
 def _read_json(file: Path, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(file.read_text(encoding="utf-8"))
@@ -277,13 +303,64 @@ def _read_json(file: Path, what: str) -> dict[str, Any]:
 
 
 def _study_doc(folder: Path) -> dict[str, Any]:
-    file = folder / STUDY_FILE
+    file = study_file(folder, STUDY_FILE)
     if not file.exists():
         raise InputError(folder, f"holds no {STUDY_FILE}; create a study first")
     doc = _read_json(file, "study file")
     if doc.get("format") != FORMAT:
         raise InputError(file, f"is not a MedSynth reader study (no format={FORMAT!r})")
+    fault = _study_fault(doc)
+    if fault:
+        raise InputError(file, f"is a damaged study file: {fault}")
     return doc
+
+
+def _whole(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _numbers(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                       and np.isfinite(x) for x in v)
+
+
+def _shown(v: Any) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _study_fault(doc: dict[str, Any]) -> str | None:
+    """What is wrong with a study.json's fields, or None. Every field is checked before any is used."""
+    version = doc.get("version", 1)
+    if not _whole(version, 1):
+        return f"'version' must be a whole number, not {_shown(version)}"
+    if version < 2:  # a first-version study: its own key, checked as a key (`_key_items`)
+        return None if _whole(doc.get("spatial_dims"), 2) and doc.get("spatial_dims") in (2, 3) \
+            else f"'spatial_dims' must be 2 or 3, not {_shown(doc.get('spatial_dims'))}"
+    checks = [
+        ("study_id", lambda v: isinstance(v, str) and v != "", "a non-empty text"),
+        ("spatial_dims", lambda v: v in (2, 3) and not isinstance(v, bool), "2 or 3"),
+        ("items", lambda v: _whole(v, 1), "a whole number of items, at least 1"),
+        ("image_shape", lambda v: v is None or (isinstance(v, list) and v != [] and all(_whole(x, 1) for x in v)),
+         "a list of positive sizes"),
+        ("items_file", lambda v: isinstance(v, str), "a file name"),
+        ("geometry", lambda v: v is None or isinstance(v, dict), "an object"),
+    ]
+    for key, ok, what in checks:
+        value = doc.get(key, ITEMS_FILE if key == "items_file" else None if key in ("image_shape", "geometry")
+                        else ...)
+        if value is ...:
+            return f"it has no {key!r}"
+        if not ok(value):
+            return f"{key!r} must be {what}, not {_shown(value)}"
+    geo = doc.get("geometry") or {}
+    spacing, affine = geo.get("spacing"), geo.get("affine")
+    if spacing is not None and not (_numbers(spacing) and spacing and all(x > 0 for x in spacing)):
+        return f"'geometry.spacing' must be positive numbers, not {_shown(spacing)}"
+    if affine is not None and not (isinstance(affine, list) and len(affine) == 4 and all(
+            _numbers(row) and len(row) == 4 for row in affine)):
+        return f"'geometry.affine' must be 4 rows of 4 numbers, not {_shown(affine)}"
+    return None
 
 
 def _is_legacy(doc: dict[str, Any]) -> bool:
@@ -298,7 +375,7 @@ def load_study(path: str | Path) -> Study:
         raise InputError(folder / STUDY_FILE, "is a first-version study that keeps its answer key in the folder "
                                               "readers open; create the study again to read it blind (its answers "
                                               "can still be summarised)")
-    if not (folder / doc.get("items_file", ITEMS_FILE)).exists():
+    if not study_file(folder, doc.get("items_file", ITEMS_FILE)).exists():
         raise InputError(folder, f"holds no {ITEMS_FILE}; the study folder is incomplete")
     try:
         geo = doc.get("geometry") or {}
@@ -310,7 +387,32 @@ def load_study(path: str | Path) -> Study:
 
 
 def _key_items(doc: dict[str, Any]) -> tuple[KeyItem, ...]:
-    return tuple(KeyItem(int(it["id"]), str(it["truth"]), int(it["index"])) for it in doc["items"])
+    items = doc["items"]
+    if not isinstance(items, list) or not items:
+        raise ValueError("'items': a list of items")
+    fault = item_ids_fault(items)
+    if fault:
+        raise ValueError(fault)
+    return tuple(KeyItem(int(it["id"]), str(it["truth"]), int(it["index"])) for it in items)
+
+
+def item_ids_fault(items: list[Any]) -> str | None:
+    """Why a study's item list is unusable, or None: each item an id, a truth and a source index, every id
+    and every source sample once. Checked when a study is created and whenever its key is read: a repeated
+    id would count one item's answers against another's truth."""
+    ids: set[int] = set()
+    samples: set[tuple[str, int]] = set()
+    for it in items:
+        if not isinstance(it, dict) or not _whole(it.get("id"), 1) or it.get("truth") not in TRUTHS \
+                or not _whole(it.get("index"), 0):
+            return f"'items': {_shown(it)} is not an item (id >= 1, truth real or synthetic, index >= 0)"
+        if it["id"] in ids:
+            return f"'items': item id {it['id']} appears more than once"
+        if (it["truth"], it["index"]) in samples:
+            return f"'items': {it['truth']} sample {it['index']} appears more than once"
+        ids.add(it["id"])
+        samples.add((it["truth"], it["index"]))
+    return None
 
 
 def _sources(doc: dict[str, Any], base: Path) -> dict[str, Path]:
@@ -338,7 +440,7 @@ def load_key(path: str | Path, study: Study | None = None) -> Key:
 def _key(file: Path, doc: dict[str, Any], study_id: str, base: Path) -> Key:
     try:
         return Key(file, study_id, int(doc["seed"]), _sources(doc, base), _key_items(doc))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(file, f"is a damaged answer key (bad or missing {exc})") from None
 
 
