@@ -147,6 +147,9 @@ def test_a_shape_expression_runs_code_without_any_pickle_and_is_refused(tmp_path
     # An operator that is any callable reachable from torch (torch.os.system, torch.load, ...), not a tensor op.
     (lambda n, d: d.replace(b'"torch.ops.aten.relu.default"', b'"torch.os.system"') if n.endswith(".json") else d,
      "calls 'torch.os.system', which is not a tensor operator"),
+    # A tensor operator that writes a file.
+    (lambda n, d: d.replace(b'"torch.ops.aten.relu.default"', b'"torch.ops.aten.save.default"')
+     if n.endswith(".json") else d, "calls 'torch.ops.aten.save.default', which reads or writes files"),
     # A node name FX would print into generated code.
     (lambda n, d: d.replace(b'"relu"', b'"x\\")\\nimport os"') if n.endswith("model.json") else d,
      "not a plain name"),

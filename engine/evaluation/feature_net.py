@@ -40,7 +40,10 @@ FIXED_ENTRIES = {"archive_format", "archive_version", ".data/version", "byteorde
                  f"models/{MODEL}.json", f"data/sample_inputs/{MODEL}.pt",
                  f"data/weights/{MODEL}_weights_config.json", f"data/constants/{MODEL}_constants_config.json"}
 PLAIN = re.compile(r"^[A-Za-z0-9_.+\-]*$")  # names, dotted paths, dtypes, versions
+DUNDER = re.compile(r"(^|\.)__\w*__(\.|$)")  # a path through __class__, __dict__...: Python's own attributes
 OP_TARGET = re.compile(r"^torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$")
+# The tensor operators that reach files: aten::save writes one, aten::from_file maps one (writably, if shared).
+FILE_OPS = {"save", "from_file"}
 # What the serializer writes for the symbolic-size operators (sizes that vary with the batch).
 SYM_TARGETS = {f"_operator.{n}" for n in ("eq", "ne", "le", "ge", "lt", "gt", "neg", "pos", "mul", "add", "sub",
                                             "floordiv", "mod", "pow", "truediv", "and_", "or_", "lshift", "rshift",
@@ -159,7 +162,7 @@ def _payload_table(entries: dict[str, bytes], name: str, prefix: str) -> set[str
         file = meta["path_name"]
         if meta.get("use_pickle") is not False or not isinstance(file, str) or not file.startswith(prefix):
             raise _Unsafe(f"has a pickled or non-tensor part ({fqn!r})")
-        if not PLAIN.match(file) or not PLAIN.match(fqn) or "__" in fqn:
+        if not PLAIN.match(file) or not PLAIN.match(fqn) or DUNDER.search(fqn):
             raise _Unsafe(f"names a part {fqn!r} in a way torch would interpret")
         files.add(file)
     return files
@@ -176,7 +179,7 @@ def _check_json(node: Any, key: str) -> None:
         for v in node:
             _check_json(v, key)
     elif isinstance(node, str):
-        if not PLAIN.match(node) or "__" in node:
+        if not PLAIN.match(node) or DUNDER.search(node):
             raise _Unsafe(f"has a {key or 'value'} {node[:80]!r} that is not a plain name")
     elif node is not None and not isinstance(node, (bool, int, float)):
         raise _Unsafe(f"has an unexpected {type(node).__name__}")
@@ -190,6 +193,8 @@ def _check_item(k: Any, v: Any) -> None:
     if k == "target":
         if not isinstance(v, str) or not (OP_TARGET.match(v) or v in SYM_TARGETS):
             raise _Unsafe(f"calls {str(v)[:80]!r}, which is not a tensor operator")
+        if OP_TARGET.match(v) and v.split(".")[3] in FILE_OPS:
+            raise _Unsafe(f"calls {v!r}, which reads or writes files")
     elif k == "expr_str":
         _check_expr(v)
     elif k in ("in_spec", "out_spec"):
