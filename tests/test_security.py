@@ -103,9 +103,10 @@ def tree(root: Path) -> dict[str, float]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
 
 
-@pytest.fixture()
-def good(tmp_path):
-    return exported(tmp_path / "encoder.pt2")
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A plain exported network, made once: the tests only read it (each hostile copy is a new file)."""
+    return exported(tmp_path_factory.mktemp("net") / "encoder.pt2")
 
 
 def test_a_pickled_weight_runs_its_payload_under_torch_but_not_here(tmp_path, good, capsys):
@@ -259,6 +260,7 @@ def test_the_app_asks_naming_the_file_before_it_loads_code(tmp_path, qtbot, monk
     panel.real_edit.setText(str(real))
     panel.net_edit.setText(str(net))
     panel.utility_check.setChecked(False)
+    panel.steps.setValue(panel.steps.minimum())  # the label-quality networks: as few steps as the app allows
     asked = []
 
     def answer(choice: str):
