@@ -80,6 +80,20 @@ def test_a_dangling_link_is_refused_and_nothing_is_created_at_its_target(tmp_pat
         load_answers(study / "answers-cy.jsonl")
 
 
+def test_a_hard_link_to_a_file_elsewhere_is_not_appended_to(tmp_path, study):
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("someone else's file\n")
+    os.link(outside, study / "answers-dee.jsonl")
+    with pytest.raises(InputError, match=r"answers-dee\.jsonl: has another name elsewhere \(a hard link\)"):
+        Session(study, "dee").answer(1, "real")
+    assert outside.read_text() == "someone else's file\n"
+
+
+def test_a_folder_in_place_of_an_answers_file_is_one_line(study, capsys):
+    (study / "answers-eve.jsonl").mkdir()
+    assert "answers-eve.jsonl: is not a plain file" in cli_error(["reader-study", "summary", str(study)], capsys)
+
+
 def test_study_json_and_items_that_are_links_are_refused(tmp_path, study, sources, capsys):
     other = rs.create_study(*sources, tmp_path / "other", 3, 3, seed=1).folder
     (study / rs.ITEMS_FILE).unlink()

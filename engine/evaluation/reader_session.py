@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,12 +82,21 @@ def answers_path(study: str | Path, reader: str) -> Path:
 
 
 def _open_answers(path: Path, flags: int) -> int:
+    """The answers file opened as itself: not through a link, and (to write) not a second name of another file."""
     try:
-        return os.open(path, flags | NO_FOLLOW, 0o644)
+        fd = os.open(path, flags | NO_FOLLOW, 0o644)
     except OSError:
         if path.is_symlink():  # a link made after the check
             raise InputError(path, LINK_FAULT) from None
         raise
+    st = os.fstat(fd)
+    fault = None if stat.S_ISREG(st.st_mode) else "is not a plain file"
+    if fault is None and flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+        fault = "has another name elsewhere (a hard link); answers are written only to a file of the study's own"
+    if fault:
+        os.close(fd)
+        raise InputError(path, fault)
+    return fd
 
 
 def readers(study: str | Path) -> list[str]:
