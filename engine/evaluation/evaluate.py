@@ -37,8 +37,9 @@ FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed
 class EvalSettings:
     fid_weights: str | None = None
     fid_dims: tuple[int, ...] = FID_DIMS
-    # A TorchScript network of the user's (e.g. a 3D MedicalNet encoder) mapping images to feature
-    # vectors: a Fréchet distance on features that suit volumes, which Inception's 2D ones do not.
+    # A network of the user's (e.g. a 3D MedicalNet encoder; torch.export .pt2, or TorchScript when trusted)
+    # mapping images to feature vectors: a Fréchet distance on features that suit volumes, which Inception's
+    # 2D ones do not.
     features_net: str | None = None
     # The user has said the feature network's file is theirs: loaded as torch loads it, code and all
     # (engine.evaluation.feature_net). Otherwise only a .pt2 proven to run no code of its own.
