@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import tokenize
 import zipfile
@@ -80,13 +81,29 @@ def load_feature_net(path: Path, device: str, trusted: bool = False) -> Any:
 
     Untrusted: a `.pt2` only after `check_program` proved it runs no code of its own; TorchScript never."""
     data = check_feature_net(path, trusted)
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    # torch.export.load logs a bad file's traceback before it raises; the error below says it in one line.
+    export_log.setLevel(logging.ERROR)
     try:
         if path.suffix == ".pt2":
             return torch.export.load(io.BytesIO(data)).module().to(device)
         return torch.jit.load(io.BytesIO(data), map_location=device).eval()
     except Exception as exc:  # both loaders raise RuntimeError, ValueError, OSError... for a bad file
-        raise InputError(path, f"is not an exported (.pt2) or TorchScript feature network ({type(exc).__name__})") \
+        raise InputError(path, f"is not an exported (.pt2) or TorchScript feature network ({_reason(exc)})") \
             from None
+    finally:
+        export_log.setLevel(level)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first cause's type and first line: torch's outer errors only point at the log."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    line = next(iter(str(exc).splitlines()), "")
+    if "warnings above" in line:  # torch.export.load's last resort, whose cause it only logs
+        line = "torch could not rebuild its program (an operator or part this torch does not know)"
+    return f"{type(exc).__name__}: {line[:160]}" if line else type(exc).__name__
 
 
 def check_program(path: Path, data: bytes) -> bytes:
