@@ -155,6 +155,9 @@ def test_a_shape_expression_runs_code_without_any_pickle_and_is_refused(tmp_path
     # A node name FX would print into generated code.
     (lambda n, d: d.replace(b'"relu"', b'"x\\")\\nimport os"') if n.endswith("model.json") else d,
      "not a plain name"),
+    # A keyword-input name FX would print, quoted, into the code it generates for the inputs.
+    (lambda n, d: d.replace(b'\\"context\\": \\"[]\\"', b'\\"context\\": \\"[\\\\\\"x\'+1\\\\\\"]\\"')
+     if n.endswith("model.json") else d, "has an input or output named \"x'+1\""),
     # Compiled code (AOTInductor) is a shared library torch would load.
     (lambda n, d: d, "data/aotinductor/model/model.so"),
     # Example inputs that need code to rebuild.

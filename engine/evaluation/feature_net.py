@@ -259,16 +259,25 @@ def _check_expr(expr: Any) -> None:
 
 
 def _check_treespec(spec: Any) -> None:
-    """The input and output structure: tuples, lists and dicts of tensors, nothing torch must import."""
+    """The input and output structure: tuples, lists and dicts of tensors, nothing torch must import, and
+    plain key names (FX prints a dict's keys into the code it generates for the network's inputs)."""
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             if "type" in node and node["type"] not in TREESPEC_TYPES:
                 raise _Unsafe(f"has inputs or outputs of type {str(node['type'])[:80]!r}")
-            for v in node.values():
-                walk(v)
+            for k, v in node.items():
+                walk(_context(v) if k == "context" and isinstance(v, str) else v)
         elif isinstance(node, list):
             for v in node:
                 walk(v)
+        elif isinstance(node, str) and (not PLAIN.match(node) or DUNDER.search(node)):
+            raise _Unsafe(f"has an input or output named {node[:80]!r}, which is not a plain name")
+
+    def _context(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
 
     try:
         walk(json.loads(spec))
