@@ -195,7 +195,7 @@ def test_torchscript_needs_trust_and_loads_with_it(tmp_path, capsys):
     synth, real = evaluation_files(tmp_path)
     rc = main(["evaluate", str(synth), "--real", str(real), "--features-net", str(path)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "encoder.ts: is a TorchScript file" in err[0]
+    assert rc == 2 and len(err) == 1 and "encoder.ts: is TorchScript or another format" in err[0]
     with pytest.raises(NeedsTrust):
         EvaluateJob(synth, real=real, settings=EvalSettings(features_net=str(path)))
     EvaluateJob(synth, real=real, settings=EvalSettings(features_net=str(path), trust_code=True))
@@ -280,7 +280,7 @@ def test_the_app_asks_naming_the_file_before_it_loads_code(tmp_path, qtbot, monk
     assert "my encoder.ts" in text and str(tmp_path) in text and "runs code" in text
     assert "Trust my encoder.ts and load it" in buttons
     assert not any("--" in t for t in (text, *buttons, panel.error.text()))  # words, never a flag
-    assert "my encoder.ts: is a TorchScript file" in panel.error.text() and not panel.runner.running
+    assert "my encoder.ts: is TorchScript or another format" in panel.error.text() and not panel.runner.running
     with h5py.File(synth, "r") as f:
         assert "fd_net" not in f["metrics"].attrs
 

@@ -11,9 +11,10 @@ exported network needs:
   nothing else (no compiled code, no legacy pickled weight files, no extra programs);
 * weights and constants: raw tensors only (no pickled payload, no script or opaque objects);
 * example inputs: what `torch.load(weights_only=True)` reads (plain tensors and containers);
-* the program: every operator a `torch.ops.aten` / `prims` overload or a symbolic-size operator,
-  no subgraphs or objects as arguments, every name plain, every shape expression made only of
-  numbers, sizes and sympy's own constructors.
+* the program: every operator a `torch.ops.aten` / `prims` overload (none that reads or writes
+  files) or a symbolic-size operator, no subgraphs or objects as arguments, every name plain (FX
+  prints names, and a dict input's keys, into the Python code it generates and runs), every shape
+  expression made only of numbers, sizes and sympy's own constructors.
 
 The program is then handed to torch rebuilt from the checked bytes (never read from disk a second
 time) with the node metadata (source stack traces, module paths) left out. A TorchScript file is
@@ -67,8 +68,9 @@ def check_feature_net(path: Path, trusted: bool = False) -> bytes:
 
     Cheap next to an evaluation: run before any work, so a refusal costs nothing and writes nothing."""
     if not trusted and path.suffix != ".pt2":
-        raise NeedsTrust(path, "is a TorchScript file, which runs code of its own when loaded; trust the file "
-                               "explicitly only if its source is yours, or export the network with torch.export (.pt2)")
+        raise NeedsTrust(path, "is TorchScript or another format that runs code of its own when loaded; trust the "
+                               "file explicitly only if its source is yours, or export the network with torch.export "
+                               "(.pt2)")
     try:
         data = path.read_bytes()
     except OSError as exc:
