@@ -85,8 +85,9 @@ def _check_sizes(path: Path, z: np.lib.npyio.NpzFile, keys: list[str | None]) ->
 
 
 def _class_indices(path: Path, what: str, values: np.ndarray) -> np.ndarray:
-    # Above 2**53 a float is not a whole number one can count to, and int64 would wrap it.
+    # Above 2**53 a float is no whole number one can count to, and past int64 a value would wrap when cast.
+    top = 2**53 if np.issubdtype(values.dtype, np.floating) else np.iinfo(np.int64).max
     if not np.issubdtype(values.dtype, np.number) or not np.all(np.isfinite(values)) \
-            or np.any(values < 0) or np.any(values >= 2**53) or np.any(np.rint(values) != values):
+            or np.any(values < 0) or np.any(values > top) or np.any(np.rint(values) != values):
         raise InputError(path, f"{what} must be non-negative whole class indices")
     return values.astype(np.int64)
