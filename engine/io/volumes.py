@@ -143,7 +143,8 @@ def _load(case: Case, allowed: set[int] | None) -> _Volume:
         modality = case.modality
     check_finite(case.image, image)
     if min(image.shape) < 2:
-        raise InputError(case.image, f"has shape {image.shape}; a 3D volume needs at least 2 voxels along each axis")
+        raise InputError(case.image, f"is 2D or less (shape {image.shape}); a 3D volume needs 2 voxels or more along "
+                                     "each axis")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.all(spacing > 0):
         raise InputError(case.image, f"has voxel size {tuple(spacing.tolist())} mm; every size must be positive")
