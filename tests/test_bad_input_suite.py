@@ -411,7 +411,7 @@ SUBCOMMANDS = {"train", "sample", "evaluate", "export", "info", "reader-study"}
 
 # A refusal comes before any work, in well under a second once the modules are imported (the `imported` fixture):
 # a case still unfixed (evaluate --threshold 5 evaluates for half a minute) ends at this limit, as the xfail it is.
-CASE_SECONDS = 8
+CASE_SECONDS = 5
 
 
 def _param(case: Case) -> object:

@@ -323,3 +323,46 @@ def test_nifti_header_size_check_reads_the_declared_shape(tmp_path):
     assert struct.unpack_from("<4h", raw, 40) == (3, 64, 64, 64)
     with pytest.raises(InputError, match="64×64×64 int16"):
         load_images(path)
+
+
+# ---------------------------------------------------------------- generated .npz files
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+except ImportError:  # a dev dependency: the generated cases run where it is installed
+    given = None
+
+if given is not None:
+    LABEL_VALUES = st.one_of(st.integers(-5, 20), st.integers(2**40, 2**62), st.sampled_from([10**15, -1]))
+    FLOAT_VALUES = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+    @st.composite
+    def npz_arrays(draw: st.DrawFn) -> dict[str, np.ndarray]:
+        n = draw(st.integers(0, 5))
+        shape = draw(st.sampled_from([(n, 8, 8), (n, 8, 8, 3), (n, 4, 8, 8), (n, 8), (n, 8, 8, 2), (n,)]))
+        dtype = draw(st.sampled_from([np.uint8, np.float32, np.int64]))
+        arrays = {"train_images": draw(hnp.arrays(dtype, shape, elements=None if dtype != np.float32
+                                                  else st.floats(-1e3, 1e3, width=32)))}
+        if draw(st.booleans()):
+            rows = draw(st.sampled_from([n, n + 1]))
+            cols = draw(st.sampled_from([(), (1,), (0,), (3,)]))
+            elements = FLOAT_VALUES if draw(st.booleans()) else LABEL_VALUES
+            labels_dtype = np.float64 if elements is FLOAT_VALUES else np.int64
+            arrays["train_labels"] = draw(hnp.arrays(labels_dtype, (rows, *cols), elements=elements))
+        return arrays
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(arrays=npz_arrays())
+    def test_generated_npz_files_read_or_are_refused_in_one_line(tmp_path_factory, arrays):
+        """Any shapes, types and label values: an ImageSet whose classes are named, or one InputError line."""
+        path = write_npz(tmp_path_factory.mktemp("gen") / "gen.npz", **arrays)
+        try:
+            s = load_images(path)
+        except InputError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
+            return
+        assert len(s) == arrays["train_images"].shape[0]
+        if s.labels is not None:
+            assert 0 <= s.labels.min() and s.labels.max() < len(s.class_names) <= max(len(s), 1000)

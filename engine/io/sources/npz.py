@@ -57,6 +57,8 @@ def read_npz(path: str | Path, split: str = "train", class_names: list[str] | No
             raise InputError(path, f"'{split}_labels' has {raw_labels.shape[0]} rows for "
                                    f"{images.shape[0]} images")
         flat = raw_labels.reshape(raw_labels.shape[0], -1)
+        if flat.shape[1] == 0:
+            raise InputError(path, f"'{split}_labels' has shape {raw_labels.shape}: no label for any image")
         if flat.shape[1] > 1:
             log.info("%s: multi-label (%d columns); class labels not used", path, flat.shape[1])
         else:
