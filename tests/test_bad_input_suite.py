@@ -217,6 +217,38 @@ def _eval_real_npz(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
             "--train-data", str(c.real_h5())], [p.name, "labels"]
 
 
+def _export_train_data_csv(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+    root = picture_folder(t / "xray", ["0", "1", "1000000000000", "1"])
+    return ["export", str(c.real_h5("synth.h5", "synthetic")), "--to", str(t / "exported"), "--format", "png",
+            "--max-corr", "0.9", "--train-data", str(root)], ["labels.csv", "classes go up to"]
+
+
+def _eval_train_data_nifti(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+    p = patched_nifti(t / "ct.nii.gz", volume(), qform_code=1, sform_code=0, pixdim=[1, np.nan, 1])
+    return ["evaluate", str(c.real_h5("synth.h5", "synthetic")), "--real", str(c.real_h5()), "--no-utility",
+            "--train-data", str(p)], [p.name, "NaN"]
+
+
+def _study_create_nifti(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+    p = patched_nifti(t / "ct.nii.gz", volume())
+    return ["reader-study", "create", str(p), str(c.real_h5("synth.h5", "synthetic")), "--out", str(t / "study"),
+            "--n-real", "2", "--n-synth", "2"], [p.name]
+
+
+def _sample_from_npz(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+    p = write_npz(t / "organ.npz", train_images=medmnist())
+    return ["sample", str(p), "--n", "2", "--out", str(t / "s.h5")], [p.name]
+
+
+def _info_dicom_slope0(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+    return ["info", str(_dicom(t, lambda ds: setattr(ds, "RescaleSlope", 0)))], [".dcm", "RescaleSlope 0"]
+
+
+def _info_corrupt_png(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+    argv, words = _corrupt_png(t, c)
+    return ["info", argv[1]], words
+
+
 def _h5_strings(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
     p = _h5_edit(c.real_h5(), lambda f: _replace(f, "images", np.array([b"x"] * 16)))
     return c.train(p), [p.name, "images"]
@@ -350,6 +382,8 @@ CASES = [
     Case("train-labels-csv-1e12", "pictures", _csv_labels),
     Case("train-corrupt-png", "pictures", _corrupt_png),
     Case("train-labels-csv-unknown-stem", "pictures", _csv_unknown_stem),
+    Case("export-train-data-labels-csv-1e12", "pictures", _export_train_data_csv),
+    Case("info-corrupt-png", "pictures", _info_corrupt_png),
     # NIfTI
     Case("train-nifti-declares-54TB", "nifti", _nifti_huge),
     Case("train-nifti-singular-affine", "nifti", _nifti_singular),
@@ -358,10 +392,14 @@ CASES = [
     Case("train3d-nifti-one-voxel", "nifti", _nifti_one_voxel_3d),
     Case("train-nifti-not-nifti", "nifti", _nifti_not_nifti),
     Case("info-nifti-singular-affine", "nifti", _info_nifti_singular),
+    Case("evaluate-train-data-nifti-nan-pixdim", "nifti", _eval_train_data_nifti),
+    Case("reader-study-create-from-nifti", "nifti", _study_create_nifti),
+    Case("sample-from-npz", "npz", _sample_from_npz),
     # DICOM
     Case("train3d-dicom-slope-0", "dicom", _dicom_slope0),
     Case("train3d-dicom-no-pixel-data", "dicom", _dicom_no_pixels),
     Case("info-dicom-truncated-pixels", "dicom", _dicom_truncated_info),
+    Case("info-dicom-slope-0", "dicom", _info_dicom_slope0),
     # HDF5
     Case("train-h5-string-images", "hdf5", _h5_strings, "h12"),
     Case("train-h5-label-1e12", "hdf5", _h5_labels_huge, "h12"),

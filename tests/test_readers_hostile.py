@@ -366,3 +366,11 @@ if given is not None:
         assert len(s) == arrays["train_images"].shape[0]
         if s.labels is not None:
             assert 0 <= s.labels.min() and s.labels.max() < len(s.class_names) <= max(len(s), 1000)
+
+
+def test_volume_cubes_no_memory_holds_are_refused_before_reading(tmp_path):
+    """The size³ cubes of a 3D run are allocated up front: a size this machine cannot hold is one line."""
+    path = patched_nifti(tmp_path / "brain.nii.gz", volume())
+    with pytest.raises(InputError) as exc:
+        load_images(path, volumes=VolumeOptions(size=100_000))
+    one_line(exc, path, "100000³ voxels", "more than this machine has")
