@@ -38,7 +38,8 @@ def _read(path: Path):
     except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
         raise InputError(path, f"is not a readable DICOM file ({' '.join(str(exc).split())})") from None
     except Exception as exc:  # a hostile file makes pydicom's parser raise many other types
-        raise InputError(path, f"is not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"is not a readable DICOM file ({type(exc).__name__}: {' '.join(str(exc).split())})") \
+            from None
 
 
 def looks_dicom(path: Path) -> bool:
