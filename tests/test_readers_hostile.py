@@ -374,3 +374,13 @@ def test_volume_cubes_no_memory_holds_are_refused_before_reading(tmp_path):
     with pytest.raises(InputError) as exc:
         load_images(path, volumes=VolumeOptions(size=100_000))
     one_line(exc, path, "100000³ voxels", "more than this machine has")
+
+
+@pytest.mark.parametrize("content", [b"stem,class\nimg0," + b"9" * 200_000 + b"\n", b"\xff\xfe\x00s\x00t"],
+                         ids=["field over csv's limit", "not UTF-8"])
+def test_labels_csv_that_csv_cannot_parse_is_one_line(tmp_path, content):
+    root = picture_folder(tmp_path / "xr", ["0", "1"])
+    (root / "labels.csv").write_bytes(content)
+    with pytest.raises(InputError) as exc:
+        load_images(root)
+    one_line(exc, root / "labels.csv")

@@ -32,13 +32,15 @@ MAX_UNNAMED_CLASSES = 1000
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
-    # Everything a corrupt or truncated file can make numpy, zipfile, gzip, PIL or nibabel throw; PIL's and
+    # Everything a corrupt or truncated file can make numpy, zipfile, gzip, csv, PIL or nibabel throw; PIL's and
     # nibabel's own types are looked up only when a file is read, so that asking what a path is stays cheap.
+    import csv
+
     from nibabel.filebasedimages import ImageFileError
     from PIL import Image
 
     return (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, ImageFileError, SyntaxError,
-            Image.DecompressionBombError, KeyError, IndexError, TypeError)
+            Image.DecompressionBombError, KeyError, IndexError, TypeError, csv.Error)
 
 
 @contextlib.contextmanager
