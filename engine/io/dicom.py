@@ -36,7 +36,10 @@ def _read(path: Path):
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=False)
     except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise InputError(path, f"is not a readable DICOM file ({exc})") from None
+        raise InputError(path, f"is not a readable DICOM file ({' '.join(str(exc).split())})") from None
+    except Exception as exc:  # a hostile file makes pydicom's parser raise many other types
+        raise InputError(path, f"is not a readable DICOM file ({type(exc).__name__}: {' '.join(str(exc).split())})") \
+            from None
 
 
 def looks_dicom(path: Path) -> bool:
@@ -86,10 +89,36 @@ def _read_slices(root: Path) -> list[tuple[Path, Any]]:
     if len(series) > 1:
         raise InputError(root, f"mixes {len(series)} DICOM series; put each series in its own folder")
     for p, ds in slices:
-        for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "PixelData"):
+        if "PixelData" not in ds:
+            raise InputError(p, "has no pixel data (PixelData): it is not an image slice")
+        for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
             if tag not in ds:
                 raise InputError(p, f"has no {tag}; cannot place the slice in space")
+        _check_geometry(p, ds)
     return slices
+
+
+def _numbers(p: Path, ds: Any, tag: str, count: int) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in ds[tag].value], float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(p, f"has {tag} {ds[tag].value!r}, not numbers ({exc})") from None
+    if values.shape != (count,) or not np.isfinite(values).all():
+        raise InputError(p, f"has {tag} {values.tolist()}; {count} finite numbers expected")
+    return values
+
+
+def _check_geometry(p: Path, ds: Any) -> None:
+    """A slice's placement tags as numbers that place it: two perpendicular unit directions, a position, two
+    positive pixel sizes."""
+    orient = _numbers(p, ds, "ImageOrientationPatient", 6)
+    row, col = orient[:3], orient[3:]
+    if abs(np.linalg.norm(row) - 1) > 0.01 or abs(np.linalg.norm(col) - 1) > 0.01 or abs(row @ col) > 0.01:
+        raise InputError(p, f"has ImageOrientationPatient {orient.tolist()}, not two perpendicular unit directions; "
+                            "cannot place the slice in space")
+    _numbers(p, ds, "ImagePositionPatient", 3)
+    if not np.all(_numbers(p, ds, "PixelSpacing", 2) > 0):
+        raise InputError(p, f"has PixelSpacing {list(ds.PixelSpacing)}; pixel sizes must be positive")
 
 
 def _sorted_in_space(slices: list[tuple[Path, Any]], orient: np.ndarray, normal: np.ndarray,
@@ -105,20 +134,49 @@ def _sorted_in_space(slices: list[tuple[Path, Any]], orient: np.ndarray, normal:
 
 def _stack(root: Path, slices: list[tuple[Path, Any]]) -> np.ndarray:
     """The slices' pixels in real units (RescaleSlope / Intercept), as one (X, Y, Z) float32 array."""
-    shape = slices[0][1].pixel_array.shape
+    shape = _pixels(*slices[0]).shape
     planes = []
     for p, ds in slices:
-        pixels = ds.pixel_array
+        pixels = _pixels(p, ds)
         if pixels.shape != shape:
             raise InputError(p, f"slice of shape {pixels.shape} differs from {shape} in the rest of the series")
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        planes.append(pixels.astype(np.float32) * slope + intercept)
+        slope = _rescale(p, ds, "RescaleSlope", 1.0)
+        if slope == 0:
+            raise InputError(p, "has RescaleSlope 0: every pixel would read as the intercept")
+        planes.append(pixels.astype(np.float32) * slope + _rescale(p, ds, "RescaleIntercept", 0.0))
     # pixel_array is (rows, columns); nibabel-style arrays index (column i, row j, slice k).
     array = np.stack(planes, axis=-1).transpose(1, 0, 2)
     if not np.isfinite(array).all():
         raise InputError(root, "holds non-finite voxel values")
     return array
+
+
+def _pixels(p: Path, ds: Any) -> np.ndarray:
+    """A slice's stored pixels as one 2D plane; pydicom's faults (truncated or undecodable pixel data, a missing
+    size tag, several frames) named with the file."""
+    try:
+        pixels = ds.pixel_array
+    except MemoryError:
+        raise InputError(p, "needs more memory than is free to decode its pixel data") from None
+    except Exception as exc:  # pydicom and its pixel handlers raise many types for bad pixel data
+        raise InputError(p, f"pixel data cannot be decoded ({type(exc).__name__}: {' '.join(str(exc).split())})") \
+            from None
+    if pixels.ndim != 2:
+        raise InputError(p, f"holds pixels of shape {pixels.shape}; one grey 2D plane per file is expected")
+    return pixels
+
+
+def _rescale(p: Path, ds: Any, tag: str, default: float) -> float:
+    """RescaleSlope / RescaleIntercept (absent: `default`)."""
+    if tag not in ds or ds[tag].value in (None, ""):
+        return default
+    try:
+        value = float(ds[tag].value)
+    except (TypeError, ValueError):
+        raise InputError(p, f"has {tag} {ds[tag].value!r}, not a number") from None
+    if not np.isfinite(value):
+        raise InputError(p, f"has {tag} {value}, not a finite number")
+    return value
 
 
 def _slice_step(root: Path, first: Any, positions: list[np.ndarray], normal: np.ndarray,

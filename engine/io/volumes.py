@@ -23,7 +23,7 @@ from engine.errors import InputError
 from engine.io import partners
 from engine.io.dicom import read_dicom_series
 from engine.io.sources import Case, source_for
-from engine.io.sources.common import looks_like_ct
+from engine.io.sources.common import looks_like_ct, machine_memory, size_text
 from engine.io.sources.nifti import code_label_maps, label_values, read_array
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,11 @@ def read_volumes(path: str | Path, options: VolumeOptions) -> ImageSet:
         raise InputError(None, f"crop {options.crop!r} is not one of 'foreground', 'center'")
     # The source that claims the path (a NIfTI file or folder, an MSD / nnU-Net folder, DICOM) lists its cases.
     cases, label_names, allowed = source_for(path).volume_cases(path, options.channel)
+    # The cubes are allocated before any case is read: a size no memory holds is said now, not as a MemoryError.
+    need = len(cases) * size**3 * (5 if cases and cases[0].mask is not None else 4)
+    if need > machine_memory():
+        raise InputError(path, f"{len(cases)} volume(s) of {size}³ voxels need about {size_text(need)} of memory, "
+                               f"more than this machine has ({size_text(machine_memory())}); choose a smaller size")
     boxes: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(cases)
     if options.spacing is not None:
         target = np.array([float(s) for s in options.spacing])
@@ -143,7 +148,8 @@ def _load(case: Case, allowed: set[int] | None) -> _Volume:
         modality = case.modality
     check_finite(case.image, image)
     if min(image.shape) < 2:
-        raise InputError(case.image, f"is 2D (shape {image.shape}); a 3D volume was expected")
+        raise InputError(case.image, f"is 2D or less (shape {image.shape}); a 3D volume needs 2 voxels or more along "
+                                     "each axis")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.all(spacing > 0):
         raise InputError(case.image, f"has voxel size {tuple(spacing.tolist())} mm; every size must be positive")

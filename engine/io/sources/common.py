@@ -7,6 +7,7 @@ Nothing here imports nibabel, PIL or scipy: the registry asks what a path is wit
 from __future__ import annotations
 
 import contextlib
+import os
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -21,16 +22,25 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # A CT volume's darkest 1 % is air (about -1000 HU); no MR, PET or picture goes this far below zero.
 CT_BELOW_HU = -500.0
+# Deflate's largest ratio (a run of one byte value): a gzip file or zip member never unpacks to more than this many
+# times its compressed size, so a header declaring more is lying, whatever the data.
+DEFLATE_MAX_RATIO = 1032
+# Without names, class indices are named "0", "1", ...: an index beyond both the number of images and this (a
+# subset of a labeled set may skip classes) is not a class but an id column or a corrupt file, and would cost a
+# name and a model embedding per index.
+MAX_UNNAMED_CLASSES = 1000
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
-    # Everything a corrupt or truncated file can make numpy, zipfile, gzip, PIL or nibabel throw; PIL's and
+    # Everything a corrupt or truncated file can make numpy, zipfile, gzip, csv, PIL or nibabel throw; PIL's and
     # nibabel's own types are looked up only when a file is read, so that asking what a path is stays cheap.
+    import csv
+
     from nibabel.filebasedimages import ImageFileError
     from PIL import Image
 
     return (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, ImageFileError, SyntaxError,
-            Image.DecompressionBombError, KeyError, IndexError, TypeError)
+            Image.DecompressionBombError, KeyError, IndexError, TypeError, csv.Error)
 
 
 @contextlib.contextmanager
@@ -40,8 +50,51 @@ def reading(path: Path, what: str) -> Iterator[None]:
         yield
     except InputError:
         raise
+    except MemoryError:
+        raise InputError(path, f"needs more memory than is free to be read as {what}") from None
     except _read_errors() as exc:
-        raise InputError(path, f"cannot be read as {what} ({type(exc).__name__}: {exc})") from exc
+        # One line: nibabel's and pydicom's messages carry line breaks.
+        said = " ".join(str(exc).split())
+        raise InputError(path, f"cannot be read as {what} ({type(exc).__name__}: {said})") from exc
+
+
+def size_text(n: float) -> str:
+    """Bytes in the unit a user reads them in: "12 KiB", "1.9 GiB"."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def machine_memory() -> int:
+    """This machine's memory in bytes: no read that needs more can succeed, however much is free."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_declared(path: Path, declared: str, data_bytes: int, holds: int, memory_bytes: int) -> None:
+    """Refuse, before reading, what a header declares when its file cannot hold it (`holds` bytes at most) or this
+    machine cannot hold it in memory: a 12 KB file must not ask for gigabytes."""
+    if data_bytes > holds:
+        raise InputError(path, f"declares {declared} ({size_text(data_bytes)}) but the file can hold at most "
+                               f"{size_text(max(holds, 0))} of it: it is truncated or its header is wrong")
+    if memory_bytes > machine_memory():
+        raise InputError(path, f"declares {declared}; reading it needs about {size_text(memory_bytes)} of memory, "
+                               f"more than this machine has ({size_text(machine_memory())})")
+
+
+def numbered_class_names(path: Path, what: str, labels: np.ndarray, names: list[str] | None) -> list[str]:
+    """The class names of whole-number class indices: `names` when given (which must cover every index), else
+    "0", "1", ... up to the highest index, checked to be a class index before a name is made for each."""
+    top = int(labels.max())
+    if names:
+        if top >= len(names):
+            raise InputError(path, f"{what} go up to {top} but only {len(names)} class names are known")
+        return list(names)
+    if top >= max(len(labels), MAX_UNNAMED_CLASSES):
+        raise InputError(path, f"{what} go up to {top} for {len(labels)} images: class indices must count "
+                               "0, 1, 2, ... (is this an id rather than a class?)")
+    return [str(i) for i in range(top + 1)]
 
 
 def visible(folder: Path) -> list[Path]:

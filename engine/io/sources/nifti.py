@@ -3,7 +3,10 @@ or listed as whole volumes (3D). A folder of NIfTI files is its cases, each with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import logging
+import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -12,19 +15,76 @@ import numpy as np
 from engine.data.dataset import ImageSet, check_finite, check_pair, coded_label_names, consecutive_labels, validate
 from engine.errors import InputError
 from engine.io import partners
-from engine.io.sources.common import Case, nifti_stem, reading
+from engine.io.sources.common import DEFLATE_MAX_RATIO, Case, check_declared, nifti_stem, reading
 from engine.io.sources.dataset_json import read_dataset_json
 from engine.io.sources.pictures import resize_to_common
 
+log = logging.getLogger(__name__)
+
 # One case's axial slices: images (1, H, W), their label maps or None, and the in-plane spacing (x, y).
 Slices = tuple[list[np.ndarray], list[np.ndarray] | None, tuple[float, float]]
+# |det| of the voxel axes over the product of their lengths: below this, two axes (nearly) share a line and
+# the voxels cannot be placed in space (a well-formed oblique grid is near 1).
+SINGULAR = 1e-6
+
+
+@contextlib.contextmanager
+def _nibabel_quiet() -> Iterator[None]:
+    """nibabel logs the header fixes it makes (pixdim 0 read as 1) without the file's name; what matters is said
+    here, with it."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def open_nifti(path: Path, what: str, volume: bool = False) -> nib.Nifti1Image:
+    """A NIfTI file's header (nib.load reads no voxel), with what reading its voxels takes checked first: the file
+    must hold the voxels its header declares and this machine's memory them as float32, and the voxels must be
+    placeable in space (a finite, invertible voxel-to-world matrix). A voxel size of 0 or NaN in the header
+    (pixdim) is a warning, 1 mm taken; when it places a `volume` (resampled in mm), a refusal."""
+    with reading(path, f"a NIfTI {what}"), _nibabel_quiet():
+        # nibabel reads pixdim 0 as 1 (and logs it without the file's name): the raw header says what is stored.
+        img = nib.load(path)
+        with nib.openers.ImageOpener(path) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+    shape = tuple(int(d) for d in img.shape)
+    dtype = img.get_data_dtype()
+    stored = path.stat().st_size
+    gz = path.name.lower().endswith(".gz")
+    holds = stored * DEFLATE_MAX_RATIO if gz else stored - int(img.header.get_data_offset())
+    # The voxels in their stored type, then as float32 (a 4D file gives one channel at most).
+    check_declared(path, f"a {'×'.join(map(str, shape))} {dtype} volume", math.prod(shape) * dtype.itemsize, holds,
+                   math.prod(shape[:3]) * (dtype.itemsize + 8))
+    affine = np.asarray(img.affine, float)
+    pixdim = tuple(float(z) for z in raw["pixdim"][1:1 + min(len(shape), 3)])
+    if not np.isfinite(affine).all():
+        raise InputError(path, f"has NaN or infinite values in its voxel-to-world matrix (header pixdim {pixdim}, "
+                               "qform or sform): its voxels cannot be placed in space")
+    axes = affine[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if not np.all(lengths > 0) or abs(np.linalg.det(axes)) < SINGULAR * float(np.prod(lengths)):
+        raise InputError(path, "has a singular voxel-to-world matrix (header sform or qform: a zero voxel size, or "
+                               "two voxel axes along one line): its voxels cannot be placed in space")
+    if not all(np.isfinite(z) and z > 0 for z in pixdim):
+        if not volume:
+            log.warning("%s: voxel size %s in the header (pixdim) is not a size; 1 mm taken", path, pixdim)
+        elif int(raw["sform_code"]) == 0:  # else the sform places the voxels, pixdim aside
+            raise InputError(path, f"has voxel size {pixdim} in its header (pixdim): a 3D volume is resampled in mm "
+                                   "and needs positive sizes")
+    return img
 
 
 def load_volume(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float]]:
     """A 2D/3D NIfTI in closest-canonical (RAS) orientation as float32 (X,Y,Z), plus the in-plane
     spacing (x, y) in mm: the displayed slices' columns run along x, their rows along y."""
+    img = open_nifti(path, what)
+    if min(img.shape[:2]) < 2:
+        raise InputError(path, f"has shape {img.shape}: an image needs at least 2×2 pixels")
     with reading(path, f"a NIfTI {what}"):
-        img = nib.load(path)
         if len(img.shape) == 4 and img.shape[3] == 1:
             img = img.slicer[..., 0]
         if len(img.shape) not in (2, 3):
@@ -35,7 +95,9 @@ def load_volume(path: Path, what: str) -> tuple[np.ndarray, tuple[float, float]]
         zooms = img.header.get_zooms()
     check_finite(path, data)
     data = data[:, :, None] if data.ndim == 2 else data
-    return data, (float(zooms[0]), float(zooms[1]))
+    # A stored voxel size that is no size (warned of on opening) is 1 mm.
+    x, y = (float(z) if np.isfinite(z) and z > 0 else 1.0 for z in zooms[:2])
+    return data, (x, y)
 
 
 def load_labels(path: Path, image_path: Path, image: np.ndarray, allowed: set[int] | None) -> np.ndarray:
@@ -208,8 +270,8 @@ def folder_cases(files: list[Path]) -> list[Case]:
 
 def read_array(path: Path, what: str, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
     """A 3D NIfTI's voxels as float32 in stored order, and its affine; `channel` picks one of a 4D file's."""
+    img = open_nifti(path, what, volume=True)
     with reading(path, f"a NIfTI {what}"):
-        img = nib.load(path)
         shape = img.shape
         if len(shape) == 4 and shape[3] == 1:
             data = img.dataobj[..., 0]

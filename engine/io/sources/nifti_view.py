@@ -13,15 +13,17 @@ from engine.errors import InputError
 from engine.io import partners
 from engine.io.sources.common import View, looks_like_ct
 from engine.io.sources.dataset_json import read_dataset_json
-from engine.io.sources.nifti import label_map
+from engine.io.sources.nifti import label_map, open_nifti
 
 
 def _nifti_array(p: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    img = open_nifti(p, "file")
     try:
-        img = nib.load(str(p))
         data = np.asarray(img.dataobj)
+    except MemoryError:
+        raise InputError(p, "needs more memory than is free to be shown") from None
     except Exception as exc:  # nibabel raises many types for bad files
-        raise InputError(p, f"is not a readable NIfTI file ({exc})") from None
+        raise InputError(p, f"is not a readable NIfTI file ({' '.join(str(exc).split())})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim not in (2, 3):

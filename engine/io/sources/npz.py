@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 
 from engine.data.dataset import ImageSet, check_finite, validate
 from engine.errors import InputError
-from engine.io.sources.common import reading
+from engine.io.sources.common import check_declared, numbered_class_names, reading
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,10 @@ def read_npz(path: str | Path, split: str = "train", class_names: list[str] | No
         keys = list(z.files)
         if f"{split}_images" not in keys:
             raise InputError(path, f"has no '{split}_images' array (arrays: {', '.join(keys) or 'none'})")
+        names_key = next((k for k in ("class_names", "label_names") if k in keys), None)
+        _check_sizes(path, z, [f"{split}_images", f"{split}_labels", names_key])
         images = np.asarray(z[f"{split}_images"])
         raw_labels = np.asarray(z[f"{split}_labels"]) if f"{split}_labels" in keys else None
-        names_key = next((k for k in ("class_names", "label_names") if k in keys), None)
         file_names = [str(n) for n in np.atleast_1d(z[names_key]).tolist()] if names_key else None
     if not np.issubdtype(images.dtype, np.number):
         raise InputError(path, f"'{split}_images' holds {images.dtype} values, not numbers")
@@ -55,20 +57,39 @@ def read_npz(path: str | Path, split: str = "train", class_names: list[str] | No
             raise InputError(path, f"'{split}_labels' has {raw_labels.shape[0]} rows for "
                                    f"{images.shape[0]} images")
         flat = raw_labels.reshape(raw_labels.shape[0], -1)
+        if flat.shape[1] == 0:
+            raise InputError(path, f"'{split}_labels' has shape {raw_labels.shape}: no label for any image")
         if flat.shape[1] > 1:
             log.info("%s: multi-label (%d columns); class labels not used", path, flat.shape[1])
         else:
             labels = _class_indices(path, f"'{split}_labels'", flat[:, 0])
-            names = file_names or list(class_names or []) or [str(i) for i in range(int(labels.max()) + 1)]
-            if int(labels.max()) >= len(names):
-                raise InputError(path, f"labels go up to {int(labels.max())} but only {len(names)} class "
-                                       "names are known")
+            names = numbered_class_names(path, f"'{split}_labels'", labels, file_names or class_names)
     return validate(ImageSet(images=images.astype(np.float32), labels=labels, class_names=names,
                              source=str(path)))
 
 
+def _check_sizes(path: Path, z: np.lib.npyio.NpzFile, keys: list[str | None]) -> None:
+    """What each array's header declares, checked against its member's size and this machine's memory before
+    numpy allocates it: a few KB of zip must not ask for gigabytes."""
+    for key in keys:
+        if key is None or f"{key}.npy" not in z.zip.namelist():
+            continue
+        info = z.zip.getinfo(f"{key}.npy")
+        with z.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+        count = math.prod(shape)
+        declared = f"a '{key}' array of shape {shape} ({dtype})"
+        # Read in its own type, then copied as float32 (and once more when its axes are moved).
+        check_declared(path, declared, count * dtype.itemsize, info.file_size, count * (dtype.itemsize + 8))
+
+
 def _class_indices(path: Path, what: str, values: np.ndarray) -> np.ndarray:
+    # Above 2**53 a float is no whole number one can count to, and past int64 a value would wrap when cast.
+    top = 2**53 if np.issubdtype(values.dtype, np.floating) else np.iinfo(np.int64).max
     if not np.issubdtype(values.dtype, np.number) or not np.all(np.isfinite(values)) \
-            or np.any(values < 0) or np.any(np.rint(values) != values):
+            or np.any(values < 0) or np.any(values > top) or np.any(np.rint(values) != values):
         raise InputError(path, f"{what} must be non-negative whole class indices")
     return values.astype(np.int64)

@@ -13,7 +13,7 @@ from PIL import Image
 from engine.data.dataset import ImageSet, check_finite, check_pair, coded_label_names, consecutive_labels, validate
 from engine.errors import InputError
 from engine.io import partners
-from engine.io.sources.common import IMAGE_SUFFIXES, reading, visible
+from engine.io.sources.common import IMAGE_SUFFIXES, numbered_class_names, reading, visible
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,11 @@ def _read_labels_csv(path: Path, stems: list[str], class_names: list[str] | None
     if missing:
         raise InputError(path, f"has no class for image(s) {', '.join(missing[:5])}")
     values = [by_stem[s] for s in stems]
-    if all(v.isdigit() for v in values):
-        labels = np.array([int(v) for v in values], np.int64)
-        names = list(class_names or []) or [str(i) for i in range(int(labels.max()) + 1)]
-        if int(labels.max()) >= len(names):
-            raise InputError(path, f"classes go up to {int(labels.max())} but only {len(names)} names given")
-        return labels, names
+    # ASCII digits only: int() refuses some of what isdigit() accepts ("²"). More than 18 digits is beyond int64
+    # and no class index; it is refused as one by the bound on class indices.
+    if all(v.isascii() and v.isdigit() for v in values):
+        labels = np.array([int(v) if len(v) <= 18 else 10**18 for v in values], np.int64)
+        return labels, numbered_class_names(path, "classes", labels, class_names)
     names = sorted(set(values))
     return np.array([names.index(v) for v in values], np.int64), names
 
