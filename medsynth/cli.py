@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.errors import InputError
 from engine.evaluation.stages import STEPPED
+from engine.io.destination import os_error
 from engine.jobs import Checkpoint, Done, Event, Job, Message, Progress, Requests, execute
 
 EXIT_INPUT = 2
@@ -382,6 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"medsynth: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # a full disk, a read-only file system, a permission: one line, like bad input
+        if (fault := os_error(exc.filename or "output", exc)) is None:
+            raise
+        print(f"medsynth: error: {fault}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("medsynth: aborted", file=sys.stderr)

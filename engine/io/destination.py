@@ -12,10 +12,11 @@ half-written file at the name the user asked for.
 - `replacing(target)`: a temporary path beside the target (same folder, so the same file system, so the rename
   is atomic); renamed onto the target on success, removed on failure. Readers of the target see the old file,
   whole, until the rename, then the new one, whole.
-- `writer_lock(target)`: an advisory lock on a lock file beside the target, so a second MedSynth writer of the
-  same target is refused with one line while the first runs. POSIX: `fcntl.flock`, released by the kernel
-  when the holder dies (kill -9 leaves no stale lock). Windows (no fcntl): `msvcrt.locking` on the same lock
-  file, also released when the holder dies. Where neither exists the lock is a no-op: nothing is refused.
+- `writer_lock(target)` (`check_unlocked` to ask early): an advisory lock on a lock file beside the target,
+  so a second MedSynth writer of the same target is refused with one line while the first runs. POSIX:
+  `fcntl.flock`, released by the kernel when the holder dies (kill -9 leaves no stale lock). Windows (no
+  fcntl): `msvcrt.locking` on the same lock file, also released when the holder dies. Where neither exists
+  the lock is a no-op: nothing is refused. Advisory: it keeps MedSynth runs apart, not other programs.
 """
 
 from __future__ import annotations
@@ -121,13 +122,21 @@ def check_writable(path: str | Path, need_bytes: int = 0, *, folder: bool = Fals
         finally:
             with contextlib.suppress(OSError):
                 probe.unlink()
-    free = free_bytes(where)
+    check_room(path, need_bytes, folder=folder)
+
+
+def check_room(path: str | Path, need_bytes: int, *, folder: bool = False) -> None:
+    """Refuse, with one line naming `path`, a write of about `need_bytes` where clearly less is free."""
+    free = free_bytes(Path(path) if folder else Path(path).parent)
     if need_bytes > 0 and free is not None and free < need_bytes + MARGIN_BYTES:
         raise InputError(path, f"cannot be written: it needs about {_gib(need_bytes)} and only {_gib(free)} "
                                "is free there; free some space or choose another destination")
 
 
-def temp_beside(target: str | Path, tag: str = "partial") -> Path:
+TEMP_SUFFIX = ".partial"
+
+
+def temp_beside(target: str | Path) -> Path:
     """The temporary name beside `target` that its writer uses until the rename: `NAME.partial`.
 
     The suffix is not the target's, so nothing that looks for `*.h5` (or `*.nii.gz`, `*.png`) picks up a
@@ -135,7 +144,12 @@ def temp_beside(target: str | Path, tag: str = "partial") -> Path:
     run's leftover is found and named, never piled up.
     """
     target = Path(target)
-    return target.with_name(f"{target.name}.{tag}")
+    return target.with_name(target.name + TEMP_SUFFIX)
+
+
+def is_temp(path: str | Path) -> bool:
+    """Whether `path` is a writer's temporary file (see `temp_beside`): gone, renamed, once the writer is done."""
+    return Path(path).name.endswith(TEMP_SUFFIX)
 
 
 def remove_quietly(path: str | Path) -> None:
@@ -212,3 +226,10 @@ def writer_lock(target: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock (flock and msvcrt alike)
+
+
+def check_unlocked(target: str | Path) -> None:
+    """Refuse now, before any long work, a target that another MedSynth run is writing (the lock is let go)."""
+    if lock_path(target).exists():
+        with writer_lock(target):
+            pass
