@@ -6,17 +6,18 @@ is one line naming the destination (an `InputError`, exit 2), never a traceback,
 half-written file at the name the user asked for.
 
 - `check_writable(path, need_bytes)` before long work: the folder exists or can be made, a file can be created
-  in it, and (roughly) `need_bytes` are free. It writes nothing it does not remove.
+  in it, and (roughly) `need_bytes` are free. It leaves nothing behind.
 - `os_error(path, exc)` / `translating(path)`: ENOSPC, EDQUOT, EROFS, EACCES and EPERM as an InputError naming
   the destination; any other OSError is left alone (it is a bug to see, not a user's fault).
 - `replacing(target)`: a temporary path beside the target (same folder, so the same file system, so the rename
   is atomic); renamed onto the target on success, removed on failure. Readers of the target see the old file,
   whole, until the rename, then the new one, whole.
-- `writer_lock(target)` (`check_unlocked` to ask early): an advisory lock on a lock file beside the target,
-  so a second MedSynth writer of the same target is refused with one line while the first runs. POSIX:
-  `fcntl.flock`, released by the kernel when the holder dies (kill -9 leaves no stale lock). Windows (no
-  fcntl): `msvcrt.locking` on the same lock file, also released when the holder dies. Where neither exists
-  the lock is a no-op: nothing is refused. Advisory: it keeps MedSynth runs apart, not other programs.
+- `writer_lock(target)` (`check_unlocked` to ask early): an advisory lock on a lock file beside the target
+  (`.NAME.lock`, there while held), so a second MedSynth writer of the same target is refused with one line
+  while the first runs. POSIX: `fcntl.flock`, released by the kernel when the holder dies (a kill -9 leaves
+  the empty file, never a held lock). Windows (no fcntl): `msvcrt.locking` on the same lock file, also
+  released when the holder dies. Where neither exists the lock is a no-op: nothing is refused. Advisory: it
+  keeps MedSynth runs apart, not other programs.
 """
 
 from __future__ import annotations
@@ -103,19 +104,20 @@ def free_bytes(folder: str | Path) -> int | None:
 def check_writable(path: str | Path, need_bytes: int = 0, *, folder: bool = False) -> None:
     """Refuse, with one line naming `path`, a destination that cannot be written or has clearly too little room.
 
-    `path` is a file to be written (its folder is checked), or with `folder=True` a folder to write into. The
-    folder is created when missing (as the writer would). The check creates and removes one empty file: the
-    only test that is true of ACLs, read-only mounts and root squash alike.
+    `path` is a file to be written (its folder is checked), or with `folder=True` a folder to write into.
+    Missing folders are checked where they would be made (the nearest existing one); nothing is made. The
+    check creates and removes one empty file: the only test that is true of ACLs, read-only mounts and root
+    squash alike.
     """
     path = Path(path)
-    where = path if folder else path.parent
+    where = (path if folder else path.parent).absolute()
     if path.exists() and not folder and not os.access(path, os.W_OK):
         raise InputError(path, "is not writable (permission denied); choose another destination")
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise InputError(path, f"cannot be written: {where} is a file, not a folder")
     with translating(path):
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise InputError(path, f"cannot be written: {where} is a file, not a folder") from None
         probe = where / f".medsynth-write-test-{os.getpid()}"
         try:
             probe.touch()
@@ -136,15 +138,16 @@ def check_room(path: str | Path, need_bytes: int, *, folder: bool = False) -> No
 TEMP_SUFFIX = ".partial"
 
 
-def temp_beside(target: str | Path) -> Path:
-    """The temporary name beside `target` that its writer uses until the rename: `NAME.partial`.
+def temp_beside(target: str | Path, *, hidden: bool = False) -> Path:
+    """The temporary name beside `target` that its writer uses until the rename: `NAME.partial`
+    (`.NAME.partial` when `hidden`, for folders other programs scan by name, like nnU-Net's DatasetNNN_*).
 
     The suffix is not the target's, so nothing that looks for `*.h5` (or `*.nii.gz`, `*.png`) picks up a
     half-written file; the name is fixed (not random) so that the writer lock covers it too and a crashed
     run's leftover is found and named, never piled up.
     """
     target = Path(target)
-    return target.with_name(target.name + TEMP_SUFFIX)
+    return target.with_name(("." if hidden else "") + target.name + TEMP_SUFFIX)
 
 
 def is_temp(path: str | Path) -> bool:
@@ -203,29 +206,61 @@ def lock_path(target: str | Path) -> Path:
 def writer_lock(target: str | Path) -> Iterator[None]:
     """Hold the advisory lock on `target` for the block, or refuse at once (one line) while another holds it.
 
-    The lock file `.NAME.lock` beside the target stays (removing it would let a third writer lock a fresh file
-    while the second still holds the old one); it is empty and hidden. A folder that cannot hold the lock
-    file is a destination fault, reported like any other.
+    The lock file `.NAME.lock` beside the target is removed on release, and folders made for it are removed
+    again when nothing else went into them, so a refused or failed run leaves nothing. A lock file that its
+    holder removed between our open and our lock is not the lock any more: opened again.
     """
     target = Path(target)
     path = lock_path(target)
+    made = _missing_folders(path.parent)
     with translating(target):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        fd = _acquire(target, path)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while still held: a waiting opener finds its file gone and opens a new one
+            os.close(fd)  # closing releases the lock (flock and msvcrt alike)
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: what the job wrote stays
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders that do not exist yet on the way to `folder`, deepest first."""
+    missing = []
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _acquire(target: Path, path: Path) -> int:
+    while True:
+        with translating(target):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             elif msvcrt is not None:
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES, getattr(errno, "EWOULDBLOCK", errno.EAGAIN)):
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, getattr(errno, "EWOULDBLOCK", errno.EAGAIN),
+                             getattr(errno, "EDEADLOCK", errno.EAGAIN)):
                 raise InputError(target, "is being written by another MedSynth run; wait for it to finish or "
                                          "choose another name") from None
             raise
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock (flock and msvcrt alike)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def check_unlocked(target: str | Path) -> None:

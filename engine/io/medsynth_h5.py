@@ -280,6 +280,12 @@ def write_metrics(f: h5py.File, figures: dict[str, float], summary: dict[str, An
     never mixed with an older one's. `array_attrs` annotates every array written (e.g. the data it was
     measured against).
     """
+    with destination.translating(f.filename):
+        _write_metrics(f, figures, summary, arrays, array_attrs, replace)
+
+
+def _write_metrics(f: h5py.File, figures: dict[str, float], summary: dict[str, Any] | None,
+                   arrays: dict[str, np.ndarray] | None, array_attrs: dict[str, str] | None, replace: bool) -> None:
     group = f.require_group(METRICS)
     _, merged = read_metrics(f)
     if replace:
@@ -370,6 +376,7 @@ class SampleWriter:
         self.header.format, self.header.format_version = FORMAT, FORMAT_VERSION
         # No chunk cache: every write covers whole chunks, so the cache only held dirty chunks back, and after a
         # failed write (a full disk) HDF5 retried them on close, failed again and crashed the process (rc 139).
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(self.writing, "w", locking=False, rdcc_nbytes=0)
         opts = dict(compression="gzip", compression_opts=4, shuffle=True)
         self.images = self.f.create_dataset(IMAGES, (self.n, *image_shape), np.float32,
