@@ -145,10 +145,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             bars.append(tqdm(desc="export", unit="sample", total=total))
         bars[0].update(done - bars[0].n)
 
-    r = export(args.file, args.to, args.format, progress, max_corr=args.max_corr, train_data=args.train_data,
-               dataset_id=args.dataset_id, dataset_name=args.dataset_name)
-    for bar in bars:
-        bar.close()
+    try:
+        r = export(args.file, args.to, args.format, progress, max_corr=args.max_corr, train_data=args.train_data,
+                   dataset_id=args.dataset_id, dataset_name=args.dataset_name)
+    finally:
+        for bar in bars:
+            bar.close()  # also before an error, which then starts its own line
     left = f"; left out {r['left_out']} too close to a training image" if args.max_corr is not None else ""
     print(f"exported {r['n']} samples as {r['format']} to {r['out']}{left}")
     if args.format == "nnunet":
