@@ -316,15 +316,38 @@ def test_a_read_only_file_system_is_one_line_for_every_writer(tiny_run, tmp_path
     assert end.result["old"] and end.result["left"] == ["s.h5"]
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_a_read_only_folder_is_one_line(tiny_run, tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
+    """chmod 0o555: as root (who writes anywhere) the child becomes nobody first, so the permission holds."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="medsynth-ro-"))  # pytest's own folders are private to their owner
     try:
-        one_line(cli(sample_args(tiny_run, folder / "s.h5")), "s.h5", "not writable")
-        src = write_image_set(tmp_path / "d.h5", make_phantoms(4, size=16, seed=5))
-        one_line(cli(["export", str(src), "--to", str(folder / "png"), "--format", "png"]), "png", "not writable")
-        assert only(folder) == []
+        shared.chmod(0o755)
+        run = shutil.copytree(tiny_run, shared / "run")
+        src = write_image_set(shared / "d.h5", make_phantoms(4, size=16, seed=5))
+        folder = shared / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+
+        def work():
+            # Once as ourselves: every module the commands import lazily is loaded before we may not read it.
+            cli(sample_args(run, shared / "warm.h5", 2))
+            cli(["export", str(src), "--to", str(shared / "warm"), "--format", "png"])
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            return {"sample": cli(sample_args(run, folder / "s.h5")),
+                    "export": cli(["export", str(src), "--to", str(folder / "png"), "--format", "png"]),
+                    "left": only(folder)}
+
+        end = in_child(work, timeout=60)
+        if isinstance(end.result, dict) and "error" in end.result:
+            pytest.skip(f"cannot act as an unprivileged user here: {end.result['error'].splitlines()[-1]}")
+        one_line(end.result["sample"], "s.h5", "not writable")
+        one_line(end.result["export"], "png", "not writable")
+        assert end.result["left"] == []
     finally:
-        folder.chmod(0o755)
+        shutil.rmtree(shared, ignore_errors=True)
