@@ -18,6 +18,7 @@ from PIL import Image
 
 from engine.data.dataset import to_user_coding
 from engine.errors import InputError
+from engine.io import destination
 from engine.io.export_nifti import NiftiExport
 from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, METRICS, NN_CORR, SEEDS, Header, open_file, read_header
 from engine.settings import ExportFormat
@@ -127,6 +128,11 @@ def export(path: str | Path, to: str | Path, fmt: str,
     what nnU-Net reads. With `max_corr`, samples whose nearest training image correlates above it
     are left out, so data can be shared without sharing a patient's image. Every refusal comes
     before the folder is made, so a refused export leaves nothing behind.
+
+    The files are written into `.NAME.partial` beside the folder and it is renamed to `to` when all are
+    written, so a folder of that name is always a whole export; a full or read-only disk is one line
+    naming the folder, with the partial folder removed. A second export into the same folder is refused
+    while the first runs; a killed export's partial folder is removed by the next one.
     """
     if fmt != "nnunet" and (dataset_id is not None or dataset_name is not None):
         raise InputError(None, "a dataset id or name is for the nnunet format only")
@@ -153,31 +159,83 @@ def export(path: str | Path, to: str | Path, fmt: str,
             raise InputError(path, "holds volumes; PNG is for 2D images, export volumes with --format nifti or nnunet")
         if fmt == "nnunet" and not has_masks:
             raise InputError(path, "has no masks; an nnU-Net dataset needs a label map for every case")
-        out.mkdir(parents=True, exist_ok=True)
-        writer = (PngExport(out, h, has_masks) if fmt == "png" else
-                  NiftiExport(out, h, int(f[IMAGES].shape[1]), fmt == "nnunet", Path(path).name))
-        seeds = f[SEEDS][:n] if SEEDS in f else None
-        labels = f[LABELS][:n] if LABELS in f else None
-        rows = []
-        written = 0
-        # One sample in memory at a time: a file of volumes can be many times the RAM.
-        for i in range(n):
-            if not keep[i]:
-                continue
-            name = f"synth_{i:05d}"  # the file's own index, so names still point at the HDF5 sample
-            files, mask_file = writer.write(name, f[IMAGES][i], f[MASKS][i] if has_masks else None)
-            label = None if labels is None else int(labels[i])
-            rows.append([";".join(files), mask_file, "" if seeds is None else int(seeds[i]),
-                         "" if label is None else label,
-                         "" if label is None or not 0 <= label < len(h.class_names) else h.class_names[label]]
-                        + ([] if corr is None else [round(float(corr[i]), 4)]))
-            written += 1
-            if progress:
-                progress(written, int(keep.sum()))
-        writer.finish()
-    with open(table_path, "w", newline="", encoding="utf-8") as fh:
+        _check_layout(path, f, h, n)
+        destination.check_writable(out, _rough_bytes(f, int(keep.sum()), fmt), folder=True)
+        with destination.writer_lock(out):
+            work = destination.temp_beside(out, hidden=True)
+            destination.remove_quietly(work)  # a killed export's: the lock says no export is writing it now
+            # samples.csv goes in the folder, renamed with it; nnU-Net's beside it, renamed right after it.
+            table = work / table_path.name if fmt != "nnunet" else destination.temp_beside(table_path)
+            try:
+                with destination.translating(out):
+                    written, rows = _write_all(path, f, h, n, keep, corr, fmt, work, has_masks, progress)
+                    _write_table(table, rows, corr is not None)
+                    if out.exists():
+                        out.rmdir()  # checked empty above; a rename replaces no folder on every system
+                    destination.commit(work, out)
+                    if fmt == "nnunet":
+                        destination.commit(table, table_path)
+            except BaseException:
+                destination.remove_quietly(work)
+                destination.remove_quietly(table)
+                raise
+    return {"out": str(out), "n": written, "left_out": int(n - written), "format": fmt, "samples_csv": str(table_path)}
+
+
+def _check_layout(path: str | Path, f: Any, h: Header, n: int) -> None:
+    """Refuse, before anything is written, a file whose datasets cannot give `n` whole samples."""
+    images = f[IMAGES]
+    if images.ndim != 2 + h.spatial_dims or images.shape[0] < n:
+        raise InputError(path, f"has /images of shape {tuple(images.shape)}, not {n} samples of "
+                               f"{h.spatial_dims}D images with channels")
+    spatial = tuple(images.shape[2:])
+    if MASKS in f and (f[MASKS].shape[0] < n or tuple(f[MASKS].shape[1:]) != spatial):
+        raise InputError(path, f"has /masks of shape {tuple(f[MASKS].shape)}, which does not match /images "
+                               f"{tuple(images.shape)} (one {'x'.join(map(str, spatial))} mask per sample)")
+    for name in (LABELS, SEEDS):
+        if name in f and (f[name].ndim != 1 or f[name].shape[0] < n):
+            raise InputError(path, f"has /{name} of shape {tuple(f[name].shape)}, fewer than its {n} samples")
+
+
+def _rough_bytes(f: Any, n: int, fmt: str) -> int:
+    """A floor on what the export will take: compressed files, taken as a quarter of the raw data. Only a
+    destination that clearly cannot hold it is refused up front; a tighter one is found out while writing."""
+    per = int(np.prod(f[IMAGES].shape[1:])) * (2 if fmt == "png" else 4)
+    if MASKS in f:
+        per += int(np.prod(f[MASKS].shape[1:]))
+    return n * per // 4
+
+
+def _write_all(path: str | Path, f: Any, h: Header, n: int, keep: np.ndarray, corr: np.ndarray | None, fmt: str,
+               out: Path, has_masks: bool, progress: Callable[[int, int], None] | None) -> tuple[int, list]:
+    out.mkdir(parents=True)
+    writer = (PngExport(out, h, has_masks) if fmt == "png" else
+              NiftiExport(out, h, int(f[IMAGES].shape[1]), fmt == "nnunet", Path(path).name))
+    seeds = f[SEEDS][:n] if SEEDS in f else None
+    labels = f[LABELS][:n] if LABELS in f else None
+    rows = []
+    written = 0
+    # One sample in memory at a time: a file of volumes can be many times the RAM.
+    for i in range(n):
+        if not keep[i]:
+            continue
+        name = f"synth_{i:05d}"  # the file's own index, so names still point at the HDF5 sample
+        files, mask_file = writer.write(name, f[IMAGES][i], f[MASKS][i] if has_masks else None)
+        label = None if labels is None else int(labels[i])
+        rows.append([";".join(files), mask_file, "" if seeds is None else int(seeds[i]),
+                     "" if label is None else label,
+                     "" if label is None or not 0 <= label < len(h.class_names) else h.class_names[label]]
+                    + ([] if corr is None else [round(float(corr[i]), 4)]))
+        written += 1
+        if progress:
+            progress(written, int(keep.sum()))
+    writer.finish()
+    return written, rows
+
+
+def _write_table(path: Path, rows: list, gated: bool) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         table = csv.writer(fh)
         # nn_corr only when the export was gated by it: the figure the decision rested on.
-        table.writerow(["file", "mask", "seed", "class_index", "class_name"] + ([] if corr is None else ["nn_corr"]))
+        table.writerow(["file", "mask", "seed", "class_index", "class_name"] + (["nn_corr"] if gated else []))
         table.writerows(rows)
-    return {"out": str(out), "n": written, "left_out": int(n - written), "format": fmt, "samples_csv": str(table_path)}

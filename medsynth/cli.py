@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.errors import InputError
 from engine.evaluation.stages import STEPPED
+from engine.io.destination import os_error
 from engine.jobs import Checkpoint, Done, Event, Job, Message, Progress, Requests, execute
 
 EXIT_INPUT = 2
@@ -144,10 +145,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             bars.append(tqdm(desc="export", unit="sample", total=total))
         bars[0].update(done - bars[0].n)
 
-    r = export(args.file, args.to, args.format, progress, max_corr=args.max_corr, train_data=args.train_data,
-               dataset_id=args.dataset_id, dataset_name=args.dataset_name)
-    for bar in bars:
-        bar.close()
+    try:
+        r = export(args.file, args.to, args.format, progress, max_corr=args.max_corr, train_data=args.train_data,
+                   dataset_id=args.dataset_id, dataset_name=args.dataset_name)
+    finally:
+        for bar in bars:
+            bar.close()  # also before an error, which then starts its own line
     left = f"; left out {r['left_out']} too close to a training image" if args.max_corr is not None else ""
     print(f"exported {r['n']} samples as {r['format']} to {r['out']}{left}")
     if args.format == "nnunet":
@@ -387,6 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"medsynth: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # a full disk, a read-only file system, a permission: one line, like bad input
+        if (fault := os_error(exc.filename or "output", exc)) is None:
+            raise
+        print(f"medsynth: error: {fault}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("medsynth: aborted", file=sys.stderr)

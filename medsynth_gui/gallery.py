@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
+from engine.io import destination
 from medsynth_gui.gallery_view import GridView, ThumbnailDelegate
 from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.loaders import h5_names
@@ -155,6 +156,9 @@ class Gallery(QWidget):
     def refresh(self) -> None:
         """Pick up samples that a running job has completed since the last look."""
         if not self.model.path:
+            return
+        if destination.is_temp(self.model.path) and not Path(self.model.path).exists():
+            self.poll_timer.stop()  # a finished job's file, renamed onto its name: the job opens that itself
             return
         try:
             before, now = self.model.reopen()

@@ -90,7 +90,8 @@ class MainWindow(FileOpening, QMainWindow):
         self.generate.model_chosen.connect(lambda run: self._suggest_output(f"{run}-synthetic.h5"))
         self._suggested_output = ""
         self.generate.file_progress.connect(lambda _p: self.gallery.refresh())
-        self.generate.file_done.connect(lambda p: (self.gallery.refresh(), self._remember(p)))
+        # Done: the samples now lie under the output's own name (the file that filled was renamed onto it).
+        self.generate.file_done.connect(lambda p: (self.gallery.open_file(p), self._remember(p)))
         self.generate.file_done.connect(self.evaluate.set_file)
         geometry = self.settings.value("window/geometry")
         if geometry is not None:

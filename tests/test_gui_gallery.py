@@ -169,9 +169,9 @@ def test_a_file_being_written_grows(gallery, qtbot, tmp_path, phantoms32):
                      kind="synthetic", class_names=s.class_names, label_names=s.label_names)
     try:
         w.append(s.images[:8], np.arange(8), s.masks[:8], s.labels[:8])
-        gallery.open_file(tmp_path / "live.h5")
+        gallery.open_file(w.writing)  # the file a writer fills, beside the name it will have when done
         assert gallery.count() == 8
-        assert gallery.header.text() == "live.h5 — 20 samples (8 complete)"
+        assert gallery.header.text() == "live.h5.partial — 20 samples (8 complete)"
         assert gallery.poll_timer.isActive() and "still being written" in gallery.details.text()
         gallery.set_class_filter(1)
         w.append(s.images[8:14], np.arange(8, 14), s.masks[8:14], s.labels[8:14])
@@ -184,7 +184,7 @@ def test_a_file_being_written_grows(gallery, qtbot, tmp_path, phantoms32):
         # The poll timer picks the rest up by itself and stops once the file is complete.
         qtbot.waitUntil(lambda: gallery.count() == 20, timeout=3000)
         assert not gallery.poll_timer.isActive()
-        assert gallery.header.text() == "live.h5 — 20 samples (20 complete)"
+        assert gallery.header.text() == "live.h5.partial — 20 samples (20 complete)"
     finally:
         w.close()
 

@@ -207,7 +207,7 @@ def test_generate_panel_fills_a_file(qtbot, tiny_run, tmp_path):
     panel.file_started.connect(started.append)
     with qtbot.waitSignal(panel.file_done, timeout=120_000):
         panel.start()
-    assert started == [str(out)]
+    assert started == [str(out) + ".partial"]  # filled beside its name, renamed onto it when done
     with h5py.File(out) as f:
         assert f.attrs["n_complete"] == 20 and set(f["labels"][:]) == {1}
     # Generate again: the next free name, not the same file written over.

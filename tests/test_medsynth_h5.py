@@ -37,8 +37,10 @@ def test_phantom_set_round_trips_through_hdf5(tmp_path, phantoms16):
 def test_count_only_covers_written_batches(tmp_path):
     w = SampleWriter(tmp_path / "w.h5", 5, (1, 4, 4), masks=True, labels=False)
     w.append(np.ones((2, 1, 4, 4), np.float32), np.array([7, 8]), np.ones((2, 4, 4), np.uint8))
-    # A second reader sees the two complete samples while the writer still holds the file.
-    with open_file(tmp_path / "w.h5") as f:
+    # A second reader sees the two complete samples while the writer still holds the file (written beside
+    # its name until it is done).
+    assert not (tmp_path / "w.h5").exists()
+    with open_file(w.writing) as f:
         assert f.attrs["n_complete"] == 2 and list(f["seeds"][:2]) == [7, 8]
     with pytest.raises(ValueError):
         w.append(np.ones((4, 1, 4, 4), np.float32), np.arange(4))
@@ -60,9 +62,10 @@ def test_not_medsynth_files_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_file_stays_readable_when_the_writer_is_killed(tiny_run, tmp_path):
-    out = tmp_path / "killed.h5"
+    target = tmp_path / "killed.h5"
+    out = tmp_path / "killed.h5.partial"  # what the writer fills, and what a kill leaves
     cmd = [sys.executable, "-m", "medsynth", "sample", str(tiny_run), "--n", "20000", "--batch", "2",
-           "--steps", "8", "--out", str(out), "--keep-mismatched"]
+           "--steps", "8", "--out", str(target), "--keep-mismatched"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=Path(__file__).resolve().parents[1])
     try:
@@ -89,7 +92,7 @@ def test_file_stays_readable_when_the_writer_is_killed(tiny_run, tmp_path):
         images = f["images"][:n]
         assert np.isfinite(images).all() and (np.abs(images).reshape(n, -1).max(axis=1) > 0).all()
         assert list(f["seeds"][:n]) == list(range(n))
-    assert len(read_image_set(out)) == n
+    assert len(read_image_set(out)) == n and not target.exists()
 
 
 def test_a_set_of_volumes_keeps_its_affine_through_the_file(tmp_path):
@@ -165,17 +168,19 @@ def test_a_file_mid_write_reads_only_its_complete_samples(tmp_path):
     path = tmp_path / "live.h5"
     with SampleWriter(path, 4, s.images.shape[1:], masks=True, labels=True, class_names=["x", "y"]) as w:
         w.append(s.images[:2], np.array([5, 6]), s.masks[:2], s.labels[:2])
-        with open_file(path) as f:
+        live = w.writing  # filled beside its name until done
+        with open_file(live) as f:
             h = read_header(f)
             assert (h.n_planned, h.n_complete) == (4, 2)
             assert read_sample(f, 1).seed == 6
-            with pytest.raises(InputError, match="live.h5: has no complete sample 2 \\(0..1\\)"):
+            with pytest.raises(InputError, match="live.h5.partial: has no complete sample 2 \\(0..1\\)"):
                 read_sample(f, 2)
-        assert len(read_image_set(path)) == 2
+        assert len(read_image_set(live)) == 2
         with pytest.raises(InputError, match="no complete sample 3"):
-            sample_view(path, 3)
+            sample_view(live, 3)
         w.append(s.images[2:3], np.array([7]), s.masks[2:3], s.labels[2:3])
-        assert len(read_image_set(path)) == 3
+        assert len(read_image_set(live)) == 3
+    assert len(read_image_set(path)) == 3 and not live.exists()
 
 
 def test_an_older_builds_2d_file_reads_through_the_engine():

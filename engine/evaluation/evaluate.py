@@ -25,11 +25,15 @@ from engine.evaluation.feature_net import check_feature_net, load_feature_net
 from engine.evaluation.inputs import read_sets, subset
 from engine.evaluation.results import check_writable_folder, pictures, plain, write_results
 from engine.evaluation.stages import Stage
-from engine.io.medsynth_h5 import open_for_update
+from engine.io import destination
+from engine.io.medsynth_h5 import IMAGES, open_for_update
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.runtime.devices import pick_device
 
 FID_DIMS = (64, 192, 768, 2048)
+# Room the results need, roughly: /metrics' per-sample arrays (with HDF5's overhead), and the report's page.
+METRICS_BYTES_PER_SAMPLE = 64
+REPORT_BYTES = 8 << 20
 FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
 
 
@@ -84,10 +88,13 @@ class EvaluateJob:
         # Before any work: minutes of computing must never end in a file or folder that refuses the results.
         out = open_for_update(self.synth_path)
         try:
+            # A full disk found at the end would leave the file's /metrics half-written; refused now instead.
+            destination.check_room(self.synth_path, METRICS_BYTES_PER_SAMPLE * len(out[IMAGES]))
             if self.settings.report and Stage.REPORT not in self.settings.skip:
                 from engine.evaluation.figures import report_path
 
                 check_writable_folder(report_path(self.synth_path).parent)
+                destination.check_room(report_path(self.synth_path), REPORT_BYTES)
             return self._run(out, emit, requests)
         finally:
             out.close()
@@ -123,7 +130,8 @@ class EvaluateJob:
             if st.report and Stage.REPORT in stages:
                 from engine.evaluation.figures import build_report
 
-                report_path = build_report(self.synth_path, self.figures, self.summary, sets, self.extras)
+                with destination.translating(self.synth_path.parent):
+                    report_path = build_report(self.synth_path, self.figures, self.summary, sets, self.extras)
         result = {"file": str(self.synth_path), "figures": dict(self.figures), "report": str(report_path)
                   if report_path else None, "seconds": time.perf_counter() - t0, "complete": not was_cancelled,
                   "summary": plain(self.summary), **pictures(sets, self.summary, self.extras)}

@@ -16,7 +16,8 @@ import torch
 from engine.config import from_dict, public_config
 from engine.data.prepare import Normalisation, decode_masks
 from engine.errors import InputError
-from engine.io.medsynth_h5 import Header, SampleWriter
+from engine.io import destination
+from engine.io.medsynth_h5 import Header, SampleWriter, check_new
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.models.diffusion import denoise, sampler
 from engine.models.networks import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
@@ -129,6 +130,16 @@ class Generator:
         return images, masks
 
 
+def _refuse_non_finite(ckpt: Path, images: np.ndarray, first: int) -> None:
+    """A NaN or infinite pixel is a broken model (damaged weights, a diverged run), never a sample to keep."""
+    bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if bad.any():
+        which = np.flatnonzero(bad) + first
+        raise InputError(ckpt, f"produced {int(bad.sum())} sample(s) with NaN or infinite values (first: sample "
+                               f"{int(which[0])}); its weights may be damaged or its training diverged; "
+                               "nothing was written")
+
+
 class SampleJob:
     def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str = "ddim",
                  steps: int = 50, seed: int = 0, class_index: int | None = None, class_mix: str | None = None,
@@ -145,8 +156,8 @@ class SampleJob:
         # Where the class names are counts of what the mask shows ("1 lesion"), a sample whose mask says
         # otherwise carries a label that lies; such samples are drawn again (at most MAX_REDRAWS times).
         self.redraw_mismatches = redraw_mismatches
-        if self.out.exists() and not overwrite:
-            raise InputError(self.out, "already exists; choose another name or allow overwriting it")
+        check_new(self.out, overwrite)
+        destination.check_unlocked(self.out)  # a second writer of the same file: refused before the model loads
 
     def _labels(self, gen: Generator, seeds: np.ndarray) -> np.ndarray | None:
         k = gen.num_classes
@@ -199,6 +210,11 @@ class SampleJob:
         return redrawn, len(wrong)
 
     def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+        # Held from the start: a second run on the same file is refused at once, not after its model loads.
+        with destination.writer_lock(self.out):
+            return self._run(emit, requests)
+
+    def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         gen = Generator(self.checkpoint, self.device)
         if gen.device.type == "cpu":
             use_free_cores()
@@ -226,7 +242,7 @@ class SampleJob:
                         intensity_units=gen.norm.units, normalisation=gen.norm.to_dict(),
                         config=public_config(st["config"]), checkpoint_sha256=gen.sha256)
         with SampleWriter(self.out, self.n, (c,) + (size,) * dims, masks=masks_out, labels=labels is not None,
-                          header=header, overwrite=self.overwrite) as writer:
+                          header=header, overwrite=self.overwrite, lock=False) as writer:
             try:
                 for lo in range(0, self.n, self.batch):
                     hi = min(lo + self.batch, self.n)
@@ -242,9 +258,11 @@ class SampleJob:
                         redone = self._redraw(gen, rule, images, masks, batch_seeds, lab, requests)
                         redrawn += redone[0]
                         still_wrong += redone[1]
+                    _refuse_non_finite(gen.ckpt, images, lo)
                     writer.append(images, batch_seeds, masks, None if labels is None else labels[lo:hi])
                     done = hi
-                    emit(Progress("sample", done, self.n, {"per_sample_s": (time.perf_counter() - t0) / done}))
+                    emit(Progress("sample", done, self.n, {"per_sample_s": (time.perf_counter() - t0) / done,
+                                                           "file": str(writer.writing)}))
             except Cancelled:
                 stopped = True  # the batches written so far are complete samples, and stay
         result = {"out": str(self.out), "n": done, "seconds": time.perf_counter() - t0,

@@ -10,13 +10,18 @@
 
 Datasets are allocated for the planned sample count up front and ``n_complete`` is raised only after
 a batch is written and flushed, so a reader (or the app's gallery) opened mid-run, or after a crash,
-trusts exactly the first ``n_complete`` samples.
+trusts exactly the first ``n_complete`` samples. A writer fills ``NAME.partial`` beside the file it was
+asked for and renames it onto that name when done (`SampleWriter`): a reader of the name sees the old
+file, or none, until then; the partial file is the one to read mid-run, and what a kill leaves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +33,7 @@ import numpy as np
 from engine import __version__
 from engine.data.dataset import ImageSet, validate
 from engine.errors import InputError
+from engine.io import destination
 
 FORMAT = "medsynth"
 FORMAT_VERSION = 1
@@ -274,6 +280,12 @@ def write_metrics(f: h5py.File, figures: dict[str, float], summary: dict[str, An
     never mixed with an older one's. `array_attrs` annotates every array written (e.g. the data it was
     measured against).
     """
+    with destination.translating(f.filename):
+        _write_metrics(f, figures, summary, arrays, array_attrs, replace)
+
+
+def _write_metrics(f: h5py.File, figures: dict[str, float], summary: dict[str, Any] | None,
+                   arrays: dict[str, np.ndarray] | None, array_attrs: dict[str, str] | None, replace: bool) -> None:
     group = f.require_group(METRICS)
     _, merged = read_metrics(f)
     if replace:
@@ -293,28 +305,79 @@ def write_metrics(f: h5py.File, figures: dict[str, float], summary: dict[str, An
     f.flush()
 
 
-class SampleWriter:
-    """Appends samples to a new MedSynth HDF5 file; use as a context manager.
+def sample_bytes(image_shape: tuple[int, ...], masks: bool) -> int:
+    """What one sample needs on disk at most (uncompressed): its image, its mask, its label and seed."""
+    spatial = int(np.prod(image_shape[1:]))
+    return int(np.prod(image_shape)) * 4 + (spatial if masks else 0) + 16
 
-    The header is `header`, or built from `fields` (Header's field names); its spatial_dims, counts,
-    version and time are the writer's to set.
+
+def check_new(path: str | Path, overwrite: bool) -> None:
+    """Refuse to write `path` where that would lose samples the user did not agree to lose: an existing file
+    (unless `overwrite`), or an interrupted run's temporary file that still holds complete samples."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(path, "already exists; choose another name or allow overwriting it")
+    partial = destination.temp_beside(path)
+    if partial.exists() and not overwrite and _holds_samples(partial):
+        raise InputError(partial, "holds the complete samples of an interrupted run; rename it to keep them (it "
+                                  "is a MedSynth file), or allow overwriting")
+
+
+def _holds_samples(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return int(f.attrs.get("n_complete", 0)) > 0
+    except (OSError, KeyError, ValueError, TypeError):
+        return False  # killed before its first sample: nothing in it to keep
+
+
+class SampleWriter:
+    """Writes samples to a new MedSynth HDF5 file at `path`; use as a context manager.
+
+    The samples go first to a temporary file beside `path` (`writing`: `NAME.partial`), readable throughout
+    with `n_complete` true. Leaving the block renames it onto `path` once it holds a sample, so an old file
+    at `path` stays whole, for every reader, until a new one with samples replaces it in one step; leaving it
+    with no sample (a stop before the first batch) or by an error removes the temporary file and leaves
+    `path` as it was. After a kill the temporary file is what remains: every sample it counts is complete.
+
+    `lock` takes the writer lock on `path` (see engine.io.destination) for the writer's life; a caller that
+    already holds it passes False. A full disk, a read-only file system or a missing permission is an
+    InputError naming `path`, with the temporary file removed. The header is `header`, or built from `fields`
+    (Header's field names); its spatial_dims, counts, version and time are the writer's to set.
     """
 
     def __init__(self, path: str | Path, n: int, image_shape: tuple[int, ...], *, masks: bool, labels: bool,
-                 header: Header | None = None, overwrite: bool = False, **fields: Any) -> None:
+                 header: Header | None = None, overwrite: bool = False, lock: bool = True, **fields: Any) -> None:
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise InputError(self.path, "already exists; choose another name or allow overwriting it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writing = destination.temp_beside(self.path)
         self.n = int(n)
         self.count = 0
+        self.f: h5py.File | None = None
+        self._lock = contextlib.ExitStack()
+        if lock:
+            self._lock.enter_context(destination.writer_lock(self.path))
+        try:
+            check_new(self.path, overwrite)
+            self.per_sample = sample_bytes(tuple(image_shape), masks)
+            destination.check_writable(self.path, self.n * self.per_sample)
+            with destination.translating(self.path):
+                self._create(tuple(image_shape), masks, labels, header, fields)
+        except BaseException:
+            self._abort()
+            raise
+
+    def _create(self, image_shape: tuple[int, ...], masks: bool, labels: bool, header: Header | None,
+                fields: dict[str, Any]) -> None:
         spatial = tuple(image_shape[1:])
         self.header = replace(header) if header is not None else Header(**fields)
         self.header.spatial_dims, self.header.n_planned, self.header.n_complete = len(spatial), self.n, 0
         self.header.medsynth_version = __version__
         self.header.created = datetime.now(UTC).isoformat(timespec="seconds")
         self.header.format, self.header.format_version = FORMAT, FORMAT_VERSION
-        self.f = h5py.File(self.path, "w", locking=False)
+        # No chunk cache: every write covers whole chunks, so the cache only held dirty chunks back, and after a
+        # failed write (a full disk) HDF5 retried them on close, failed again and crashed the process (rc 139).
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = h5py.File(self.writing, "w", locking=False, rdcc_nbytes=0)
         opts = dict(compression="gzip", compression_opts=4, shuffle=True)
         self.images = self.f.create_dataset(IMAGES, (self.n, *image_shape), np.float32,
                                             chunks=(1, *image_shape), **opts)
@@ -327,7 +390,8 @@ class SampleWriter:
         self.f.flush()
 
     def write_names(self, names: list[str]) -> None:
-        self.f.create_dataset(NAMES, data=list(names), dtype=h5py.string_dtype())
+        with self._failing():
+            self.f.create_dataset(NAMES, data=list(names), dtype=h5py.string_dtype())
 
     def append(self, images: np.ndarray, seeds: np.ndarray, masks: np.ndarray | None = None,
                labels: np.ndarray | None = None) -> None:
@@ -335,30 +399,68 @@ class SampleWriter:
         lo, hi = self.count, self.count + b
         if hi > self.n:
             raise ValueError(f"{hi} samples exceed the {self.n} planned")
-        self.images[lo:hi] = images
-        self.seeds[lo:hi] = seeds
-        if self.masks is not None and masks is not None:
-            self.masks[lo:hi] = masks
-        if self.labels is not None and labels is not None:
-            self.labels[lo:hi] = labels
-        # Data first, then the count: a reader never sees a count ahead of its data.
-        self.f.flush()
-        self.count = self.header.n_complete = hi
-        self.f.attrs["n_complete"] = hi
-        self.f.flush()
+        with self._failing():
+            # Refused before writing rather than found out by a failed write: cheaper, and always clean.
+            destination.check_room(self.path, b * self.per_sample)
+            self.images[lo:hi] = images
+            self.seeds[lo:hi] = seeds
+            if self.masks is not None and masks is not None:
+                self.masks[lo:hi] = masks
+            if self.labels is not None and labels is not None:
+                self.labels[lo:hi] = labels
+            # Data first, then the count: a reader never sees a count ahead of its data.
+            self.f.flush()
+            self.count = self.header.n_complete = hi
+            self.f.attrs["n_complete"] = hi
+            self.f.flush()
 
     def set_metrics(self, figures: dict[str, float], summary: dict | None = None) -> None:
-        write_metrics(self.f, figures, summary)
+        with self._failing():
+            write_metrics(self.f, figures, summary)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """A disk fault inside: the temporary file goes and the fault is one line naming the target."""
+        try:
+            with destination.translating(self.path):
+                yield
+        except (OSError, InputError):
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        """Give up: remove the temporary file, keep `path` as it was, let go of the lock."""
+        if self.f is not None and self.f.id.valid:
+            # Emptying the file first frees the disk, so HDF5's close can write what it still holds: a close
+            # that fails on a full disk leaves HDF5 in a state that crashes the process later.
+            with contextlib.suppress(OSError):
+                os.truncate(self.writing, 0)
+            with contextlib.suppress(OSError):
+                self.f.close()
+        destination.remove_quietly(self.writing)
+        self._lock.close()
 
     def close(self) -> None:
-        if self.f.id.valid:
+        """Finish: rename the temporary file onto `path` if it holds a sample, else remove it."""
+        if self.f is None or not self.f.id.valid:
+            self._lock.close()
+            return
+        if self.count == 0:
+            self._abort()
+            return
+        with self._failing():
             self.f.close()
+            destination.commit(self.writing, self.path)
+        self._lock.close()
 
     def __enter__(self) -> SampleWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
 
 
 def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -> Path:

@@ -36,7 +36,7 @@ DEFAULT_STEPS = {Sampler.DDPM: 1000, Sampler.DDIM: 50, Sampler.DPM: 25}
 
 
 class GeneratePanel(JobPanel):
-    file_started = Signal(str)  # the output file exists and is filling
+    file_started = Signal(str)  # the file being filled exists (beside the output, until it is done)
     file_progress = Signal(str)
     file_done = Signal(str)
     model_chosen = Signal(str)  # the training run's name, when a model has loaded
@@ -177,11 +177,12 @@ class GeneratePanel(JobPanel):
             self.progress.setValue(ev.done)
             per = ev.info.get("per_sample_s", 0.0)
             self.status.setText(f"{ev.done} of {ev.total} samples · {per:.2f} s per sample")
+            live = ev.info.get("file", self._out)  # filled beside the output, renamed onto it when done
             if not self._announced:
                 self._announced = True
-                self.file_started.emit(self._out)
+                self.file_started.emit(live)
             else:
-                self.file_progress.emit(self._out)
+                self.file_progress.emit(live)
 
     def _on_done(self, done: Done) -> None:
         r = done.result
