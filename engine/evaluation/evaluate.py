@@ -349,7 +349,7 @@ class EvaluateJob:
     def _labels(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
         from engine.evaluation.metrics.dice import dice_iou
         from engine.evaluation.metrics.segmenter import segment, train_segmenter
-        from engine.evaluation.metrics.utility import class_fidelity, segmentation_floor, unlearned
+        from engine.evaluation.metrics.utility import SEGMENTER_FLOOR, class_fidelity, segmenter_floor, unlearned
 
         st = self.settings
         out: dict[str, Any] = {}
@@ -371,8 +371,9 @@ class EvaluateJob:
                                         device=device, progress=progress, requests=self._requests)
                 ref = dice_iou(segment(model, t_img), t_mask, k)
                 # Scored against what a segmenter that learned nothing scores on the same held-out masks.
-                if why := unlearned(ref["dice"], segmentation_floor(t_mask, k), "the segmenter trained on real data",
-                                    "marking every pixel", st.utility_steps):
+                floor = segmenter_floor(t_img, t_mask, k, seed=st.seed, device=device)
+                if why := unlearned(ref["dice"], floor, "the segmenter trained on real data", SEGMENTER_FLOOR,
+                                    st.utility_steps):
                     self._unmeasured(keys, why)
                     out["image_mask"] = {NOT_MEASURED: why}
                 else:

@@ -18,13 +18,16 @@ import math
 import numpy as np
 import torch
 
-from engine.evaluation.metrics.classifier import CLS_STEPS, accuracy, classify, train_classifier
+from engine.evaluation.metrics.classifier import CLS_STEPS, SmallCNN, accuracy, classify, train_classifier
 from engine.evaluation.metrics.dice import dice_iou
-from engine.evaluation.metrics.segmenter import SEG_STEPS, segment, train_segmenter
-from engine.evaluation.metrics.training_loop import BATCH, Progress
+from engine.evaluation.metrics.segmenter import SEG_STEPS, build_segmenter, segment, train_segmenter
+from engine.evaluation.metrics.training_loop import BATCH, Progress, seeded
 from engine.jobs import Requests
 
 Pair = tuple[np.ndarray, np.ndarray]
+# What a network that learned nothing is measured against, in words (`segmenter_floor`, `classifier_floor`).
+SEGMENTER_FLOOR = "the better of marking every pixel and an untrained segmenter"
+CLASSIFIER_FLOOR = "the better of always answering the commonest class and an untrained classifier"
 
 
 def _num_classes(*label_sets: np.ndarray) -> int:
@@ -49,6 +52,29 @@ def classification_floor(labels: np.ndarray) -> float:
     """The accuracy of a classifier that learned nothing: always the commonest class."""
     labels = np.asarray(labels)
     return float(np.bincount(labels).max() / len(labels)) if len(labels) else math.nan
+
+
+def segmenter_floor(images: np.ndarray, masks: np.ndarray, num_labels: int, *, seed: int = 0,
+                    device: str | torch.device = "cpu", ignore_empty: bool = True) -> float:
+    """What a segmenter that learned nothing scores on (images, masks): the better of marking every pixel
+    (`segmentation_floor`) and the same network untrained (the same seed gives the same initial weights)."""
+    x = np.asarray(images, dtype=np.float32)
+    net = seeded(seed, lambda: build_segmenter(x.shape[1], num_labels, x.ndim - 2)).to(device)
+    untrained = dice_iou(segment(net, x), masks, num_labels, ignore_empty=ignore_empty)["dice"]
+    return _best(segmentation_floor(masks, num_labels, ignore_empty=ignore_empty), untrained)
+
+
+def classifier_floor(images: np.ndarray, labels: np.ndarray, num_classes: int, *, seed: int = 0,
+                     device: str | torch.device = "cpu") -> float:
+    """What a classifier that learned nothing scores on (images, labels): the better of always answering the
+    commonest class and the same network untrained."""
+    x = np.asarray(images, dtype=np.float32)
+    net = seeded(seed, lambda: SmallCNN(x.shape[1], num_classes, x.ndim - 2)).to(device)
+    return _best(classification_floor(labels), accuracy(classify(net, x), labels, num_classes)["accuracy"])
+
+
+def _best(*scores: float) -> float:
+    return max((s for s in scores if not math.isnan(s)), default=math.nan)
 
 
 def unlearned(score: float, floor: float, network: str, baseline: str, steps: int) -> str | None:
@@ -93,13 +119,13 @@ def class_fidelity(real_images: np.ndarray, real_labels: np.ndarray, synth_image
                              seed=seed, device=device, progress=progress, requests=requests)
     on_synth = accuracy(classify(model, synth_images), synth_labels, k)
     on_real = accuracy(classify(model, real_images[test_idx]), real_labels[test_idx], k)
-    floor = classification_floor(real_labels[test_idx])
+    floor = classifier_floor(real_images[test_idx], real_labels[test_idx], k, seed=seed, device=device)
     return {"accuracy": on_synth["accuracy"], "per_class": on_synth["per_class"],
             "real_accuracy": on_real["accuracy"], "real_per_class": on_real["per_class"],
             "n_real_train": int(len(train_idx)), "n_real_test": int(len(test_idx)),
             "n_synth": int(len(synth_labels)), "real_floor": floor,
             "not_measured": unlearned(on_real["accuracy"], floor, "the classifier trained on real data",
-                                      "always answering the commonest class", steps)}
+                                      CLASSIFIER_FLOOR, steps)}
 
 
 def untrained(steps: int) -> str | None:
@@ -143,7 +169,7 @@ def segmentation_utility(real_train: Pair, real_test: Pair, synth: Pair, *, num_
     steps over the three runs (total = 3 * steps); a stop in ``requests`` raises Cancelled.
     Returns {"real", "synth", "both"} (each the ``dice_iou`` dict: dice, iou, per label),
     "ratio_synth_real" and "ratio_both_real" (of mean Dice), "ratio_iou_synth_real", "ratio_iou_both_real",
-    "num_labels", "steps", "n" (train sizes), "floor" (`segmentation_floor` of real_test) and
+    "num_labels", "steps", "n" (train sizes), "floor" (`segmenter_floor` of real_test) and
     "not_measured": None, or why the real arm, no better than the floor, makes every comparison
     meaningless (the ratios are then NaN).
     """
@@ -157,9 +183,9 @@ def segmentation_utility(real_train: Pair, real_test: Pair, synth: Pair, *, num_
                                 progress=_offset(progress, i * steps, 3 * steps), requests=requests)
         out[name] = dice_iou(segment(model, test_images), test_masks, k, ignore_empty=ignore_empty)
         out["n"][name] = int(len(images))
-    out["floor"] = segmentation_floor(test_masks, k, ignore_empty=ignore_empty)
+    out["floor"] = segmenter_floor(test_images, test_masks, k, seed=seed, device=device, ignore_empty=ignore_empty)
     out["not_measured"] = unlearned(out["real"]["dice"], out["floor"], "the segmenter trained on real data",
-                                    "marking every pixel", steps)
+                                    SEGMENTER_FLOOR, steps)
     useful = out["not_measured"] is None
     out["ratio_synth_real"] = _ratio(out["synth"]["dice"], out["real"]["dice"]) if useful else math.nan
     out["ratio_both_real"] = _ratio(out["both"]["dice"], out["real"]["dice"]) if useful else math.nan
@@ -176,7 +202,7 @@ def classification_utility(real_train: Pair, real_test: Pair, synth: Pair, *, nu
 
     Returns {"real", "synth", "both"} (each {"accuracy", "per_class"}), "ratio_synth_real",
     "ratio_both_real" (of accuracy), "num_classes", "steps", "n" (train sizes), "floor"
-    (`classification_floor` of real_test) and "not_measured" (None, or why; the ratios are then NaN).
+    (`classifier_floor` of real_test) and "not_measured" (None, or why; the ratios are then NaN).
     """
     _check_steps(steps)
     test_images, test_labels = np.asarray(real_test[0], dtype=np.float32), np.asarray(real_test[1])
@@ -187,9 +213,9 @@ def classification_utility(real_train: Pair, real_test: Pair, synth: Pair, *, nu
                                  progress=_offset(progress, i * steps, 3 * steps), requests=requests)
         out[name] = accuracy(classify(model, test_images), test_labels, k)
         out["n"][name] = int(len(images))
-    out["floor"] = classification_floor(test_labels)
+    out["floor"] = classifier_floor(test_images, test_labels, k, seed=seed, device=device)
     out["not_measured"] = unlearned(out["real"]["accuracy"], out["floor"], "the classifier trained on real data",
-                                    "always answering the commonest class", steps)
+                                    CLASSIFIER_FLOOR, steps)
     useful = out["not_measured"] is None
     out["ratio_synth_real"] = _ratio(out["synth"]["accuracy"], out["real"]["accuracy"]) if useful else math.nan
     out["ratio_both_real"] = _ratio(out["both"]["accuracy"], out["real"]["accuracy"]) if useful else math.nan
