@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from engine.errors import InputError
+from engine.evaluation.figures import NOT_MEASURED
 from engine.evaluation.inputs import load_feature_net, read_sets, subset
-from engine.evaluation.results import NOT_MEASURED, check_writable_folder, pictures, plain, write_results
+from engine.evaluation.results import check_writable_folder, pictures, plain, write_results
 from engine.evaluation.stages import Stage
 from engine.io.medsynth_h5 import open_for_update
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
@@ -79,7 +80,7 @@ class EvaluateJob:
             if given and not Path(given).exists():
                 raise InputError(given, "does not exist")
         self.figures: dict[str, float] = {}
-        self.not_measured: dict[str, str] = {}  # figure key -> why it has no number (results.NOT_MEASURED)
+        self.not_measured: dict[str, str] = {}  # figure key -> why it has no number (figures.NOT_MEASURED)
         self.summary: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}  # arrays the report and /metrics need: features, neighbours
         self._requests = Requests()  # the run's, which the utility trainers poll too

@@ -25,9 +25,12 @@ from typing import Any
 import numpy as np
 
 from engine.evaluation import report as r
-from engine.evaluation.results import not_measured
 
 CLOSE_RATIO, FAR_RATIO = 2.0, 5.0
+# The summary's entry {figure key: why it has no number}. A figure that cannot be measured honestly (too few
+# cases, untrained networks, a degenerate set) is absent from the figures and named here instead, so no
+# reader of /metrics takes a number for a measurement. Files from before it simply lack the entry.
+NOT_MEASURED = "not_measured"
 GOOD_SHARE, FAIR_SHARE = 0.9, 0.7
 DIVERSITY_SLACK = 0.05
 
@@ -113,6 +116,12 @@ def named_figures(figures: dict[str, float]) -> list[tuple[str, str, float, floa
         ref = figures.get(fig.reference) if fig.reference else None
         rows.append((key, fig.name, figures[key], ref, verdict(fig.rule, figures[key], ref)))
     return rows
+
+
+def not_measured(summary: dict[str, Any]) -> dict[str, str]:
+    """{figure key: reason} of an evaluation's summary; empty for files written before reasons were kept."""
+    entry = summary.get(NOT_MEASURED)
+    return {str(k): str(v) for k, v in entry.items()} if isinstance(entry, dict) else {}
 
 
 def figure_name(key: str) -> str:

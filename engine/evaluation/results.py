@@ -13,17 +13,6 @@ import numpy as np
 from engine.errors import InputError
 from engine.io.medsynth_h5 import NN_CORR, NN_INDEX, write_metrics
 
-# The summary's entry {figure key: why it has no number}. A figure that cannot be measured honestly (too few
-# cases, untrained networks, a degenerate set) is absent from the figures and named here instead, so no
-# reader of /metrics takes a number for a measurement. Files from before it simply lack the entry.
-NOT_MEASURED = "not_measured"
-
-
-def not_measured(summary: dict[str, Any]) -> dict[str, str]:
-    """{figure key: reason} of an evaluation's summary; empty for files written before reasons were kept."""
-    entry = summary.get(NOT_MEASURED)
-    return {str(k): str(v) for k, v in entry.items()} if isinstance(entry, dict) else {}
-
 
 def pictures(sets: dict, summary: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
     """What the app plots: every sample's nearest correlation and the closest pairs as pictures."""
