@@ -219,6 +219,10 @@ def test_two_real_volumes_in_3d_measure_what_they_can_and_say_why_not_the_rest(t
     assert summary["not_measured"]["ms_ssim_real"].startswith("only 1 training case")
     assert summary["not_measured"]["dice_ratio_synth_real"].startswith("only 1 training case and 1 held-out")
     assert {"ms_ssim_synth", "nn_corr_max", "nn_share_above"} <= set(figures)  # measured: 6 samples, 1 volume each
+    # One held-out volume says nothing of how close new real cases come to training ones: no reference, and the
+    # copy threshold falls back to 0.95, saying why.
+    assert "nn_corr_max_real_vs_train" not in figures and summary["not_measured"]["nn_corr_max_real_vs_train"] == few
+    assert summary["memorization"]["threshold"] == 0.95 and few in summary["memorization"]["threshold_rule"]
 
 
 def test_too_few_samples_leave_distances_and_diversity_unmeasured(tmp_path):

@@ -323,23 +323,30 @@ class EvaluateJob:
         st = self.settings
         idx, corr = nearest_training(sets["synth"][0], sets["train"][0])
         check()
-        _, ref_corr = nearest_training(sets["test"][0], sets["train"][0])
+        # Every sample's nearest training image is a fact however few there are; what "close" means for new
+        # real cases (the reference and the automatic threshold) needs enough of them.
+        too_few = self._too_few(sets, "test")
+        ref_corr = None if too_few else nearest_training(sets["test"][0], sets["train"][0])[1]
         threshold, rule = st.nn_threshold, "given"
-        if threshold is None:
+        if threshold is None and ref_corr is None:
+            threshold, rule = 0.95, f"0.95, not the held-out real cases' 99th percentile: {too_few}"
+        elif threshold is None:
             threshold = max(0.95, float(np.percentile(ref_corr, 99)))
             rule = "auto: max(0.95, 99th percentile of held-out real cases)"
         summary = memorization_summary(corr, threshold)
-        ref = memorization_summary(ref_corr, threshold)
         summary["threshold_rule"] = rule
         self.extras["nn"] = (idx, corr)
         order = np.argsort(-corr)[:8]
         summary["closest"] = [[int(i), int(idx[i]), float(corr[i])] for i in order]
-        summary["real_vs_train"] = ref
+        if ref_corr is not None:
+            summary["real_vs_train"] = memorization_summary(ref_corr, threshold)
+            self._set("nn_corr_max_real_vs_train", float(ref_corr.max()))
+        else:
+            self._unmeasured(["nn_corr_max_real_vs_train"], too_few)
         self.summary["memorization"] = summary
         self._set("nn_corr_max", float(corr.max()))
         self._set("nn_corr_median", float(np.median(corr)))
         self._set("nn_share_above", summary["share_above"])
-        self._set("nn_corr_max_real_vs_train", float(ref_corr.max()))
         fid = self.extras.get("fid_features")
         if fid is not None and f"fid_{max(st.fid_dims)}" in self.figures:
             from engine.evaluation.metrics.memorization import mifid
