@@ -30,12 +30,12 @@ from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.runtime.devices import pick_device
 
 FID_DIMS = (64, 192, 768, 2048)
+FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
 # The fewest cases a set may have for a figure that compares or scores sets: below it a distance, a
 # diversity or a held-out score says more about which few cases were drawn than about the data, and the
 # figure is recorded as not measured, with why, instead of as a number. A floor, not a sufficient size.
 MIN_CASES = 5
 SET_NAMES = {"synth": "synthetic", "train": "training", "test": "held-out real"}
-FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
 
 
 @dataclass
