@@ -33,7 +33,7 @@ def _h5(path: Path) -> list[str]:
             if LABELS in f and n:
                 counts = np.bincount(f[LABELS][:n], minlength=len(h.class_names))
                 lines.append("  per class: " + ", ".join(str(int(c)) for c in counts))
-        figures, _ = read_metrics(f)
+        figures, summary = read_metrics(f)
     if h.label_names:
         lines.append("  mask labels: " + ", ".join(f"{k}={v}" for k, v in h.label_names.items()))
     if h.mask_coding:
@@ -48,6 +48,10 @@ def _h5(path: Path) -> list[str]:
         lines.append("  " + _orientation(h))
     if figures:
         lines.append("  metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+    from engine.evaluation.figures import unmeasured_groups
+
+    for why, unmeasured in unmeasured_groups(summary):
+        lines.append(f"  not measured: {', '.join(key for key, _ in unmeasured)} — {why}")
     return lines
 
 

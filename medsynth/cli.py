@@ -169,12 +169,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     job = EvaluateJob(args.file, args.real, args.train_data, settings)
     done = run_job(job, TqdmView())
     r = done.result
-    from engine.evaluation.figures import named_figures
+    from engine.evaluation.figures import named_figures, unmeasured_groups
 
     # Named as in the app and the report, each beside its real-vs-real reference, with the key in /metrics.
     for key, name, value, ref, reading in named_figures(r.get("figures") or {}):
         reference = f"  (real vs real {ref:.4g})" if ref is not None else ""
         print(f"  {name}: {value:.4g}{reference}{'  — ' + reading if reading else ''}  [{key}]")
+    for why, unmeasured in unmeasured_groups(r.get("summary") or {}):
+        print(f"  not measured — {why}:")
+        for key, name in unmeasured:
+            print(f"    {name}  [{key}]")
     if r.get("report"):
         print(f"report: {r['report']}")
     print(f"figures written to {args.file} /metrics in {r.get('seconds', 0):.0f} s"
@@ -334,6 +338,17 @@ def _add_export(sub: Subcommands) -> None:
     e.set_defaults(func=cmd_export)
 
 
+def _training_steps(text: str) -> int:
+    """--utility-steps: at least one, since an untrained network measures nothing (every ratio would read 1)."""
+    try:
+        steps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of training steps, got {text!r}") from None
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"{steps}: a network needs at least 1 training step to measure anything")
+    return steps
+
+
 def _add_evaluate(sub: Subcommands) -> None:
     from engine.settings import Device
 
@@ -356,7 +371,7 @@ def _add_evaluate(sub: Subcommands) -> None:
     v.add_argument("--threshold", type=float, default=None,
                    help="correlation above which a sample counts as a copy (default: the larger of 0.95 and the "
                         "99th percentile of held-out real cases' own nearest-training correlations)")
-    v.add_argument("--utility-steps", dest="utility_steps", type=int, default=300,
+    v.add_argument("--utility-steps", dest="utility_steps", type=_training_steps, default=300,
                    help="training steps for each downstream segmenter / classifier")
     v.add_argument("--no-utility", dest="no_utility", action="store_true", help="skip the downstream training")
     v.add_argument("--seed", type=int, default=0)

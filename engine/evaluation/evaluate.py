@@ -22,6 +22,7 @@ import torch
 
 from engine.errors import InputError
 from engine.evaluation.feature_net import check_feature_net, load_feature_net
+from engine.evaluation.figures import NOT_MEASURED
 from engine.evaluation.inputs import read_sets, subset
 from engine.evaluation.results import check_writable_folder, pictures, plain, write_results
 from engine.evaluation.stages import Stage
@@ -35,6 +36,11 @@ FID_DIMS = (64, 192, 768, 2048)
 METRICS_BYTES_PER_SAMPLE = 64
 REPORT_BYTES = 8 << 20
 FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed_6e)", 2048: "final average pool"}
+# The fewest cases a set may have for a figure that compares or scores sets: below it a distance, a
+# diversity or a held-out score says more about which few cases were drawn than about the data, and the
+# figure is recorded as not measured, with why, instead of as a number. A floor, not a sufficient size.
+MIN_CASES = 5
+SET_NAMES = {"synth": "synthetic", "train": "training", "test": "held-out real"}
 
 
 @dataclass
@@ -62,6 +68,14 @@ class EvalSettings:
     skip: list[Stage | str] = field(default_factory=list)  # stages (or their names) to leave out
 
 
+def too_few(counts: dict[str, int]) -> str | None:
+    """Why sets of these sizes (by name in words) measure nothing, or None when each has MIN_CASES."""
+    short = [f"{n} {name} case{'' if n == 1 else 's'}" for name, n in counts.items() if n < MIN_CASES]
+    if not short:
+        return None
+    return f"only {' and '.join(short)}; at least {MIN_CASES} cases in each set are needed"
+
+
 class EvaluateJob:
     def __init__(self, synth: str | Path, real: str | Path | None = None, train_data: str | Path | None = None,
                  settings: EvalSettings | None = None) -> None:
@@ -78,6 +92,7 @@ class EvaluateJob:
             # Before any work: a network that could run code is refused (unless trusted) in a moment, not minutes.
             check_feature_net(Path(self.settings.features_net), self.settings.trust_code)
         self.figures: dict[str, float] = {}
+        self.not_measured: dict[str, str] = {}  # figure key -> why it has no number (figures.NOT_MEASURED)
         self.summary: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}  # arrays the report and /metrics need: features, neighbours
         self._requests = Requests()  # the run's, which the utility trainers poll too
@@ -124,6 +139,7 @@ class EvaluateJob:
         self.summary["timings_s"] = timings
         self.summary["settings"] = asdict(st) | {"device": device}
         self.summary["complete"] = not was_cancelled
+        self.summary[NOT_MEASURED] = dict(self.not_measured)
         report_path = None
         if sets:
             write_results(out, self.figures, self.summary, self.extras)
@@ -139,9 +155,24 @@ class EvaluateJob:
             raise Cancelled("evaluation stopped", result)
         return result
 
-    def _set(self, key: str, value: float | None) -> None:
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+    def _set(self, key: str, value: float | None, why: str = "the computation gave no finite number") -> None:
+        """A figure, or when it is not a finite number, the reason it has none."""
+        if value is not None and math.isfinite(float(value)):
             self.figures[key] = float(value)
+        else:
+            self._unmeasured([key], why)
+
+    def _unmeasured(self, keys: list[str], why: str) -> None:
+        for key in keys:
+            self.figures.pop(key, None)
+            self.not_measured.setdefault(key, why)
+
+    def _too_few(self, sets: dict, *names: str, cap: int | None = None) -> str | None:
+        """Why these sets are too small to measure anything, or None. `cap`: the samples a set is cut to."""
+        counts = {SET_NAMES[n]: len(sets[n][0]) if cap is None else min(len(sets[n][0]), cap) for n in names}
+        why = too_few(counts)
+        return why + " (the samples-per-set setting cuts them)" if why and cap is not None and cap < MIN_CASES \
+            else why
 
     # ----------------------------------------------------------------------------- stages
     def _steps(self) -> dict[Stage, Any]:
@@ -161,6 +192,9 @@ class EvaluateJob:
         from engine.evaluation.metrics.frechet import frechet_from_features, kid
 
         st = self.settings
+        top = max(st.fid_dims)
+        keys = [f"fid_{dim}" for dim in st.fid_dims] + [f"kid_{top}", f"kid_{top}_std", f"mifid_{top}"]
+        refs = [f"fid_{dim}_real_vs_real" for dim in st.fid_dims]
         path = inception.find_weights(st.fid_weights)
         if path is None:
             self.summary["fid"] = {"available": False, "note": (
@@ -170,9 +204,17 @@ class EvaluateJob:
                 "), give its path as the FID weights file, or set MEDSYNTH_FID_WEIGHTS; they are never "
                 "downloaded.")}
             emit(Message(self.summary["fid"]["note"]))
+            self._unmeasured(keys + refs, "the FID Inception weights file was not found")
+            return
+        too_few = self._too_few(sets, "synth", "test", cap=st.max_samples)
+        if too_few:
+            self.summary["fid"] = {"available": False, "not_measured": too_few,
+                                   "note": f"FID and KID not measured: {too_few}."}
+            self._unmeasured(keys + refs, too_few)
             return
         net = inception.load_fid_inception(path).to(device)
         sha = inception.weights_sha256(path)
+        ref_too_few = self._too_few(sets, "train", "test", cap=st.max_samples)
         feats = {}
         for name in ("synth", "test", "train"):
             images = sets[name][0]
@@ -184,11 +226,14 @@ class EvaluateJob:
         out: dict[str, Any] = {"available": True, "weights": str(path), "sha256": sha, "values": {}}
         for dim in st.fid_dims:
             fid = frechet_from_features(feats["synth"][dim], feats["test"][dim])
-            ref = frechet_from_features(feats["train"][dim], feats["test"][dim])
             self._set(f"fid_{dim}", fid)
-            self._set(f"fid_{dim}_real_vs_real", ref)
+            ref = None
+            if ref_too_few:
+                self._unmeasured([f"fid_{dim}_real_vs_real"], ref_too_few)
+            else:
+                ref = frechet_from_features(feats["train"][dim], feats["test"][dim])
+                self._set(f"fid_{dim}_real_vs_real", ref)
             out["values"][str(dim)] = {"fid": fid, "real_vs_real": ref, "block": FID_BLOCKS.get(dim, str(dim))}
-        top = max(st.fid_dims)
         k_mean, k_std = kid(feats["synth"][top], feats["test"][top], subsets=50,
                             subset_size=min(1000, len(feats["synth"][top]), len(feats["test"][top])))
         self._set(f"kid_{top}", k_mean)
@@ -203,6 +248,9 @@ class EvaluateJob:
 
         st = self.settings
         if not st.features_net:
+            return
+        if too_few := self._too_few(sets, "synth", "test", cap=st.max_samples):
+            self._unmeasured(["fd_net", "fd_net_real_vs_real"], too_few)
             return
         path = Path(st.features_net)
         net = load_feature_net(path, device, trusted=st.trust_code)
@@ -220,9 +268,13 @@ class EvaluateJob:
             feats[name] = np.concatenate(parts).astype(np.float64)
             check()
         value = frechet_from_features(feats["synth"], feats["test"])
-        ref = frechet_from_features(feats["train"], feats["test"])
         self._set("fd_net", value)
-        self._set("fd_net_real_vs_real", ref)
+        ref = None
+        if ref_too_few := self._too_few(sets, "train", "test", cap=st.max_samples):
+            self._unmeasured(["fd_net_real_vs_real"], ref_too_few)
+        else:
+            ref = frechet_from_features(feats["train"], feats["test"])
+            self._set("fd_net_real_vs_real", ref)
         self.summary["features_net"] = {"path": str(path), "sha256": sha256(path), "dim": int(feats["synth"].shape[1]),
                                         "value": value, "real_vs_real": ref}
 
@@ -231,17 +283,27 @@ class EvaluateJob:
         from engine.evaluation.metrics.radiomics import feature_names, frd_from_features, radiomic_features, standardise
 
         st = self.settings
+        if too_few := self._too_few(sets, "synth", "test", cap=st.max_samples):
+            self._unmeasured(["frd", "mmd", "frd_real_vs_real", "mmd_real_vs_real"], too_few)
+            return
+        ref_too_few = self._too_few(sets, "train", "test", cap=st.max_samples)
         feats = {}
-        for n in ("synth", "test", "train"):
+        for n in ("synth", "test") if ref_too_few else ("synth", "test", "train"):
             feats[n] = radiomic_features(sets[n][0][subset(len(sets[n][0]), st.max_samples, st.seed)])
             check()
         value = frd_from_features(feats["test"], feats["synth"])
-        ref = frd_from_features(feats["test"], feats["train"])
         self._set("frd", value)
-        self._set("frd_real_vs_real", ref)
+        ref = None
+        if ref_too_few:
+            self._unmeasured(["frd_real_vs_real", "mmd_real_vs_real"], ref_too_few)
+        else:
+            ref = frd_from_features(feats["test"], feats["train"])
+            self._set("frd_real_vs_real", ref)
         check()
         self._set("mmd", mmd_from_features(feats["test"], feats["synth"], st.max_samples, seed=st.seed))
-        self._set("mmd_real_vs_real", mmd_from_features(feats["test"], feats["train"], st.max_samples, seed=st.seed))
+        if not ref_too_few:
+            self._set("mmd_real_vs_real", mmd_from_features(feats["test"], feats["train"], st.max_samples,
+                                                            seed=st.seed))
         # Which features make the distance: the synthetic mean in real standard deviations, so a
         # user learns *what* differs (texture, noise, brightness), not only how much.
         zr, zs = standardise(feats["test"], feats["synth"])
@@ -252,14 +314,24 @@ class EvaluateJob:
                                "largest_shifts_sd": [[names[i], float(shift[i])] for i in order]}
 
     def _diversity(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
-        from engine.evaluation.metrics.diversity import ms_ssim_diversity
+        from engine.evaluation.metrics.diversity import ms_ssim_diversity, ms_ssim_settings
 
-        synth = ms_ssim_diversity(sets["synth"][0], seed=self.settings.seed)
-        check()
-        real = ms_ssim_diversity(sets["train"][0], seed=self.settings.seed)
-        self._set("ms_ssim_synth", synth)
-        self._set("ms_ssim_real", real)
-        self.summary["diversity"] = {"ms_ssim_synth": synth, "ms_ssim_real": real}
+        try:
+            ms_ssim_settings(sets["synth"][0].shape[2:])
+        except ValueError as exc:
+            self._unmeasured(["ms_ssim_synth", "ms_ssim_real"], str(exc))
+            return
+        values: dict[str, float | None] = {}
+        for key, name in (("ms_ssim_synth", "synth"), ("ms_ssim_real", "train")):
+            if name == "train":
+                check()  # between the halves, as a stop is polled in every stage
+            values[key] = None
+            if too_few := self._too_few(sets, name):
+                self._unmeasured([key], too_few)
+            else:
+                values[key] = ms_ssim_diversity(sets[name][0], seed=self.settings.seed)
+                self._set(key, values[key])
+        self.summary["diversity"] = values
 
     def _memorization(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
         from engine.evaluation.metrics.memorization import memorization_summary, nearest_training
@@ -267,25 +339,32 @@ class EvaluateJob:
         st = self.settings
         idx, corr = nearest_training(sets["synth"][0], sets["train"][0])
         check()
-        _, ref_corr = nearest_training(sets["test"][0], sets["train"][0])
+        # Every sample's nearest training image is a fact however few there are; what "close" means for new
+        # real cases (the reference and the automatic threshold) needs enough of them.
+        too_few = self._too_few(sets, "test")
+        ref_corr = None if too_few else nearest_training(sets["test"][0], sets["train"][0])[1]
         threshold, rule = st.nn_threshold, "given"
-        if threshold is None:
+        if threshold is None and ref_corr is None:
+            threshold, rule = 0.95, f"0.95, not the held-out real cases' 99th percentile: {too_few}"
+        elif threshold is None:
             threshold = max(0.95, float(np.percentile(ref_corr, 99)))
             rule = "auto: max(0.95, 99th percentile of held-out real cases)"
         summary = memorization_summary(corr, threshold)
-        ref = memorization_summary(ref_corr, threshold)
         summary["threshold_rule"] = rule
         self.extras["nn"] = (idx, corr)
         order = np.argsort(-corr)[:8]
         summary["closest"] = [[int(i), int(idx[i]), float(corr[i])] for i in order]
-        summary["real_vs_train"] = ref
+        if ref_corr is not None:
+            summary["real_vs_train"] = memorization_summary(ref_corr, threshold)
+            self._set("nn_corr_max_real_vs_train", float(ref_corr.max()))
+        else:
+            self._unmeasured(["nn_corr_max_real_vs_train"], too_few)
         self.summary["memorization"] = summary
         self._set("nn_corr_max", float(corr.max()))
         self._set("nn_corr_median", float(np.median(corr)))
         self._set("nn_share_above", summary["share_above"])
-        self._set("nn_corr_max_real_vs_train", float(ref_corr.max()))
         fid = self.extras.get("fid_features")
-        if fid is not None:
+        if fid is not None and f"fid_{max(st.fid_dims)}" in self.figures:
             from engine.evaluation.metrics.memorization import mifid
 
             top = max(st.fid_dims)
@@ -294,34 +373,86 @@ class EvaluateJob:
     def _labels(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
         from engine.evaluation.metrics.dice import dice_iou
         from engine.evaluation.metrics.segmenter import segment, train_segmenter
-        from engine.evaluation.metrics.utility import class_fidelity
+        from engine.evaluation.metrics.utility import SEGMENTER_FLOOR, class_fidelity, segmenter_floor, unlearned
 
         st = self.settings
         out: dict[str, Any] = {}
         s_img, s_mask, s_lab = sets["synth"]
         r_img, r_mask, r_lab = sets["train"]
+        t_img, t_mask, _ = sets["test"]
 
         def progress(done: int, total: int) -> None:
             emit(Progress(Stage.LABELS, done, total))
 
         if s_mask is not None and r_mask is not None:
-            k = int(max(s_mask.max(), r_mask.max())) + 1
-            model = train_segmenter(r_img, r_mask, max(k, 2), steps=st.utility_steps, seed=st.seed,
-                                    device=device, progress=progress, requests=self._requests)
-            agree = dice_iou(segment(model, s_img), s_mask, max(k, 2))
-            ref = dice_iou(segment(model, sets["test"][0]), sets["test"][1], max(k, 2)) \
-                if sets["test"][1] is not None else None
-            out["image_mask"] = {"synth": agree, "real_held_out": ref}
-            self._set("mask_dice", agree["dice"])
-            if ref is not None:
-                self._set("mask_dice_real", ref["dice"])
+            keys = ["mask_dice", "mask_dice_real"]
+            if why := self._segmentation_unfit(sets):
+                self._unmeasured(keys, why)
+                out["image_mask"] = {NOT_MEASURED: why}
+            else:
+                k = max(int(max(s_mask.max(), r_mask.max(), t_mask.max())) + 1, 2)
+                model = train_segmenter(r_img, r_mask, k, steps=st.utility_steps, seed=st.seed,
+                                        device=device, progress=progress, requests=self._requests)
+                ref = dice_iou(segment(model, t_img), t_mask, k)
+                # Scored against what a segmenter that learned nothing scores on the same held-out masks.
+                floor = segmenter_floor(t_img, t_mask, k, seed=st.seed, device=device)
+                if why := unlearned(ref["dice"], floor, "the segmenter trained on real data", SEGMENTER_FLOOR,
+                                    st.utility_steps):
+                    self._unmeasured(keys, why)
+                    out["image_mask"] = {NOT_MEASURED: why}
+                else:
+                    agree = dice_iou(segment(model, s_img), s_mask, k)
+                    out["image_mask"] = {"synth": agree, "real_held_out": ref}
+                    self._set("mask_dice", agree["dice"], "the synthetic masks are all background: there is no "
+                                                          "structure for the images to agree with")
+                    self._set("mask_dice_real", ref["dice"])
         if s_lab is not None and r_lab is not None:
-            fid = class_fidelity(r_img, r_lab, s_img, s_lab, steps=st.utility_steps, seed=st.seed,
-                                 device=device, progress=progress, requests=self._requests)
-            out["class_fidelity"] = fid
-            self._set("class_fidelity", fid["accuracy"])
-            self._set("class_fidelity_real", fid["real_accuracy"])
+            keys = ["class_fidelity", "class_fidelity_real"]
+            if why := self._classification_unfit(sets, held_out=False):
+                self._unmeasured(keys, why)
+                out["class_fidelity"] = {NOT_MEASURED: why}
+            else:
+                fid = class_fidelity(r_img, r_lab, s_img, s_lab, steps=st.utility_steps, seed=st.seed,
+                                     device=device, progress=progress, requests=self._requests)
+                # The held-out share of the training data it is judged on is a set too.
+                why = fid[NOT_MEASURED] or too_few({"held-out real": fid["n_real_test"]})
+                if why:
+                    self._unmeasured(keys, why)
+                    out["class_fidelity"] = {NOT_MEASURED: why}
+                else:
+                    out["class_fidelity"] = fid
+                    self._set("class_fidelity", fid["accuracy"])
+                    self._set("class_fidelity_real", fid["real_accuracy"])
         self.summary["labels"] = out
+
+    def _segmentation_unfit(self, sets: dict) -> str | None:
+        """Why a segmenter trained on the training masks and judged on the held-out ones would measure nothing."""
+        from engine.evaluation.metrics.utility import untrained
+
+        r_mask, t_mask = sets["train"][1], sets["test"][1]
+        if why := untrained(self.settings.utility_steps) or self._too_few(sets, "train", "test"):
+            return why
+        if t_mask is None:
+            return "the held-out real data have no masks to tell whether the segmenter learned anything"
+        if not r_mask.any():
+            return "the training masks are all background: there is nothing to learn to segment"
+        if not t_mask.any():
+            return "the held-out real masks are all background: there is nothing to score a segmenter on"
+        return None
+
+    def _classification_unfit(self, sets: dict, held_out: bool) -> str | None:
+        """Why a classifier trained on the training labels (and judged on the held-out ones) would measure
+        nothing. Without `held_out` it is judged on a share of the training data."""
+        from engine.evaluation.metrics.utility import untrained
+
+        names = ("train", "test") if held_out else ("train",)
+        if why := untrained(self.settings.utility_steps) or self._too_few(sets, *names):
+            return why
+        if len(np.unique(sets["train"][2])) < 2:
+            return "the training data hold one class only: a classifier learns nothing from them"
+        if held_out and len(np.unique(sets["test"][2])) < 2:
+            return "the held-out real data hold one class only: always answering it would score 100%"
+        return None
 
     def _utility(self, sets: dict, device: str, emit: Emit, check: Any) -> None:
         from engine.evaluation.metrics import utility
@@ -340,18 +471,30 @@ class EvaluateJob:
         budget = {"steps": st.utility_steps, "seed": st.seed, "device": device, "progress": progress,
                   "requests": self._requests}
         if s_mask is not None and r_mask is not None and t_mask is not None:
-            out["segmentation"] = utility.segmentation_utility((r_img, r_mask), (t_img, t_mask), (s_img, s_mask),
-                                                               **budget)
-            self._set_arms(out["segmentation"], ("dice", "iou"))
+            out["segmentation"] = self._arms(
+                ("dice", "iou"), self._segmentation_unfit(sets),
+                lambda: utility.segmentation_utility((r_img, r_mask), (t_img, t_mask), (s_img, s_mask), **budget))
         if s_lab is not None and r_lab is not None and t_lab is not None:
-            out["classification"] = utility.classification_utility((r_img, r_lab), (t_img, t_lab), (s_img, s_lab),
-                                                                   **budget)
-            self._set_arms(out["classification"], ("accuracy",))
+            out["classification"] = self._arms(
+                ("accuracy",), self._classification_unfit(sets, held_out=True),
+                lambda: utility.classification_utility((r_img, r_lab), (t_img, t_lab), (s_img, s_lab), **budget))
         if not out:
             missing = [name for name, m in (("synthetic", s_mask), ("training", r_mask), ("held-out real", t_mask))
                        if m is None]
             out["not_measured"] = f"needs masks in every set; the {', '.join(missing)} data have none"
         self.summary["utility"] = out
+
+    def _arms(self, measures: tuple[str, ...], unfit: str | None, measure: Any) -> dict[str, Any]:
+        """A three-arm utility result (`measure()`, unless the data are `unfit` for it), its figures set;
+        or, when it cannot be measured or its real arm learned nothing, only why."""
+        keys = [f"{m}_{arm}" for arm in ("real", "synth", "both") for m in measures]
+        keys += [f"{measures[0]}_ratio_synth_real", f"{measures[0]}_ratio_both_real"]
+        result = {NOT_MEASURED: unfit} if unfit else measure()
+        if result[NOT_MEASURED]:
+            self._unmeasured(keys, result[NOT_MEASURED])
+            return {NOT_MEASURED: result[NOT_MEASURED]}
+        self._set_arms(result, measures)
+        return result
 
     def _set_arms(self, result: dict[str, Any], measures: tuple[str, ...]) -> None:
         """A three-arm utility result's figures: each measure per arm, then the first measure's ratios to real."""

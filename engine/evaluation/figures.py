@@ -27,6 +27,10 @@ import numpy as np
 from engine.evaluation import report as r
 
 CLOSE_RATIO, FAR_RATIO = 2.0, 5.0
+# The summary's entry {figure key: why it has no number}. A figure that cannot be measured honestly (too few
+# cases, untrained networks, a degenerate set) is absent from the figures and named here instead, so no
+# reader of /metrics takes a number for a measurement. Files from before it simply lack the entry.
+NOT_MEASURED = "not_measured"
 GOOD_SHARE, FAIR_SHARE = 0.9, 0.7
 DIVERSITY_SLACK = 0.05
 
@@ -114,6 +118,34 @@ def named_figures(figures: dict[str, float]) -> list[tuple[str, str, float, floa
     return rows
 
 
+def not_measured(summary: dict[str, Any]) -> dict[str, str]:
+    """{figure key: reason} of an evaluation's summary; empty for files written before reasons were kept."""
+    entry = summary.get(NOT_MEASURED)
+    return {str(k): str(v) for k, v in entry.items()} if isinstance(entry, dict) else {}
+
+
+def figure_name(key: str) -> str:
+    """A figure's name in words; a real-vs-real reference is named after the figure it stands beside."""
+    if key in FIGURES:
+        return FIGURES[key].name
+    beside = next((fig for fig in FIGURES.values() if fig.reference == key), None)
+    return f"{beside.name} (real reference)" if beside else key
+
+
+def unmeasured_groups(summary: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(reason, [(key, name), ...]) for every figure the evaluation could not measure, grouped by reason in
+    the catalogue's order. A reference is left out where the figure it stands beside is listed too."""
+    missing = not_measured(summary)
+    order = [k for k in FIGURES if k in missing] + sorted(k for k in missing if k not in FIGURES)
+    beside = {fig.reference: key for key, fig in FIGURES.items() if fig.reference}
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for key in order:
+        if key not in FIGURES and beside.get(key) in missing:
+            continue
+        groups.setdefault(missing[key], []).append((key, figure_name(key)))
+    return list(groups.items())
+
+
 def report_path(synth_path: str | Path) -> Path:
     p = Path(synth_path)
     return p.with_name(p.stem + "_report.html")
@@ -149,11 +181,13 @@ def _read(figures: dict[str, float], key: str) -> str:
 
 
 def _not_measured_utility(summary: dict[str, Any]) -> str:
-    """Why the downstream question has no answer: the user's choice, a stop, or missing masks."""
+    """Why the downstream question has no answer: the user's choice, a stop, missing masks, or data or
+    networks that could not measure it."""
     settings = summary.get("settings") or {}
     if settings.get("utility") is False or "utility" in (settings.get("skip") or []):
         return "not measured: switched off"
-    reason = (summary.get("utility") or {}).get("not_measured")
+    reason = (summary.get("utility") or {}).get("not_measured") or not_measured(summary).get("dice_synth") \
+        or not_measured(summary).get("accuracy_synth")
     if reason:
         return f"not measured: {reason}"
     if summary.get("complete") is False:
@@ -161,20 +195,32 @@ def _not_measured_utility(summary: dict[str, Any]) -> str:
     return "not measured: needs masks in every set"
 
 
-def answers(figures: dict[str, float], summary: dict[str, Any]) -> list[tuple[str, str]]:
-    f = figures
+def _like(f: dict[str, float], summary: dict[str, Any], missing: dict[str, str]) -> str:
+    """The answer to "is it like my data?": FID and FRD, or why they are missing."""
     like = []
     if _ok(f.get("fid_2048")):
         like.append(_read(f, "fid_2048"))
-    elif summary.get("fid", {}).get("available") is False:
+    elif (summary.get("fid") or {}).get("not_measured"):
+        like.append(f"FID not measured: {summary['fid']['not_measured']}")
+    elif (summary.get("fid") or {}).get("available") is False:
         like.append("FID not computed (no Inception weights file)")
     if _ok(f.get("frd")):
         like.append(_read(f, "frd"))
+    elif "frd" in missing:
+        like.append(f"FRD not measured: {missing['frd']}")
+    return "; ".join(like) or "not measured"
+
+
+def answers(figures: dict[str, float], summary: dict[str, Any]) -> list[tuple[str, str]]:
+    f = figures
+    missing = not_measured(summary)
     diverse = "not measured"
     if _ok(f.get("ms_ssim_synth")) and _ok(f.get("ms_ssim_real")):
         s, real = f["ms_ssim_synth"], f["ms_ssim_real"]
         diverse = (f"mean pairwise MS-SSIM {s:.3f} vs {real:.3f} among real images (lower = more diverse): "
                    f"{verdict('diversity', s, real)}")
+    elif "ms_ssim_synth" in missing or "ms_ssim_real" in missing:
+        diverse = f"not measured: {missing.get('ms_ssim_synth') or missing['ms_ssim_real']}"
     copies = "not measured"
     mem = summary.get("memorization")
     if mem:
@@ -196,7 +242,7 @@ def answers(figures: dict[str, float], summary: dict[str, Any]) -> list[tuple[st
     elif _ok(f.get("accuracy_real")) and _ok(f.get("accuracy_synth")):
         helps = (f"classifier accuracy on held-out real data: synthetic {f['accuracy_synth']:.3f}, real "
                  f"{f['accuracy_real']:.3f}: {verdict('score', f['accuracy_synth'], f['accuracy_real'])}")
-    return [("Is it like my data?", "; ".join(like) or "not measured"), ("Is it diverse?", diverse),
+    return [("Is it like my data?", _like(f, summary, missing)), ("Is it diverse?", diverse),
             ("Does it copy patients?", copies), ("Does it help segmentation?", helps)]
 
 
@@ -267,8 +313,12 @@ def _memorization(summary: dict, sets: dict, extras: dict) -> str:
 def _labels(summary: dict) -> str:
     lab = summary.get("labels") or {}
     parts = []
+    for part in ("image_mask", "class_fidelity"):
+        if (lab.get(part) or {}).get("not_measured"):
+            what = "Image–mask agreement" if part == "image_mask" else "Class fidelity"
+            parts.append(f"<p class='warn'>{what} not measured: {r._esc(lab[part]['not_measured'])}</p>")
     im = lab.get("image_mask")
-    if im:
+    if im and "synth" in im:
         ref = (im.get("real_held_out") or {}).get("dice")
         parts.append("<p>Image–mask agreement: a segmenter trained on real data, applied to each synthetic image, "
                      "scored against the mask generated with it.</p>")
@@ -276,7 +326,7 @@ def _labels(summary: dict) -> str:
                                  [im["synth"]["dice"], ref if ref is not None else float("nan")],
                                  title="Dice of a real-trained segmenter", width=460))
     cf = lab.get("class_fidelity")
-    if cf:
+    if cf and "accuracy" in cf:
         rows = [[c, a, b] for c, (a, b) in enumerate(zip(cf["per_class"], cf["real_per_class"]))]
         parts.append(f"<p>Class fidelity: a classifier trained on real data calls {cf['accuracy']:.3f} of synthetic "
                      f"samples their conditioning class (real held-out: {cf['real_accuracy']:.3f}).</p>")
@@ -287,8 +337,12 @@ def _labels(summary: dict) -> str:
 def _utility(summary: dict) -> str:
     util = summary.get("utility") or {}
     parts = []
+    for task in ("segmentation", "classification"):
+        if (util.get(task) or {}).get("not_measured"):
+            parts.append(f"<p class='warn'>{task.capitalize()} utility not measured: "
+                         f"{r._esc(util[task]['not_measured'])}</p>")
     seg = util.get("segmentation")
-    if seg:
+    if seg and "real" in seg:
         vals = [seg[a]["dice"] for a in ("real", "synth", "both")]
         parts.append(r.bar_chart(["real only", "synthetic only", "real + synthetic"], vals,
                                  title="Dice on held-out real data", reference=seg["real"]["dice"], width=460))
@@ -297,7 +351,7 @@ def _utility(summary: dict) -> str:
         parts.append(f"<p>synthetic / real Dice: <b>{r.fmt(seg['ratio_synth_real'])}</b>; real + synthetic / real: "
                      f"<b>{r.fmt(seg['ratio_both_real'])}</b> (published studies reach 0.8–0.9).</p>")
     cls = util.get("classification")
-    if cls:
+    if cls and "real" in cls:
         vals = [cls[a]["accuracy"] for a in ("real", "synth", "both")]
         parts.append(r.bar_chart(["real only", "synthetic only", "real + synthetic"], vals,
                                  title="classifier accuracy on held-out real data", width=460))
@@ -307,6 +361,8 @@ def _utility(summary: dict) -> str:
 def build_report(synth_path: Path, figures: dict, summary: dict, sets: dict, extras: dict) -> Path:
     path = report_path(synth_path)
     notes = "".join(f"<p class='warn'>{r._esc(n)}</p>" for n in summary.get("notes", []))
+    unmeasured = "".join(f"<p class='warn'>Not measured: {r._esc(', '.join(name for _, name in figures_))} — "
+                         f"{r._esc(why)}</p>" for why, figures_ in unmeasured_groups(summary))
     if not summary.get("complete", True):
         notes += "<p class='warn'>The evaluation was stopped: only the figures above were computed.</p>"
     settings = summary.get("settings", {})
@@ -320,7 +376,7 @@ def build_report(synth_path: Path, figures: dict, summary: dict, sets: dict, ext
         ("Does it copy patients? Memorization", _memorization(summary, sets, extras)),
         ("Are the labels right?", _labels(summary)),
         ("Does it help? Downstream utility", _utility(summary)),
-        ("Notes and settings", notes + r.table([[k, v] for k, v in summary.get("sources", {}).items()],
+        ("Notes and settings", unmeasured + notes + r.table([[k, v] for k, v in summary.get("sources", {}).items()],
                                                ["set", "source"])
          + f"<p class='sub'>settings: {r._esc(settings)}</p><p class='sub'>time: {r._esc(timing)}</p>"),
     ]

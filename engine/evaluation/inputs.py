@@ -27,6 +27,7 @@ from engine.data.prepare import resize
 from engine.errors import InputError
 from engine.io.load import load_images, volume_options
 from engine.io.medsynth_h5 import Header, open_file, read_header, read_image_set
+from engine.io.volumes import VolumeOptions
 from engine.jobs import Emit, Message
 
 BUNDLED_DEMO = RESOURCES / "demo"  # phantoms.h5 and the run/ of the demo model shipped with the app
@@ -34,6 +35,9 @@ BUNDLED_DEMO = RESOURCES / "demo"  # phantoms.h5 and the run/ of the demo model 
 
 def scaled(s: ImageSet, size: tuple[int, ...], lo: float, hi: float) -> tuple[np.ndarray, np.ndarray | None]:
     """Images in [0, 1] by the synthetic file's normalisation, at its size; masks resized by nearest."""
+    if s.images.ndim != len(size) + 2:
+        raise InputError(s.source or None, f"holds {s.images.ndim - 2}D images; the synthetic samples are "
+                                           f"{len(size)}D, so the two cannot be compared")
     x = torch.from_numpy(np.ascontiguousarray((s.images - lo) / max(hi - lo, 1e-12), dtype=np.float32))
     if tuple(x.shape[2:]) != tuple(size):
         if len(set(size)) != 1:
@@ -93,9 +97,13 @@ def default_training_data(synth: str | Path, header: Header | None = None) -> Pa
     return None
 
 
-def load_real_like(path: str | Path, cfg: Any, spacing: tuple[float, ...] | None, split: str) -> ImageSet:
-    """Real data read the way the run read it: volumes at the synthetic file's spacing."""
+def load_real_like(path: str | Path, cfg: Any, spacing: tuple[float, ...] | None, split: str,
+                   size: tuple[int, ...] | None = None) -> ImageSet:
+    """Real data read the way the run read it: volumes at the synthetic file's spacing. A file of volumes
+    (`size` has three sides) whose run is not recorded as 3D still has real data read as volumes, not slices."""
     opts = volume_options(cfg) if cfg is not None else None
+    if opts is None and size is not None and len(size) == 3:
+        opts = VolumeOptions(size=int(max(size)))
     if opts is not None and spacing:
         opts.spacing = tuple(float(v) for v in spacing)
     return load_images(path, split=split, volumes=opts)
@@ -105,7 +113,7 @@ def load_training_like(synth_path: str | Path, train_data: str | Path) -> tuple[
     """(synthetic images, training images), both at the file's size and in [0, 1]: what the
     memorization gate of an export compares."""
     synth, h, cfg, lo, hi = read_synth(Path(synth_path))
-    train = load_real_like(train_data, cfg, h.spacing, "train")
+    train = load_real_like(train_data, cfg, h.spacing, "train", synth.size)
     return scaled(synth, synth.size, lo, hi)[0], scaled(train, synth.size, lo, hi)[0]
 
 
@@ -123,8 +131,8 @@ def read_sets(synth_path: Path, real_path: Path | None, train_path: Path | None,
     notes = []
     if train_path is not None and Path(train_path).resolve() == (BUNDLED_DEMO / "phantoms.h5").resolve():
         notes.append("training data: the bundled demo phantoms, which the demo model was trained on")
-    train = load_real_like(train_path, cfg, spacing, "train") if train_path else None
-    test = load_real_like(real_path, cfg, spacing, "test") if real_path else None
+    train = load_real_like(train_path, cfg, spacing, "train", size) if train_path else None
+    test = load_real_like(real_path, cfg, spacing, "test", size) if real_path else None
     if train is not None and test is not None and train_path.resolve() == real_path.resolve() \
             and train_path.suffix.lower() != ".npz":
         test = None  # the same cases twice: hold out a share instead

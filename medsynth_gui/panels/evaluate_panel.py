@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import InputError
-from engine.evaluation.figures import answers, named_figures
+from engine.evaluation.figures import answers, named_figures, unmeasured_groups
 from engine.evaluation.stages import Stage
 from engine.jobs import Done, Message, Progress
 from medsynth_gui.flow_layout import FlowLayout
@@ -340,6 +340,7 @@ class EvaluatePanel(JobPanel):
             self.table.setItem(row, 0, item)
             for col, text in ((1, f"{value:.4g}"), (2, "" if ref is None else f"{ref:.4g}"), (3, reading)):
                 self.table.setItem(row, col, QTableWidgetItem(text))
+        self._show_unmeasured(summary)
         self.table.resizeRowsToContents()
         self.answer_texts = [text for _, text in answers(figures, summary)]
         rows = "".join(f"<tr><td style='padding:2px 12px 2px 0'><b>{html.escape(q)}</b></td>"
@@ -352,6 +353,19 @@ class EvaluatePanel(JobPanel):
         self.report_btn.setEnabled(bool(r.get("report")))
         self.copy_btn.setEnabled(bool(r.get("report")))
         self.report_path.setText(r.get("report") or "")
+
+    def _show_unmeasured(self, summary: dict) -> None:
+        """A row per figure the evaluation could not measure: the words "not measured" and why, never a number."""
+        for why, unmeasured in unmeasured_groups(summary):
+            for key, name in unmeasured:
+                row = self.table.rowCount()
+                self.table.insertRow(row)
+                item = QTableWidgetItem(name)
+                item.setData(Qt.ItemDataRole.UserRole, key)
+                item.setToolTip(f"not stored in /metrics as {key}: {why}")
+                self.table.setItem(row, 0, item)
+                for col, text in ((1, "not measured"), (2, ""), (3, why)):
+                    self.table.setItem(row, col, QTableWidgetItem(text))
 
     def _plot_hist(self, corr: np.ndarray | None, threshold: float | None) -> None:
         self.hist_plot.clear()
@@ -407,7 +421,8 @@ class EvaluatePanel(JobPanel):
         for dim, v in fid.get("values", {}).items():
             row = self.fid_table.rowCount()
             self.fid_table.insertRow(row)
-            for col, text in enumerate([f"FID-{dim}", v["block"], f"{v['fid']:.3f}", f"{v['real_vs_real']:.3f}"]):
+            fid, ref = ("not measured" if v.get(k) is None else f"{v[k]:.3f}" for k in ("fid", "real_vs_real"))
+            for col, text in enumerate([f"FID-{dim}", v["block"], fid, ref]):
                 self.fid_table.setItem(row, col, QTableWidgetItem(text))
         self.fid_note.setText(f"weights {Path(fid['weights']).name}, sha256 {fid['sha256'][:16]}…; "
                               "each depth has its own scale — compare within a row")
