@@ -91,7 +91,7 @@ def json_table(pt2: Path) -> dict:
 
 
 def evaluation_files(root: Path) -> tuple[Path, Path]:
-    real = write_image_set(root / "real.h5", make_phantoms(12, size=16, seed=700))
+    real = write_image_set(root / "real.h5", make_phantoms(24, size=16, seed=700))
     synth = make_phantoms(8, size=16, seed=900)
     synth_path = root / "synth.h5"
     with SampleWriter(synth_path, 8, synth.images.shape[1:], masks=True, labels=False,
