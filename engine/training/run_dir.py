@@ -12,6 +12,7 @@ Nothing here imports torch: `medsynth info` and the app read run folders without
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,7 +94,9 @@ class RunDir:
 
     def write_config(self, cfg: RunConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.config_path)
+        tmp = _beside(self.config_path)
+        save_config(cfg, tmp)
+        os.replace(tmp, self.config_path)  # a resumed run rewrites it: a crash mid-write keeps the old one
 
     def read_facts(self) -> dict[str, Any]:
         try:
@@ -103,7 +106,7 @@ class RunDir:
 
     def write_facts(self, facts: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.facts_path.write_text(json.dumps(facts, indent=2))
+        _replace_text(self.facts_path, json.dumps(facts, indent=2))
 
     # -- checkpoints ------------------------------------------------------------------------
     def recover(self) -> list[str]:
@@ -116,7 +119,10 @@ class RunDir:
         for folder in (self, self.autoencoder):
             for path in sorted(folder.checkpoints_dir.glob(f"{STEP_PREFIX}*")):
                 name = path.name
-                if name.endswith(checkpoints.WRITING):
+                if name[len(STEP_PREFIX):].isdigit() and not checkpoints.is_checkpoint(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    said.append(f"{path}: removed, an old checkpoint a crash cut short while it was being removed")
+                elif name.endswith(checkpoints.WRITING):
                     shutil.rmtree(path, ignore_errors=True)
                     said.append(f"{path}: removed, a checkpoint a crash cut short while it was being written")
                 elif name.endswith(checkpoints.REPLACED):
@@ -154,6 +160,8 @@ class RunDir:
         """Write checkpoints/step_N, then drop all but the newest `keep`."""
         path = checkpoints.write(self.checkpoint_path(step), step, model, ema, opt, state, extra_weights)
         for old in self.checkpoints()[:-keep]:
+            # Unmarked first: a crash mid-removal must not leave a folder that still looks complete.
+            (old / checkpoints.STATE).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
         return path
 
@@ -225,7 +233,7 @@ class RunDir:
             return 0
         lines, torn = self._loss_lines()
         kept = [line for line, row in lines if row["step"] <= upto]
-        self.loss_log_path.write_text("".join(line + "\n" for line in kept))
+        _replace_text(self.loss_log_path, "".join(line + "\n" for line in kept))
         return torn
 
     def open_loss_log(self, start: int) -> LossLog:
@@ -236,6 +244,17 @@ class RunDir:
         note = (f"{self.loss_log_path}: dropped {torn} line{'s' if torn != 1 else ''} cut short by a crash or a "
                 "full disk") if torn else None
         return LossLog(self.loss_log_path, note)
+
+
+def _beside(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a crash mid-write leaves the old one, never half of the new."""
+    tmp = _beside(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def step_of(ckpt: str | Path) -> int:
