@@ -115,9 +115,13 @@ def run_child(argv: list[str], hook: tuple | None) -> int:
     if pid == 0:  # the child: never returns into pytest
         code = 70
         try:
+            import threading
+
             import torch
+            import tqdm
 
             torch.set_num_threads(1)  # as DataLoader workers do after a fork
+            tqdm.tqdm.set_lock(threading.RLock())  # a lock another thread of this process held at the fork stays held
             if hook is not None:
                 _install(hook)
             code = main(argv)
