@@ -114,6 +114,7 @@ class TrainJob:
         self.data = data
         self.notes: list[str] = []  # what set-up found and did to the run folder, said when the job runs
         if resume:
+            self.folder.resume_checkpoint()  # a folder that is no run is refused before anything in it changes
             self.notes = self.folder.recover()
             self.ckpt = self.folder.resume_checkpoint()  # None: stopped in stage 1 or before its first checkpoint
             if self.ckpt is not None:
