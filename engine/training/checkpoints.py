@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled: `medsynth info
     import torch
 
 STATE = "state.json"  # its presence marks a complete checkpoint: it is written last, inside the temporary folder
-HASHES = "sha256"  # state.json's {weight file name: sha256 of its bytes}; absent in checkpoints before 0.2
+HASHES = "sha256"  # state.json's {weight file name: sha256 of its bytes}; older checkpoints have none
 WRITING = ".tmp"  # a checkpoint being written: never listed, never loaded
 REPLACED = ".old"  # a finished checkpoint moved aside while its replacement is renamed into place
 
@@ -167,8 +167,8 @@ def _check_hash(path: Path, expected: str | None) -> None:
 
 
 def verify(ckpt: Path) -> None:
-    """Every weight file of the checkpoint against the sha256 state.json records (checkpoints before 0.2
-    record none), without loading it: what `medsynth info` says of a checkpoint is then true of its files."""
+    """Every weight file of the checkpoint against the sha256 state.json records (older checkpoints record
+    none), without loading it: what `medsynth info` says of a checkpoint is then true of its files."""
     ckpt = Path(ckpt)
     for name, expected in read_state(ckpt).get(HASHES, {}).items():
         _check_hash(ckpt / Path(name).name, expected)
