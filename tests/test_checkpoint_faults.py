@@ -183,6 +183,29 @@ def test_nan_weights_are_refused_even_with_a_matching_sha256(run10, tmp_path, ph
     assert RunDir(run10).steps() == [10]  # nothing trained, nothing saved
 
 
+def test_a_diverged_run_saves_no_nan_checkpoint_and_keeps_the_good_ones(tmp_path, phantoms16, monkeypatch):
+    # A run whose weights turn NaN (a learning rate far too high): saving on would replace the good checkpoints.
+    run = RunDir(tmp_path / "run")
+    train(TrainJob(tiny_config(steps=4, checkpoint_every=2), run.path, data=phantoms16))
+    step_once = TrainJob._train_step
+
+    def diverging(self, state, step):
+        out = step_once(self, state, step)
+        if step >= 4:
+            with torch.no_grad():
+                next(state.net.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(TrainJob, "_train_step", diverging)
+    with pytest.raises(InputError, match=r"step_0000006: not saved: the weights hold NaN .* at step 6 \(training "
+                                         r"diverged"):
+        TrainJob(None, run.path, resume=True, steps=30, data=phantoms16).run(lambda ev: None, Requests())
+    assert run.steps() == [2, 4] and not list(run.checkpoints_dir.glob("*.tmp"))
+    for ckpt in run.checkpoints():
+        checkpoints.verify(ckpt)
+        assert checkpoints.read_weights(ckpt, "ema")
+
+
 def test_a_checkpoint_from_before_hashes_still_loads(tmp_path):
     from tests.data.make_old_run import OLD_RUN
 

@@ -36,6 +36,14 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+def _non_finite(files: dict[str, dict[str, torch.Tensor]]) -> list[str]:
+    """Names (file.tensor) of floating tensors holding NaN or infinity."""
+    import torch
+
+    return [f"{name}.{k}" for name, tensors in files.items() for k, v in tensors.items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     import torch
 
@@ -67,16 +75,20 @@ def write(final: Path, step: int, model: torch.nn.Module, ema: dict[str, torch.T
     """
     from safetensors.torch import save_file
 
-    tmp = final.with_name(final.name + WRITING)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     files = {"model": _contiguous(model.state_dict())}
     if ema is not None:
         files["ema"] = _contiguous(ema)
     files.update({name: _contiguous(weights) for name, weights in (extra_weights or {}).items()})
+    if _non_finite(files):
+        # A diverged run would otherwise save NaN checkpoints until the last good one was removed as old.
+        raise InputError(final, f"not saved: the weights hold NaN or infinite values at step {step} (training "
+                                "diverged; a lower learning rate may help); the earlier checkpoints are kept")
     extra = dict(state, step=step)
     if opt is not None:
         files["optimizer"], extra["optimizer_param_groups"] = optimizer_tensors(opt)
+    tmp = final.with_name(final.name + WRITING)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     hashes = {}
     for name, tensors in files.items():
         path = tmp / f"{name}.safetensors"
@@ -177,7 +189,6 @@ def verify(ckpt: Path) -> None:
 def read_weights(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
     """One weight file, verified: its sha256 as recorded, and every value finite. Each load of a checkpoint
     (resume, stage 1, sampling) comes through here."""
-    import torch
     from safetensors.torch import load_file
 
     path = Path(ckpt) / f"{name}.safetensors"
@@ -186,7 +197,7 @@ def read_weights(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for truncated files
         raise InputError(path, f"is unreadable ({exc})") from None
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = _non_finite({name: tensors})
     if bad:
         raise _damaged(path, f"{len(bad)} of its tensors hold NaN or infinite values, the first {bad[0]}")
     return tensors
