@@ -113,6 +113,28 @@ def test_a_crash_while_a_checkpoint_is_replaced_never_loses_it(tmp_path, monkeyp
     torch.testing.assert_close(after["weight"], before["weight"])
 
 
+def test_a_full_disk_mid_checkpoint_leaves_no_half_checkpoint(tmp_path, phantoms16, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    run = RunDir(tmp_path / "run")
+    train(TrainJob(tiny_config(steps=2, checkpoint_every=2), run.path, data=phantoms16))
+    save_file, calls = safetensors.torch.save_file, []
+
+    def filling_up(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return save_file(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", filling_up)
+    with pytest.raises(OSError, match="No space left"):
+        TrainJob(None, run.path, resume=True, steps=4, data=phantoms16).run(lambda ev: None, Requests())
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["step_0000002"]  # no step_4.tmp left
+    checkpoints.verify(run.latest())
+
+
 def test_nothing_half_written_is_resumed_sampled_or_described(run10, tmp_path, phantoms16, capsys):
     run = RunDir(run10)
     # What a crash leaves: a whole-looking step_30.tmp (state.json written, never renamed), an old copy beside

@@ -89,13 +89,17 @@ def write(final: Path, step: int, model: torch.nn.Module, ema: dict[str, torch.T
     tmp = final.with_name(final.name + WRITING)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    hashes = {}
-    for name, tensors in files.items():
-        path = tmp / f"{name}.safetensors"
-        save_file(tensors, str(path))
-        hashes[path.name] = sha256(path)
-    extra[HASHES] = hashes
-    (tmp / STATE).write_text(json.dumps(extra, indent=2))
+    try:
+        hashes = {}
+        for name, tensors in files.items():
+            path = tmp / f"{name}.safetensors"
+            save_file(tensors, str(path))
+            hashes[path.name] = sha256(path)
+        extra[HASHES] = hashes
+        (tmp / STATE).write_text(json.dumps(extra, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back; the earlier checkpoints stand
+        raise
     if final.exists():
         # Never delete a finished checkpoint before its replacement is whole: a crash between these renames
         # leaves it at step_N.old, which the run folder puts back (RunDir.recover).
