@@ -72,6 +72,7 @@ def _orientation(header: Header) -> str:
 
 def _run_dir(path: Path) -> list[str]:
     ckpt = resolve_checkpoint(path)
+    checkpoints.verify(ckpt)  # what info says of a checkpoint must be true of its files
     state = checkpoints.read_state(ckpt)
     cfg = state["config"]
     folder = RunDir(path)

@@ -60,8 +60,8 @@ class TqdmView:
 
 
 def run_job(job: Job, view: TqdmView) -> Done:
-    """Run a job in the foreground; the first Ctrl-C asks it to stop cleanly (as the app's Stop does), a
-    second one kills."""
+    """Run a job in the foreground; the first Ctrl-C, or a SIGTERM, asks it to stop cleanly (as the app's Stop
+    does), a second Ctrl-C kills."""
     requests = Requests()
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -70,11 +70,18 @@ def run_job(job: Job, view: TqdmView) -> Done:
         requests.stop()
         view.write("stopping after this step (Ctrl-C again to abort without saving)...")
 
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # What SLURM and systemd send before they kill: stop cleanly and save, as the first Ctrl-C does.
+        requests.stop()
+        view.write("terminated: stopping after this step and keeping what is done...")
+
     previous = signal.signal(signal.SIGINT, on_sigint)
+    previous_term = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return execute(job, view, requests)
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         view.close()
 
 

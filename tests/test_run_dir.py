@@ -24,7 +24,8 @@ def fake_checkpoint(run: RunDir, name: str, step: int, complete: bool = True):
     path = run.checkpoints_dir / name
     path.mkdir(parents=True)
     if complete:
-        (path / "state.json").write_text(json.dumps({"step": step}))
+        (path / "state.json").write_text(json.dumps({"step": step, "config": {},  # read_state checks its shape
+                                                     "normalisation": {"modality": "mri", "lo": 0, "hi": 1}}))
     return path
 
 

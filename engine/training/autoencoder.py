@@ -84,7 +84,10 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, out: RunDir, acc: Any
             emit(Checkpoint(step, str(path)))
 
     log = out.open_loss_log(start) if acc.is_main_process else None
+    if log is not None and log.note:
+        emit(Message(log.note))
     step, was_cancelled = start, False
+    saved = start if out.latest() is not None else None  # a checkpoint at a step is never written twice
     model.train()
     where = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else "CPU"
     timer = StepTimer(start, a.steps, lambda per_step, steps: emit(describe(
@@ -102,9 +105,10 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, out: RunDir, acc: Any
         emit(Progress("autoencoder", step, a.steps, {"loss": value}))
         if step % a.checkpoint_every == 0:
             save(step)
+            saved = step
     if log is not None:
         log.close()
-    if step > start or was_cancelled:
+    if (step > start or was_cancelled) and saved != step:
         save(step)
     if acc.num_processes > 1:
         acc.wait_for_everyone()

@@ -12,6 +12,7 @@ Nothing here imports torch: `medsynth info` and the app read run folders without
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,8 +38,9 @@ KEEP = 3  # checkpoints kept; older ones are removed as new ones are written
 class LossLog:
     """The loss log opened for appending; each row is flushed so a crash keeps what was logged."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, note: str | None = None) -> None:
         self._fh = open(path, "a")
+        self.note = note  # what opening it did that the user should hear of (a torn line dropped), or None
 
     def write(self, row: dict[str, Any]) -> None:
         self._fh.write(json.dumps(row) + "\n")
@@ -92,7 +94,9 @@ class RunDir:
 
     def write_config(self, cfg: RunConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.config_path)
+        tmp = _beside(self.config_path)
+        save_config(cfg, tmp)
+        os.replace(tmp, self.config_path)  # a resumed run rewrites it: a crash mid-write keeps the old one
 
     def read_facts(self) -> dict[str, Any]:
         try:
@@ -102,9 +106,35 @@ class RunDir:
 
     def write_facts(self, facts: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.facts_path.write_text(json.dumps(facts, indent=2))
+        _replace_text(self.facts_path, json.dumps(facts, indent=2))
 
     # -- checkpoints ------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Tidy what a crash mid-save left, before a run goes on (both stages); returns what was done, in words.
+
+        A step_N.tmp is a checkpoint cut short while being written: removed. A step_N.old is a finished
+        checkpoint moved aside for its replacement: put back when the replacement never arrived, else removed.
+        """
+        said = []
+        for folder in (self, self.autoencoder):
+            for path in sorted(folder.checkpoints_dir.glob(f"{STEP_PREFIX}*")):
+                name = path.name
+                if name[len(STEP_PREFIX):].isdigit() and not checkpoints.is_checkpoint(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    said.append(f"{path}: removed, an old checkpoint a crash cut short while it was being removed")
+                elif name.endswith(checkpoints.WRITING):
+                    shutil.rmtree(path, ignore_errors=True)
+                    said.append(f"{path}: removed, a checkpoint a crash cut short while it was being written")
+                elif name.endswith(checkpoints.REPLACED):
+                    final = path.with_name(name[:-len(checkpoints.REPLACED)])
+                    if not final.exists() and checkpoints.is_checkpoint(path):
+                        path.rename(final)
+                        said.append(f"{final}: put back (a save that was replacing it was cut short)")
+                    else:
+                        shutil.rmtree(path, ignore_errors=True)
+                        said.append(f"{path}: removed, the old copy of a checkpoint saved again")
+        return said
+
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first; not one still being written (step_N.tmp)."""
         found = self.checkpoints_dir.glob(f"{STEP_PREFIX}*")
@@ -130,21 +160,37 @@ class RunDir:
         """Write checkpoints/step_N, then drop all but the newest `keep`."""
         path = checkpoints.write(self.checkpoint_path(step), step, model, ema, opt, state, extra_weights)
         for old in self.checkpoints()[:-keep]:
+            # Unmarked first: a crash mid-removal must not leave a folder that still looks complete.
+            (old / checkpoints.STATE).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
         return path
 
     # -- new run or resume ------------------------------------------------------------------
-    def holds_run(self) -> bool:
+    def has_checkpoint(self) -> bool:
         """A checkpoint of either stage: a latent run stopped in stage 1 has only the autoencoder's."""
         return self.latest() is not None or self.autoencoder.latest() is not None
 
+    def holds_run(self) -> bool:
+        """A run was started here: a checkpoint of either stage, or the config written before the first step
+        (a run stopped before its first checkpoint)."""
+        return self.has_checkpoint() or self.config_path.is_file()
+
     def refuse_new_run(self) -> None:
-        if self.holds_run():
+        """A new run never mixes with an old one's checkpoints or loss log: resuming, or a new folder, is the
+        user's choice to make (as nnU-Net's --c is)."""
+        if self.has_checkpoint():
             raise InputError(self.path, "already holds a training run; resume it to continue, or "
+                                        "choose a new run folder")
+        if self.holds_run():
+            rows = self.loss_rows()
+            logged = f", logged to step {rows[-1]['step']}" if rows else ""
+            raise InputError(self.path, f"holds a training run that stopped before its first checkpoint{logged}; "
+                                        "resume it to train it again from its start with its own settings, or "
                                         "choose a new run folder")
 
     def resume_checkpoint(self) -> Path | None:
-        """The diffusion checkpoint to resume from; None when the run stopped in stage 1."""
+        """The diffusion checkpoint to resume from; None when the run stopped in stage 1 or before its first
+        checkpoint (it then starts again from step 0, with its own config)."""
         if not self.path.exists():
             raise InputError(self.path, "does not exist")
         if not self.holds_run():
@@ -160,35 +206,55 @@ class RunDir:
         return 0 if ckpt is None else int(checkpoints.read_state(ckpt)["step"])
 
     # -- loss log ---------------------------------------------------------------------------
-    def _loss_lines(self) -> list[tuple[str, dict[str, Any]]]:
-        """Each row with its line as written; a line cut short by a crash mid-write is left out."""
+    def _loss_lines(self) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+        """Each row with its line as written, and how many lines were not rows: a line cut short by a crash
+        mid-write (a full disk leaves one, or zero bytes) is left out."""
         if not self.loss_log_path.exists():
-            return []
-        found = []
-        for line in self.loss_log_path.read_text().splitlines():
+            return [], 0
+        found, torn = [], 0
+        for line in self.loss_log_path.read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "step" in row:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
                 found.append((line, row))
-        return found
+            elif line.strip():
+                torn += 1
+        return found, torn
 
     def loss_rows(self, upto: int | None = None) -> list[dict[str, Any]]:
-        return [row for _, row in self._loss_lines() if upto is None or row["step"] <= upto]
+        return [row for _, row in self._loss_lines()[0] if upto is None or row["step"] <= upto]
 
-    def trim_loss_log(self, upto: int) -> None:
-        """Drop rows after step `upto`: a resumed run trains those steps again and logs them anew."""
-        if self.loss_log_path.exists():
-            kept = [line for line, row in self._loss_lines() if row["step"] <= upto]
-            self.loss_log_path.write_text("".join(line + "\n" for line in kept))
+    def trim_loss_log(self, upto: int) -> int:
+        """Drop rows after step `upto` (a resumed run trains those steps again and logs them anew) and lines
+        that are not rows; returns how many of those there were."""
+        if not self.loss_log_path.exists():
+            return 0
+        lines, torn = self._loss_lines()
+        kept = [line for line, row in lines if row["step"] <= upto]
+        _replace_text(self.loss_log_path, "".join(line + "\n" for line in kept))
+        return torn
 
     def open_loss_log(self, start: int) -> LossLog:
         """The log, for a run that trains on from step `start`: rows logged after it are dropped first,
         since those steps are trained, and logged, again."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.trim_loss_log(start)
-        return LossLog(self.loss_log_path)
+        torn = self.trim_loss_log(start)
+        note = (f"{self.loss_log_path}: dropped {torn} line{'s' if torn != 1 else ''} cut short by a crash or a "
+                "full disk") if torn else None
+        return LossLog(self.loss_log_path, note)
+
+
+def _beside(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a crash mid-write leaves the old one, never half of the new."""
+    tmp = _beside(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def step_of(ckpt: str | Path) -> int:
@@ -205,6 +271,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise InputError(p, "does not exist")
+    if p.name.endswith((checkpoints.WRITING, checkpoints.REPLACED)):
+        raise InputError(p, "is a checkpoint a crash cut short while it was being saved or replaced; use the "
+                            "run folder, or a checkpoint folder named step_N")
     if checkpoints.is_checkpoint(p):
         return p
     found = RunDir(p).latest()

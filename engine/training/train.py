@@ -93,6 +93,7 @@ class _Run:
     alphas: torch.Tensor | None = None
     channels_last: bool = False
     start: int = 0
+    saved: int = -1  # the step of the newest checkpoint on disk from this run (or the one it resumed from)
     previewed: int = -1
     t0: float = 0.0  # when the loop began: the run's seconds count from here
 
@@ -111,8 +112,16 @@ class TrainJob:
         self.preview_at_end = preview_at_end
         self.resume = resume
         self.data = data
+        self.notes: list[str] = []  # what set-up found and did to the run folder, said when the job runs
         if resume:
-            self.ckpt = self.folder.resume_checkpoint()  # None: a latent run stopped in stage 1
+            self.folder.resume_checkpoint()  # a folder that is no run is refused before anything in it changes
+            self.notes = self.folder.recover()
+            self.ckpt = self.folder.resume_checkpoint()  # None: stopped in stage 1 or before its first checkpoint
+            if self.ckpt is not None:
+                checkpoints.verify(self.ckpt)  # a damaged checkpoint is refused before the data is read
+            if self.ckpt is None and not self.folder.autoencoder.has_checkpoint():
+                self.notes.append(f"{self.run_dir}: no checkpoint was saved before the run stopped; it trains "
+                                  "again from step 0 with its own settings")
             self.cfg = self.folder.read_config()
         else:
             if cfg is None:
@@ -124,6 +133,8 @@ class TrainJob:
             self.cfg.train.steps = int(steps)
 
     def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+        for note in self.notes:
+            emit(Message(note))
         run = self._set_up(emit)
         if self.cfg.autoencoder.enabled:
             self._latent_stage(run, emit, requests)
@@ -235,7 +246,7 @@ class TrainJob:
             model.load_state_dict(checkpoints.read_weights(self.ckpt, "model"))
             checkpoints.load_optimizer(opt, checkpoints.read_weights(self.ckpt, "optimizer"),
                                        run.state["optimizer_param_groups"])
-            run.start = int(run.state["step"])
+            run.start = run.saved = int(run.state["step"])
         run.ema = EMA(model, tc.ema_decay)
         if self.ckpt is not None:
             run.ema.load(checkpoints.read_weights(self.ckpt, "ema"))
@@ -279,6 +290,8 @@ class TrainJob:
         self._announce(run, emit)
         run.model.train()
         log = self.folder.open_loss_log(run.start) if acc.is_main_process else None
+        if log is not None and log.note:
+            emit(Message(log.note))
         meter = TrainMeter(acc, tc, run.start, log)
         run.t0 = meter.t0
         sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
@@ -303,6 +316,7 @@ class TrainJob:
         return step, was_cancelled, meter.loss
 
     def _save(self, run: _Run, step: int, emit: Emit) -> Path | None:
+        run.saved = step
         if not run.acc.is_main_process:
             return None
         opt = run.opt.optimizer if hasattr(run.opt, "optimizer") else run.opt
@@ -351,7 +365,12 @@ class TrainJob:
         if self.preview_at_end and not was_cancelled and step > run.start and run.previewed != step \
                 and acc.is_main_process:
             self._preview(run, step, emit, requests)
-        path = self._save(run, step, emit) if step > run.start or was_cancelled or self.ckpt is None else self.ckpt
+        if run.saved == step:  # saved in the loop at this very step, or resumed from it: never saved twice
+            path = self.folder.checkpoint_path(step)
+        elif step > run.start or was_cancelled or self.ckpt is None:
+            path = self._save(run, step, emit)
+        else:
+            path = self.ckpt
         if acc.num_processes > 1:
             # Every process waits for the main one's final checkpoint before exiting: a process
             # that leaves the group early made gloo abort at exit (2 runs in 6 here).
