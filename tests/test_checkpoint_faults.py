@@ -348,3 +348,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_as_cancelled(tmp_path):
     assert len(steps) == 1 and steps[0] >= 3
     checkpoints.verify(RunDir(run).latest())
     assert logged_steps(run) == list(range(1, steps[0] + 1))
+
+
+def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, phantoms16):
+    """Two trainings into one folder would interleave loss.jsonl and prune each other's checkpoints: while one
+    holds the folder, a second (new or resumed) is refused in one line before it touches anything."""
+    from engine.io import destination
+
+    run = tmp_path / "run"
+    train(TrainJob(tiny_config(steps=2, checkpoint_every=2), run, data=phantoms16))
+    before = sorted(p.name for p in run.rglob("*"))
+    with destination.writer_lock(run):
+        with pytest.raises(InputError, match="another MedSynth run"):
+            TrainJob(None, run, resume=True, data=phantoms16)
+        with pytest.raises(InputError, match="another MedSynth run"):
+            TrainJob(tiny_config(steps=2), tmp_path / "run", data=phantoms16)
+    assert sorted(p.name for p in run.rglob("*")) == before
+    train(TrainJob(None, run, resume=True, steps=4, data=phantoms16))  # the lock let go, the run goes on
+    assert RunDir(run).steps()[-1] == 4

@@ -10,6 +10,7 @@ the pieces of a step are in engine.training.steps, the run folder's layout in en
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from engine.config import RunConfig, batch_for, public_config, public_path
 from engine.data.dataset import ImageSet, describe_mask_coding
 from engine.data.prepare import Normalisation, fit_normalisation, resized_geometry, to_tensors
+from engine.io import destination
 from engine.io.load import load_images, volume_options
 from engine.jobs import Cancelled, Checkpoint, DataSummary, Emit, Message, Preview, Progress, Requests
 from engine.models.diffusion import denoise, sampler, train_scheduler
@@ -102,6 +104,11 @@ class _Run:
         return self.ae is not None
 
 
+def _first_process() -> bool:
+    """True outside `accelerate launch` and on its rank 0: the one process that owns the run folder's lock."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class TrainJob:
     def __init__(self, cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False,
                  data: ImageSet | None = None, steps: int | None = None,
@@ -113,6 +120,9 @@ class TrainJob:
         self.resume = resume
         self.data = data
         self.notes: list[str] = []  # what set-up found and did to the run folder, said when the job runs
+        if _first_process():
+            # Two runs into one folder would interleave their logs and prune each other's checkpoints.
+            destination.check_unlocked(self.run_dir)
         if resume:
             self.folder.resume_checkpoint()  # a folder that is no run is refused before anything in it changes
             self.notes = self.folder.recover()
@@ -133,6 +143,12 @@ class TrainJob:
             self.cfg.train.steps = int(steps)
 
     def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+        if not _first_process():
+            return self._run(emit, requests)
+        with destination.writer_lock(self.run_dir):
+            return self._run(emit, requests)
+
+    def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         for note in self.notes:
             emit(Message(note))
         run = self._set_up(emit)
