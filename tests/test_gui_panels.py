@@ -235,3 +235,22 @@ def test_generate_panel_fills_a_file(qtbot, tiny_run, tmp_path):
             panel.start()  # Replace: written over with the new samples
     with h5py.File(out) as f:
         assert f.attrs["n_complete"] == 4
+    # A killed run's samples wait beside the name: the app asks before they go, as for the file itself.
+    out.unlink()
+    partial = tmp_path / "g.h5.partial"
+    with h5py.File(partial, "w") as f:
+        f.attrs["n_complete"] = 3
+    panel.out_edit.setText(str(out))  # after a run the panel offers the next free name
+    asked.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(QMessageBox, "exec", answer("Cancel"))
+        panel.start()
+    assert "g.h5.partial" in asked[0] and "interrupted" in asked[0] and not panel.runner.running
+    assert partial.exists() and not out.exists()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(QMessageBox, "exec", answer("Replace"))
+        with qtbot.waitSignal(panel.file_done, timeout=120_000):
+            panel.start()
+    with h5py.File(out) as f:
+        assert f.attrs["n_complete"] == 4
+    assert not partial.exists()

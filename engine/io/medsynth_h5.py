@@ -311,16 +311,25 @@ def sample_bytes(image_shape: tuple[int, ...], masks: bool) -> int:
     return int(np.prod(image_shape)) * 4 + (spatial if masks else 0) + 16
 
 
-def check_new(path: str | Path, overwrite: bool) -> None:
-    """Refuse to write `path` where that would lose samples the user did not agree to lose: an existing file
-    (unless `overwrite`), or an interrupted run's temporary file that still holds complete samples."""
+def in_the_way(path: str | Path) -> Path | None:
+    """The file whose samples writing `path` would lose: the file itself, or an interrupted run's temporary
+    file beside it that still holds complete samples; None when nothing would be lost."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(path, "already exists; choose another name or allow overwriting it")
+    if path.exists():
+        return path
     partial = destination.temp_beside(path)
-    if partial.exists() and not overwrite and _holds_samples(partial):
-        raise InputError(partial, "holds the complete samples of an interrupted run; rename it to keep them (it "
-                                  "is a MedSynth file), or allow overwriting")
+    return partial if partial.exists() and _holds_samples(partial) else None
+
+
+def check_new(path: str | Path, overwrite: bool) -> None:
+    """Refuse to write `path` where that would lose samples the user did not agree to lose."""
+    lost = None if overwrite else in_the_way(path)
+    if lost is None:
+        return
+    if lost == Path(path):
+        raise InputError(lost, "already exists; choose another name or allow overwriting it")
+    raise InputError(lost, "holds the complete samples of an interrupted run; rename it to keep them (it "
+                           "is a MedSynth file), or allow overwriting")
 
 
 def _holds_samples(path: Path) -> bool:

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from engine.config import from_dict
 from engine.errors import InputError
+from engine.io.medsynth_h5 import in_the_way
 from engine.jobs import Done, Progress
 from engine.settings import MaskMode, Sampler
 from engine.training import checkpoints
@@ -140,9 +141,10 @@ class GeneratePanel(JobPanel):
         if not out:
             self._on_failed("Choose an output file.")
             return
-        replace = Path(out).exists()
-        if replace and not self._may_replace(Path(out)):
-            self.show_error(f"{out}: already exists; choose another name, or answer Replace to write over it.")
+        lost = in_the_way(out)
+        replace = lost is not None
+        if replace and not self._may_replace(lost):
+            self.show_error(f"{lost}: already exists; choose another name, or answer Replace to write over it.")
             return
         class_index = self.class_combo.currentData()
         try:
@@ -164,8 +166,10 @@ class GeneratePanel(JobPanel):
 
     def _may_replace(self, path: Path) -> bool:
         """As a Save dialog asks: the file's samples would be lost, so only on a clear Replace."""
+        what = (f"{path.name} already exists in {path.parent}." if path.suffix != ".partial" else
+                f"{path.name} in {path.parent} holds the samples of a run that was interrupted.")
         box = QMessageBox(QMessageBox.Icon.Question, "Replace the file?",
-                          f"{path.name} already exists in {path.parent}.\nReplace it with the new samples?",
+                          f"{what}\nReplace it with the new samples?",
                           QMessageBox.StandardButton.Cancel, self)
         replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
