@@ -267,6 +267,17 @@ def test_bad_json_in_an_attribute_names_the_file_and_the_attribute(good, tmp_pat
     refused(capsys, commands(path, tmp_path, good)[command], tmp_path, fault)
 
 
+@pytest.mark.parametrize(("attribute", "value", "fault"), [
+    ("spatial_dims", 3, "attribute 'spatial_dims' is 3, but /images holds 2D samples"),
+    ("spacing", "wide", "attribute 'spacing' cannot be read"),
+    ("affine", "north", "attribute 'affine' cannot be read"),
+    ("n_planned", 2.5, "attribute 'n_planned' is 2.5, not a whole number"),
+])
+def test_attributes_of_the_wrong_kind_are_named(good, tmp_path, capsys, attribute, value, fault):
+    path = hostile(good, tmp_path, "attrs", lambda f: f.attrs.__setitem__(attribute, value))
+    refused(capsys, ["info", str(path)], tmp_path, fault)
+
+
 def test_bad_json_in_the_metrics_summary_names_the_attribute(good, tmp_path, capsys):
     path = hostile(good, tmp_path, "metrics", lambda f: f["metrics"].attrs.__setitem__("summary", "{oops"))
     refused(capsys, ["info", str(path)], tmp_path, "attribute 'summary' of /metrics is not valid JSON")
@@ -280,6 +291,11 @@ def test_constant_images_are_accepted_with_a_warning(good, tmp_path, capsys):
     assert main(commands(path, tmp_path, good)["train"]) == 0
     err = capsys.readouterr().err
     assert f"{path}: every image holds a single value (3 everywhere)" in err
+    # `info` says it too, for any input it reads whole (a MedMNIST-shaped npz here).
+    npz = tmp_path / "blank.npz"
+    np.savez(npz, train_images=np.zeros((5, 8, 8), np.uint8), train_labels=np.zeros((5, 1), np.uint8))
+    assert main(["info", str(npz)]) == 0
+    assert "warning: " in capsys.readouterr().out
     # One blank image among real ones is named; a set with none says nothing.
     s = make_phantoms(6, 16, seed=1)
     assert data_warnings(s) == []

@@ -269,9 +269,12 @@ def read_header(f: h5py.File) -> Header:
     """
     path = f.filename
     shape = tuple(f[IMAGES].shape)
-    if len(shape) not in (4, 5) or shape[1] < 1:
+    if len(shape) not in (4, 5) or min(shape[1:]) < 1:
         raise InputError(path, f"/images has shape {shape}; expected (N, C, H, W) or (N, C, D, H, W)")
     h = Header.from_attrs(f.attrs, images_shape=shape, source=path)
+    if h.spatial_dims != len(shape) - 2:
+        raise InputError(path, f"attribute 'spatial_dims' is {h.spatial_dims}, but /images holds "
+                               f"{len(shape) - 2}D samples {shape[2:]}")
     n = _check_count(path, h.n_complete, shape[0])
     check_numeric(path, "/images values", f[IMAGES].dtype, "fiu")
     for name, kinds in ((MASKS, "iub"), (LABELS, "iu"), (SEEDS, "iu")):
