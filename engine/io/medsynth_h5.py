@@ -283,25 +283,26 @@ def read_header(f: h5py.File) -> Header:
     if MASKS in f and tuple(f[MASKS].shape[1:]) != shape[2:]:
         raise InputError(path, f"/masks has shape {tuple(f[MASKS].shape)}, which does not match /images {shape}")
     for name in PER_SAMPLE:
+        rows = (f[name].shape or (0,))[0] if name in f else n
+        if rows < n:
+            raise InputError(path, f"/{name} has {rows} rows but attribute 'n_complete' says {n} samples are "
+                                   "complete")
+    for name in (IMAGES, MASKS):  # the bulk a reader allocates; the per-sample numbers are a few bytes a row
         if name in f:
-            _check_stored(path, f, name, n)
+            _check_stored(path, f[name], n)
     if LABELS in f and n:
         check_labels(path, f[LABELS][:n], h.class_names)
     return h
 
 
-def _check_stored(path: str | Path, f: h5py.File, name: str, n: int) -> None:
-    """Refuse a per-sample dataset with fewer than `n` rows, or whose first `n` rows the file does not store:
-    HDF5 reads unstored rows as zeros, so a small file could otherwise declare (and make a reader allocate,
-    or an export write) any number of samples."""
-    d = f[name]
-    rows = d.shape[0] if d.shape else 0
-    if rows < n:
-        raise InputError(path, f"/{name} has {rows} rows but attribute 'n_complete' says {n} samples are complete")
+def _check_stored(path: str | Path, d: h5py.Dataset, n: int) -> None:
+    """Refuse a dataset whose first `n` rows the file does not store: HDF5 reads unstored rows as zeros, so a
+    small file could otherwise declare (and make a reader allocate, or an export write) any number of samples."""
+    name = d.name.lstrip("/")
     plist = d.id.get_create_plist()
     if d.is_virtual or plist.get_external_count():
         raise InputError(path, f"/{name} keeps its data in other files; a MedSynth file holds its own data")
-    if n == 0 or d.dtype.kind == "O":  # variable-length text (the names) is stored in the file's heap
+    if n == 0:
         return
     declared = n * _row_bytes(d)
     layout = plist.get_layout()
