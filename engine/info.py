@@ -135,7 +135,7 @@ def describe(path: str | Path) -> str:
         return (f"{p}: DICOM series ({v.modality}), volume {v.array.shape} voxels of "
                 f"{tuple(round(s, 3) for s in v.spacing)} mm, orientation {''.join(nib.aff2axcodes(v.affine))}, "
                 f"values {float(v.array.min()):.4g}..{float(v.array.max()):.4g} {v.units}")
-    from engine.data.dataset import describe_mask_coding
+    from engine.data.dataset import data_warnings, describe_mask_coding
     from engine.io.load import load_images
 
     s = load_images(p)
@@ -152,4 +152,5 @@ def describe(path: str | Path) -> str:
         lines.append("  classes: " + ", ".join(f"{n} ({int(c)})" for n, c in zip(names, counts)))
     if s.spacing:
         lines.append(f"  spacing: {tuple(round(v, 4) for v in s.spacing)}")
+    lines += [f"  warning: {text}" for text in data_warnings(s)]
     return "\n".join(lines)

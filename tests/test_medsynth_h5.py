@@ -118,7 +118,7 @@ def test_the_header_round_trips_every_field(tmp_path):
                format="medsynth", format_version=1)
     with h5py.File(tmp_path / "h.h5", "w") as f:
         f.attrs.update(h.to_attrs())
-        f.create_dataset("images", (7, 1, 2, 2, 2), np.float32)
+        f.create_dataset("images", data=np.zeros((7, 1, 2, 2, 2), np.float32))
     with open_file(tmp_path / "h.h5") as f:
         back = read_header(f)
     for name in Header.__dataclass_fields__:
@@ -136,7 +136,7 @@ def test_the_header_round_trips_every_field(tmp_path):
 def test_a_header_without_counts_takes_them_from_the_images(tmp_path):
     with h5py.File(tmp_path / "bare.h5", "w") as f:
         f.attrs["format"] = "medsynth"
-        f.create_dataset("images", (4, 1, 3, 5, 6), np.float32)
+        f.create_dataset("images", data=np.zeros((4, 1, 3, 5, 6), np.float32))
     with open_file(tmp_path / "bare.h5") as f:
         h = read_header(f)
     assert (h.n_planned, h.n_complete, h.spatial_dims, h.spacing, h.class_names) == (4, 4, 3, None, [])

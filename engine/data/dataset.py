@@ -146,9 +146,75 @@ def check_pair(image_path: str | Path, image_shape: tuple[int, ...], mask_path: 
                                     f"{Path(image_path).name} shape {tuple(image_shape)}")
 
 
+# Without class names a label is its own class index, and training makes one class per index up to the highest:
+# the bound keeps a stray 10^12 in a label file from asking for terabytes (far above any real set's classes).
+MAX_CLASSES = 10_000
+
+
+def check_numeric(path: str | Path | None, what: str, dtype: np.dtype, kinds: str = "fiub") -> None:
+    """Refuse an array whose stored type is not a number (text, compound records, references) before it is
+    read or converted: numpy would turn text such as "1.5" into numbers without a word, or fail mid-read."""
+    kind = np.dtype(dtype).kind
+    if kind not in kinds:
+        stored = {"S": "text", "U": "text", "O": "text or objects", "V": "records", "b": "true/false values",
+                  "f": "floating-point numbers", "c": "complex numbers"}.get(kind, "other values")
+        wanted = "whole numbers" if "f" not in kinds else "real numbers"
+        raise InputError(path, f"{what} are stored as {stored} ({np.dtype(dtype)}), not {wanted}")
+
+
+def check_labels(path: str | Path | None, labels: np.ndarray, class_names: list[str] | None = None) -> None:
+    """Class labels are whole indices 0..K-1, K the number of class names (MAX_CLASSES without names).
+
+    Every reader calls it (through `validate`, or directly on the raw labels) before anything is built per
+    class: a name per index, counts per class, a model's class embedding. Cheap: one pass, nothing allocated.
+    """
+    labels = np.asarray(labels)
+    check_numeric(path, "class labels", labels.dtype)
+    if labels.size == 0:
+        return
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.rint(labels))
+        if not whole.all():
+            i = int(np.argmin(whole.reshape(-1)))
+            raise InputError(path, f"class label {labels.reshape(-1)[i]} of image {_image_of(labels, i)} is not a "
+                                   "whole class index")
+    k = len(class_names) if class_names else MAX_CLASSES
+    lo, hi = labels.min(), labels.max()
+    if lo < 0 or hi >= k:
+        i = int(np.argmin(labels) if lo < 0 else np.argmax(labels))
+        value = labels.reshape(-1)[i]
+        value = int(value) if labels.dtype.kind != "f" else value
+        names = f"the classes named are 0..{k - 1}" if class_names else f"at most {MAX_CLASSES} classes are possible"
+        raise InputError(path, f"class label {value} of image {_image_of(labels, i)} is not a class index ({names})")
+
+
+def _image_of(labels: np.ndarray, flat: int) -> int:
+    return int(np.unravel_index(flat, labels.shape)[0]) if labels.ndim else 0
+
+
+def data_warnings(s: ImageSet) -> list[str]:
+    """What is accepted but suspicious in a set, in words a front end shows before any work on it."""
+    if not len(s):
+        return []
+    flat = s.images.reshape(len(s), -1)
+    constant = flat.min(axis=1) == flat.max(axis=1)
+    if not constant.any():
+        return []
+    n = int(constant.sum())
+    if n == len(s):
+        value = float(flat[0, 0])
+        same = bool((flat[:, 0] == value).all())
+        return [f"{s.source or 'the data'}: every image holds a single value"
+                + (f" ({value:.4g} everywhere)" if same else "") + "; there is nothing in it to learn"]
+    first = int(np.argmax(constant))
+    return [f"{s.source or 'the data'}: {n} of {len(s)} images hold a single value each (blank?), "
+            f"the first is image {first}"]
+
+
 def validate(s: ImageSet) -> ImageSet:
     """Checks that hold for every reader's output; raises InputError naming the source."""
     src = s.source or None
+    check_numeric(src, "images", s.images.dtype)
     if s.images.ndim not in (4, 5):
         raise InputError(src, f"expected images of shape (N, C, H, W) or (N, C, D, H, W), got {s.images.shape}")
     if len(s) == 0:
@@ -161,6 +227,8 @@ def validate(s: ImageSet) -> ImageSet:
             raise InputError(src, f"masks of shape {s.masks.shape} do not match images {s.images.shape}")
     if s.labels is not None and s.labels.shape != (len(s),):
         raise InputError(src, f"labels of shape {s.labels.shape} do not match {len(s)} images")
+    if s.labels is not None:
+        check_labels(src, s.labels, s.class_names)
     if s.names is not None and len(s.names) != len(s):
         raise InputError(src, f"{len(s.names)} image names do not match {len(s)} images")
     return s

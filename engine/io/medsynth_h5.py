@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from engine import __version__
-from engine.data.dataset import ImageSet, validate
+from engine.data.dataset import ImageSet, check_labels, check_numeric, validate
 from engine.errors import InputError
 from engine.io import destination
 
@@ -41,8 +41,10 @@ IMAGES, MASKS, LABELS, SEEDS, NAMES, METRICS = "images", "masks", "labels", "see
 SUMMARY = "summary"  # the /metrics attribute holding the JSON summary; every other attribute there is a figure
 NN_INDEX, NN_CORR = "nn_index", "nn_corr"  # /metrics arrays: each sample's nearest training image and its correlation
 NOT_MEDSYNTH = "is HDF5 but not a MedSynth file (no format='medsynth' attribute or /images)"
-# Root attributes stored as JSON text.
-JSON_FIELDS = ("class_names", "label_names", "mask_coding", "normalisation", "config")
+# Root attributes stored as JSON text, and the JSON each must hold.
+JSON_FIELDS = {"class_names": list, "label_names": dict, "mask_coding": dict, "normalisation": dict, "config": dict}
+PER_SAMPLE = (IMAGES, MASKS, LABELS, SEEDS, NAMES)  # datasets with one row per sample
+GIB = 1024 ** 3
 
 
 def to_json(value: Any) -> str:
@@ -55,10 +57,35 @@ def _int_keys(mapping: Any, value: type = str) -> dict:
     return {int(k): value(v) for k, v in (mapping or {}).items()}
 
 
+def _json_attr(source: str | Path | None, key: str, value: Any, where: str = "") -> Any:
+    """A JSON attribute's value, or one line naming the file and the attribute when it is not the JSON it must be."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value = json.loads(value or "null")
+    except json.JSONDecodeError as exc:
+        raise InputError(source, f"attribute {key!r}{where} is not valid JSON ({exc.msg} at character {exc.pos})") \
+            from None
+    wanted = JSON_FIELDS.get(key)
+    if wanted is not None and value is not None and not isinstance(value, wanted):
+        raise InputError(source, f"attribute {key!r}{where} holds a JSON {type(value).__name__}, not a "
+                                 f"{'list' if wanted is list else 'mapping'}")
+    return value
+
+
+def _whole(source: str | Path | None, key: str, value: Any) -> int:
+    value = _plain(value)
+    if not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+        raise InputError(source, f"attribute {key!r} is {value!r}, not a whole number")
+    return int(value)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
-    return value.item() if isinstance(value, np.generic) else value
+    value = value.item() if isinstance(value, np.generic) else value
+    # Fixed-length text attributes (other HDF5 writers) read as bytes.
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -95,26 +122,36 @@ class Header:
         self.normalisation, self.config = dict(self.normalisation or {}), dict(self.config or {})
 
     @classmethod
-    def from_attrs(cls, attrs: Any, images_shape: tuple[int, ...] | None = None) -> Header:
+    def from_attrs(cls, attrs: Any, images_shape: tuple[int, ...] | None = None,
+                   source: str | Path | None = None) -> Header:
         """The header from a file's root attributes (`f.attrs` or a dict of them); the shape of /images
-        stands in for the counts and dimensions a file does not record."""
+        stands in for the counts and dimensions a file does not record. An attribute that is not what its
+        field holds (bad JSON, text for a number) is an InputError naming `source` and the attribute."""
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in attrs.items():
             if key not in known:
                 continue
-            value = _plain(value)
-            if key in JSON_FIELDS and isinstance(value, str):
-                value = json.loads(value or "null")
-            values[key] = value
+            values[key] = _json_attr(source, key, _plain(value)) if key in JSON_FIELDS else _plain(value)
         if images_shape is not None:
             values.setdefault("n_planned", images_shape[0])
             values.setdefault("n_complete", images_shape[0])
             values.setdefault("spatial_dims", len(images_shape) - 2)
         for f in fields(cls):
             if f.name in values and isinstance(f.default, (str, int)):
-                values[f.name] = type(f.default)(values[f.name])  # numpy scalars as the field's own type
-        return cls(**values)
+                # numpy scalars as the field's own type; a count must be a whole number, not text or 2.5
+                values[f.name] = _whole(source, f.name, values[f.name]) if isinstance(f.default, int) \
+                    else str(values[f.name])
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            # Name the attribute: the first that fails alone.
+            for key, value in values.items():
+                try:
+                    cls(**{key: value})
+                except (TypeError, ValueError):
+                    raise InputError(source, f"attribute {key!r} cannot be read ({exc})") from None
+            raise InputError(source, f"has unreadable MedSynth attributes ({exc})") from None
 
     def to_attrs(self) -> dict[str, Any]:
         """The attributes as written: JSON text for lists and dicts, the spacing and affine filled in."""
@@ -213,13 +250,87 @@ def open_for_update(path: str | Path, wait_s: float = 1.0) -> h5py.File:
 def n_complete(f: h5py.File) -> int:
     """How many samples a reader may trust: the rest are planned but not (or not yet) written.
 
-    `read_header(f).n_complete` says the same; this reads the one attribute alone, for readers that poll.
+    `read_header(f).n_complete` says the same after checking the whole file; this reads the one attribute
+    (and the rows it counts) alone, for readers that poll.
     """
-    return int(f.attrs.get("n_complete", f[IMAGES].shape[0]))
+    rows = f[IMAGES].shape[0] if f[IMAGES].shape else 0
+    return _check_count(f.filename, _whole(f.filename, "n_complete", f.attrs.get("n_complete", rows)), rows)
+
+
+def _check_count(path: str | Path, n: int, rows: int) -> int:
+    if n < 0:
+        raise InputError(path, f"attribute 'n_complete' is {n}; a count of samples cannot be negative")
+    if n > rows:
+        raise InputError(path, f"attribute 'n_complete' says {n} samples are complete, but /images has room for "
+                               f"only {rows}")
+    return n
 
 
 def read_header(f: h5py.File) -> Header:
-    return Header.from_attrs(f.attrs, images_shape=tuple(f[IMAGES].shape))
+    """The header, after checking that the file holds what it declares: every reader's first call.
+
+    The checks read no images: the stored types and row counts of the per-sample datasets against n_complete,
+    that the first n_complete rows of each are stored in the file itself (a few KB cannot hold 10^8 images),
+    and the class labels against the class names, so nothing later allocates or builds per class from a lie.
+    """
+    path = f.filename
+    shape = tuple(f[IMAGES].shape)
+    if len(shape) not in (4, 5) or min(shape[1:]) < 1:
+        raise InputError(path, f"/images has shape {shape}; expected (N, C, H, W) or (N, C, D, H, W)")
+    h = Header.from_attrs(f.attrs, images_shape=shape, source=path)
+    if h.spatial_dims != len(shape) - 2:
+        raise InputError(path, f"attribute 'spatial_dims' is {h.spatial_dims}, but /images holds "
+                               f"{len(shape) - 2}D samples {shape[2:]}")
+    n = _check_count(path, h.n_complete, shape[0])
+    check_numeric(path, "/images values", f[IMAGES].dtype, "fiu")
+    for name, kinds in ((MASKS, "iub"), (LABELS, "iu"), (SEEDS, "iu")):
+        if name in f:
+            check_numeric(path, f"/{name} values", f[name].dtype, kinds)
+    if MASKS in f and tuple(f[MASKS].shape[1:]) != shape[2:]:
+        raise InputError(path, f"/masks has shape {tuple(f[MASKS].shape)}, which does not match /images {shape}")
+    for name in PER_SAMPLE:
+        rows = (f[name].shape or (0,))[0] if name in f else n
+        if rows < n:
+            raise InputError(path, f"/{name} has {rows} rows but attribute 'n_complete' says {n} samples are "
+                                   "complete")
+    for name in (IMAGES, MASKS):  # the bulk a reader allocates; the per-sample numbers are a few bytes a row
+        if name in f:
+            _check_stored(path, f[name], n)
+    if LABELS in f and n:
+        check_labels(path, f[LABELS][:n], h.class_names)
+    return h
+
+
+def _check_stored(path: str | Path, d: h5py.Dataset, n: int) -> None:
+    """Refuse a dataset whose first `n` rows the file does not store: HDF5 reads unstored rows as zeros, so a
+    small file could otherwise declare (and make a reader allocate, or an export write) any number of samples."""
+    name = d.name.lstrip("/")
+    plist = d.id.get_create_plist()
+    if d.is_virtual or plist.get_external_count():
+        raise InputError(path, f"/{name} keeps its data in other files; a MedSynth file holds its own data")
+    if n == 0:
+        return
+    declared = n * _row_bytes(d)
+    layout = plist.get_layout()
+    if layout == h5py.h5d.CHUNKED:
+        chunks = d.chunks
+        per_row_block = int(np.prod([-(-s // c) for s, c in zip(d.shape[1:], chunks[1:])], dtype=np.int64))
+        needed = -(-n // chunks[0]) * per_row_block
+        have = d.id.get_num_chunks()
+        stored_rows = min(n, have // max(per_row_block, 1) * chunks[0])
+    elif layout == h5py.h5d.CONTIGUOUS:
+        needed, have = 1, int(d.id.get_storage_size() >= d.size * d.dtype.itemsize)
+        stored_rows = n if have else 0
+    else:  # compact: stored in the header itself
+        return
+    if have < needed:
+        raise InputError(path, f"declares {n} complete samples ({declared / GIB:.1f} GiB of /{name}) but stores "
+                               f"data for {'none' if stored_rows == 0 else f'at most {stored_rows}'} of them")
+
+
+def _row_bytes(d: h5py.Dataset, dtype: Any = None) -> int:
+    """Bytes of one sample of `d` in memory, as stored or as `dtype`."""
+    return int(np.prod(d.shape[1:], dtype=np.int64)) * np.dtype(dtype or d.dtype).itemsize
 
 
 def attrs_dict(f: h5py.File) -> dict[str, Any]:
@@ -227,8 +338,8 @@ def attrs_dict(f: h5py.File) -> dict[str, Any]:
     the file's own words (use `read_header` for its meaning)."""
     out = {key: _plain(value) for key, value in f.attrs.items()}
     for key in JSON_FIELDS:
-        if isinstance(out.get(key), str):
-            out[key] = json.loads(out[key] or "null")
+        if key in out:
+            out[key] = _json_attr(f.filename, key, out[key])
     return out
 
 
@@ -236,7 +347,7 @@ def read_names(f: h5py.File) -> list[str] | None:
     """Each sample's provenance ("case_003 · z 41") when the file records it (/names), else None."""
     if NAMES not in f:
         return None
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in f[NAMES][:]]
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in f[NAMES][:]]
 
 
 @dataclass
@@ -267,8 +378,19 @@ def read_metrics(f: h5py.File) -> tuple[dict[str, float], dict[str, Any]]:
     if METRICS not in f:
         return {}, {}
     attrs = f[METRICS].attrs
-    figures = {k: float(v) for k, v in attrs.items() if k != SUMMARY}
-    return figures, json.loads(attrs.get(SUMMARY, "{}") or "{}")
+    figures = {}
+    for key, value in attrs.items():
+        if key != SUMMARY:
+            try:
+                figures[key] = float(value)
+            except (TypeError, ValueError):
+                raise InputError(f.filename, f"attribute {key!r} of /metrics is {_plain(value)!r}, not a number") \
+                    from None
+    summary = _json_attr(f.filename, SUMMARY, _plain(attrs.get(SUMMARY, "{}")) or "{}", " of /metrics")
+    if not isinstance(summary, dict):
+        raise InputError(f.filename, f"attribute {SUMMARY!r} of /metrics holds a JSON {type(summary).__name__}, "
+                                     "not a mapping")
+    return figures, summary
 
 
 def write_metrics(f: h5py.File, figures: dict[str, float], summary: dict[str, Any] | None = None, *,
@@ -493,8 +615,13 @@ def read_image_set(path: str | Path) -> ImageSet:
     with open_file(path) as f:
         h = read_header(f)
         n = h.n_complete
-        images = f[IMAGES][:n].astype(np.float32)
-        masks = f[MASKS][:n] if MASKS in f else None
+        need = n * (_row_bytes(f[IMAGES], np.float32) + (_row_bytes(f[MASKS]) if MASKS in f else 0))
+        try:
+            images = f[IMAGES][:n].astype(np.float32, copy=False)
+            masks = f[MASKS][:n] if MASKS in f else None
+        except MemoryError:
+            raise InputError(path, f"reading its {n} samples needs about {need / GIB:.1f} GiB of memory, more than "
+                                   "this machine can give") from None
         labels = f[LABELS][:n].astype(np.int64) if LABELS in f else None
         names = read_names(f)
     s = ImageSet(images=images, masks=masks, labels=labels, class_names=h.class_names, label_names=h.label_names,

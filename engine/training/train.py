@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from engine.config import RunConfig, batch_for, public_config, public_path
-from engine.data.dataset import ImageSet, describe_mask_coding
+from engine.data.dataset import ImageSet, data_warnings, describe_mask_coding
 from engine.data.prepare import Normalisation, fit_normalisation, resized_geometry, to_tensors
 from engine.io import destination
 from engine.io.load import load_images, volume_options
@@ -166,6 +166,8 @@ class TrainJob:
         if self.data is None:
             emit(Progress("load", 0, 1))
             self.data = load_images(cfg.data.path, split=cfg.data.split, volumes=volume_options(cfg))
+        for warning in data_warnings(self.data):
+            emit(Message(warning))
         if not cfg.data.path and self.data.source and Path(self.data.source).exists():
             # Data handed over in memory (the app, tests) is still found again on resume and by mask-conditioned
             # sampling: the run folder's own config.json is the one place that keeps the full path.
