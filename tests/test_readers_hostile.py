@@ -60,7 +60,7 @@ def test_npz_labels_far_beyond_any_class_are_refused_before_names_are_made(tmp_p
     path = write_npz(tmp_path / "pathmnist.npz", train_images=medmnist(), train_labels=labels)
     with pytest.raises(InputError) as exc:
         load_images(path)
-    one_line(exc, path, "'train_labels' go up to", "for 6 images")
+    one_line(exc, path, "of image 2 is not a class index", "an id rather than a class")
 
 
 def test_npz_float_labels_too_large_to_count_are_refused(tmp_path):
@@ -124,7 +124,7 @@ def test_labels_csv_class_beyond_any_class_is_refused(tmp_path, big):
     root = picture_folder(tmp_path / "xr", ["0", "1", big, "2"])
     with pytest.raises(InputError) as exc:
         load_images(root)
-    one_line(exc, root / "labels.csv", "classes go up to", "for 4 images")
+    one_line(exc, root / "labels.csv", "of image 2 is not a class index", "an id rather than a class")
 
 
 def test_labels_csv_digits_int_cannot_read_are_class_names(tmp_path):

@@ -146,9 +146,11 @@ def check_pair(image_path: str | Path, image_shape: tuple[int, ...], mask_path: 
                                     f"{Path(image_path).name} shape {tuple(image_shape)}")
 
 
-# Without class names a label is its own class index, and training makes one class per index up to the highest:
-# the bound keeps a stray 10^12 in a label file from asking for terabytes (far above any real set's classes).
-MAX_CLASSES = 10_000
+# Without class names a label is its own class index, and training makes one class per index up to the highest.
+# An index beyond both the number of images and this (a subset of a labeled set may skip classes) is not a class
+# but an id column or a corrupt file: the bound keeps a stray 10^12 from asking for a name, an embedding and a
+# count per index (terabytes).
+MAX_CLASSES = 1000
 
 
 def check_numeric(path: str | Path | None, what: str, dtype: np.dtype, kinds: str = "fiub") -> None:
@@ -163,7 +165,8 @@ def check_numeric(path: str | Path | None, what: str, dtype: np.dtype, kinds: st
 
 
 def check_labels(path: str | Path | None, labels: np.ndarray, class_names: list[str] | None = None) -> None:
-    """Class labels are whole indices 0..K-1, K the number of class names (MAX_CLASSES without names).
+    """Class labels are whole indices 0..K-1, K the number of class names (without names: the larger of the
+    number of labels and MAX_CLASSES).
 
     Every reader calls it (through `validate`, or directly on the raw labels) before anything is built per
     class: a name per index, counts per class, a model's class embedding. Cheap: one pass, nothing allocated.
@@ -178,13 +181,14 @@ def check_labels(path: str | Path | None, labels: np.ndarray, class_names: list[
             i = int(np.argmin(whole.reshape(-1)))
             raise InputError(path, f"class label {labels.reshape(-1)[i]} of image {_image_of(labels, i)} is not a "
                                    "whole class index")
-    k = len(class_names) if class_names else MAX_CLASSES
+    k = len(class_names) if class_names else max(len(labels), MAX_CLASSES)
     lo, hi = labels.min(), labels.max()
     if lo < 0 or hi >= k:
         i = int(np.argmin(labels) if lo < 0 else np.argmax(labels))
         value = labels.reshape(-1)[i]
         value = int(value) if labels.dtype.kind != "f" else value
-        names = f"the classes named are 0..{k - 1}" if class_names else f"at most {MAX_CLASSES} classes are possible"
+        names = (f"the classes named are 0..{k - 1}" if class_names else
+                 f"without class names at most {k} classes are possible: is it an id rather than a class?")
         raise InputError(path, f"class label {value} of image {_image_of(labels, i)} is not a class index ({names})")
 
 

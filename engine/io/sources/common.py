@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.dataset import check_labels
 from engine.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -25,10 +26,6 @@ CT_BELOW_HU = -500.0
 # Deflate's largest ratio (a run of one byte value): a gzip file or zip member never unpacks to more than this many
 # times its compressed size, so a header declaring more is lying, whatever the data.
 DEFLATE_MAX_RATIO = 1032
-# Without names, class indices are named "0", "1", ...: an index beyond both the number of images and this (a
-# subset of a labeled set may skip classes) is not a class but an id column or a corrupt file, and would cost a
-# name and a model embedding per index.
-MAX_UNNAMED_CLASSES = 1000
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -83,18 +80,11 @@ def check_declared(path: Path, declared: str, data_bytes: int, holds: int, memor
                                f"more than this machine has ({size_text(machine_memory())})")
 
 
-def numbered_class_names(path: Path, what: str, labels: np.ndarray, names: list[str] | None) -> list[str]:
+def numbered_class_names(path: Path, labels: np.ndarray, names: list[str] | None) -> list[str]:
     """The class names of whole-number class indices: `names` when given (which must cover every index), else
     "0", "1", ... up to the highest index, checked to be a class index before a name is made for each."""
-    top = int(labels.max())
-    if names:
-        if top >= len(names):
-            raise InputError(path, f"{what} go up to {top} but only {len(names)} class names are known")
-        return list(names)
-    if top >= max(len(labels), MAX_UNNAMED_CLASSES):
-        raise InputError(path, f"{what} go up to {top} for {len(labels)} images: class indices must count "
-                               "0, 1, 2, ... (is this an id rather than a class?)")
-    return [str(i) for i in range(top + 1)]
+    check_labels(path, labels, names)
+    return list(names) if names else [str(i) for i in range(int(labels.max()) + 1)]
 
 
 def visible(folder: Path) -> list[Path]:
