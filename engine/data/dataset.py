@@ -164,7 +164,8 @@ def check_numeric(path: str | Path | None, what: str, dtype: np.dtype, kinds: st
         raise InputError(path, f"{what} are stored as {stored} ({np.dtype(dtype)}), not {wanted}")
 
 
-def check_labels(path: str | Path | None, labels: np.ndarray, class_names: list[str] | None = None) -> None:
+def check_labels(path: str | Path | None, labels: np.ndarray, class_names: list[str] | None = None,
+                 what: str = "class label") -> None:
     """Class labels are whole indices 0..K-1, K the number of class names (without names: the larger of the
     number of labels and MAX_CLASSES).
 
@@ -172,14 +173,14 @@ def check_labels(path: str | Path | None, labels: np.ndarray, class_names: list[
     class: a name per index, counts per class, a model's class embedding. Cheap: one pass, nothing allocated.
     """
     labels = np.asarray(labels)
-    check_numeric(path, "class labels", labels.dtype)
+    check_numeric(path, f"{what}s", labels.dtype)
     if labels.size == 0:
         return
     if labels.dtype.kind == "f":
         whole = np.isfinite(labels) & (labels == np.rint(labels))
         if not whole.all():
             i = int(np.argmin(whole.reshape(-1)))
-            raise InputError(path, f"class label {labels.reshape(-1)[i]} of image {_image_of(labels, i)} is not a "
+            raise InputError(path, f"{what} {labels.reshape(-1)[i]} of image {_image_of(labels, i)} is not a "
                                    "whole class index")
     k = len(class_names) if class_names else max(len(labels), MAX_CLASSES)
     lo, hi = labels.min(), labels.max()
@@ -189,7 +190,7 @@ def check_labels(path: str | Path | None, labels: np.ndarray, class_names: list[
         value = int(value) if labels.dtype.kind != "f" else value
         names = (f"the classes named are 0..{k - 1}" if class_names else
                  f"without class names at most {k} classes are possible: is it an id rather than a class?")
-        raise InputError(path, f"class label {value} of image {_image_of(labels, i)} is not a class index ({names})")
+        raise InputError(path, f"{what} {value} of image {_image_of(labels, i)} is not a class index ({names})")
 
 
 def _image_of(labels: np.ndarray, flat: int) -> int:

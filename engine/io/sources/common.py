@@ -80,10 +80,10 @@ def check_declared(path: Path, declared: str, data_bytes: int, holds: int, memor
                                f"more than this machine has ({size_text(machine_memory())})")
 
 
-def numbered_class_names(path: Path, labels: np.ndarray, names: list[str] | None) -> list[str]:
+def numbered_class_names(path: Path, what: str, labels: np.ndarray, names: list[str] | None) -> list[str]:
     """The class names of whole-number class indices: `names` when given (which must cover every index), else
     "0", "1", ... up to the highest index, checked to be a class index before a name is made for each."""
-    check_labels(path, labels, names)
+    check_labels(path, labels, names, what)
     return list(names) if names else [str(i) for i in range(int(labels.max()) + 1)]
 
 

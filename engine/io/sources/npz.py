@@ -63,7 +63,7 @@ def read_npz(path: str | Path, split: str = "train", class_names: list[str] | No
             log.info("%s: multi-label (%d columns); class labels not used", path, flat.shape[1])
         else:
             labels = _class_indices(path, f"'{split}_labels'", flat[:, 0])
-            names = numbered_class_names(path, labels, file_names or class_names)
+            names = numbered_class_names(path, f"'{split}_labels' value", labels, file_names or class_names)
     return validate(ImageSet(images=images.astype(np.float32), labels=labels, class_names=names,
                              source=str(path)))
 

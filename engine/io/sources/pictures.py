@@ -179,7 +179,7 @@ def _read_labels_csv(path: Path, stems: list[str], class_names: list[str] | None
     # and no class index; it is refused as one by the bound on class indices.
     if all(v.isascii() and v.isdigit() for v in values):
         labels = np.array([int(v) if len(v) <= 18 else 10**18 for v in values], np.int64)
-        return labels, numbered_class_names(path, labels, class_names)
+        return labels, numbered_class_names(path, "class", labels, class_names)
     names = sorted(set(values))
     return np.array([names.index(v) for v in values], np.int64), names
 
