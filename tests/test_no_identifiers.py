@@ -215,6 +215,11 @@ def test_no_input_path_or_identifier_reaches_an_output(tmp_path, capsys, recwarn
     run("evaluate", out / "synth2d.h5", "--real", real, "--train-data", msd, "--no-utility")
     run("reader-study", "create", real, out / "synth2d.h5", "--out", out / "study", "--n-real", "2",
         "--n-synth", "2")
+    run("export", real, "--to", out / "real_nnunet", "--format", "nnunet")  # real images carry names
+    # A mask-conditioned model draws its masks from the training data when it samples.
+    run("train", msd, "--preset", "demo", "--config", toml, "--size", "16", "--steps", "2", "--mask-mode",
+        "condition", "--out", out / "run_condition")
+    run("sample", out / "run_condition", "--n", "2", "--steps", "2", "--out", out / "synth_condition.h5")
     # Pictures named after a patient.
     run("train", pictures, "--preset", "demo", "--config", toml, "--size", "16", "--steps", "2", "--out",
         out / "run_pictures")
@@ -226,19 +231,26 @@ def test_no_input_path_or_identifier_reaches_an_output(tmp_path, capsys, recwarn
         out / "run3d")
     run("sample", out / "run3d", "--n", "2", "--steps", "2", "--out", out / "synth3d.h5")
     run("export", out / "synth3d.h5", "--to", out / "nii3d", "--format", "nifti")
-    for made in ("run2d", "synth2d.h5", "run_pictures", "synth_pictures.h5", "run_h5", "run3d", "synth3d.h5"):
+    for made in ("run2d", "synth2d.h5", "run_condition", "synth_condition.h5", "run_pictures", "synth_pictures.h5",
+                 "run_h5", "run3d", "synth3d.h5"):
         run("info", out / made)
 
     printed += [str(w.message) for w in recwarn]
+    runs = {"run2d": msd, "run_condition": msd, "run_pictures": pictures, "run_h5": real, "run3d": dicom}
     key = out / "study.key.json"
-    allowed = {out / run_dir / "config.json": {"data path"} for run_dir in ("run2d", "run_pictures", "run_h5", "run3d")}
-    allowed[key] = {"data path"}
-    assert key.is_file()
+    allowed = {out / r / "config.json": {"data path"} for r in runs} | {key: {"data path"}}
     assert _leaks(out, "\n".join(printed), MARKS, allowed) == []
-    # The files allowed the path hold it only where they must: the data's path, the key's source.
-    for run_dir, data in (("run2d", msd), ("run_pictures", pictures), ("run_h5", real), ("run3d", dicom)):
-        config = json.loads((out / run_dir / "config.json").read_text())
-        assert config["data"]["path"] == str(data.resolve()) or config["data"]["path"] == str(data)
+    # Those two hold the path only where finding the input again needs it: the run's data, the study's sources.
+    for r, data in runs.items():
+        config = json.loads((out / r / "config.json").read_text())
+        assert Path(config["data"]["path"]).resolve() == data.resolve()
+        config["data"]["path"] = ""
+        assert PATH_MARK not in json.dumps(config)
+    doc = json.loads(key.read_text())
+    assert Path(doc["sources"]["real"]["path"]) == real.resolve()
+    for source in doc["sources"].values():
+        source["path"] = source["relative"] = ""
+    assert PATH_MARK not in json.dumps(doc)
 
 
 def test_record_full_path_records_the_path_and_never_an_identifier(tmp_path, capsys, recwarn):
