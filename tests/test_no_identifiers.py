@@ -42,7 +42,8 @@ DICOM_TAGS = {
 }
 # A person's name is also searched for by its parts: "Quxwell Henrietta" would leak it too.
 DICOM_MARKS = DICOM_TAGS | {"PatientName family": "Quxwell", "PatientName given": "Henrietta",
-                            "ReferringPhysicianName family": "Plimsoll", "OperatorsName family": "Grumwald"}
+                            "ReferringPhysicianName family": "Plimsoll", "OperatorsName family": "Grumwald",
+                            "series folder name": "Brightwater_Ada_CT"}  # PACS exports name folders by patient
 NIFTI_MARKS = {"descrip": "NIIDESC_Kv31", "aux_file": "AUXF_Rm8", "intent_name": "INTN_Zp5",
                "case file name": "Hoskins_Bea_0071", "dataset.json name": "DSNAME_Lu2",
                "dataset.json description": "DSDESC_Tj6", "dataset.json reference": "DSREF_Nc3"}
@@ -109,7 +110,7 @@ def dicom_folder(root: Path) -> Path:
     """Eight CT series, each in its own folder, every slice carrying DICOM_TAGS."""
     vols = make_phantoms(8, size=24, dims=3, seed=3).images[:, 0]
     for i, v in enumerate(vols):
-        series = root / f"series_{i}"
+        series = root / f"{DICOM_MARKS['series folder name']}_{i}"
         write_series(series, np.round(v * 2 - 1000).astype(np.float32)[:, :20, :12])
         for f in series.iterdir():
             ds = pydicom.dcmread(f)
