@@ -10,6 +10,9 @@ Two places name an input by design, because finding it again is their job: a run
 --resume reads) and a reader study's answer key (which the organiser keeps, outside the study folder). They may
 hold the input's path and nothing else. `data.record_full_path` (--record-full-path) is the user's opt-in to the
 path everywhere; it never lets a DICOM identifier through.
+
+Outputs do name the data folder itself by its base name beside a hash of its path (README, "Training"), so the
+patient's name here lies in the folder above the data, and in the names and files below it.
 """
 
 from __future__ import annotations
