@@ -366,3 +366,14 @@ def test_a_second_run_into_a_folder_being_trained_is_refused(tmp_path, phantoms1
     assert sorted(p.name for p in run.rglob("*")) == before
     train(TrainJob(None, run, resume=True, steps=4, data=phantoms16))  # the lock let go, the run goes on
     assert RunDir(run).steps()[-1] == 4
+
+
+def test_a_disk_too_small_for_the_checkpoints_is_refused_before_the_first_step(tmp_path, phantoms16, monkeypatch):
+    """The checkpoints' room is checked when the model's size is known, not found missing at the first save."""
+    from engine.io import destination
+
+    monkeypatch.setattr(destination, "free_bytes", lambda folder: 2 << 20)
+    with pytest.raises(InputError, match="needs about") as err:
+        train(TrainJob(tiny_config(steps=4, checkpoint_every=2), tmp_path / "run", data=phantoms16))
+    assert str(err.value).startswith(str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "loss.jsonl").exists() and not list(tmp_path.rglob("step_*"))

@@ -42,7 +42,7 @@ from engine.runtime.threads import use_free_cores
 from engine.training import autoencoder, checkpoints
 from engine.training.ema import EMA, ema_weights
 from engine.training.meter import TrainMeter
-from engine.training.run_dir import RunDir
+from engine.training.run_dir import KEEP, RunDir
 from engine.training.steps import draw_batch, lr_at, noised_loss, step_generator
 
 PREVIEW_STEPS = 25  # DDIM steps of a training preview
@@ -123,6 +123,7 @@ class TrainJob:
         if _first_process():
             # Two runs into one folder would interleave their logs and prune each other's checkpoints.
             destination.check_unlocked(self.run_dir)
+            destination.check_writable(self.run_dir, folder=True)  # a read-only folder: refused before any work
         if resume:
             self.folder.resume_checkpoint()  # a folder that is no run is refused before anything in it changes
             self.notes = self.folder.recover()
@@ -268,6 +269,10 @@ class TrainJob:
         run.ema = EMA(model, tc.ema_decay)
         if self.ckpt is not None:
             run.ema.load(checkpoints.read_weights(self.ckpt, "ema"))
+        if acc.is_main_process:
+            # Weights, EMA and AdamW's two moments in float32, for the checkpoints kept and the one being written:
+            # a disk too small for them is said now, not at the first checkpoint.
+            destination.check_room(self.run_dir, 16 * count_parameters(model) * (KEEP + 1), folder=True)
         run.channels_last = acc.device.type == "cuda" and run.x_all.dim() == 4
         if run.channels_last:
             model = model.to(memory_format=torch.channels_last)
