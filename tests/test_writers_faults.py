@@ -18,6 +18,7 @@ from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.io import destination
 from engine.io.medsynth_h5 import SampleWriter, read_image_set, write_image_set
+from tests.conftest import tiny_cli_setup
 from tests.forking import cli, in_child, remount_read_only
 
 OLD = b"the old file: precious"
@@ -351,3 +352,32 @@ def test_a_read_only_folder_is_one_line(tiny_run, tmp_path):
         assert end.result["left"] == []
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_read_only_file_system_is_one_line_for_training_evaluation_and_a_study(tiny_run, tmp_path):
+    """The writers beyond sampling and export: a new run, a resumed run, an evaluation's /metrics and a reader
+    study, each on a read-only mount, end in one line naming the destination, and what was there is unchanged."""
+    import shutil
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    data, cfg = tiny_cli_setup(tmp_path, 8, "steps = 2")
+    real = write_image_set(tmp_path / "real.h5", make_phantoms(8, size=16, seed=6))
+
+    def work():
+        run = shutil.copytree(tiny_run, disk / "run")
+        synth = disk / "s.h5"
+        shutil.copy(real, synth)
+        before = {p: p.read_bytes() for p in disk.rglob("*") if p.is_file()}
+        remount_read_only(disk)
+        return {"train": cli(["train", str(data), "--config", str(cfg), "--out", str(disk / "new")]),
+                "resume": cli(["train", "--resume", "--out", str(run), "--steps", "30"]),
+                "evaluate": cli(["evaluate", str(synth), "--real", str(real), "--no-utility"]),
+                "study": cli(["reader-study", "create", str(real), str(synth), "--out", str(disk / "study"), "--n-real", "4", "--n-synth", "4"]),
+                "same": all(p.read_bytes() == b for p, b in before.items()), "left": only(disk)}
+
+    end = in_child(work, timeout=90, tmpfs=(disk, "16m"))
+    _skip_if(end)
+    for key, name in (("train", "new"), ("resume", "run"), ("evaluate", "s.h5"), ("study", "study")):
+        one_line(end.result[key], name, "read-only")
+    assert end.result["same"] and end.result["left"] == ["run", "s.h5"]
