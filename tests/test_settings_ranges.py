@@ -422,3 +422,11 @@ def test_the_train_panel_refuses_a_size_the_networks_cannot_take(qtbot, data, tm
     assert panel.error.text().startswith("Train panel: model.image_size 30 must be a multiple of 4")
     assert "--" not in panel.error.text() and not panel.runner.running
     assert not (tmp_path / "run").exists()
+
+
+def test_sampling_with_more_steps_than_the_model_has_noise_levels_is_refused(tiny_run, tmp_path, capsys):
+    out = tmp_path / "s.h5"
+    assert main(["sample", str(tiny_run), "--n", "2", "--steps", "5000", "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "was trained with 1000 noise levels: sample it with at most that many steps (not 5000)" in line
+    assert str(tiny_run) in line and not out.exists()
