@@ -273,7 +273,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise InputError(path, "does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # bad TOML, text that is not UTF-8, an integer of thousands of digits
         raise InputError(path, f"is not valid TOML ({exc})") from None
 
 
@@ -387,6 +389,8 @@ def load(path: str | Path) -> RunConfig:
         values = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError(path, "does not exist") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # bad JSON, text that is not UTF-8, an integer of thousands of digits
         raise InputError(path, f"is not valid JSON ({exc})") from None
     return from_dict(values, path)

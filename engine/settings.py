@@ -197,14 +197,19 @@ class Spec:
             return isinstance(value, kind), value
         if kind not in (int, float):
             return True, value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        if isinstance(value, float) and not math.isfinite(value):
             return False, value
         if kind is int:
             if value != int(value):
                 return False, value
             value = int(value)
         else:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float
+                return False, value
         low, high = self.low, self.high
         inside = (low is None or (value > low if self.above else value >= low)) and \
                  (high is None or (value < high if self.below else value <= high))
@@ -228,14 +233,19 @@ def _number(x: float, kind: type | None) -> str:
     return str(int(x)) if kind is int or x == int(x) else f"{x:g}"
 
 
-def _shown(value: Any) -> str:
-    """A value as the user wrote it in TOML / JSON: true, "abc", [1, 2]."""
+def _shown(value: Any, most: int = 60) -> str:
+    """A value as the user wrote it in TOML / JSON (true, 'abc', [1, 2]), cut short when long."""
+    text = _written(value)
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
+def _written(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_shown(v) for v in value) + "]"
+        return "[" + ", ".join(_written(v) for v in value) + "]"
     return str(value)
 
 

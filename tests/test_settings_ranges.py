@@ -430,3 +430,35 @@ def test_sampling_with_more_steps_than_the_model_has_noise_levels_is_refused(tin
     line = one_error_line(capsys)
     assert "was trained with 1000 noise levels: sample it with at most that many steps (not 5000)" in line
     assert str(tiny_run) in line and not out.exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\xff\xfe\x00bad", "is not valid TOML ('utf-8' codec can't decode"),
+    (b"[train]\nsteps = " + b"9" * 5000 + b"\n", "is not valid TOML (Exceeds the limit"),
+    (None, "cannot be read (Is a directory)"),
+])
+def test_a_toml_that_cannot_be_read_is_one_line(data, tmp_path, capsys, content, message):
+    config = tmp_path / "run.toml"
+    config.mkdir() if content is None else config.write_bytes(content)
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--config", str(config)]) == 2
+    assert one_error_line(capsys).startswith(f"medsynth: error: {config}: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_json_that_is_not_text_names_the_file(run_copy, capsys):
+    path = run_copy / "config.json"
+    good = path.read_bytes()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    try:
+        assert main(["train", "--resume", "--out", str(run_copy)]) == 2
+        assert one_error_line(capsys).startswith(f"medsynth: error: {path}: is not valid JSON")
+    finally:
+        path.write_bytes(good)
+
+
+def test_numbers_beyond_any_float_and_long_values_are_refused_in_one_short_line():
+    with pytest.raises(ValueError, match=r"^must be a number > 0 and ≤ 1 \(got 1000"):
+        spec("train", "lr").check(10**400)
+    with pytest.raises(ValueError) as caught:
+        spec("model", "block_out_channels").check(["x"] * 1000)
+    assert len(str(caught.value)) < 150 and str(caught.value).endswith("…)")
