@@ -36,7 +36,7 @@ from medsynth.cli import main
 SECTIONS = ("model", "train", "data", "autoencoder")
 # Each file's hypothesis examples: enough to reach every declared setting several times, within seconds.
 EXAMPLES = 300
-HYPOTHESIS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+HYPOTHESIS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
