@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
-from engine.settings import RANGES, PresetDevice, Spec, allowed
+from engine.settings import RANGES, MaskMode, PresetDevice, Spec, allowed
 
 # Found through the package, not the repository, so that a wheel install and the packaged app find them alike.
 RESOURCES = Path(str(files("engine") / "resources"))
@@ -318,8 +318,11 @@ def data_facts(values: dict[str, Any], source: str | Path | None = "config") -> 
     for section, entries in zip(("model", "facts"), sections):
         if not isinstance(entries, dict):
             raise InputError(source, f"[{section}] must be a table of settings (got {entries!r})")
-    facts = {**sections[0], **sections[1]}
-    return DataFacts(**{k: checked("facts", k, v, source) for k, v in facts.items() if k in _FACT_NAMES})
+    facts = DataFacts(**{k: checked("facts", k, v, source) for k, v in {**sections[0], **sections[1]}.items()
+                         if k in _FACT_NAMES})
+    if facts.mask_mode not in ("", *MaskMode.values()):
+        raise InputError(source, f"facts.mask_mode = {facts.mask_mode!r}; expected one of {MaskMode.values()}")
+    return facts
 
 
 def from_dict(values: dict[str, Any], source: str | Path | None = "config") -> RunConfig:

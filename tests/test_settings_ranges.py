@@ -298,6 +298,7 @@ def test_any_wrong_config_json_value_is_refused_on_resume_with_the_file_named(ru
     (lambda v: v["train"].update(steps="many"), "train.steps must be a whole number ≥ 1 (got 'many')"),
     (lambda v: v.update(facts={"num_classes": "four"}), "facts.num_classes must be a whole number ≥ 0"),
     (lambda v: v.update(facts=[1]), "[facts] must be a table of settings"),
+    (lambda v: v["facts"].update(mask_mode="both"), "facts.mask_mode = 'both'; expected one of"),
     (lambda v: v["model"].update(image_size=17), "model.image_size 17 must be a multiple of 2"),
 ])
 def test_config_json_faults_name_the_file(run_copy, capsys, change, message):
