@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
-from engine.settings import RANGES, MaskMode, PresetDevice, Spec, allowed
+from engine.settings import RANGES, MaskMode, PresetDevice, Spec, allowed, shown
 
 # Found through the package, not the repository, so that a wheel install and the packaged app find them alike.
 RESOURCES = Path(str(files("engine") / "resources"))
@@ -188,14 +188,14 @@ def checked(section: str, key: str, value: Any, source: str | Path | None) -> An
     wrong type, out of range, or not one of the setting's choices."""
     values_allowed = allowed(section, key)
     if values_allowed and value not in values_allowed:
-        raise InputError(source, f"{section}.{key} = {value!r}; expected one of {values_allowed}")
+        raise InputError(source, f"{section}.{key} = {shown(value)}; expected one of {values_allowed}")
     try:
         return SPECS[section, key].check(value)
     except ValueError as exc:
         raise InputError(source, f"{section}.{key} {exc}") from None
 
 
-def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
+def merge(cfg: RunConfig, values: dict[str, Any], source: str | Path | None) -> RunConfig:
     """Apply {section: {key: value}} onto cfg, each value checked against its Spec and choices; unknown keys and
     bad values are refused with the source named."""
     if not isinstance(values, dict):
@@ -211,7 +211,7 @@ def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
         if section not in _SECTIONS:
             raise InputError(source, f"unknown section [{section}]; expected one of {sorted(_SECTIONS)}")
         if not isinstance(entries, dict):
-            raise InputError(source, f"[{section}] must be a table of settings (got {entries!r})")
+            raise InputError(source, f"[{section}] must be a table of settings (got {shown(entries)})")
         target = getattr(cfg, section)
         names = {f.name for f in dataclasses.fields(target)}
         # Unknown keys first: a misspelt key is the likelier fault, and its value means nothing.
@@ -317,11 +317,11 @@ def data_facts(values: dict[str, Any], source: str | Path | None = "config") -> 
     sections = [values.get("model") or {}, values.get("facts") or {}]
     for section, entries in zip(("model", "facts"), sections):
         if not isinstance(entries, dict):
-            raise InputError(source, f"[{section}] must be a table of settings (got {entries!r})")
+            raise InputError(source, f"[{section}] must be a table of settings (got {shown(entries)})")
     facts = DataFacts(**{k: checked("facts", k, v, source) for k, v in {**sections[0], **sections[1]}.items()
                          if k in _FACT_NAMES})
     if facts.mask_mode not in ("", *MaskMode.values()):
-        raise InputError(source, f"facts.mask_mode = {facts.mask_mode!r}; expected one of {MaskMode.values()}")
+        raise InputError(source, f"facts.mask_mode = {shown(facts.mask_mode)}; expected one of {MaskMode.values()}")
     return facts
 
 
@@ -333,7 +333,7 @@ def from_dict(values: dict[str, Any], source: str | Path | None = "config") -> R
     choices = {k: v for k, v in values.items() if k != "facts"}
     if isinstance(choices.get("model"), dict):
         choices["model"] = {k: v for k, v in choices["model"].items() if k not in _FACT_NAMES}
-    cfg = check_shape(merge(RunConfig(), choices, str(source)), source)
+    cfg = check_shape(merge(RunConfig(), choices, source), source)
     cfg.facts = data_facts(values, source)
     return cfg
 

@@ -175,7 +175,7 @@ class Spec:
         else:
             ok, out = False, value
         if not ok:
-            raise ValueError(f"must be {self.describe()} (got {_shown(value)})")
+            raise ValueError(f"must be {self.describe()} (got {shown(value)})")
         return out
 
     def parse(self, text: str) -> Any:
@@ -233,7 +233,7 @@ def _number(x: float, kind: type | None) -> str:
     return str(int(x)) if kind is int or x == int(x) else f"{x:g}"
 
 
-def _shown(value: Any, most: int = 60) -> str:
+def shown(value: Any, most: int = 60) -> str:
     """A value as the user wrote it in TOML / JSON (true, 'abc', [1, 2]), cut short when long."""
     text = _written(value)
     return text if len(text) <= most else text[:most - 1] + "…"

@@ -463,3 +463,6 @@ def test_numbers_beyond_any_float_and_long_values_are_refused_in_one_short_line(
     with pytest.raises(ValueError) as caught:
         spec("model", "block_out_channels").check(["x"] * 1000)
     assert len(str(caught.value)) < 150 and str(caught.value).endswith("…)")
+    with pytest.raises(InputError) as caught:
+        merge(load_preset("demo"), {"train": {"loss": "x" * 10_000}}, "run.toml")
+    assert str(caught.value).startswith("run.toml: train.loss = 'xxx") and len(str(caught.value)) < 200
