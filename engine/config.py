@@ -7,13 +7,14 @@ import dataclasses
 import hashlib
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
-from engine.settings import PresetDevice, allowed
+from engine.settings import RANGES, MaskMode, PresetDevice, Spec, allowed, shown
 
 # Found through the package, not the repository, so that a wheel install and the packaged app find them alike.
 RESOURCES = Path(str(files("engine") / "resources"))
@@ -159,10 +160,46 @@ class RunConfig:
 
 _FACT_NAMES = {f.name for f in dataclasses.fields(DataFacts)}
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "autoencoder": AutoencoderConfig}
+# The source resolve() names for overrides when its caller does not say.
+COMMAND_LINE = "command line"
 
 
-def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
-    """Apply {section: {key: value}} onto cfg, rejecting unknown keys with the source named."""
+def _specs() -> dict[tuple[str, str], Spec]:
+    """Every setting's Spec: its range from engine.settings, its type from its field here."""
+    out = {}
+    for section, cls in {**_SECTIONS, "facts": DataFacts}.items():
+        for key, hint in typing.get_type_hints(cls).items():
+            many = typing.get_origin(hint) is list
+            kind = typing.get_args(hint)[0] if many else hint
+            out[section, key] = dataclasses.replace(RANGES.get((section, key), Spec()), kind=kind, many=many)
+    return out
+
+
+SPECS = _specs()
+
+
+def spec(section: str, key: str) -> Spec:
+    """A config setting's type and range, what the CLI's `type=` and the app's spin boxes read."""
+    return SPECS[section, key]
+
+
+def checked(section: str, key: str, value: Any, source: str | Path | None) -> Any:
+    """`value` for the setting, as its field holds it; InputError naming `source` and the key when it is of the
+    wrong type, out of range, or not one of the setting's choices."""
+    values_allowed = allowed(section, key)
+    if values_allowed and value not in values_allowed:
+        raise InputError(source, f"{section}.{key} = {shown(value)}; expected one of {values_allowed}")
+    try:
+        return SPECS[section, key].check(value)
+    except ValueError as exc:
+        raise InputError(source, f"{section}.{key} {exc}") from None
+
+
+def merge(cfg: RunConfig, values: dict[str, Any], source: str | Path | None) -> RunConfig:
+    """Apply {section: {key: value}} onto cfg, each value checked against its Spec and choices; unknown keys and
+    bad values are refused with the source named."""
+    if not isinstance(values, dict):
+        raise InputError(source, f"must hold sections of settings (got {type(values).__name__})")
     for section, entries in values.items():
         if section == "preset":
             cfg.preset = str(entries)
@@ -171,19 +208,53 @@ def merge(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
             if entries not in PRESET_DEVICES:
                 raise InputError(source, f"device = {entries!r}; expected one of {list(PRESET_DEVICES)}")
             continue  # a hint about the preset, read by preset_device(), not a setting of the run
-        if section not in _SECTIONS or not isinstance(entries, dict):
+        if section not in _SECTIONS:
             raise InputError(source, f"unknown section [{section}]; expected one of {sorted(_SECTIONS)}")
+        if not isinstance(entries, dict):
+            raise InputError(source, f"[{section}] must be a table of settings (got {shown(entries)})")
         target = getattr(cfg, section)
         names = {f.name for f in dataclasses.fields(target)}
-        for key, value in entries.items():
+        # Unknown keys first: a misspelt key is the likelier fault, and its value means nothing.
+        for key in entries:
             if key not in names:
                 raise InputError(source, f"unknown setting {section}.{key}")
-            values_allowed = allowed(section, key)
-            if values_allowed and value not in values_allowed:
-                raise InputError(source, f"{section}.{key} = {value!r}; expected one of {values_allowed}")
-            setattr(target, key, value)
+        for key, value in entries.items():
+            setattr(target, key, checked(section, key, value, source))
         if section == "train" and "batch" in entries and "cpu_batch" not in entries:
             target.cpu_batch = 0
+    return cfg
+
+
+def size_multiple(cfg: RunConfig) -> int:
+    """What the image edge must be a multiple of: each level of the UNet (and of the autoencoder before it) after
+    the first halves it."""
+    levels = len(cfg.model.block_out_channels) + (len(cfg.autoencoder.channels) - 1 if cfg.autoencoder.enabled else 0)
+    return 2 ** (levels - 1)
+
+
+def shape_fault(cfg: RunConfig) -> tuple[str, set[tuple[str, str]]] | None:
+    """What makes the settings impossible together for the networks, with the keys involved; None when nothing."""
+    m, ae = cfg.model, cfg.autoencoder
+    keys = {("model", "image_size"), ("model", "block_out_channels")}
+    why = f"{len(m.block_out_channels)} levels in model.block_out_channels"
+    if ae.enabled:
+        keys |= {("autoencoder", "enabled"), ("autoencoder", "channels")}
+        why += f" and {len(ae.channels)} in autoencoder.channels"
+    if m.image_size % size_multiple(cfg):
+        return f"model.image_size {m.image_size} must be a multiple of {size_multiple(cfg)} for the {why} (each " \
+               f"level after the first halves it)", keys
+    for channels, attention in zip(m.block_out_channels, m.attention_levels):
+        if attention and m.attention_head_dim > channels:
+            return f"model.attention_head_dim {m.attention_head_dim} must be at most the channels of each level " \
+                   f"with attention ({channels} in model.block_out_channels)", \
+                {("model", "attention_head_dim"), ("model", "block_out_channels"), ("model", "attention_levels")}
+    return None
+
+
+def check_shape(cfg: RunConfig, source: str | Path | None) -> RunConfig:
+    fault = shape_fault(cfg)
+    if fault:
+        raise InputError(source, fault[0])
     return cfg
 
 
@@ -202,7 +273,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise InputError(path, "does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # bad TOML, text that is not UTF-8, an integer of thousands of digits
         raise InputError(path, f"is not valid TOML ({exc})") from None
 
 
@@ -213,11 +286,16 @@ def _preset_path(name: str) -> Path:
     return path
 
 
-def load_preset(name: str) -> RunConfig:
+def _preset_values(name: str) -> tuple[Path, dict[str, Any]]:
     path = _preset_path(name)
     values = load_toml(path)
     values.pop("description", None)  # for people choosing a preset, not a setting of the run
-    cfg = merge(RunConfig(), values, str(path))
+    return path, values
+
+
+def load_preset(name: str) -> RunConfig:
+    path, values = _preset_values(name)
+    cfg = check_shape(merge(RunConfig(), values, str(path)), path)
     cfg.preset = name
     return cfg
 
@@ -233,29 +311,53 @@ def preset_device(name: str) -> str:
     return str(load_toml(path).get("device", "cpu")) if path.exists() else "cpu"
 
 
-def data_facts(values: dict[str, Any]) -> DataFacts:
-    """The data facts of a saved config given as a dict; configs written before the facts had their own
+def data_facts(values: dict[str, Any], source: str | Path | None = "config") -> DataFacts:
+    """The data facts of a saved config given as a dict, checked; configs written before the facts had their own
     section kept them among the model settings."""
-    facts = {**(values.get("model") or {}), **(values.get("facts") or {})}
-    return DataFacts(**{k: v for k, v in facts.items() if k in _FACT_NAMES})
+    sections = [values.get("model") or {}, values.get("facts") or {}]
+    for section, entries in zip(("model", "facts"), sections):
+        if not isinstance(entries, dict):
+            raise InputError(source, f"[{section}] must be a table of settings (got {shown(entries)})")
+    facts = DataFacts(**{k: checked("facts", k, v, source) for k, v in {**sections[0], **sections[1]}.items()
+                         if k in _FACT_NAMES})
+    if facts.mask_mode not in ("", *MaskMode.values()):
+        raise InputError(source, f"facts.mask_mode = {shown(facts.mask_mode)}; expected one of {MaskMode.values()}")
+    return facts
 
 
-def from_dict(values: dict[str, Any]) -> RunConfig:
-    """A saved config (config.json, a checkpoint's or an HDF5 file's), old or new, with its data facts."""
+def from_dict(values: dict[str, Any], source: str | Path | None = "config") -> RunConfig:
+    """A saved config (config.json, a checkpoint's or an HDF5 file's), old or new, with its data facts; every value
+    checked, a fault named with `source` (the file it came from)."""
+    if not isinstance(values, dict):
+        raise InputError(source, f"does not hold a config (expected a JSON object, got {type(values).__name__})")
     choices = {k: v for k, v in values.items() if k != "facts"}
     if isinstance(choices.get("model"), dict):
         choices["model"] = {k: v for k, v in choices["model"].items() if k not in _FACT_NAMES}
-    cfg = merge(RunConfig(), choices, "config")
-    cfg.facts = data_facts(values)
+    cfg = check_shape(merge(RunConfig(), choices, source), source)
+    cfg.facts = data_facts(values, source)
     return cfg
 
 
-def resolve(preset: str | None, config_file: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """Preset, then the user's TOML, then command-line overrides: the later wins."""
-    cfg = load_preset(preset or "demo")
+def resolve(preset: str | None, config_file: str | Path | None, overrides: dict[str, Any],
+            source: str = COMMAND_LINE) -> RunConfig:
+    """Preset, then the user's TOML, then the overrides (from the command line, or the `source` the app names):
+    the later wins. Each value is checked as it is read, and the settings together once all are in, the fault
+    named with the last source that set one of the settings involved."""
+    preset_path, preset_values = _preset_values(preset or "demo")
+    layers = [(str(preset_path), preset_values)]
     if config_file:
-        cfg = merge(cfg, load_toml(config_file), str(config_file))
-    return merge(cfg, overrides, "command line")
+        layers.append((str(config_file), load_toml(config_file)))
+    layers.append((source, overrides))
+    cfg = merge(RunConfig(), preset_values, str(preset_path))
+    cfg.preset = preset or "demo"
+    for name, values in layers[1:]:
+        merge(cfg, values, name)
+    fault = shape_fault(cfg)
+    if fault:
+        setters = [name for name, values in layers
+                   if any(isinstance(values.get(s), dict) and k in values[s] for s, k in fault[1])]
+        raise InputError(setters[-1] if setters else layers[0][0], fault[0])
+    return cfg
 
 
 def path_sha256(path: str | Path) -> str:
@@ -290,6 +392,8 @@ def load(path: str | Path) -> RunConfig:
         values = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError(path, "does not exist") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # bad JSON, text that is not UTF-8, an integer of thousands of digits
         raise InputError(path, f"is not valid JSON ({exc})") from None
-    return from_dict(values)
+    return from_dict(values, path)

@@ -95,6 +95,38 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides(**{name: getattr(args, name, None) for name in OVERRIDES})
 
 
+def _typed(spec: Any) -> Any:
+    """An argparse `type=` from a declared Spec (engine.settings): a value of the wrong type or out of range is
+    argparse's one error line naming the flag."""
+
+    def parse(text: str) -> Any:
+        try:
+            return spec.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _setting(name: str, one: bool = False) -> Any:
+    """`type=` for the flag that overrides a config setting (engine.settings.OVERRIDES); `one`: for each word of
+    a flag taking several (--spacing X Y Z)."""
+    import dataclasses
+
+    from engine.config import spec
+    from engine.settings import OVERRIDES
+
+    found = spec(*OVERRIDES[name])
+    return _typed(dataclasses.replace(found, many=False, counts=None) if one else found)
+
+
+def _option(command: str, name: str) -> Any:
+    """`type=` for a command's own option (engine.settings.OPTIONS)."""
+    from engine.settings import OPTIONS
+
+    return _typed(OPTIONS[command, name])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.config import resolve
     from engine.training.train import TrainJob
@@ -256,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_demo(sub: Subcommands) -> None:
     d = sub.add_parser("demo", help="phantoms -> short training -> generation -> summary (headless)")
     d.add_argument("--out", default="medsynth-demo", help="folder for the demo's files")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo preset's)")
-    d.add_argument("--n", type=int, default=64, help="samples to generate")
+    d.add_argument("--steps", type=_option("demo", "steps"), default=None,
+                   help="training steps (default: the demo preset's)")
+    d.add_argument("--n", type=_option("demo", "n"), default=64, help="samples to generate")
     d.set_defaults(func=cmd_demo)
 
 
@@ -270,22 +303,23 @@ def _add_train(sub: Subcommands) -> None:
     t.add_argument("--out", required=True, help="run directory (config, checkpoints, loss log)")
     t.add_argument("--preset", default=None, help=f"one of {', '.join(preset_names())} (default: demo)")
     t.add_argument("--config", default=None, help="TOML file with [model] [train] [data] settings")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch", type=int)
-    t.add_argument("--lr", type=float)
+    t.add_argument("--steps", type=_setting("steps"))
+    t.add_argument("--batch", type=_setting("batch"))
+    t.add_argument("--lr", type=_setting("lr"))
     t.add_argument("--loss", choices=LossKind.values())
     t.add_argument("--prediction", choices=Prediction.values())
     t.add_argument("--mask-mode", dest="mask_mode", choices=MaskMode.values())
-    t.add_argument("--seed", type=int)
-    t.add_argument("--size", type=int, help="training size in pixels / voxels per axis (default: the preset's)")
-    t.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+    t.add_argument("--seed", type=_setting("seed"))
+    t.add_argument("--size", type=_setting("size"),
+                   help="training size in pixels / voxels per axis (default: the preset's)")
+    t.add_argument("--spacing", type=_setting("spacing", one=True), nargs=3, metavar=("X", "Y", "Z"),
                    help="voxel spacing in mm for volumes (default: the finest at which every case fits)")
-    t.add_argument("--autoencoder-steps", dest="autoencoder_steps", type=int,
+    t.add_argument("--autoencoder-steps", dest="autoencoder_steps", type=_setting("autoencoder_steps"),
                    help="stage-1 steps of a latent preset (brain-128, ct-128)")
     # Flags default to None, not False: an absent flag keeps the preset's value.
     t.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass: less memory, about a third slower")
-    t.add_argument("--memory-limit", dest="memory_limit", type=float, metavar="GIB",
+    t.add_argument("--memory-limit", dest="memory_limit", type=_setting("memory_limit"), metavar="GIB",
                    help="refuse a run whose estimated memory exceeds this (default: the device's)")
     t.add_argument("--device", choices=Device.values())
     t.add_argument("--record-full-path", dest="record_full_path", action="store_true", default=None,
@@ -299,16 +333,17 @@ def _add_sample(sub: Subcommands) -> None:
 
     s = sub.add_parser("sample", help="generate samples from a trained run into an HDF5 file")
     s.add_argument("run", help="run directory or checkpoint folder")
-    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--n", type=_option("sample", "n"), required=True)
     s.add_argument("--out", required=True, help="output .h5 file")
     s.add_argument("--sampler", default=Sampler.DDIM.value, choices=Sampler.values())
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--seed", type=int, default=0, help="sample i gets seed SEED+i")
-    s.add_argument("--class", dest="class_index", type=int, default=None, help="generate only this class")
+    s.add_argument("--steps", type=_option("sample", "steps"), default=50)
+    s.add_argument("--seed", type=_option("sample", "seed"), default=0, help="sample i gets seed SEED+i")
+    s.add_argument("--class", dest="class_index", type=_option("sample", "class"), default=None,
+                   help="generate only this class")
     s.add_argument("--class-mix", default=None, help='weights per class, e.g. "0:0.5,3:0.5"')
-    s.add_argument("--guidance", type=float, default=2.0,
+    s.add_argument("--guidance", type=_option("sample", "guidance"), default=2.0,
                    help="classifier-free guidance scale for class-conditional models (1 = none)")
-    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--batch", type=_option("sample", "batch"), default=32)
     s.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
     s.add_argument("--keep-mismatched", action="store_true",
@@ -338,22 +373,11 @@ def _add_export(sub: Subcommands) -> None:
                    help="nnunet: the dataset id (default: the next free one from 501)")
     e.add_argument("--dataset-name", dest="dataset_name", default=None, metavar="NAME",
                    help="nnunet: the dataset name (default: MedSynth)")
-    e.add_argument("--max-corr", dest="max_corr", type=float, default=None, metavar="T",
+    e.add_argument("--max-corr", dest="max_corr", type=_option("export", "max_corr"), default=None, metavar="T",
                    help="leave out samples whose nearest training image correlates above T (e.g. 0.95)")
     e.add_argument("--train-data", dest="train_data", default=None,
                    help="training data to compute those correlations against (default: what evaluate stored)")
     e.set_defaults(func=cmd_export)
-
-
-def _training_steps(text: str) -> int:
-    """--utility-steps: at least one, since an untrained network measures nothing (every ratio would read 1)."""
-    try:
-        steps = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of training steps, got {text!r}") from None
-    if steps < 1:
-        raise argparse.ArgumentTypeError(f"{steps}: a network needs at least 1 training step to measure anything")
-    return steps
 
 
 def _add_evaluate(sub: Subcommands) -> None:
@@ -373,15 +397,15 @@ def _add_evaluate(sub: Subcommands) -> None:
                    help="load the --features-net FILE as torch loads it, running any code it holds (TorchScript, "
                         "pickled parts). Without it only a plain torch.export .pt2 that runs no code is loaded. "
                         "Give it only for a file whose source you trust")
-    v.add_argument("--max-samples", dest="max_samples", type=int, default=1000,
+    v.add_argument("--max-samples", dest="max_samples", type=_option("evaluate", "max_samples"), default=1000,
                    help="samples per set for the distribution distances")
-    v.add_argument("--threshold", type=float, default=None,
+    v.add_argument("--threshold", type=_option("evaluate", "threshold"), default=None,
                    help="correlation above which a sample counts as a copy (default: the larger of 0.95 and the "
                         "99th percentile of held-out real cases' own nearest-training correlations)")
-    v.add_argument("--utility-steps", dest="utility_steps", type=_training_steps, default=300,
+    v.add_argument("--utility-steps", dest="utility_steps", type=_option("evaluate", "utility_steps"), default=300,
                    help="training steps for each downstream segmenter / classifier")
     v.add_argument("--no-utility", dest="no_utility", action="store_true", help="skip the downstream training")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=_option("evaluate", "seed"), default=0)
     v.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     v.set_defaults(func=cmd_evaluate)
 
@@ -395,9 +419,9 @@ def _add_reader_study(sub: Subcommands) -> None:
     rsp.add_argument("real", help="create: real MedSynth .h5 file; summary: the study folder")
     rsp.add_argument("synth", nargs="?", help="create: synthetic MedSynth .h5 file")
     rsp.add_argument("--out", help="create: new study folder")
-    rsp.add_argument("--n-real", dest="n_real", type=int, default=20)
-    rsp.add_argument("--n-synth", dest="n_synth", type=int, default=20)
-    rsp.add_argument("--seed", type=int, default=0)
+    rsp.add_argument("--n-real", dest="n_real", type=_option("reader-study", "n_real"), default=20)
+    rsp.add_argument("--n-synth", dest="n_synth", type=_option("reader-study", "n_synth"), default=20)
+    rsp.add_argument("--seed", type=_option("reader-study", "seed"), default=0)
     rsp.add_argument("--key", help="the answer key file, kept outside the study folder "
                                    "(default: FOLDER.key.json beside the folder)")
     rsp.set_defaults(func=cmd_reader_study)

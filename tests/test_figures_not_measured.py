@@ -139,7 +139,7 @@ def test_the_cli_refuses_fewer_than_one_utility_step(tmp_path, capsys):
             main(["evaluate", str(paths["synth"]), "--real", str(paths["test"]), "--utility-steps", steps])
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1].startswith("medsynth evaluate: error: argument --utility-steps") and "at least 1" in err[-1]
+        assert err[-1].startswith("medsynth evaluate: error: argument --utility-steps") and "≥ 1" in err[-1]
     assert paths["synth"].read_bytes() == before  # nothing was run, nothing written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth.h5", "test.h5", "train.h5"]
 

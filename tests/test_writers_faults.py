@@ -373,7 +373,8 @@ def test_a_read_only_file_system_is_one_line_for_training_evaluation_and_a_study
         return {"train": cli(["train", str(data), "--config", str(cfg), "--out", str(disk / "new")]),
                 "resume": cli(["train", "--resume", "--out", str(run), "--steps", "30"]),
                 "evaluate": cli(["evaluate", str(synth), "--real", str(real), "--no-utility"]),
-                "study": cli(["reader-study", "create", str(real), str(synth), "--out", str(disk / "study"), "--n-real", "4", "--n-synth", "4"]),
+                "study": cli(["reader-study", "create", str(real), str(synth), "--out", str(disk / "study"),
+                              "--n-real", "4", "--n-synth", "4"]),
                 "same": all(p.read_bytes() == b for p, b in before.items()), "left": only(disk)}
 
     end = in_child(work, timeout=90, tmpfs=(disk, "16m"))

@@ -220,6 +220,9 @@ class SampleJob:
             use_free_cores()
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
         labels = self._labels(gen, seeds)
+        if self.steps > gen.cfg.train.num_train_timesteps:  # the one limit on steps that is the model's own
+            raise InputError(gen.ckpt, f"was trained with {gen.cfg.train.num_train_timesteps} noise levels: "
+                                       f"sample it with at most that many steps (not {self.steps})")
         conds = self._conditions(gen, seeds)
         masks_out = gen.cfg.mask_mode != "none"
         c, size = gen.cfg.facts.image_channels, gen.cfg.model.image_size

@@ -25,12 +25,13 @@ from engine.config import from_dict
 from engine.errors import InputError
 from engine.io.medsynth_h5 import in_the_way
 from engine.jobs import Done, Progress
-from engine.settings import MaskMode, Sampler
+from engine.settings import OPTIONS, MaskMode, Sampler
 from engine.training import checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
+from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import fresh_name, path_row
 
 DEFAULT_STEPS = {Sampler.DDPM: 1000, Sampler.DDIM: 50, Sampler.DPM: 25}
@@ -59,13 +60,13 @@ class GeneratePanel(JobPanel):
         form.addRow("Model", path_row(self.ckpt_edit, browse))
         self.model_info = WrapLabel("")
         form.addRow("", self.model_info)
-        self.n_spin = QSpinBox(minimum=1, maximum=1_000_000, value=64)
+        self.n_spin = ranged(QSpinBox(maximum=1_000_000, value=64), OPTIONS["sample", "n"])
         form.addRow("Samples", self.n_spin)
         self.sampler = ChoiceCombo(Sampler)
         self.sampler.currentIndexChanged.connect(
             lambda _: self.steps_spin.setValue(DEFAULT_STEPS[Sampler(self.sampler.value())]))
         form.addRow("Sampler", self.sampler)
-        self.steps_spin = QSpinBox(minimum=1, maximum=1000, value=DEFAULT_STEPS[Sampler.DPM])
+        self.steps_spin = ranged(QSpinBox(maximum=1000, value=DEFAULT_STEPS[Sampler.DPM]), OPTIONS["sample", "steps"])
         form.addRow("Steps", self.steps_spin)
         self.class_combo = QComboBox()
         self.class_combo.addItem("Uniform mix of classes")
@@ -73,10 +74,10 @@ class GeneratePanel(JobPanel):
         self.mix_edit = QLineEdit()
         self.mix_edit.setPlaceholderText('optional weights, e.g. "0:0.5,3:0.5"')
         form.addRow("Class mix", self.mix_edit)
-        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=20.0, singleStep=0.5, value=2.0)
+        self.guidance = ranged(QDoubleSpinBox(maximum=20.0, singleStep=0.5, value=2.0), OPTIONS["sample", "guidance"])
         self.guidance.setToolTip("classifier-free guidance; 1 = none, 2-4 = stronger class fidelity")
         form.addRow("Guidance", self.guidance)
-        self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1)
+        self.seed_spin = ranged(QSpinBox(), OPTIONS["sample", "seed"])
         form.addRow("First seed", self.seed_spin)
         self.redraw_check = QCheckBox("Draw again a sample whose mask contradicts its class")
         self.redraw_check.setChecked(True)

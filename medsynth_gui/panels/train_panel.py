@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.config import batch_for, load_preset, preset_description, preset_names, resolve
+from engine.config import batch_for, load_preset, preset_description, preset_names, resolve, size_multiple, spec
 from engine.errors import InputError
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
 from engine.runtime.devices import pick_device
@@ -39,6 +39,7 @@ from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.loss_plot import LossPlot
+from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import path_row
 
 if TYPE_CHECKING:
@@ -124,11 +125,11 @@ class TrainPanel(JobPanel):
         self.preset_note = WrapLabel("")
         self.preset_note.setStyleSheet("color: #999;")
         form.addRow("", self.preset_note)
-        self.steps_spin = QSpinBox(maximum=10_000_000, singleStep=100)
-        self.batch_spin = QSpinBox(minimum=1, maximum=4096)
-        self.lr_spin = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-4)
+        self.steps_spin = ranged(QSpinBox(maximum=10_000_000, singleStep=100), spec("train", "steps"))
+        self.batch_spin = ranged(QSpinBox(maximum=4096), spec("train", "batch"))
+        self.lr_spin = ranged(QDoubleSpinBox(decimals=6, singleStep=1e-4), spec("train", "lr"))
         self.loss_combo = ChoiceCombo(LossKind)
-        self.size_spin = QSpinBox(minimum=8, maximum=1024, singleStep=4)
+        self.size_spin = ranged(QSpinBox(singleStep=4), spec("model", "image_size"))
         self.classes_check = QCheckBox("class-conditional (when the data has labels)")
         self.mask_combo = ChoiceCombo(MaskMode)
         self.device_combo = ChoiceCombo(Device)
@@ -183,6 +184,7 @@ class TrainPanel(JobPanel):
         self.lr_spin.setValue(cfg.train.lr)
         self.loss_combo.set_value(cfg.train.loss)
         self.size_spin.setValue(cfg.model.image_size)
+        self.size_spin.setSingleStep(size_multiple(cfg))  # the arrows step through sizes the preset's networks take
         self.mask_combo.set_value(cfg.data.mask_mode)
         self.classes_check.setChecked(cfg.data.class_conditional)
         self.device_combo.set_value(cfg.train.device)
@@ -223,7 +225,7 @@ class TrainPanel(JobPanel):
                            steps=self.steps_spin.value(), batch=self.batch_spin.value(), lr=self.lr_spin.value(),
                            loss=self.loss_combo.value(), device=self.device_combo.value(),
                            mask_mode=self.mask_combo.value(), class_conditional=self.classes_check.isChecked())
-        return resolve(self.preset.currentText(), None, fields)
+        return resolve(self.preset.currentText(), None, fields, source="Train panel")
 
     def _pick_data_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Training data", "", "Images (*.npz *.nii *.nii.gz *.h5 "
