@@ -124,12 +124,8 @@ class ThumbnailModel(QAbstractListModel):
     def _open_checked(path: str | Path) -> tuple[h5py.File, Header, tuple[int, ...]]:
         f = open_file(path)
         try:
-            h = read_header(f)
+            h = read_header(f)  # checks the shapes of /images and /masks, and that the rows are there
             shape = f[IMAGES].shape
-            if len(shape) not in (4, 5) or shape[1] < 1:
-                raise InputError(path, f"/images has shape {shape}; expected (N, C, H, W) or (N, C, D, H, W)")
-            if MASKS in f and f[MASKS].shape[1:] != shape[2:]:
-                raise InputError(path, f"/masks has shape {f[MASKS].shape}, which does not match /images {shape}")
         except InputError:
             f.close()
             raise

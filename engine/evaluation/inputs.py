@@ -61,7 +61,7 @@ def read_synth(path: Path) -> tuple[ImageSet, Header, Any, float, float]:
     synth = read_image_set(path)
     with open_file(path) as f:
         h = read_header(f)
-    cfg = from_dict(h.config) if h.config else None
+    cfg = from_dict(h.config, source=path) if h.config else None
     lo = float(h.normalisation.get("lo", synth.images.min()))
     hi = float(h.normalisation.get("hi", synth.images.max()))
     return synth, h, cfg, lo, hi
