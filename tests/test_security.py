@@ -281,6 +281,7 @@ def test_the_app_asks_naming_the_file_before_it_loads_code(tmp_path, qtbot, monk
     assert "Trust my encoder.ts and load it" in buttons
     assert not any("--" in t for t in (text, *buttons, panel.error.text()))  # words, never a flag
     assert "my encoder.ts: is TorchScript or another format" in panel.error.text() and not panel.runner.running
+    assert panel.status.text() == "Not started"  # the user said no: not a failure
     with h5py.File(synth, "r") as f:
         assert "fd_net" not in f["metrics"].attrs
 

@@ -278,7 +278,9 @@ class EvaluatePanel(JobPanel):
                 job = EvaluateJob(*files, settings)
             except NeedsTrust as exc:
                 if not self._may_run_code(Path(settings.features_net), exc.fault):
-                    raise
+                    self.status.setText("Not started")  # the user's own choice, not a failure
+                    self.show_error(str(exc))
+                    return
                 settings.trust_code = True
                 job = EvaluateJob(*files, settings)
         except InputError as exc:
