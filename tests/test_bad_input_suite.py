@@ -415,7 +415,7 @@ CASES = [
     Case("train-toml-unknown-key", "toml", _toml("learning_rate = 0.1\n", ["learning_rate"])),
     Case("train-toml-block-out-channels-empty", "toml",
          _toml("", ["block_out_channels"], "[model]\nimage_size = 16\nblock_out_channels = []\n")),
-    Case("train-toml-syntax", "toml", _toml("steps = = 2\n", []), ""),
+    Case("train-toml-syntax", "toml", _toml("steps = = 2\n", [])),
     # config.json / state.json of a run
     Case("train-resume-config-json-wrong-type", "config.json",
          _run_json("config.json", lambda d: d["train"].update(lr="fast"), _resume)),
@@ -426,7 +426,7 @@ CASES = [
     Case("train-resume-state-json-nonsense", "state.json",
          _run_json("state.json", lambda d: d.update(step="many"), _resume)),
     # study.json
-    Case("reader-study-summary-study-json-not-json", "study.json", _study_json("{not json"), ""),
+    Case("reader-study-summary-study-json-not-json", "study.json", _study_json("{not json")),
     Case("reader-study-summary-study-json-items-text", "study.json",
          _study_json(json.dumps({"format": "medsynth-reader-study", "items": "many"}))),
     # flags
