@@ -382,3 +382,14 @@ def test_a_read_only_file_system_is_one_line_for_training_evaluation_and_a_study
     for key, name in (("train", "new"), ("resume", "run"), ("evaluate", "s.h5"), ("study", "study")):
         one_line(end.result[key], name, "read-only")
     assert end.result["same"] and end.result["left"] == ["run", "s.h5"]
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    """The new file is renamed onto the old one: the old one's mode carries over (a private 0600 file stays so)."""
+    import stat
+
+    target = tmp_path / "private.h5"
+    write_image_set(target, make_phantoms(2, size=16, seed=1))
+    target.chmod(0o600)
+    write_image_set(target, make_phantoms(3, size=16, seed=2), overwrite=True)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and len(read_image_set(target)) == 3

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,8 +169,13 @@ def remove_quietly(path: str | Path) -> None:
 
 
 def commit(temp: str | Path, target: str | Path) -> None:
-    """Rename the finished `temp` onto `target` atomically (replacing an old target), and make it durable."""
+    """Rename the finished `temp` onto `target` atomically (replacing an old target), and make it durable.
+
+    A replaced target's permissions carry over, as an editor's save keeps them: a file the user (or the app's
+    private cache) made readable by its owner alone stays so."""
     with translating(target):
+        with contextlib.suppress(OSError):
+            os.chmod(temp, stat.S_IMODE(os.stat(target).st_mode))
         os.replace(temp, target)
         with contextlib.suppress(OSError):  # not every platform can open a folder; the rename itself is done
             fd = os.open(Path(target).parent, os.O_RDONLY)
