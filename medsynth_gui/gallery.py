@@ -142,7 +142,8 @@ class Gallery(QWidget):
         except InputError as exc:
             if not self.model.path:
                 self.close_file()  # nothing left to show
-            self.failed.emit(str(exc))
+            if not _renamed_away(path):
+                self.failed.emit(str(exc))
             return False
         self.title, self.delegate.names = title, names
         self.class_combo.blockSignals(True)
@@ -157,18 +158,14 @@ class Gallery(QWidget):
         """Pick up samples that a running job has completed since the last look."""
         if not self.model.path:
             return
-        if destination.is_temp(self.model.path) and not Path(self.model.path).exists():
-            self.poll_timer.stop()  # a finished job's file, renamed onto its name: the job opens that itself
-            return
         try:
             before, now = self.model.reopen()
-        except InputError as exc:
+        except (InputError, OSError, KeyError, ValueError) as exc:
             self.poll_timer.stop()
-            self.failed.emit(str(exc))
-            return
-        except (OSError, KeyError, ValueError) as exc:
-            self.poll_timer.stop()
-            self.failed.emit(f"{self.model.path}: could not be re-read ({exc})")
+            if _renamed_away(self.model.path):
+                return
+            self.failed.emit(str(exc) if isinstance(exc, InputError) else
+                             f"{self.model.path}: could not be re-read ({exc})")
             return
         if now < before:
             self.open_file(self.model.path)
@@ -345,3 +342,9 @@ class Gallery(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.close_file()
         super().closeEvent(event)
+
+
+def _renamed_away(path: str | Path) -> bool:
+    """A running job's file that was renamed onto its own name (even while being read): no fault, the job opens
+    the finished file itself."""
+    return destination.is_temp(path) and not Path(path).exists()

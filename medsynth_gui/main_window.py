@@ -205,8 +205,6 @@ class MainWindow(FileOpening, QMainWindow):
         self.generate.out_edit.setText(self._suggested_output)
 
     def _generation_started(self, path: str) -> None:
-        if not Path(path).exists():
-            return  # a short run was already renamed onto its name before this signal arrived: file_done opens it
         self.gallery.open_file(path)
         self.stack.setCurrentWidget(self.tabs)
         self.tabs.setCurrentWidget(self.gallery)

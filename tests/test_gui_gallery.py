@@ -263,3 +263,12 @@ def test_the_gallery_holds_no_handle_between_event_loop_turns(gallery, qtbot, tm
         assert gallery.thumbnail(3).width() == 128
         gallery.refresh()
     assert gallery.count() == 64 and gallery.model.file is None
+
+
+def test_a_live_file_renamed_onto_its_name_before_it_opens_is_no_fault(gallery, tmp_path):
+    """A short run's .partial can be renamed onto its name between "file started" and the gallery's open: that is
+    the run finishing, not a fault to show; a missing file of the user's own still is one."""
+    failures: list[str] = []
+    gallery.failed.connect(failures.append)
+    assert not gallery.open_file(tmp_path / "s.h5.partial") and failures == []
+    assert not gallery.open_file(tmp_path / "s.h5") and "does not exist" in failures[0]
