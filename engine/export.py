@@ -159,7 +159,6 @@ def export(path: str | Path, to: str | Path, fmt: str,
             raise InputError(path, "holds volumes; PNG is for 2D images, export volumes with --format nifti or nnunet")
         if fmt == "nnunet" and not has_masks:
             raise InputError(path, "has no masks; an nnU-Net dataset needs a label map for every case")
-        _check_layout(path, f, h, n)
         destination.check_writable(out, _rough_bytes(f, int(keep.sum()), fmt), folder=True)
         with destination.writer_lock(out):
             work = destination.temp_beside(out, hidden=True)
@@ -180,21 +179,6 @@ def export(path: str | Path, to: str | Path, fmt: str,
                 destination.remove_quietly(table)
                 raise
     return {"out": str(out), "n": written, "left_out": int(n - written), "format": fmt, "samples_csv": str(table_path)}
-
-
-def _check_layout(path: str | Path, f: Any, h: Header, n: int) -> None:
-    """Refuse, before anything is written, a file whose datasets cannot give `n` whole samples."""
-    images = f[IMAGES]
-    if images.ndim != 2 + h.spatial_dims or images.shape[0] < n:
-        raise InputError(path, f"has /images of shape {tuple(images.shape)}, not {n} samples of "
-                               f"{h.spatial_dims}D images with channels")
-    spatial = tuple(images.shape[2:])
-    if MASKS in f and (f[MASKS].shape[0] < n or tuple(f[MASKS].shape[1:]) != spatial):
-        raise InputError(path, f"has /masks of shape {tuple(f[MASKS].shape)}, which does not match /images "
-                               f"{tuple(images.shape)} (one {'x'.join(map(str, spatial))} mask per sample)")
-    for name in (LABELS, SEEDS):
-        if name in f and (f[name].ndim != 1 or f[name].shape[0] < n):
-            raise InputError(path, f"has /{name} of shape {tuple(f[name].shape)}, fewer than its {n} samples")
 
 
 def _rough_bytes(f: Any, n: int, fmt: str) -> int:

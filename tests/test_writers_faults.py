@@ -205,7 +205,7 @@ def _file_with_masks(path: Path, mask_shape: tuple[int, ...], n_complete: int = 
 def test_export_refuses_wrong_shape_masks_before_the_first_file(tmp_path, fmt):
     h5 = _file_with_masks(tmp_path / "bad.h5", (5, 12, 12))
     to = tmp_path / "out"
-    one_line(cli(["export", str(h5), "--to", str(to), "--format", fmt]), str(h5), "/masks of shape (5, 12, 12)")
+    one_line(cli(["export", str(h5), "--to", str(to), "--format", fmt]), str(h5), "/masks has shape (5, 12, 12)")
     assert only(tmp_path) == ["bad.h5"]
 
 
