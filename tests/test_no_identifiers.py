@@ -199,14 +199,23 @@ def _inputs(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
     return made
 
 
-def test_no_input_path_or_identifier_reaches_an_output(tmp_path, capsys, recwarn):
-    msd, dicom, pictures, real = _inputs(tmp_path)
+def _workspace(tmp_path: Path, capsys):
+    """The output folder, the tiny model's TOML in it, and a runner of the CLI that keeps what each run printed."""
     out = tmp_path / "out"
     out.mkdir()
     toml = out / "tiny.toml"
     toml.write_text(TINY)
-    printed = []
-    run = lambda *argv: printed.append(_cli(capsys, *argv))  # noqa: E731
+    printed: list = []
+
+    def run(*argv) -> None:
+        printed.append(_cli(capsys, *argv))
+
+    return out, toml, printed, run
+
+
+def test_no_input_path_or_identifier_reaches_an_output(tmp_path, capsys, recwarn):
+    msd, dicom, pictures, real = _inputs(tmp_path)
+    out, toml, printed, run = _workspace(tmp_path, capsys)
 
     # 2D: a NIfTI folder read as slices, the full chain.
     run("train", msd, "--preset", "demo", "--config", toml, "--size", "16", "--steps", "3", "--out", out / "run2d")
@@ -259,12 +268,7 @@ def test_no_input_path_or_identifier_reaches_an_output(tmp_path, capsys, recwarn
 
 def test_record_full_path_records_the_path_and_never_an_identifier(tmp_path, capsys, recwarn):
     msd, dicom, _, _ = _inputs(tmp_path)
-    out = tmp_path / "out"
-    out.mkdir()
-    toml = out / "tiny.toml"
-    toml.write_text(TINY)
-    printed = []
-    run = lambda *argv: printed.append(_cli(capsys, *argv))  # noqa: E731
+    out, toml, printed, run = _workspace(tmp_path, capsys)
 
     run("train", dicom, "--preset", "demo-3d", "--config", toml, "--size", "16", "--steps", "2", "--out",
         out / "run3d", "--record-full-path")
