@@ -187,3 +187,48 @@ def test_a_pixel_space_x_ray_run_too_large_is_told_of_the_latent_presets():
     with pytest.raises(InputError) as err:
         memory.check(cfg, "cuda", "cxr-512")
     assert "a latent model (the cxr-256 / cxr-512 presets" in str(err.value)
+
+
+def test_the_train_panel_shows_stage_1_then_stage_2_and_resumes_a_run_stopped_in_stage_1(qtbot, tmp_path, cxr):
+    pytest.importorskip("pytestqt")
+    from PySide6.QtCore import QSettings
+
+    from medsynth_gui.panels.train_panel import TrainPanel
+
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)  # the panel remembers fields: in the test's own folder
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    panel.preset.setCurrentText("demo")
+    assert not panel._form.isRowVisible(panel.ae_steps_spin)  # a pixel-space preset has no stage 1
+    panel.preset.setCurrentText("cxr-256")
+    assert panel._form.isRowVisible(panel.ae_steps_spin) and panel.ae_steps_spin.value() == 4000
+    panel.data_edit.setText(str(cxr))
+    panel.run_edit.setText(str(tmp_path / "run"))
+    panel.size_spin.setValue(32)
+    panel.steps_spin.setValue(3)
+    panel.batch_spin.setValue(4)
+    panel.ae_steps_spin.setValue(60)
+    seen: list[str] = []
+    panel.runner.event.connect(lambda ev: seen.append(panel.status.text()))
+    finished: list[str] = []
+    panel.run_finished.connect(finished.append)
+
+    panel.start()
+    qtbot.waitUntil(lambda: "stage 1 of 2, autoencoder" in panel.status.text(), timeout=120_000)
+    with qtbot.waitSignal(panel.runner.done, timeout=60_000) as blocker:
+        panel.stop()
+    assert blocker.args[0].cancelled and blocker.args[0].result["stage"] == "autoencoder"
+    assert "Stopped in stage 1" in panel.status.text() and not finished  # nothing to generate from yet
+    stopped = checkpoints.read_state(RunDir(tmp_path / "run").autoencoder.latest())["step"]
+    assert 0 < stopped < 60
+
+    seen.clear()
+    with qtbot.waitSignal(panel.runner.done, timeout=240_000) as blocker:
+        panel.resume()
+    assert not blocker.args[0].cancelled and blocker.args[0].result["step"] == 3
+    stage_1 = [i for i, st in enumerate(seen) if st.startswith("stage 1 of 2, autoencoder")]
+    stage_2 = [i for i, st in enumerate(seen) if st.startswith("loss ")]
+    assert stage_1 and stage_2 and max(stage_1) < min(stage_2), seen  # stage 1 went on, then stage 2
+    assert f"autoencoder {stopped + 1}/60" in seen[stage_1[0]]
+    assert "Finished at step 3" in panel.status.text() and finished == [str(tmp_path / "run")]
