@@ -232,3 +232,17 @@ def test_the_train_panel_shows_stage_1_then_stage_2_and_resumes_a_run_stopped_in
     assert stage_1 and stage_2 and max(stage_1) < min(stage_2), seen  # stage 1 went on, then stage 2
     assert f"autoencoder {stopped + 1}/60" in seen[stage_1[0]]
     assert "Finished at step 3" in panel.status.text() and finished == [str(tmp_path / "run")]
+
+
+def test_each_suggested_change_is_named_once():
+    # Batch 4 halves to 2 and quarters to 1: "batch 1" was offered twice before.
+    cfg = filled_2d("cxr-256")
+    cfg.autoencoder.enabled = False
+    cfg.model.attention_levels = [False, False, True]
+    cfg.train.batch = 4
+    cfg.train.memory_limit_gib = 16
+    with pytest.raises(InputError) as err:
+        memory.check(cfg, "cpu", "cxr-256")
+    hints = str(err.value).split("would fit with: ")[1].split("; or ")
+    assert len(hints) == len(set(hints)) >= 3, hints
+    assert any(h.startswith("batch 1 with gradient checkpointing") for h in hints)

@@ -186,7 +186,7 @@ def _suggestions(cfg: RunConfig, device: str, cap: int, data_bytes: int) -> list
         c = copy.deepcopy(cfg)
         c.train.gradient_checkpointing = True
         tries.append(("gradient checkpointing (train.gradient_checkpointing = true)", c))
-    for batch in (cfg.train.batch // 2, cfg.train.batch // 4, 1):
+    for batch in sorted({cfg.train.batch // 2, cfg.train.batch // 4, 1}, reverse=True):
         if 1 <= batch < cfg.train.batch:
             c = copy.deepcopy(cfg)
             c.train.batch = batch
@@ -201,7 +201,7 @@ def _suggestions(cfg: RunConfig, device: str, cap: int, data_bytes: int) -> list
         c.train.gradient_checkpointing = True
         if shape_fault(c) is None:
             tries.append((f"a latent model (the {small} / {large} presets, or their [autoencoder] settings)", c))
-    for batch in (cfg.autoencoder.batch // 2, cfg.autoencoder.batch // 4, 1):
+    for batch in sorted({cfg.autoencoder.batch // 2, cfg.autoencoder.batch // 4, 1}, reverse=True):
         if cfg.autoencoder.enabled and 1 <= batch < cfg.autoencoder.batch:
             c = copy.deepcopy(cfg)
             c.autoencoder.batch = batch
