@@ -246,3 +246,43 @@ def test_each_suggested_change_is_named_once():
     hints = str(err.value).split("would fit with: ")[1].split("; or ")
     assert len(hints) == len(set(hints)) >= 3, hints
     assert any(h.startswith("batch 1 with gradient checkpointing") for h in hints)
+
+
+def test_full_16_bit_tiff_xrays_come_back_as_16_bit_values(tmp_path):
+    # The full 0..65535 range of a 16-bit TIFF, no masks, a class per image.
+    ph = make_phantoms(10, size=32, seed=4)
+    (tmp_path / "tif" / "images").mkdir(parents=True)
+    rows = [("stem", "class")]
+    for i in range(10):
+        img = np.round((ph.images[i, 0] - ph.images.min()) / np.ptp(ph.images) * 65535).astype(np.uint16)
+        Image.fromarray(img).save(tmp_path / "tif" / "images" / f"x{i}.tif")
+        rows.append((f"x{i}", "normal" if i % 2 else "pneumonia"))
+    with open(tmp_path / "tif" / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    TrainJob(tiny_cxr(tmp_path / "tif", ae_steps=2, steps=2), tmp_path / "run").run(lambda ev: None, Requests())
+    out = tmp_path / "synth.h5"
+    SampleJob(tmp_path / "run", 2, out, steps=2, batch=2, seed=1).run(lambda ev: None, Requests())
+    with h5py.File(out) as f:
+        images = f["images"][:]
+        assert "masks" not in f and '"bits": 16' in f.attrs["normalisation"]
+    assert images.min() >= -1e-3 and images.max() <= 65535 + 1e-3 and images.max() > 255  # not 8-bit, not [-1, 1]
+    export(out, tmp_path / "png", "png")
+    png = np.asarray(Image.open(sorted((tmp_path / "png" / "images").glob("*.png"))[0]))
+    assert png.dtype == np.uint16 and png.max() > 255
+
+
+def test_masks_as_a_condition_in_the_latent_are_kept_as_given(tmp_path, cxr):
+    cfg = tiny_cxr(cxr, ae_steps=2, steps=2)
+    cfg.data.mask_mode = "condition"
+    TrainJob(cfg, tmp_path / "run").run(lambda ev: None, Requests())
+    assert checkpoints.read_state(RunDir(tmp_path / "run").latest())["config"]["facts"]["in_channels"] == 4 + 2
+    out = tmp_path / "synth.h5"
+    SampleJob(tmp_path / "run", 2, out, steps=2, batch=2, seed=1).run(lambda ev: None, Requests())
+    given = [np.asarray(Image.open(p)) for p in sorted((cxr / "masks").glob("*.png"))]
+    with h5py.File(out) as f:
+        masks = f["masks"][:]
+        assert f["images"].shape == (2, 1, 32, 32)
+    # Each sample's mask is a training mask picked by its seed, back in the user's grey levels when exported.
+    coded = [np.array([0, 128, 255], np.uint8)[m] for m in masks]
+    for m in coded:
+        assert any(np.array_equal(m, g) for g in given)
