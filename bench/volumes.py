@@ -84,7 +84,7 @@ def measure_2d(space: str, steps: int, sampler_steps: int, device: str, size: in
         cfg.autoencoder.enabled = False
         cfg.model.attention_levels = [False] * (len(cfg.model.block_out_channels) - 1) + [True]
     cfg.data.path = "phantoms"
-    cfg.train.batch = cfg.autoencoder.batch = batch
+    cfg.train.batch = cfg.train.cpu_batch = cfg.autoencoder.batch = batch
     cfg.train.steps = cfg.autoencoder.steps = steps + WARMUP
     cfg.train.checkpoint_every = cfg.autoencoder.checkpoint_every = 10**9
     cfg.train.preview_every = 0
