@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.config import from_dict
+from engine.config import RunConfig, from_dict
 from engine.errors import InputError
 from engine.training import checkpoints
 from engine.training.run_dir import RunDir, is_run_or_checkpoint, resolve_checkpoint
@@ -90,7 +90,41 @@ def _run_dir(path: Path) -> list[str]:
     if rows:
         lines.append(f"  loss: {rows[0]['loss']:.4f} at step {rows[0]['step']} -> {rows[-1]['loss']:.4f} "
                      f"at step {rows[-1]['step']}")
+    if run.autoencoder.enabled:
+        lines += _latent_lines(run, state, state.get("autoencoder_reconstruction"))
     return lines
+
+
+def _latent_lines(run: RunConfig, state: dict, reconstruction: dict | None) -> list[str]:
+    """The latent the diffusion model learns, and how well stage 1's autoencoder gives images back."""
+    from engine.models.networks import diffusion_shape, latent_factor, pixel_channels
+    from engine.training.autoencoder import describe_reconstruction
+
+    dims = max(run.facts.spatial_dims, 2)
+    shape = " x ".join(map(str, diffusion_shape(run)))
+    pixels = " x ".join([str(pixel_channels(run))] + [str(run.model.image_size)] * dims)
+    lines = [f"  latent: {shape} (from {pixels}, {latent_factor(run)}x smaller per axis), autoencoder "
+             f"{run.autoencoder.steps} steps"]
+    norm = state.get("normalisation") or {}
+    span = float(norm["hi"]) - float(norm["lo"]) if "hi" in norm and "lo" in norm else None
+    if reconstruction:
+        lines.append("  autoencoder " + describe_reconstruction(reconstruction, span, norm.get("units", "")))
+    else:
+        lines.append("  autoencoder reconstruction error: not recorded (stage 1 has not finished, or the run "
+                     "predates the figure)")
+    return lines
+
+
+def _stage_1_run(path: Path) -> list[str]:
+    """A latent run stopped in stage 1: what its autoencoder has done so far."""
+    stage1 = RunDir(path).autoencoder
+    ckpt = stage1.latest()
+    checkpoints.verify(ckpt)
+    state = checkpoints.read_state(ckpt)
+    run = from_dict(state["config"])
+    lines = [f"{path}: training run, preset {run.preset or '-'}, in stage 1 (the autoencoder): step "
+             f"{state['step']} of {run.autoencoder.steps}; the diffusion model has not started"]
+    return lines + _latent_lines(run, {}, state.get("reconstruction"))
 
 
 def source_summary(path: str | Path, data: ImageSet) -> str:
@@ -117,6 +151,9 @@ def describe(path: str | Path) -> str:
     p = Path(path)
     if not p.exists():
         raise InputError(p, "does not exist")
+    if p.is_dir() and not checkpoints.is_checkpoint(p) and RunDir(p).latest() is None \
+            and RunDir(p).autoencoder.latest() is not None:
+        return "\n".join(_stage_1_run(p))
     if is_run_or_checkpoint(p):
         return "\n".join(_run_dir(p))
     from engine.io.sources import DicomFolder, MedSynthFile, NiftiFile, source_for

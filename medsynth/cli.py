@@ -315,7 +315,7 @@ def _add_train(sub: Subcommands) -> None:
     t.add_argument("--spacing", type=_setting("spacing", one=True), nargs=3, metavar=("X", "Y", "Z"),
                    help="voxel spacing in mm for volumes (default: the finest at which every case fits)")
     t.add_argument("--autoencoder-steps", dest="autoencoder_steps", type=_setting("autoencoder_steps"),
-                   help="stage-1 steps of a latent preset (brain-128, ct-128)")
+                   help="stage-1 steps of a latent preset (brain-128, ct-128, cxr-256, cxr-512)")
     # Flags default to None, not False: an absent flag keeps the preset's value.
     t.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass: less memory, about a third slower")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.config import RunConfig
+from engine.config import RunConfig, load_preset, shape_fault
 from engine.errors import InputError
 from engine.models.networks import (
     build_autoencoder,
@@ -175,6 +175,10 @@ def capacity(device: str, limit_gib: float = 0.0) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+# The latent presets a run too large for pixel space is pointed to, by spatial dimensions: (smaller, larger).
+LATENT_PRESETS = {2: ("cxr-256", "cxr-512"), 3: ("brain-128", "ct-128")}
+
+
 def _suggestions(cfg: RunConfig, device: str, cap: int, data_bytes: int) -> list[str]:
     """Changes that would make the run fit, each checked with the same estimate."""
     tries: list[tuple[str, RunConfig]] = []
@@ -182,22 +186,27 @@ def _suggestions(cfg: RunConfig, device: str, cap: int, data_bytes: int) -> list
         c = copy.deepcopy(cfg)
         c.train.gradient_checkpointing = True
         tries.append(("gradient checkpointing (train.gradient_checkpointing = true)", c))
-    for batch in (cfg.train.batch // 2, cfg.train.batch // 4, 1):
+    for batch in sorted({cfg.train.batch // 2, cfg.train.batch // 4, 1}, reverse=True):
         if 1 <= batch < cfg.train.batch:
             c = copy.deepcopy(cfg)
             c.train.batch = batch
             c.train.gradient_checkpointing = True
             tries.append((f"batch {batch} with gradient checkpointing", c))
-    if not cfg.autoencoder.enabled and cfg.facts.spatial_dims == 3:
+    dims = max(cfg.facts.spatial_dims, 2)
+    if not cfg.autoencoder.enabled:
+        # The same network on the latent of the latent presets' autoencoder (8x smaller per axis in 2D).
+        small, large = LATENT_PRESETS[dims]
         c = copy.deepcopy(cfg)
-        c.autoencoder.enabled = True
+        c.autoencoder = copy.deepcopy(load_preset(small).autoencoder)
         c.train.gradient_checkpointing = True
-        tries.append(("a latent model (the brain-128 / ct-128 presets, or autoencoder.enabled = true)", c))
-    if cfg.autoencoder.enabled and cfg.autoencoder.batch > 1:
-        c = copy.deepcopy(cfg)
-        c.autoencoder.batch = 1
-        c.train.gradient_checkpointing = True
-        tries.append(("autoencoder.batch = 1 with gradient checkpointing", c))
+        if shape_fault(c) is None:
+            tries.append((f"a latent model (the {small} / {large} presets, or their [autoencoder] settings)", c))
+    for batch in sorted({cfg.autoencoder.batch // 2, cfg.autoencoder.batch // 4, 1}, reverse=True):
+        if cfg.autoencoder.enabled and 1 <= batch < cfg.autoencoder.batch:
+            c = copy.deepcopy(cfg)
+            c.autoencoder.batch = batch
+            c.train.gradient_checkpointing = True
+            tries.append((f"autoencoder.batch = {batch} with gradient checkpointing", c))
     found = []
     for text, c in tries:
         need = max(s.total_bytes for s in estimate(c, device)) + data_bytes

@@ -8,6 +8,7 @@ copy of the finished autoencoder, which makes a checkpoint folder all a sampler 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -43,11 +44,27 @@ def _restore(cfg: RunConfig, out: RunDir) -> tuple[torch.nn.Module, torch.optim.
     return ae, opt, int(state["step"])
 
 
-def _step(cfg: RunConfig, model: Any, opt: Any, x_all: torch.Tensor, step: int, acc: Any) -> float:
+# Images kept out of stage 1's batches, on which the reconstruction error is measured: at most this
+# many, and a tenth of the set at most, so a small set still trains on nearly all of it.
+HELD_BACK_MAX = 8
+
+
+def held_back(cfg: RunConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(trained, held-back) indices of the n training images for stage 1, fixed by the run's seed.
+    Sets under ten images hold none back: every image trains (and the error is measured on them)."""
+    k = min(HELD_BACK_MAX, n // 10)
+    if k == 0:
+        return torch.arange(n), torch.arange(n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.train.seed + 104729))
+    return order[:-k].sort().values, order[-k:].sort().values
+
+
+def _step(cfg: RunConfig, model: Any, opt: Any, x_all: torch.Tensor, trained: torch.Tensor, step: int,
+          acc: Any) -> float:
     """One optimizer step of stage 1: L1 reconstruction plus the KL term, on the batch of `step`."""
     a = cfg.autoencoder
     g = step_generator(cfg.train.seed + 7919, step, acc.process_index, acc.num_processes)
-    x = x_all[torch.randint(x_all.shape[0], (a.batch,), generator=g).to(acc.device)]
+    x = x_all[trained[torch.randint(len(trained), (a.batch,), generator=g)].to(acc.device)]
     with acc.autocast():
         recon, mu, sigma = model(x, g)
     loss = F.l1_loss(recon.float(), x) + a.kl_weight * kl_divergence(mu.float(), sigma.float())
@@ -68,6 +85,7 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, out: RunDir, acc: Any
     """
     a = cfg.autoencoder
     out.path.mkdir(parents=True, exist_ok=True)
+    trained, held = held_back(cfg, x_all.shape[0])
     ae, opt, start = _restore(cfg, out)
     if start >= a.steps:
         return ae.to(acc.device), False
@@ -77,10 +95,10 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, out: RunDir, acc: Any
                  f"{x_all.shape[2]}^{x_all.dim() - 2} -> latent {a.latent_channels} x "
                  f"{x_all.shape[2] // 2 ** (len(a.channels) - 1)}^{x_all.dim() - 2}, steps {start}->{a.steps}"))
 
-    def save(step: int) -> None:
+    def save(step: int, **more: Any) -> None:
         if acc.is_main_process:
             path = out.save_checkpoint(step, net, None, opt.optimizer if hasattr(opt, "optimizer") else opt,
-                                       {"stage": "autoencoder", "config": public_config(cfg.to_dict())})
+                                       {"stage": "autoencoder", "config": public_config(cfg.to_dict()), **more})
             emit(Checkpoint(step, str(path)))
 
     log = out.open_loss_log(start) if acc.is_main_process else None
@@ -97,23 +115,33 @@ def train_autoencoder(cfg: RunConfig, x_all: torch.Tensor, out: RunDir, acc: Any
         if stop(acc, requests.stop_asked()):
             was_cancelled = True
             break
-        value = _step(cfg, model, opt, x_all, step, acc)
+        value = _step(cfg, model, opt, x_all, trained, step, acc)
         step += 1
         timer(step)
         if log is not None and (step % cfg.train.log_every == 0 or step == a.steps):
             log.write({"step": step, "loss": round(value, 6)})
         emit(Progress("autoencoder", step, a.steps, {"loss": value}))
-        if step % a.checkpoint_every == 0:
+        if step % a.checkpoint_every == 0 and step < a.steps:  # the last one carries the reconstruction error
             save(step)
             saved = step
     if log is not None:
         log.close()
     if (step > start or was_cancelled) and saved != step:
-        save(step)
+        save(step, **_finished(cfg, net, x_all, held, emit) if step == a.steps else {})
     if acc.num_processes > 1:
         acc.wait_for_everyone()
     net.eval()
     return net, was_cancelled
+
+
+def _finished(cfg: RunConfig, net: torch.nn.Module, x_all: torch.Tensor, held: torch.Tensor,
+              emit: Emit) -> dict[str, Any]:
+    """What stage 1's last checkpoint records besides the weights: the reconstruction error, also said."""
+    net.eval()
+    error = reconstruction_error(net, x_all[held.to(x_all.device)], held_out=len(held) < x_all.shape[0],
+                                 channels=cfg.facts.image_channels)
+    emit(Message(f"stage 1 done: {describe_reconstruction(error)}"))
+    return {"reconstruction": error}
 
 
 class _Reconstruct(torch.nn.Module):
@@ -136,6 +164,36 @@ def encode_all(ae: torch.nn.Module, x_all: torch.Tensor, batch: int = 2) -> torc
     """Latent means of every training volume; the mean (not a draw) is the deterministic code."""
     ae.eval()
     return torch.cat([ae.encode(x_all[i:i + batch])[0].float() for i in range(0, x_all.shape[0], batch)])
+
+
+@torch.no_grad()
+def reconstruction_error(ae: torch.nn.Module, x: torch.Tensor, held_out: bool, channels: int,
+                         batch: int = 2) -> dict[str, Any]:
+    """How far the autoencoder's round trip (encode to the latent mean, decode) lands from images x in [-1, 1], on
+    the first `channels` (the image; a joint mask's channels follow): mean absolute error as a fraction of the
+    intensity range, and PSNR over that range."""
+    ae.eval()
+    abs_sum, sq_sum, count = 0.0, 0.0, 0
+    for i in range(0, x.shape[0], batch):
+        part = x[i:i + batch]
+        recon = ae.decode(ae.encode(part)[0]).float().clamp(-1.0, 1.0)
+        diff = (recon - part.float())[:, :channels]
+        count += diff.numel()
+        abs_sum += float(diff.abs().sum())
+        sq_sum += float(diff.pow(2).sum())
+    mse = sq_sum / count
+    # The range is 2 in [-1, 1]: halving the error gives it as a fraction of the range.
+    return {"mae_fraction": abs_sum / count / 2.0, "psnr_db": 10.0 * math.log10(4.0 / max(mse, 1e-12)),
+            "images": int(x.shape[0]), "held_out": bool(held_out)}
+
+
+def describe_reconstruction(error: dict[str, Any], data_range: float | None = None, units: str = "") -> str:
+    """'reconstruction error on 8 held-back training images: mean |error| 1.2% of the intensity range ...'."""
+    where = "held-back training images" if error.get("held_out") else "training images (too few to hold some back)"
+    mae = float(error["mae_fraction"])
+    in_units = f" (~{mae * data_range:.4g}{' ' + units if units else ''})" if data_range else ""
+    return (f"reconstruction error on {error['images']} {where}: mean |error| {100 * mae:.2f}% of the intensity "
+            f"range{in_units}, PSNR {float(error['psnr_db']):.1f} dB")
 
 
 def condition_at(cond: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:

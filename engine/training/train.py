@@ -247,6 +247,13 @@ class TrainJob:
         latents = autoencoder.encode_all(ae, run.x_all)
         scale = float(run.state["latent_scale"]) if run.state else autoencoder.latent_scale(latents)
         run.facts["latent_scale"] = scale
+        # Stage 1's figure travels with every diffusion checkpoint, as the autoencoder's weights do.
+        stage1 = self.folder.autoencoder.latest()
+        recon = run.state.get("autoencoder_reconstruction") if run.state else None
+        if recon is None and stage1 is not None:
+            recon = checkpoints.read_state(stage1).get("reconstruction")
+        if recon is not None:
+            run.facts["autoencoder_reconstruction"] = recon
         run.x_all = latents * scale
         del latents
         if run.cond_all is not None:

@@ -97,6 +97,7 @@ class TrainPanel(JobPanel):
         outer.addWidget(self.preview_caption)
         self._reset_plot()
         self.enable_while(idle=(self.resume_btn, self.data_edit, self.run_edit, self.preset, self.steps_spin,
+                                self.ae_steps_spin,
                                 self.batch_spin, self.lr_spin, self.loss_combo, self.size_spin, self.mask_combo,
                                 self.classes_check, self.device_combo),
                           running=(self.sample_btn, self.save_btn))
@@ -133,7 +134,13 @@ class TrainPanel(JobPanel):
         self.classes_check = QCheckBox("class-conditional (when the data has labels)")
         self.mask_combo = ChoiceCombo(MaskMode)
         self.device_combo = ChoiceCombo(Device)
+        # Shown for latent presets only: how long stage 1 trains before the diffusion model starts.
+        self.ae_steps_spin = ranged(QSpinBox(maximum=10_000_000, singleStep=100), spec("autoencoder", "steps"))
+        self.ae_steps_spin.setToolTip("Stage 1 of a latent preset: the autoencoder's training steps, before the "
+                                      "diffusion model's")
+        self._form = form
         form.addRow("Steps", self.steps_spin)
+        form.addRow("Autoencoder steps", self.ae_steps_spin)
         form.addRow("Batch", self.batch_spin)
         form.addRow("Learning rate", self.lr_spin)
         form.addRow("Loss", self.loss_combo)
@@ -179,6 +186,8 @@ class TrainPanel(JobPanel):
         self.preset_note.setText(note)
         self.preset.setToolTip(note)
         self.steps_spin.setValue(cfg.train.steps)
+        self.ae_steps_spin.setValue(cfg.autoencoder.steps)
+        self._form.setRowVisible(self.ae_steps_spin, cfg.autoencoder.enabled)
         self.batch_spin.setValue(batch_for(cfg.train, pick_device("auto")))
         self._show_estimate(device_warning(name, pick_device("auto")), warning=True)
         self.lr_spin.setValue(cfg.train.lr)
@@ -195,6 +204,7 @@ class TrainPanel(JobPanel):
             "data": (self.data_edit.text, self.data_edit.setText, str),
             "run": (self.run_edit.text, self.run_edit.setText, str),
             "steps": (self.steps_spin.value, self.steps_spin.setValue, int),
+            "autoencoder_steps": (self.ae_steps_spin.value, self.ae_steps_spin.setValue, int),
             "batch": (self.batch_spin.value, self.batch_spin.setValue, int),
             "lr": (self.lr_spin.value, self.lr_spin.setValue, float),
             "loss": (self.loss_combo.value, self.loss_combo.set_value, str),
@@ -223,9 +233,14 @@ class TrainPanel(JobPanel):
     def config(self) -> Any:
         fields = overrides(data=self.data_edit.text().strip(), size=self.size_spin.value(),
                            steps=self.steps_spin.value(), batch=self.batch_spin.value(), lr=self.lr_spin.value(),
+                           autoencoder_steps=self.ae_steps_spin.value() if self._latent() else None,
                            loss=self.loss_combo.value(), device=self.device_combo.value(),
                            mask_mode=self.mask_combo.value(), class_conditional=self.classes_check.isChecked())
         return resolve(self.preset.currentText(), None, fields, source="Train panel")
+
+    def _latent(self) -> bool:
+        name = self.preset.currentText()
+        return name in preset_names() and load_preset(name).autoencoder.enabled
 
     def _pick_data_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Training data", "", "Images (*.npz *.nii *.nii.gz *.h5 "
@@ -370,11 +385,15 @@ class TrainPanel(JobPanel):
         loss_text = f" — loss {loss:.4f}" if math.isfinite(loss) else ""
         ckpt = r.get("checkpoint")
         saved = f"; checkpoint {Path(ckpt).name} in the run folder" if ckpt else ""
-        self.status.setText(f"{verb} at step {r.get('step')}{loss_text}{saved}")
+        if r.get("stage") == "autoencoder":
+            # No diffusion checkpoint yet: nothing to generate from, and Resume goes on in stage 1.
+            self.status.setText(f"{verb} in stage 1 (the autoencoder); Resume goes on from its last checkpoint")
+        else:
+            self.status.setText(f"{verb} at step {r.get('step')}{loss_text}{saved}")
         if r.get("seconds"):
             # The estimate line said how long it would take; now it says how long it took.
             self._show_estimate(f"{verb} after {format_duration(float(r['seconds']))}.", warning=False)
         if r.get("stage") != "autoencoder" and r.get("step") is not None:
             self.progress.setValue(int(r["step"]))  # the last update may have been a preview's
-        if r.get("checkpoint"):
+        if r.get("checkpoint") and r.get("stage") != "autoencoder":
             self.run_finished.emit(str(r.get("run_dir")))
