@@ -23,7 +23,7 @@ from engine.models.diffusion import denoise, sampler
 from engine.models.networks import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.runtime.devices import pick_device
 from engine.runtime.threads import use_free_cores
-from engine.settings import Sampler
+from engine.settings import Sampler, sampler_fault, samplers_for
 from engine.training import autoencoder, checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 
@@ -98,6 +98,15 @@ class Generator:
         self.cond_channels = io_channels(self.cfg)[2]
         self.sha256 = checkpoints.sha256(self.ckpt / ("ema.safetensors" if use_ema else "model.safetensors"))
 
+    def fitting_sampler(self, asked: str | None) -> str:
+        """The sampler asked for, or the model's default; InputError when it does not fit the model's objective."""
+        if asked is None:
+            return samplers_for(self.cfg.train.objective)[0].value
+        fault = sampler_fault(asked, self.cfg.train.objective)
+        if fault:
+            raise InputError(self.ckpt, fault)
+        return asked
+
     @property
     def num_classes(self) -> int:
         return self.cfg.facts.num_classes
@@ -107,18 +116,19 @@ class Generator:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    def generate(self, seeds: list[int], labels: list[int] | None, sampler_name: str = "ddim",
+    def generate(self, seeds: list[int], labels: list[int] | None, sampler_name: str | None = None,
                  steps: int = 50, guidance: float = 1.0, cond: torch.Tensor | None = None,
                  requests: Requests | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(images in data units (B, C, H, W), masks (B, H, W) or None); a stop in ``requests`` raises
-        Cancelled."""
+        Cancelled. No `sampler_name`: the model's default (engine.settings.SAMPLERS)."""
+        sampler_name = self.fitting_sampler(sampler_name)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         lab = None if labels is None or self.null is None else torch.tensor(labels, dtype=torch.long)
         latent = self.autoencoder is not None
         shape = diffusion_shape(self.cfg)
         if latent and cond is not None:
             cond = autoencoder.condition_at(cond, shape[1:])
-        x = denoise(self.model, sampler(sampler_name, self.cfg.train, latent), steps, shape,
+        x = denoise(self.model, sampler(sampler_name, self.cfg.train, latent, shape[1:]), steps, shape,
                     gens, self.device, labels=lab, cond=cond, null_class=self.null, guidance=guidance,
                     autocast=self.autocast, clip=not latent, requests=requests)
         if latent:
@@ -141,11 +151,11 @@ def _refuse_non_finite(ckpt: Path, images: np.ndarray, first: int) -> None:
 
 
 class SampleJob:
-    def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str = "ddim",
+    def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str | None = None,
                  steps: int = 50, seed: int = 0, class_index: int | None = None, class_mix: str | None = None,
                  guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False,
                  redraw_mismatches: bool = True) -> None:
-        if sampler_name not in Sampler.values():
+        if sampler_name is not None and sampler_name not in Sampler.values():
             raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(Sampler.values())}")
         if n < 1 or steps < 1 or batch < 1:
             raise InputError(None, "the number of samples, sampler steps and batch size must be positive")
@@ -216,6 +226,7 @@ class SampleJob:
 
     def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         gen = Generator(self.checkpoint, self.device)
+        self.sampler_name = gen.fitting_sampler(self.sampler_name)  # before any sample: a misfit is refused at once
         if gen.device.type == "cpu":
             use_free_cores()
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
