@@ -162,3 +162,32 @@ def test_configs_written_before_flow_read_prediction_as_the_objective(tmp_path):
     toml.write_text('[train]\nobjective = "rectified"\n')
     with pytest.raises(InputError, match=r"t.toml: train.objective = 'rectified'; expected one of"):
         resolve("demo", toml, {})
+
+
+def test_the_generate_panel_offers_only_the_samplers_that_fit_the_model(flow_run, tiny_run, qtbot):
+    from medsynth_gui.panels.generate_panel import GeneratePanel
+
+    panel = GeneratePanel()
+    qtbot.addWidget(panel)
+    combo = panel.sampler
+    panel.set_checkpoint(str(flow_run[0]))
+    assert [combo.itemText(i) for i in range(combo.count())] == [Sampler.EULER.label, Sampler.HEUN.label]
+    assert combo.value() == "euler" and panel.steps_spin.value() == 10
+    assert "flow matching objective" in panel.model_info.text()
+    panel.set_checkpoint(str(tiny_run))
+    assert [combo.itemData(i) for i in range(combo.count())] == ["dpm", "ddim", "ddpm"]
+    assert combo.value() == "dpm" and panel.steps_spin.value() == 25
+    combo.set_value("ddim")
+    panel.set_checkpoint(str(tiny_run))  # a choice that still fits stays
+    assert combo.value() == "ddim"
+
+
+def test_the_train_panel_sets_the_objective(qtbot):
+    from medsynth_gui.panels.train_panel import TrainPanel
+
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    assert [panel.objective_combo.itemData(i) for i in range(panel.objective_combo.count())] == Objective.values()
+    assert panel.objective_combo.value() == "v_prediction"  # the demo preset's
+    panel.objective_combo.set_value("flow")
+    assert panel.config().train.objective == "flow"

@@ -25,7 +25,7 @@ from engine.config import from_dict
 from engine.errors import InputError
 from engine.io.medsynth_h5 import in_the_way
 from engine.jobs import Done, Progress
-from engine.settings import OPTIONS, MaskMode, Sampler
+from engine.settings import OPTIONS, MaskMode, Objective, Sampler, samplers_for
 from engine.training import checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
@@ -34,7 +34,7 @@ from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import fresh_name, path_row
 
-DEFAULT_STEPS = {Sampler.DDPM: 1000, Sampler.DDIM: 50, Sampler.DPM: 25}
+DEFAULT_STEPS = {Sampler.DDPM: 1000, Sampler.DDIM: 50, Sampler.DPM: 25, Sampler.EULER: 10, Sampler.HEUN: 10}
 
 
 class GeneratePanel(JobPanel):
@@ -121,8 +121,11 @@ class GeneratePanel(JobPanel):
         self.class_combo.setEnabled(k > 0)
         self.mix_edit.setEnabled(k > 0)
         self.guidance.setEnabled(k > 0)
+        objective = Objective(cfg.train.objective)
+        self.sampler.offer(samplers_for(objective))  # only the samplers that fit how the model was trained
         self.model_info.setText(f"step {state['step']}, {cfg.model.image_size} px, "
-                                f"{MaskMode(cfg.mask_mode).label.lower()}, {k} classes")
+                                f"{MaskMode(cfg.mask_mode).label.lower()}, {k} classes, "
+                                f"{objective.label.split(' (')[0].lower()} objective")
         run = RunDir.of_checkpoint(ckpt)
         self.model_chosen.emit(run.path.name if run is not None else ckpt.name)
 
