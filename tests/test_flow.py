@@ -211,3 +211,20 @@ def test_euler_at_10_steps_keeps_the_phantom_rules_at_least_as_well_as_v_at_25(t
     for key in ("mask_class_agreement", "image_mask_agreement"):
         assert flow[key] >= v[key] - 1 / n, (key, got)  # one sample's worth of slack for other machines' rounding
     assert flow["image_mask_agreement"] > 0.75, got  # the contrast rule learned, not a tie at chance
+
+
+def test_a_latent_flow_model_learns_its_latents_and_samples_volumes(tmp_path):
+    from engine.models.networks import diffusion_shape
+    from tests.test_latent import tiny_latent
+
+    cfg = tiny_latent()
+    cfg.train.objective = "flow"
+    events = train(cfg, tmp_path / "run", make_phantoms(6, size=16, dims=3, seed=3))
+    assert events[-1].result["step"] == 4 and all(np.isfinite([e.loss for e in events if isinstance(e, Loss)]))
+    latent = diffusion_shape(cfg)[1:]
+    assert latent == (8, 8, 8) and flow_shift(latent) == pytest.approx(0.25)  # the latent's size sets it
+    out = tmp_path / "v.h5"
+    SampleJob(tmp_path / "run", 2, out, steps=3, batch=2, redraw_mismatches=False).run(lambda e: None, Requests())
+    with h5py.File(out) as f:
+        assert f["images"].shape == (2, 1, 16, 16, 16) and np.isfinite(f["images"][:]).all()
+        assert f["masks"].shape == (2, 16, 16, 16)
