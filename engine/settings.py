@@ -104,6 +104,11 @@ SAMPLERS: dict[str, tuple[Sampler, ...]] = {
 }
 
 
+# The steps each sampler takes unless told: what it needs for its fidelity (DDPM: its whole chain).
+SAMPLER_STEPS: dict[str, int] = {Sampler.DPM: 25, Sampler.DDIM: 50, Sampler.DDPM: 1000, Sampler.EULER: 10,
+                                 Sampler.HEUN: 10}
+
+
 def samplers_for(objective: str) -> tuple[Sampler, ...]:
     """The samplers that fit a model trained with `objective`, its default first."""
     return SAMPLERS[Objective(objective)]

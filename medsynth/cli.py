@@ -340,7 +340,8 @@ def _add_sample(sub: Subcommands) -> None:
     s.add_argument("--sampler", default=None, choices=Sampler.values(),
                    help="dpm, ddim or ddpm for an epsilon / v model (default dpm); euler or heun for a flow model "
                         "(default euler)")
-    s.add_argument("--steps", type=_option("sample", "steps"), default=50)
+    s.add_argument("--steps", type=_option("sample", "steps"), default=None,
+                   help="sampler steps (default: the sampler's own, e.g. dpm 25, euler 10, ddpm 1000)")
     s.add_argument("--seed", type=_option("sample", "seed"), default=0, help="sample i gets seed SEED+i")
     s.add_argument("--class", dest="class_index", type=_option("sample", "class"), default=None,
                    help="generate only this class")

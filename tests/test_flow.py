@@ -41,7 +41,7 @@ def test_a_flow_model_learns_and_samples_with_euler_by_default(flow_run, tmp_pat
     state = json.loads((RunDir(folder).latest() / "state.json").read_text())
     assert state["config"]["train"]["objective"] == "flow"  # the checkpoint records it
     out = tmp_path / "s.h5"
-    assert main(["sample", str(folder), "--n", "4", "--steps", "10", "--out", str(out)]) == 0
+    assert main(["sample", str(folder), "--n", "4", "--out", str(out)]) == 0  # sampler and steps: the model's
     assert "sampling 4 with euler x 10 steps" in capsys.readouterr().err
     with h5py.File(out) as f:
         images = f["images"][:]

@@ -23,7 +23,7 @@ from engine.models.diffusion import denoise, sampler
 from engine.models.networks import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.runtime.devices import pick_device
 from engine.runtime.threads import use_free_cores
-from engine.settings import Sampler, sampler_fault, samplers_for
+from engine.settings import SAMPLER_STEPS, Sampler, sampler_fault, samplers_for
 from engine.training import autoencoder, checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 
@@ -152,15 +152,17 @@ def _refuse_non_finite(ckpt: Path, images: np.ndarray, first: int) -> None:
 
 class SampleJob:
     def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str | None = None,
-                 steps: int = 50, seed: int = 0, class_index: int | None = None, class_mix: str | None = None,
+                 steps: int | None = None, seed: int = 0, class_index: int | None = None,
+                 class_mix: str | None = None,
                  guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False,
                  redraw_mismatches: bool = True) -> None:
         if sampler_name is not None and sampler_name not in Sampler.values():
             raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(Sampler.values())}")
-        if n < 1 or steps < 1 or batch < 1:
+        if n < 1 or (steps is not None and steps < 1) or batch < 1:
             raise InputError(None, "the number of samples, sampler steps and batch size must be positive")
         self.checkpoint, self.n, self.out = checkpoint, int(n), Path(out)
-        self.sampler_name, self.steps, self.seed = sampler_name, int(steps), int(seed)
+        # No steps: the sampler's own (engine.settings.SAMPLER_STEPS), once the model has chosen the sampler.
+        self.sampler_name, self.steps, self.seed = sampler_name, None if steps is None else int(steps), int(seed)
         self.class_index, self.class_mix, self.guidance = class_index, class_mix, float(guidance)
         self.batch, self.device, self.overwrite = int(batch), device, overwrite
         # Where the class names are counts of what the mask shows ("1 lesion"), a sample whose mask says
@@ -219,6 +221,17 @@ class SampleJob:
             wrong = [i for i in wrong if rule.mismatch(masks[i], labels[i])] + left
         return redrawn, len(wrong)
 
+    def _choose_sampler(self, gen: Generator) -> None:
+        """The sampler (the model's default unless one was asked for) and its steps, refused before any sample
+        when they do not fit the model."""
+        self.sampler_name = gen.fitting_sampler(self.sampler_name)
+        limit = gen.cfg.train.num_train_timesteps
+        if self.steps is None:
+            self.steps = min(SAMPLER_STEPS[self.sampler_name], limit)
+        if self.steps > limit:  # the one limit on steps that is the model's own
+            raise InputError(gen.ckpt, f"was trained with {limit} noise levels: "
+                                       f"sample it with at most that many steps (not {self.steps})")
+
     def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         # Held from the start: a second run on the same file is refused at once, not after its model loads.
         with destination.writer_lock(self.out):
@@ -226,14 +239,11 @@ class SampleJob:
 
     def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         gen = Generator(self.checkpoint, self.device)
-        self.sampler_name = gen.fitting_sampler(self.sampler_name)  # before any sample: a misfit is refused at once
+        self._choose_sampler(gen)
         if gen.device.type == "cpu":
             use_free_cores()
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
         labels = self._labels(gen, seeds)
-        if self.steps > gen.cfg.train.num_train_timesteps:  # the one limit on steps that is the model's own
-            raise InputError(gen.ckpt, f"was trained with {gen.cfg.train.num_train_timesteps} noise levels: "
-                                       f"sample it with at most that many steps (not {self.steps})")
         conds = self._conditions(gen, seeds)
         masks_out = gen.cfg.mask_mode != "none"
         c, size = gen.cfg.facts.image_channels, gen.cfg.model.image_size
