@@ -33,6 +33,9 @@ from engine.evaluation.metrics.dice import dice_iou  # noqa: E402
 from engine.evaluation.metrics.phantom_fidelity import phantom_fidelity  # noqa: E402
 from engine.evaluation.metrics.radiomics import frd_from_features, radiomic_features  # noqa: E402
 from engine.evaluation.metrics.segmenter import segment, train_segmenter  # noqa: E402
+from engine.inference.sample import Generator  # noqa: E402
+from engine.jobs import Loss, Requests  # noqa: E402
+from engine.training.train import TrainJob  # noqa: E402
 
 NUM_CLASSES = 4
 STEPS = (5, 10, 20, 50)
@@ -41,8 +44,6 @@ NUM_LABELS = 3  # background, bright and dark lesions
 
 def train(run_dir: Path, objective: str, steps: int, size: int, n_train: int) -> Path:
     from engine.config import load_preset
-    from engine.jobs import Loss, Requests
-    from engine.training.train import TrainJob
 
     cfg = load_preset("demo")
     cfg.model.image_size = size
@@ -97,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(runs: dict[str, Path], args: argparse.Namespace) -> int:
     import torch
-
-    from engine.inference.sample import Generator
 
     torch.manual_seed(0)
     n, batch = args.n, max(1, min(args.batch, args.n))
