@@ -228,3 +228,11 @@ def test_a_latent_flow_model_learns_its_latents_and_samples_volumes(tmp_path):
     with h5py.File(out) as f:
         assert f["images"].shape == (2, 1, 16, 16, 16) and np.isfinite(f["images"][:]).all()
         assert f["masks"].shape == (2, 16, 16, 16)
+
+
+def test_objective_is_a_train_flag_with_prediction_its_old_name():
+    from medsynth.cli import _overrides, build_parser
+
+    for flag in ("--objective", "--prediction"):
+        args = build_parser().parse_args(["train", "d.h5", "--out", "r", flag, "flow"])
+        assert _overrides(args)["train"] == {"objective": "flow"}
