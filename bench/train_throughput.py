@@ -47,7 +47,7 @@ from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.data.prepare import TrainingTensors, fit_normalisation, to_tensors  # noqa: E402
 from engine.io.sources.npz import read_npz  # noqa: E402
 from engine.jobs import Event, Progress, Requests  # noqa: E402
-from engine.models.diffusion import train_scheduler  # noqa: E402
+from engine.models.diffusion import noise_levels  # noqa: E402
 from engine.models.networks import build_model  # noqa: E402
 from engine.runtime.devices import pick_device  # noqa: E402
 from engine.runtime.threads import use_free_cores  # noqa: E402
@@ -142,7 +142,7 @@ def bare_loop(cfg: RunConfig, data: ImageSet, warmup: int, steps: int, device: t
         model = model.to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    alphas = train_scheduler(tc).alphas_cumprod.to(device)
+    alphas = noise_levels(tc, x_all.shape[2:]).to(device)
     autocast = autocast_for(cfg, device)
     # One generator on the device: the cheapest way to draw the same kinds of random numbers.
     gen = torch.Generator(device=device).manual_seed(tc.seed)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
-from engine.settings import RANGES, MaskMode, PresetDevice, Spec, allowed, shown
+from engine.settings import RANGES, RENAMED, MaskMode, PresetDevice, Spec, allowed, shown
 
 # Found through the package, not the repository, so that a wheel install and the packaged app find them alike.
 RESOURCES = Path(str(files("engine") / "resources"))
@@ -70,7 +70,10 @@ class TrainConfig:
     # v-prediction: near pure noise an epsilon model must divide by ~0 to estimate the image,
     # and small models then miss its mean brightness (grey backgrounds on the demo phantoms);
     # v stays well-conditioned at every noise level.
-    prediction: str = "v_prediction"  # epsilon | v_prediction
+    # flow: rectified flow (x_t = (1 - t) x0 + t noise, the network predicts noise - x0), sampled with the
+    # Euler / Heun flow samplers in 5-20 steps where a v model needs DPM-Solver++ at 25 or more.
+    # Configs saved before flow existed call this `prediction` (engine.settings.RENAMED).
+    objective: str = "v_prediction"  # epsilon | v_prediction | flow
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     ema_decay: float = 0.999
@@ -212,6 +215,7 @@ def merge(cfg: RunConfig, values: dict[str, Any], source: str | Path | None) -> 
             raise InputError(source, f"unknown section [{section}]; expected one of {sorted(_SECTIONS)}")
         if not isinstance(entries, dict):
             raise InputError(source, f"[{section}] must be a table of settings (got {shown(entries)})")
+        entries = _renamed(section, entries)
         target = getattr(cfg, section)
         names = {f.name for f in dataclasses.fields(target)}
         # Unknown keys first: a misspelt key is the likelier fault, and its value means nothing.
@@ -223,6 +227,18 @@ def merge(cfg: RunConfig, values: dict[str, Any], source: str | Path | None) -> 
         if section == "train" and "batch" in entries and "cpu_batch" not in entries:
             target.cpu_batch = 0
     return cfg
+
+
+def _renamed(section: str, entries: dict[str, Any]) -> dict[str, Any]:
+    """A section's settings with old keys under their new names (the new key wins where both are given)."""
+    out = {}
+    for key, value in entries.items():
+        new = RENAMED.get((section, key))
+        if new is None:
+            out[key] = value
+        elif new not in entries:
+            out[new] = value
+    return out
 
 
 def size_multiple(cfg: RunConfig) -> int:

@@ -83,7 +83,7 @@ def _run_dir(path: Path) -> list[str]:
              f"  checkpoints at steps: {', '.join(map(str, steps))}",
              f"  model: {run.model.image_size} px, {run.facts.image_channels} channel(s), "
              f"mask {run.mask_mode} ({run.facts.mask_labels} labels), {run.facts.num_classes} classes",
-             f"  training: loss {cfg['train']['loss']}, {cfg['train']['prediction']}, batch "
+             f"  training: loss {cfg['train']['loss']}, objective {run.train.objective}, batch "
              f"{cfg['train']['batch']}, lr {cfg['train']['lr']}",
              f"  data: {state.get('data_source')}"]
     rows = folder.loss_rows()

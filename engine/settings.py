@@ -46,9 +46,13 @@ class LrSchedule(Choice):
     COSINE = "cosine", "Cosine decay"
 
 
-class Prediction(Choice):
+class Objective(Choice):
+    """What the network learns to predict: the noise or v of a DDPM schedule, or the velocity of a
+    rectified flow (noise - image along a straight path), which samples well in 5-20 steps."""
+
     EPSILON = "epsilon", "Noise (epsilon)"
     V = "v_prediction", "Velocity (v)"
+    FLOW = "flow", "Flow matching (few-step sampling)"
 
 
 class Precision(Choice):
@@ -83,10 +87,40 @@ class Modality(Choice):
 
 
 class Sampler(Choice):
-    # Fastest first: the app offers the first one.
+    # Fastest first within each objective's samplers: the app offers the first that fits.
     DPM = "dpm", "DPM-Solver++ (fast)"
     DDIM = "ddim", "DDIM (deterministic)"
     DDPM = "ddpm", "DDPM (original, slow)"
+    EULER = "euler", "Euler (flow, fast)"
+    HEUN = "heun", "Heun (flow, 2 network calls a step)"
+
+
+# Which samplers fit a model trained with each objective, its default first: the DDPM-family samplers solve
+# the noise schedule an epsilon / v model learned, the flow samplers the straight path a flow model learned.
+SAMPLERS: dict[str, tuple[Sampler, ...]] = {
+    Objective.EPSILON: (Sampler.DPM, Sampler.DDIM, Sampler.DDPM),
+    Objective.V: (Sampler.DPM, Sampler.DDIM, Sampler.DDPM),
+    Objective.FLOW: (Sampler.EULER, Sampler.HEUN),
+}
+
+
+# The steps each sampler takes unless told: what it needs for its fidelity (DDPM: its whole chain).
+SAMPLER_STEPS: dict[str, int] = {Sampler.DPM: 25, Sampler.DDIM: 50, Sampler.DDPM: 1000, Sampler.EULER: 10,
+                                 Sampler.HEUN: 10}
+
+
+def samplers_for(objective: str) -> tuple[Sampler, ...]:
+    """The samplers that fit a model trained with `objective`, its default first."""
+    return SAMPLERS[Objective(objective)]
+
+
+def sampler_fault(sampler: str, objective: str) -> str | None:
+    """Why `sampler` cannot sample a model trained with `objective`, in words; None when it fits."""
+    fits = samplers_for(objective)
+    if sampler in fits:
+        return None
+    return f"was trained with the {Objective(objective).value} objective: sample it with " \
+           f"{' or '.join(fits)} (not {sampler})"
 
 
 class BetaSchedule(Choice):
@@ -111,11 +145,17 @@ class PresetDevice(Choice):
 # Spatial dimensions of the data: 0 lets the reader decide.
 DIMS = (0, 2, 3)
 
+# Settings renamed since configs were first saved: (section, old key) → the new key. Presets, TOML files and
+# run folders written before the rename are read with the old key taken as the new.
+RENAMED: dict[tuple[str, str], str] = {
+    ("train", "prediction"): "objective",
+}
+
 # (section, key) of a config → the values it may take.
 CHOICES: dict[tuple[str, str], Any] = {
     ("train", "loss"): LossKind,
     ("train", "lr_schedule"): LrSchedule,
-    ("train", "prediction"): Prediction,
+    ("train", "objective"): Objective,
     ("train", "mixed_precision"): Precision,
     ("train", "device"): Device,
     ("train", "beta_schedule"): BetaSchedule,
@@ -332,7 +372,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "batch": ("train", "batch"),
     "lr": ("train", "lr"),
     "loss": ("train", "loss"),
-    "prediction": ("train", "prediction"),
+    "objective": ("train", "objective"),
     "seed": ("train", "seed"),
     "device": ("train", "device"),
     "gradient_checkpointing": ("train", "gradient_checkpointing"),

@@ -296,7 +296,7 @@ def _add_demo(sub: Subcommands) -> None:
 
 def _add_train(sub: Subcommands) -> None:
     from engine.config import preset_names
-    from engine.settings import Device, LossKind, MaskMode, Prediction
+    from engine.settings import Device, LossKind, MaskMode, Objective
 
     t = sub.add_parser("train", help="train a diffusion model on DATA")
     t.add_argument("data", nargs="?", help="npz, NIfTI, MedSynth .h5, or a folder (images/+masks/, MSD)")
@@ -307,7 +307,9 @@ def _add_train(sub: Subcommands) -> None:
     t.add_argument("--batch", type=_setting("batch"))
     t.add_argument("--lr", type=_setting("lr"))
     t.add_argument("--loss", choices=LossKind.values())
-    t.add_argument("--prediction", choices=Prediction.values())
+    # --prediction: its name before flow matching joined the two prediction targets.
+    t.add_argument("--objective", "--prediction", dest="objective", choices=Objective.values(),
+                   help="what the network learns: epsilon or v_prediction (DDPM samplers), or flow (Euler / Heun)")
     t.add_argument("--mask-mode", dest="mask_mode", choices=MaskMode.values())
     t.add_argument("--seed", type=_setting("seed"))
     t.add_argument("--size", type=_setting("size"),
@@ -335,8 +337,11 @@ def _add_sample(sub: Subcommands) -> None:
     s.add_argument("run", help="run directory or checkpoint folder")
     s.add_argument("--n", type=_option("sample", "n"), required=True)
     s.add_argument("--out", required=True, help="output .h5 file")
-    s.add_argument("--sampler", default=Sampler.DDIM.value, choices=Sampler.values())
-    s.add_argument("--steps", type=_option("sample", "steps"), default=50)
+    s.add_argument("--sampler", default=None, choices=Sampler.values(),
+                   help="dpm, ddim or ddpm for an epsilon / v model (default dpm); euler or heun for a flow model "
+                        "(default euler)")
+    s.add_argument("--steps", type=_option("sample", "steps"), default=None,
+                   help="sampler steps (default: the sampler's own, e.g. dpm 25, euler 10, ddpm 1000)")
     s.add_argument("--seed", type=_option("sample", "seed"), default=0, help="sample i gets seed SEED+i")
     s.add_argument("--class", dest="class_index", type=_option("sample", "class"), default=None,
                    help="generate only this class")

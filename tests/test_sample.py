@@ -85,7 +85,10 @@ def test_bad_sampling_requests_fail_before_writing(tiny_run, tmp_path):
         sample(tiny_run, out, n=2, steps=2, class_index=9)
     assert not out.exists()
     with pytest.raises(InputError, match="sampler"):
-        SampleJob(tiny_run, 2, out, sampler_name="euler")
+        SampleJob(tiny_run, 2, out, sampler_name="bogus")
+    with pytest.raises(InputError, match=r"v_prediction objective: sample it with dpm or ddim or ddpm \(not euler\)"):
+        sample(tiny_run, out, n=2, steps=2, sampler_name="euler")
+    assert not out.exists() and not list(tmp_path.glob("x.h5*"))
     out.write_bytes(b"precious")
     with pytest.raises(InputError, match="already exists"):
         SampleJob(tiny_run, 2, out)

@@ -28,7 +28,7 @@ from engine.settings import (
     ExportFormat,
     LossKind,
     MaskMode,
-    Prediction,
+    Objective,
     Sampler,
     allowed,
     overrides,
@@ -49,7 +49,8 @@ def _option(parser: argparse.ArgumentParser, command: str, flag: str) -> argpars
 
 
 @pytest.mark.parametrize(("command", "flag", "kind"), [
-    ("train", "--loss", LossKind), ("train", "--prediction", Prediction), ("train", "--mask-mode", MaskMode),
+    ("train", "--loss", LossKind), ("train", "--objective", Objective), ("train", "--prediction", Objective),
+    ("train", "--mask-mode", MaskMode),
     ("train", "--device", Device), ("sample", "--sampler", Sampler), ("sample", "--device", Device),
     ("evaluate", "--device", Device),
 ])
@@ -59,7 +60,7 @@ def test_cli_choices_are_the_declared_ones(command, flag, kind):
 
 def test_the_readme_lists_the_declared_choices():
     text = (ROOT / "README.md").read_text()
-    for flag, kind in (("--loss", LossKind), ("--prediction", Prediction), ("--mask-mode", MaskMode),
+    for flag, kind in (("--loss", LossKind), ("--objective", Objective), ("--mask-mode", MaskMode),
                        ("--device", Device), ("--sampler", Sampler), ("--format", ExportFormat)):
         assert f"{flag} {'|'.join(kind.values())}" in text, flag
 
@@ -147,7 +148,7 @@ def test_absent_flags_keep_the_preset_and_every_flag_has_a_home():
                                       "--record-full-path", "--memory-limit", "3", "--spacing", "1", "1", "2",
                                       "--autoencoder-steps", "5", "--prediction", "epsilon", "--seed", "4"])
     got = _overrides(args)
-    assert got["train"] == {"gradient_checkpointing": True, "memory_limit_gib": 3.0, "prediction": "epsilon",
+    assert got["train"] == {"gradient_checkpointing": True, "memory_limit_gib": 3.0, "objective": "epsilon",
                             "seed": 4}
     assert got["data"] == {"path": "d.h5", "record_full_path": True, "spacing": [1.0, 1.0, 2.0]}
     assert got["autoencoder"] == {"steps": 5}

@@ -168,10 +168,10 @@ def test_the_noising_step_targets_the_noise_or_v_and_appends_the_condition():
         return SimpleNamespace(sample=torch.zeros_like(x0))
 
     tc = tiny_config().train
-    tc.prediction, tc.loss = "epsilon", "l2"
+    tc.objective, tc.loss = "epsilon", "l2"
     torch.testing.assert_close(noised_loss(zero_net, Batch(x0, noise, t), alphas, tc), noise.pow(2).mean())
     torch.testing.assert_close(seen["inp"], a.sqrt() * x0 + (1 - a).sqrt() * noise)
-    tc.prediction = "v_prediction"
+    tc.objective = "v_prediction"
     v = a.sqrt() * noise - (1 - a).sqrt() * x0
     labels = torch.tensor([0, 1, 2, 3])
     cond = torch.ones(4, 1, 8, 8)

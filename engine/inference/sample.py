@@ -23,7 +23,7 @@ from engine.models.diffusion import denoise, sampler
 from engine.models.networks import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
 from engine.runtime.devices import pick_device
 from engine.runtime.threads import use_free_cores
-from engine.settings import Sampler
+from engine.settings import SAMPLER_STEPS, Sampler, sampler_fault, samplers_for
 from engine.training import autoencoder, checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 
@@ -98,6 +98,15 @@ class Generator:
         self.cond_channels = io_channels(self.cfg)[2]
         self.sha256 = checkpoints.sha256(self.ckpt / ("ema.safetensors" if use_ema else "model.safetensors"))
 
+    def fitting_sampler(self, asked: str | None) -> str:
+        """The sampler asked for, or the model's default; InputError when it does not fit the model's objective."""
+        if asked is None:
+            return samplers_for(self.cfg.train.objective)[0].value
+        fault = sampler_fault(asked, self.cfg.train.objective)
+        if fault:
+            raise InputError(self.ckpt, fault)
+        return asked
+
     @property
     def num_classes(self) -> int:
         return self.cfg.facts.num_classes
@@ -107,18 +116,19 @@ class Generator:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    def generate(self, seeds: list[int], labels: list[int] | None, sampler_name: str = "ddim",
+    def generate(self, seeds: list[int], labels: list[int] | None, sampler_name: str | None = None,
                  steps: int = 50, guidance: float = 1.0, cond: torch.Tensor | None = None,
                  requests: Requests | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(images in data units (B, C, H, W), masks (B, H, W) or None); a stop in ``requests`` raises
-        Cancelled."""
+        Cancelled. No `sampler_name`: the model's default (engine.settings.SAMPLERS)."""
+        sampler_name = self.fitting_sampler(sampler_name)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         lab = None if labels is None or self.null is None else torch.tensor(labels, dtype=torch.long)
         latent = self.autoencoder is not None
         shape = diffusion_shape(self.cfg)
         if latent and cond is not None:
             cond = autoencoder.condition_at(cond, shape[1:])
-        x = denoise(self.model, sampler(sampler_name, self.cfg.train, latent), steps, shape,
+        x = denoise(self.model, sampler(sampler_name, self.cfg.train, latent, shape[1:]), steps, shape,
                     gens, self.device, labels=lab, cond=cond, null_class=self.null, guidance=guidance,
                     autocast=self.autocast, clip=not latent, requests=requests)
         if latent:
@@ -141,16 +151,18 @@ def _refuse_non_finite(ckpt: Path, images: np.ndarray, first: int) -> None:
 
 
 class SampleJob:
-    def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str = "ddim",
-                 steps: int = 50, seed: int = 0, class_index: int | None = None, class_mix: str | None = None,
+    def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str | None = None,
+                 steps: int | None = None, seed: int = 0, class_index: int | None = None,
+                 class_mix: str | None = None,
                  guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False,
                  redraw_mismatches: bool = True) -> None:
-        if sampler_name not in Sampler.values():
+        if sampler_name is not None and sampler_name not in Sampler.values():
             raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(Sampler.values())}")
-        if n < 1 or steps < 1 or batch < 1:
+        if n < 1 or (steps is not None and steps < 1) or batch < 1:
             raise InputError(None, "the number of samples, sampler steps and batch size must be positive")
         self.checkpoint, self.n, self.out = checkpoint, int(n), Path(out)
-        self.sampler_name, self.steps, self.seed = sampler_name, int(steps), int(seed)
+        # No steps: the sampler's own (engine.settings.SAMPLER_STEPS), once the model has chosen the sampler.
+        self.sampler_name, self.steps, self.seed = sampler_name, None if steps is None else int(steps), int(seed)
         self.class_index, self.class_mix, self.guidance = class_index, class_mix, float(guidance)
         self.batch, self.device, self.overwrite = int(batch), device, overwrite
         # Where the class names are counts of what the mask shows ("1 lesion"), a sample whose mask says
@@ -209,6 +221,17 @@ class SampleJob:
             wrong = [i for i in wrong if rule.mismatch(masks[i], labels[i])] + left
         return redrawn, len(wrong)
 
+    def _choose_sampler(self, gen: Generator) -> None:
+        """The sampler (the model's default unless one was asked for) and its steps, refused before any sample
+        when they do not fit the model."""
+        self.sampler_name = gen.fitting_sampler(self.sampler_name)
+        limit = gen.cfg.train.num_train_timesteps
+        if self.steps is None:
+            self.steps = min(SAMPLER_STEPS[self.sampler_name], limit)
+        if self.steps > limit:  # the one limit on steps that is the model's own
+            raise InputError(gen.ckpt, f"was trained with {limit} noise levels: "
+                                       f"sample it with at most that many steps (not {self.steps})")
+
     def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         # Held from the start: a second run on the same file is refused at once, not after its model loads.
         with destination.writer_lock(self.out):
@@ -216,13 +239,11 @@ class SampleJob:
 
     def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
         gen = Generator(self.checkpoint, self.device)
+        self._choose_sampler(gen)
         if gen.device.type == "cpu":
             use_free_cores()
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
         labels = self._labels(gen, seeds)
-        if self.steps > gen.cfg.train.num_train_timesteps:  # the one limit on steps that is the model's own
-            raise InputError(gen.ckpt, f"was trained with {gen.cfg.train.num_train_timesteps} noise levels: "
-                                       f"sample it with at most that many steps (not {self.steps})")
         conds = self._conditions(gen, seeds)
         masks_out = gen.cfg.mask_mode != "none"
         c, size = gen.cfg.facts.image_channels, gen.cfg.model.image_size

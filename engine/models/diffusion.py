@@ -3,29 +3,70 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+)
 
 from engine.config import TrainConfig
 from engine.jobs import Requests
-from engine.settings import Sampler
+from engine.settings import Objective, Sampler
+
+Scheduler = (DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler | FlowMatchEulerDiscreteScheduler
+             | FlowMatchHeunDiscreteScheduler)
+
+# MONAI's RFlowScheduler (as MAISI trains) shifts a 3D flow's timesteps by the volume's size against 32^3.
+FLOW_BASE_EDGE = 32
+
+
+def flow_shift(spatial: Sequence[int]) -> float:
+    """The timestep shift of a flow model whose network sees `spatial` (its input's spatial shape).
+
+    3D: MAISI's resolution shift (MONAI RFlowScheduler's timestep_transform, ratio (numel / 32^3)^(1/3)): a larger
+    volume keeps more of its structure at a given noise level, so more of training and sampling goes to high noise.
+    Diffusers' flow schedulers take the same map as `shift` (sigma' = s sigma / (1 + (s - 1) sigma)). 2D: none.
+    """
+    if len(spatial) != 3:
+        return 1.0
+    return (math.prod(spatial) / FLOW_BASE_EDGE ** 3) ** (1.0 / 3)
+
+
+def _flow(tc: TrainConfig, spatial: Sequence[int]) -> FlowMatchEulerDiscreteScheduler:
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=tc.num_train_timesteps, shift=flow_shift(spatial))
 
 
 def train_scheduler(tc: TrainConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
-                         prediction_type=tc.prediction)
+                         prediction_type=tc.objective)
 
 
-def sampler(name: str, tc: TrainConfig, latent: bool = False
-            ) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
-    """A sampler built on the exact noise schedule the model was trained with.
+def noise_levels(tc: TrainConfig, spatial: Sequence[int]) -> torch.Tensor:
+    """Per training timestep index, how noisy a sample is: the cumulative alpha of the DDPM schedule, or for flow
+    the sigma of diffusers' flow schedule (x_t = (1 - sigma) x0 + sigma noise; index 0 is pure noise)."""
+    if tc.objective == Objective.FLOW:
+        return _flow(tc, spatial).sigmas.clone()
+    return train_scheduler(tc).alphas_cumprod
+
+
+def sampler(name: str, tc: TrainConfig, latent: bool = False, spatial: Sequence[int] = ()) -> Scheduler:
+    """A sampler built on the exact noise schedule the model was trained with (`spatial`, the network input's
+    spatial shape, sets a 3D flow model's shift).
 
     Latents are not bounded to [-1, 1] as normalised pixels are, so they are never clipped.
     """
+    if name == "euler":
+        return _flow(tc, spatial)
+    if name == "heun":
+        return FlowMatchHeunDiscreteScheduler(num_train_timesteps=tc.num_train_timesteps, shift=flow_shift(spatial))
     common = dict(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
-                  prediction_type=tc.prediction)
+                  prediction_type=tc.objective)
     if name == "ddpm":
         return DDPMScheduler(**common, clip_sample=not latent)
     # "trailing" spacing reaches the pure-noise end of the schedule even with few steps,
@@ -47,8 +88,8 @@ def initial_noise(shape: tuple[int, ...], generators: list[torch.Generator]) -> 
 
 
 @torch.no_grad()
-def denoise(model: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler,
-            steps: int, shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device,
+def denoise(model: torch.nn.Module, scheduler: Scheduler, steps: int, shape: tuple[int, ...],
+            generators: list[torch.Generator], device: torch.device,
             labels: torch.Tensor | None = None, cond: torch.Tensor | None = None,
             null_class: int | None = None, guidance: float = 1.0,
             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -58,7 +99,8 @@ def denoise(model: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler | D
     ``requests`` raises Cancelled between steps.
 
     Classifier-free guidance runs the conditional and unconditional halves in one
-    batch: one network call per step instead of two.
+    batch: one network call per step instead of two. A flow sampler's timesteps are sigma x 1000, as the flow
+    model saw them in training; Heun's second-order steps repeat a timestep (2 x steps - 1 network calls).
     """
     scheduler.set_timesteps(steps)
     x = initial_noise(shape, generators).to(device)
@@ -68,7 +110,8 @@ def denoise(model: torch.nn.Module, scheduler: DDPMScheduler | DDIMScheduler | D
     if cond is not None:
         cond = cond.to(device)
     for i, t in enumerate(scheduler.timesteps):
-        inp = scheduler.scale_model_input(x, t)
+        # Flow samplers take the sample as it is.
+        inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         if cond is not None:
             inp = torch.cat([inp, cond], dim=1)
         tt = t.to(device).expand(inp.shape[0]) if torch.is_tensor(t) else torch.full((inp.shape[0],), t, device=device)

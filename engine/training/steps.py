@@ -82,17 +82,26 @@ def draw_batch(g: torch.Generator, tc: TrainConfig, x_all: torch.Tensor, cond_al
     return Batch(x0, noise, t, cond, labels)
 
 
-def noised_loss(forward: Callable[..., Any], batch: Batch, alphas_cumprod: torch.Tensor, tc: TrainConfig,
+def noised_loss(forward: Callable[..., Any], batch: Batch, levels: torch.Tensor, tc: TrainConfig,
                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                 channels_last: bool = False) -> torch.Tensor:
     """Noise the batch to its timesteps, run the network, and return the loss against the config's target
-    (the noise, or v for v-prediction) in float32."""
-    a = alphas_cumprod[batch.t].view(per_sample(batch.x0))
-    noisy = a.sqrt() * batch.x0 + (1 - a).sqrt() * batch.noise
-    target = batch.noise if tc.prediction == "epsilon" else a.sqrt() * batch.noise - (1 - a).sqrt() * batch.x0
+    in float32: the noise, v for v-prediction, or for flow the velocity noise - x0.
+
+    `levels` are engine.models.diffusion.noise_levels: cumulative alphas, or for flow the sigmas, whose
+    timestep the network sees as sigma x num_train_timesteps (diffusers' flow convention)."""
+    lv = levels[batch.t].view(per_sample(batch.x0))
+    t = batch.t
+    if tc.objective == "flow":
+        noisy = (1 - lv) * batch.x0 + lv * batch.noise
+        target = batch.noise - batch.x0
+        t = levels[batch.t] * tc.num_train_timesteps
+    else:
+        noisy = lv.sqrt() * batch.x0 + (1 - lv).sqrt() * batch.noise
+        target = batch.noise if tc.objective == "epsilon" else lv.sqrt() * batch.noise - (1 - lv).sqrt() * batch.x0
     inp = noisy if batch.cond is None else torch.cat([noisy, batch.cond], dim=1)
     if channels_last:
         inp = inp.contiguous(memory_format=torch.channels_last)
     with autocast():
-        pred = forward(inp, batch.t, class_labels=batch.labels).sample
+        pred = forward(inp, t, class_labels=batch.labels).sample
     return diffusion_loss(pred.float(), target, tc.loss, tc.huber_delta)

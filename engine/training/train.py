@@ -24,7 +24,7 @@ from engine.data.prepare import Normalisation, fit_normalisation, resized_geomet
 from engine.io import destination
 from engine.io.load import load_images, volume_options
 from engine.jobs import Cancelled, Checkpoint, DataSummary, Emit, Message, Preview, Progress, Requests
-from engine.models.diffusion import denoise, sampler, train_scheduler
+from engine.models.diffusion import denoise, noise_levels, sampler
 from engine.models.networks import (
     build_autoencoder,
     build_model,
@@ -39,13 +39,20 @@ from engine.runtime import memory
 from engine.runtime.devices import pick_device
 from engine.runtime.estimate import StepTimer, describe, device_warning
 from engine.runtime.threads import use_free_cores
+from engine.settings import Sampler, samplers_for
 from engine.training import autoencoder, checkpoints
 from engine.training.ema import EMA, ema_weights
 from engine.training.meter import TrainMeter
 from engine.training.run_dir import KEEP, RunDir
 from engine.training.steps import draw_batch, lr_at, noised_loss, step_generator
 
-PREVIEW_STEPS = 25  # DDIM steps of a training preview
+PREVIEW_STEPS = 25  # sampler steps of a training preview
+
+
+def preview_sampler(objective: str) -> str:
+    """DDIM where it fits (deterministic, so previews of one run compare), else the objective's default."""
+    fits = samplers_for(objective)
+    return Sampler.DDIM.value if Sampler.DDIM in fits else fits[0].value
 
 
 def mixed_precision(requested: str, device: str) -> str:
@@ -92,7 +99,7 @@ class _Run:
     forward: Any = None  # what the step calls: the model, compiled on a GPU when asked
     opt: Any = None
     ema: EMA | None = None
-    alphas: torch.Tensor | None = None
+    levels: torch.Tensor | None = None  # engine.models.diffusion.noise_levels
     channels_last: bool = False
     start: int = 0
     saved: int = -1  # the step of the newest checkpoint on disk from this run (or the one it resumed from)
@@ -286,7 +293,7 @@ class TrainJob:
         run.model, run.opt = acc.prepare(model, opt)
         run.net = acc.unwrap_model(run.model)
         run.forward = torch.compile(run.model) if (tc.compile and acc.device.type == "cuda") else run.model
-        run.alphas = train_scheduler(tc).alphas_cumprod.to(acc.device)
+        run.levels = noise_levels(tc, run.x_all.shape[2:]).to(acc.device)
 
     # -- the loop ---------------------------------------------------------------------------
     def _announce(self, run: _Run, emit: Emit) -> None:
@@ -306,7 +313,7 @@ class TrainJob:
         lr = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_schedule)
         for group in run.opt.param_groups:
             group["lr"] = lr
-        loss = noised_loss(run.forward, batch, run.alphas, tc, acc.autocast, run.channels_last)
+        loss = noised_loss(run.forward, batch, run.levels, tc, acc.autocast, run.channels_last)
         acc.backward(loss)
         acc.clip_grad_norm_(run.model.parameters(), 1.0)
         run.opt.step()
@@ -371,7 +378,8 @@ class TrainJob:
         net.eval()
         try:
             with ema_weights(net, run.ema):
-                x = denoise(net, sampler("ddim", tc, run.latent), PREVIEW_STEPS, diffusion_shape(cfg), gens,
+                x = denoise(net, sampler(preview_sampler(tc.objective), tc, run.latent, diffusion_shape(cfg)[1:]),
+                            PREVIEW_STEPS, diffusion_shape(cfg), gens,
                             run.acc.device, labels=labels, cond=cond, null_class=null_class(cfg), guidance=1.0,
                             autocast=run.acc.autocast, on_step=on_step, clip=not run.latent, requests=requests)
         except Cancelled:

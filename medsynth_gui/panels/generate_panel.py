@@ -25,7 +25,7 @@ from engine.config import from_dict
 from engine.errors import InputError
 from engine.io.medsynth_h5 import in_the_way
 from engine.jobs import Done, Progress
-from engine.settings import OPTIONS, MaskMode, Sampler
+from engine.settings import OPTIONS, SAMPLER_STEPS, MaskMode, Objective, Sampler, samplers_for
 from engine.training import checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
@@ -33,8 +33,6 @@ from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import fresh_name, path_row
-
-DEFAULT_STEPS = {Sampler.DDPM: 1000, Sampler.DDIM: 50, Sampler.DPM: 25}
 
 
 class GeneratePanel(JobPanel):
@@ -64,9 +62,9 @@ class GeneratePanel(JobPanel):
         form.addRow("Samples", self.n_spin)
         self.sampler = ChoiceCombo(Sampler)
         self.sampler.currentIndexChanged.connect(
-            lambda _: self.steps_spin.setValue(DEFAULT_STEPS[Sampler(self.sampler.value())]))
+            lambda _: self.steps_spin.setValue(SAMPLER_STEPS[self.sampler.value()]))
         form.addRow("Sampler", self.sampler)
-        self.steps_spin = ranged(QSpinBox(maximum=1000, value=DEFAULT_STEPS[Sampler.DPM]), OPTIONS["sample", "steps"])
+        self.steps_spin = ranged(QSpinBox(maximum=1000, value=SAMPLER_STEPS[Sampler.DPM]), OPTIONS["sample", "steps"])
         form.addRow("Steps", self.steps_spin)
         self.class_combo = QComboBox()
         self.class_combo.addItem("Uniform mix of classes")
@@ -121,8 +119,11 @@ class GeneratePanel(JobPanel):
         self.class_combo.setEnabled(k > 0)
         self.mix_edit.setEnabled(k > 0)
         self.guidance.setEnabled(k > 0)
+        objective = Objective(cfg.train.objective)
+        self.sampler.offer(samplers_for(objective))  # only the samplers that fit how the model was trained
         self.model_info.setText(f"step {state['step']}, {cfg.model.image_size} px, "
-                                f"{MaskMode(cfg.mask_mode).label.lower()}, {k} classes")
+                                f"{MaskMode(cfg.mask_mode).label.lower()}, {k} classes, "
+                                f"{objective.label.split(' (')[0].lower()} objective")
         run = RunDir.of_checkpoint(ckpt)
         self.model_chosen.emit(run.path.name if run is not None else ckpt.name)
 

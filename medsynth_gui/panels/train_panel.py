@@ -32,7 +32,7 @@ from engine.errors import InputError
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
 from engine.runtime.devices import pick_device
 from engine.runtime.estimate import Estimate, device_warning, format_duration
-from engine.settings import Device, LossKind, MaskMode, overrides
+from engine.settings import Device, LossKind, MaskMode, Objective, overrides
 from engine.training.run_dir import RunDir
 from medsynth_gui.images import to_pixmap
 from medsynth_gui.labels import ElidedLabel, WrapLabel
@@ -98,7 +98,8 @@ class TrainPanel(JobPanel):
         self._reset_plot()
         self.enable_while(idle=(self.resume_btn, self.data_edit, self.run_edit, self.preset, self.steps_spin,
                                 self.ae_steps_spin,
-                                self.batch_spin, self.lr_spin, self.loss_combo, self.size_spin, self.mask_combo,
+                                self.batch_spin, self.lr_spin, self.loss_combo, self.objective_combo, self.size_spin,
+                                self.mask_combo,
                                 self.classes_check, self.device_combo),
                           running=(self.sample_btn, self.save_btn))
 
@@ -130,6 +131,9 @@ class TrainPanel(JobPanel):
         self.batch_spin = ranged(QSpinBox(maximum=4096), spec("train", "batch"))
         self.lr_spin = ranged(QDoubleSpinBox(decimals=6, singleStep=1e-4), spec("train", "lr"))
         self.loss_combo = ChoiceCombo(LossKind)
+        self.objective_combo = ChoiceCombo(Objective)
+        self.objective_combo.setToolTip("Flow matching samples well in 5-20 steps (Euler); noise and velocity "
+                                        "models need 25 or more (DPM-Solver++)")
         self.size_spin = ranged(QSpinBox(singleStep=4), spec("model", "image_size"))
         self.classes_check = QCheckBox("class-conditional (when the data has labels)")
         self.mask_combo = ChoiceCombo(MaskMode)
@@ -144,6 +148,7 @@ class TrainPanel(JobPanel):
         form.addRow("Batch", self.batch_spin)
         form.addRow("Learning rate", self.lr_spin)
         form.addRow("Loss", self.loss_combo)
+        form.addRow("Objective", self.objective_combo)
         form.addRow("Image size (px)", self.size_spin)
         form.addRow("Masks", self.mask_combo)
         form.addRow("", self.classes_check)
@@ -162,7 +167,7 @@ class TrainPanel(JobPanel):
         return buttons
 
     def _build_previews(self) -> QGroupBox:
-        previews = QGroupBox("Previews (EMA weights, DDIM 25 steps)")
+        previews = QGroupBox("Previews (EMA weights, 25 sampler steps)")
         grid = QGridLayout(previews)
         self.preview_labels = [QLabel() for _ in range(8)]
         for i, lab in enumerate(self.preview_labels):
@@ -192,6 +197,7 @@ class TrainPanel(JobPanel):
         self._show_estimate(device_warning(name, pick_device("auto")), warning=True)
         self.lr_spin.setValue(cfg.train.lr)
         self.loss_combo.set_value(cfg.train.loss)
+        self.objective_combo.set_value(cfg.train.objective)
         self.size_spin.setValue(cfg.model.image_size)
         self.size_spin.setSingleStep(size_multiple(cfg))  # the arrows step through sizes the preset's networks take
         self.mask_combo.set_value(cfg.data.mask_mode)
@@ -208,6 +214,7 @@ class TrainPanel(JobPanel):
             "batch": (self.batch_spin.value, self.batch_spin.setValue, int),
             "lr": (self.lr_spin.value, self.lr_spin.setValue, float),
             "loss": (self.loss_combo.value, self.loss_combo.set_value, str),
+            "objective": (self.objective_combo.value, self.objective_combo.set_value, str),
             "image_size": (self.size_spin.value, self.size_spin.setValue, int),
             "masks": (self.mask_combo.value, self.mask_combo.set_value, str),
             "classes": (self.classes_check.isChecked, self.classes_check.setChecked, bool),
@@ -234,7 +241,8 @@ class TrainPanel(JobPanel):
         fields = overrides(data=self.data_edit.text().strip(), size=self.size_spin.value(),
                            steps=self.steps_spin.value(), batch=self.batch_spin.value(), lr=self.lr_spin.value(),
                            autoencoder_steps=self.ae_steps_spin.value() if self._latent() else None,
-                           loss=self.loss_combo.value(), device=self.device_combo.value(),
+                           loss=self.loss_combo.value(), objective=self.objective_combo.value(),
+                           device=self.device_combo.value(),
                            mask_mode=self.mask_combo.value(), class_conditional=self.classes_check.isChecked())
         return resolve(self.preset.currentText(), None, fields, source="Train panel")
 
