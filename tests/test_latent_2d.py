@@ -289,3 +289,24 @@ def test_masks_as_a_condition_in_the_latent_are_kept_as_given(tmp_path, cxr):
     coded = [np.array([0, 128, 255], np.uint8)[m] for m in masks]
     for m in coded:
         assert any(np.array_equal(m, g) for g in given)
+
+
+def test_an_x_ray_latent_flow_model_samples_labelled_x_rays_with_euler_in_10_steps(tmp_path, cxr):
+    """The issue's user path in small: cxr-256 (shrunk) trained with the flow objective, both stages, then sampled
+    with the model's own default — Euler x 10 — into images, masks and classes in the data's 16-bit units."""
+    from engine.jobs import Message
+
+    cfg = tiny_cxr(cxr)
+    cfg.train.objective = "flow"
+    run = tmp_path / "run"
+    TrainJob(cfg, run).run(lambda ev: None, Requests())
+    assert checkpoints.read_state(RunDir(run).latest())["config"]["train"]["objective"] == "flow"
+    said: list[str] = []
+    job = SampleJob(run, 3, tmp_path / "synth.h5", batch=3, seed=2)
+    job.run(lambda ev: said.append(ev.text) if isinstance(ev, Message) else None, Requests())
+    assert (job.sampler_name, job.steps) == ("euler", 10)
+    assert any("with euler x 10 steps" in s for s in said)
+    with h5py.File(tmp_path / "synth.h5") as f:
+        assert f["images"].shape == (3, 1, 32, 32) and f["masks"].shape == (3, 32, 32) and len(f["labels"]) == 3
+        images = f["images"][:]
+    assert np.isfinite(images).all() and images.min() >= -1e-3 and images.max() <= TOP + 1e-3
