@@ -117,11 +117,13 @@ class Generator:
         return torch.autocast("cpu", enabled=False)
 
     def generate(self, seeds: list[int], labels: list[int] | None, sampler_name: str | None = None,
-                 steps: int = 50, guidance: float = 1.0, cond: torch.Tensor | None = None,
+                 steps: int | None = None, guidance: float = 1.0, cond: torch.Tensor | None = None,
                  requests: Requests | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(images in data units (B, C, H, W), masks (B, H, W) or None); a stop in ``requests`` raises
-        Cancelled. No `sampler_name`: the model's default (engine.settings.SAMPLERS)."""
+        Cancelled. No `sampler_name`: the model's default (engine.settings.SAMPLERS); no `steps`: the sampler's own
+        (engine.settings.SAMPLER_STEPS)."""
         sampler_name = self.fitting_sampler(sampler_name)
+        steps = SAMPLER_STEPS[sampler_name] if steps is None else steps
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         lab = None if labels is None or self.null is None else torch.tensor(labels, dtype=torch.long)
         latent = self.autoencoder is not None
