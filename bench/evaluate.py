@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.evaluation.evaluate import EvalSettings, EvaluateJob  # noqa: E402
 from engine.evaluation.metrics.inception import find_weights  # noqa: E402
-from engine.io.medsynth_h5 import SampleWriter, write_image_set  # noqa: E402
+from engine.io.medsynth_writer import SampleWriter, write_image_set  # noqa: E402
 from engine.jobs import Requests  # noqa: E402
 
 

@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.io.medsynth_h5 import SampleWriter, open_file  # noqa: E402
+from engine.io.medsynth_h5 import open_file  # noqa: E402
+from engine.io.medsynth_writer import SampleWriter  # noqa: E402
 from medsynth_gui.gallery import Gallery  # noqa: E402
 
 BASE = 200

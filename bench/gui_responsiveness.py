@@ -22,7 +22,7 @@ from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.io.medsynth_h5 import write_image_set  # noqa: E402
+from engine.io.medsynth_writer import write_image_set  # noqa: E402
 from medsynth_gui.panels.train_panel import TrainPanel  # noqa: E402
 
 TICK_MS = 5

@@ -11,7 +11,8 @@ import numpy as np
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
 from engine.inference.sample import SampleJob
-from engine.io.medsynth_h5 import read_image_set, write_image_set
+from engine.io.medsynth_h5 import read_image_set
+from engine.io.medsynth_writer import write_image_set
 from engine.jobs import Emit, Job, Message, Requests
 from engine.training.run_dir import RunDir
 from engine.training.train import TrainJob

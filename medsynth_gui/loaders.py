@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from engine.data.dataset import ImageSet
-from engine.io.medsynth_h5 import open_file, read_names, write_image_set
+from engine.io.medsynth_h5 import open_file, read_names
+from engine.io.medsynth_writer import write_image_set
 from engine.io.sources import MedSynthFile, View, source_for
 from engine.io.sources.nifti_view import with_segmentation
 

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import RESOURCES, load_preset  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.io.medsynth_h5 import read_image_set, write_image_set  # noqa: E402
+from engine.io.medsynth_h5 import read_image_set  # noqa: E402
+from engine.io.medsynth_writer import write_image_set  # noqa: E402
 from engine.jobs import Requests  # noqa: E402
 from engine.training import checkpoints  # noqa: E402
 from engine.training.run_dir import RunDir  # noqa: E402

@@ -53,7 +53,7 @@ def tiny_run(tmp_path_factory, phantoms16):
 
 def tiny_cli_setup(folder, n: int, train: str):
     """Phantom data and a tiny-model TOML for tests that run `medsynth train` as a process."""
-    from engine.io.medsynth_h5 import write_image_set
+    from engine.io.medsynth_writer import write_image_set
 
     data = write_image_set(folder / "d.h5", make_phantoms(n, 16))
     cfg = folder / "tiny.toml"
@@ -68,7 +68,7 @@ COPIES = (4, 17, 31)  # synthetic indices that are copies of training images 10,
 def make_evaluation_files(root):
     """Training, held-out and "synthetic" phantom files for evaluation tests. The synthetic file is a
     fresh phantom draw (a perfect generator) with three planted copies of training images."""
-    from engine.io.medsynth_h5 import SampleWriter, write_image_set
+    from engine.io.medsynth_writer import SampleWriter, write_image_set
 
     train = make_phantoms(120, size=32, seed=0)
     train_path = write_image_set(root / "train.h5", train)

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from engine.data.phantoms import make_phantoms
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 from tests.test_readers_hostile import medmnist, npy_member, patched_nifti, picture_folder, volume, write_npz
 
 ROOT = Path(__file__).resolve().parents[1]

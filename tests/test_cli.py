@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.data.phantoms import make_phantoms
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 from medsynth.cli import main
 from tests.conftest import tiny_cli_setup
 

@@ -14,7 +14,7 @@ import torch
 
 from engine.config import batch_for, preset_device, preset_names, resolve
 from engine.data.phantoms import make_phantoms
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 from engine.jobs import Requests
 from engine.runtime.estimate import Estimate, StepTimer, format_duration
 from engine.runtime.threads import threads_for, use_free_cores

@@ -12,7 +12,7 @@ import torch
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.evaluation.evaluate import EvalSettings, EvaluateJob
-from engine.io.medsynth_h5 import SampleWriter, write_image_set
+from engine.io.medsynth_writer import SampleWriter, write_image_set
 from engine.jobs import Requests, execute
 from medsynth.cli import main
 from tests.conftest import COPIES, StopAfter, make_evaluation_files

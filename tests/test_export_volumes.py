@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.io.medsynth_h5 import SampleWriter
+from engine.io.medsynth_writer import SampleWriter
 from engine.io.sources.msd import read_msd
 from medsynth.cli import main
 

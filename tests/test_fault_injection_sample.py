@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from engine.io import destination
-from engine.io.medsynth_h5 import SampleWriter, read_image_set
+from engine.io.medsynth_h5 import read_image_set
+from engine.io.medsynth_writer import SampleWriter
 from tests.forking import cli, in_child, kill_me
 
 N, BATCH = 6, 2

@@ -22,7 +22,7 @@ from engine.evaluation.evaluate import MIN_CASES, EvalSettings, EvaluateJob
 from engine.evaluation.figures import answers, unmeasured_groups
 from engine.evaluation.metrics import utility as U
 from engine.info import describe
-from engine.io.medsynth_h5 import SampleWriter, write_image_set
+from engine.io.medsynth_writer import SampleWriter, write_image_set
 from engine.jobs import Requests
 from medsynth.cli import main
 

@@ -10,7 +10,7 @@ pytest.importorskip("pytestqt")
 
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.io.medsynth_h5 import write_image_set  # noqa: E402
+from engine.io.medsynth_writer import write_image_set  # noqa: E402
 from tests.conftest import open_main_window  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.io.medsynth_h5 import SampleWriter, write_image_set  # noqa: E402
+from engine.io.medsynth_writer import SampleWriter, write_image_set  # noqa: E402
 from medsynth_gui.gallery import Gallery  # noqa: E402
 from medsynth_gui.thumbnails import LABEL_COLOURS  # noqa: E402
 

@@ -12,7 +12,7 @@ from PySide6.QtGui import QImage  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.evaluation.metrics.phantom_fidelity import lesion_count  # noqa: E402
-from engine.io.medsynth_h5 import write_image_set  # noqa: E402
+from engine.io.medsynth_writer import write_image_set  # noqa: E402
 from medsynth_gui.gallery import Gallery  # noqa: E402
 from medsynth_gui.thumbnails import ThumbnailModel  # noqa: E402
 

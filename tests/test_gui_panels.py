@@ -15,7 +15,7 @@ from PySide6.QtCore import QSettings, Qt  # noqa: E402
 
 from engine.config import load_preset, preset_description, preset_names  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.io.medsynth_h5 import write_image_set  # noqa: E402
+from engine.io.medsynth_writer import write_image_set  # noqa: E402
 from engine.jobs import Preview  # noqa: E402
 from medsynth_gui.panels.generate_panel import GeneratePanel  # noqa: E402
 from medsynth_gui.panels.train_panel import TrainPanel, format_eta  # noqa: E402

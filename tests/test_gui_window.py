@@ -11,7 +11,7 @@ from PySide6.QtCore import QRect, QSettings, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QPushButton, QWidget  # noqa: E402
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.io.medsynth_h5 import write_image_set  # noqa: E402
+from engine.io.medsynth_writer import write_image_set  # noqa: E402
 from tests.conftest import open_main_window  # noqa: E402
 
 SCREENS = Path(__file__).resolve().parent / "artifacts" / "window"

@@ -22,7 +22,8 @@ import pytest
 from engine.data.dataset import MAX_CLASSES, ImageSet, check_labels, data_warnings, validate
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
-from engine.io.medsynth_h5 import open_file, read_header, read_image_set, read_sample, write_image_set
+from engine.io.medsynth_h5 import open_file, read_header, read_image_set, read_sample
+from engine.io.medsynth_writer import write_image_set
 from medsynth.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from engine.demo import DemoJob
 from engine.evaluation.evaluate import EvalSettings, EvaluateJob
 from engine.evaluation.stages import Stage
 from engine.inference.sample import SampleJob
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 from engine.jobs import Cancelled, Checkpoint, Done, Event, Job, Preview, Progress, Requests, execute
 from engine.training.train import TrainJob
 from tests.conftest import StopAfter, make_evaluation_files, tiny_config

@@ -12,7 +12,7 @@ from PySide6.QtCore import QSettings  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.evaluation.evaluate import EvalSettings, EvaluateJob  # noqa: E402
 from engine.evaluation.stages import Stage  # noqa: E402
-from engine.io.medsynth_h5 import write_image_set  # noqa: E402
+from engine.io.medsynth_writer import write_image_set  # noqa: E402
 from medsynth_gui.panels.evaluate_panel import EvaluatePanel  # noqa: E402
 from medsynth_gui.panels.generate_panel import GeneratePanel  # noqa: E402
 from medsynth_gui.panels.job_panel import JobPanel  # noqa: E402

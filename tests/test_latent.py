@@ -61,7 +61,8 @@ def test_tiny_latent_model_trains_and_samples_volumes_with_masks(tmp_path, volum
 
 
 def test_latent_model_with_masks_as_condition_keeps_the_given_masks(tmp_path, volumes):
-    from engine.io.medsynth_h5 import read_image_set, write_image_set
+    from engine.io.medsynth_h5 import read_image_set
+    from engine.io.medsynth_writer import write_image_set
 
     # Sampling reads the condition masks back from the training data's file.
     stored = read_image_set(write_image_set(tmp_path / "vol.h5", volumes))

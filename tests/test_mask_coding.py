@@ -20,7 +20,8 @@ from PIL import Image
 
 from engine.export import export
 from engine.info import describe
-from engine.io.medsynth_h5 import SampleWriter, read_image_set, write_image_set
+from engine.io.medsynth_h5 import read_image_set
+from engine.io.medsynth_writer import SampleWriter, write_image_set
 from engine.io.sources.nifti import read_nifti
 from engine.io.sources.pictures import read_folder_pairs
 from engine.jobs import DataSummary, Progress, Requests

@@ -12,15 +12,14 @@ import pytest
 from engine.errors import InputError
 from engine.io.medsynth_h5 import (
     Header,
-    SampleWriter,
     open_file,
     read_header,
     read_image_set,
     read_metrics,
     read_sample,
-    write_image_set,
     write_metrics,
 )
+from engine.io.medsynth_writer import SampleWriter, write_image_set
 from tests.data import make_old_h5 as old
 
 
@@ -97,7 +96,8 @@ def test_file_stays_readable_when_the_writer_is_killed(tiny_run, tmp_path):
 
 def test_a_set_of_volumes_keeps_its_affine_through_the_file(tmp_path):
     from engine.data.phantoms import make_phantoms
-    from engine.io.medsynth_h5 import read_image_set, write_image_set
+    from engine.io.medsynth_h5 import read_image_set
+    from engine.io.medsynth_writer import write_image_set
 
     s = make_phantoms(2, size=8, dims=3)
     s.spacing = (1.5, 1.5, 2.0)

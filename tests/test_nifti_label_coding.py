@@ -16,7 +16,7 @@ import pytest
 
 from engine.export import export
 from engine.io.load import load_images
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 from engine.io.sources.nifti import read_nifti_cases
 from engine.io.volumes import VolumeOptions
 from engine.jobs import DataSummary, Requests

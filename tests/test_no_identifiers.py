@@ -29,7 +29,7 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.io.medsynth_h5 import write_image_set  # noqa: E402
+from engine.io.medsynth_writer import write_image_set  # noqa: E402
 from medsynth.cli import main  # noqa: E402
 from tests.test_dicom import write_series  # noqa: E402
 

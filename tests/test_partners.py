@@ -212,7 +212,8 @@ def test_read_msd_names_every_slice_by_case_and_z(tmp_path: Path, dialect: str) 
 
 
 def test_slice_names_survive_the_hdf5_file(tmp_path: Path) -> None:
-    from engine.io.medsynth_h5 import open_file, read_image_set, read_names, write_image_set
+    from engine.io.medsynth_h5 import open_file, read_image_set, read_names
+    from engine.io.medsynth_writer import write_image_set
 
     s = read_msd(make_raw_folder(tmp_path / "raw", "msd"))
     path = write_image_set(tmp_path / "real.h5", s)

@@ -18,7 +18,7 @@ from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.evaluation import reader_session, reader_summary
 from engine.evaluation import reader_study as rs
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -628,7 +628,7 @@ def test_widget_reports_bad_input_in_place(widget, qtbot, files2d, tmp_path):
 def test_cli_creates_a_study_and_prints_its_summary(tmp_path, capsys):
     from engine.data.phantoms import make_phantoms
     from engine.evaluation import reader_study as rs
-    from engine.io.medsynth_h5 import write_image_set
+    from engine.io.medsynth_writer import write_image_set
     from medsynth.cli import main
 
     real = write_image_set(tmp_path / "real.h5", make_phantoms(6, size=16, seed=1))

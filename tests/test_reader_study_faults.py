@@ -19,7 +19,7 @@ from engine.errors import InputError
 from engine.evaluation import reader_study as rs
 from engine.evaluation import reader_summary
 from engine.evaluation.reader_session import Session, answers_path, load_answers
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 from medsynth.cli import main
 
 

@@ -22,7 +22,7 @@ from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.evaluation.evaluate import EvalSettings, EvaluateJob
 from engine.evaluation.feature_net import NeedsTrust, load_feature_net
-from engine.io.medsynth_h5 import SampleWriter, write_image_set
+from engine.io.medsynth_writer import SampleWriter, write_image_set
 from medsynth.cli import build_parser, main
 
 

@@ -17,7 +17,7 @@ import torch
 from engine.config import RESOURCES, DataFacts, from_dict, load, load_preset, merge, resolve
 from engine.errors import InputError
 from engine.export import export
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 from engine.jobs import Requests
 from engine.runtime.devices import pick_device
 from engine.settings import (

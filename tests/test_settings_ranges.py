@@ -29,7 +29,7 @@ from engine.config import (
 )
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
-from engine.io.medsynth_h5 import write_image_set
+from engine.io.medsynth_writer import write_image_set
 from engine.settings import OPTIONS, OVERRIDES, RANGES, Spec, allowed
 from medsynth.cli import main
 

@@ -17,7 +17,8 @@ from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.info import describe
 from engine.io.load import load_images
-from engine.io.medsynth_h5 import read_image_set, write_image_set
+from engine.io.medsynth_h5 import read_image_set
+from engine.io.medsynth_writer import write_image_set
 from engine.io.sources import (
     SOURCES,
     DicomFolder,

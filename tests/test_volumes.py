@@ -6,7 +6,8 @@ import numpy as np
 from engine.config import load_preset
 from engine.data.phantoms import make_phantoms
 from engine.inference.sample import SampleJob
-from engine.io.medsynth_h5 import read_image_set, write_image_set
+from engine.io.medsynth_h5 import read_image_set
+from engine.io.medsynth_writer import write_image_set
 from engine.jobs import Loss, Requests
 from engine.training.train import TrainJob
 

@@ -17,7 +17,8 @@ import pytest
 from engine.data.phantoms import make_phantoms
 from engine.errors import InputError
 from engine.io import destination
-from engine.io.medsynth_h5 import SampleWriter, read_image_set, write_image_set
+from engine.io.medsynth_h5 import read_image_set
+from engine.io.medsynth_writer import SampleWriter, write_image_set
 from tests.conftest import tiny_cli_setup
 from tests.forking import cli, in_child, remount_read_only
 

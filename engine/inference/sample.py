@@ -17,7 +17,8 @@ from engine.config import from_dict, public_config
 from engine.data.prepare import Normalisation, decode_masks
 from engine.errors import InputError
 from engine.io import destination
-from engine.io.medsynth_h5 import Header, SampleWriter, check_new
+from engine.io.medsynth_h5 import Header
+from engine.io.medsynth_writer import SampleWriter, check_new
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.models.diffusion import denoise, sampler
 from engine.models.networks import build_autoencoder, build_model, diffusion_shape, io_channels, null_class

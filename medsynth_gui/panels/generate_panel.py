@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 
 from engine.config import from_dict
 from engine.errors import InputError
-from engine.io.medsynth_h5 import in_the_way
+from engine.io.medsynth_writer import in_the_way
 from engine.jobs import Done, Progress
 from engine.settings import OPTIONS, SAMPLER_STEPS, MaskMode, Objective, Sampler, samplers_for
 from engine.training import checkpoints

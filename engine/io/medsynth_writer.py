@@ -1,0 +1,217 @@
+"""Writing a MedSynth HDF5 file (the format is engine/io/medsynth_h5.py's): samples go to ``NAME.partial`` beside
+the file asked for, `n_complete` raised only after each batch is flushed, and the partial file renamed onto the name
+once it holds a sample — so an old file stays whole for every reader until a new one with samples replaces it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from engine import __version__
+from engine.data.dataset import ImageSet
+from engine.errors import InputError
+from engine.io import destination
+from engine.io.medsynth_h5 import (
+    FORMAT,
+    FORMAT_VERSION,
+    IMAGES,
+    LABELS,
+    MASKS,
+    METRICS,
+    NAMES,
+    SEEDS,
+    SUMMARY,
+    Header,
+    write_metrics,
+)
+
+
+def sample_bytes(image_shape: tuple[int, ...], masks: bool) -> int:
+    """What one sample needs on disk at most (uncompressed): its image, its mask, its label and seed."""
+    spatial = int(np.prod(image_shape[1:]))
+    return int(np.prod(image_shape)) * 4 + (spatial if masks else 0) + 16
+
+
+def in_the_way(path: str | Path) -> Path | None:
+    """The file whose samples writing `path` would lose: the file itself, or an interrupted run's temporary
+    file beside it that still holds complete samples; None when nothing would be lost."""
+    path = Path(path)
+    if path.exists():
+        return path
+    partial = destination.temp_beside(path)
+    return partial if partial.exists() and _holds_samples(partial) else None
+
+
+def check_new(path: str | Path, overwrite: bool) -> None:
+    """Refuse to write `path` where that would lose samples the user did not agree to lose."""
+    lost = None if overwrite else in_the_way(path)
+    if lost is None:
+        return
+    if lost == Path(path):
+        raise InputError(lost, "already exists; choose another name or allow overwriting it")
+    raise InputError(lost, "holds the complete samples of an interrupted run; rename it to keep them (it "
+                           "is a MedSynth file), or allow overwriting")
+
+
+def _holds_samples(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return int(f.attrs.get("n_complete", 0)) > 0
+    except (OSError, KeyError, ValueError, TypeError):
+        return False  # killed before its first sample: nothing in it to keep
+
+
+class SampleWriter:
+    """Writes samples to a new MedSynth HDF5 file at `path`; use as a context manager.
+
+    The samples go first to a temporary file beside `path` (`writing`: `NAME.partial`), readable throughout
+    with `n_complete` true. Leaving the block renames it onto `path` once it holds a sample, so an old file
+    at `path` stays whole, for every reader, until a new one with samples replaces it in one step; leaving it
+    with no sample (a stop before the first batch) or by an error removes the temporary file and leaves
+    `path` as it was. After a kill the temporary file is what remains: every sample it counts is complete.
+
+    `lock` takes the writer lock on `path` (see engine.io.destination) for the writer's life; a caller that
+    already holds it passes False. A full disk, a read-only file system or a missing permission is an
+    InputError naming `path`, with the temporary file removed. The header is `header`, or built from `fields`
+    (Header's field names); its spatial_dims, counts, version and time are the writer's to set.
+    """
+
+    def __init__(self, path: str | Path, n: int, image_shape: tuple[int, ...], *, masks: bool, labels: bool,
+                 header: Header | None = None, overwrite: bool = False, lock: bool = True, **fields: Any) -> None:
+        self.path = Path(path)
+        self.writing = destination.temp_beside(self.path)
+        self.n = int(n)
+        self.count = 0
+        self.f: h5py.File | None = None
+        self._lock = contextlib.ExitStack()
+        if lock:
+            self._lock.enter_context(destination.writer_lock(self.path))
+        try:
+            check_new(self.path, overwrite)
+            self.per_sample = sample_bytes(tuple(image_shape), masks)
+            destination.check_writable(self.path, self.n * self.per_sample)
+            with destination.translating(self.path):
+                self._create(tuple(image_shape), masks, labels, header, fields)
+        except BaseException:
+            self._abort()
+            raise
+
+    def _create(self, image_shape: tuple[int, ...], masks: bool, labels: bool, header: Header | None,
+                fields: dict[str, Any]) -> None:
+        spatial = tuple(image_shape[1:])
+        self.header = replace(header) if header is not None else Header(**fields)
+        self.header.spatial_dims, self.header.n_planned, self.header.n_complete = len(spatial), self.n, 0
+        self.header.medsynth_version = __version__
+        self.header.created = datetime.now(UTC).isoformat(timespec="seconds")
+        self.header.format, self.header.format_version = FORMAT, FORMAT_VERSION
+        # No chunk cache: every write covers whole chunks, so the cache only held dirty chunks back, and after a
+        # failed write (a full disk) HDF5 retried them on close, failed again and crashed the process (rc 139).
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = h5py.File(self.writing, "w", locking=False, rdcc_nbytes=0)
+        opts = dict(compression="gzip", compression_opts=4, shuffle=True)
+        self.images = self.f.create_dataset(IMAGES, (self.n, *image_shape), np.float32,
+                                            chunks=(1, *image_shape), **opts)
+        self.masks = (self.f.create_dataset(MASKS, (self.n, *spatial), np.uint8, chunks=(1, *spatial),
+                                            **opts) if masks else None)
+        self.labels = self.f.create_dataset(LABELS, (self.n,), np.int64) if labels else None
+        self.seeds = self.f.create_dataset(SEEDS, (self.n,), np.int64)
+        self.f.create_group(METRICS).attrs[SUMMARY] = "{}"
+        self.f.attrs.update(self.header.to_attrs())
+        self.f.flush()
+
+    def write_names(self, names: list[str]) -> None:
+        with self._failing():
+            self.f.create_dataset(NAMES, data=list(names), dtype=h5py.string_dtype())
+
+    def append(self, images: np.ndarray, seeds: np.ndarray, masks: np.ndarray | None = None,
+               labels: np.ndarray | None = None) -> None:
+        b = len(images)
+        lo, hi = self.count, self.count + b
+        if hi > self.n:
+            raise ValueError(f"{hi} samples exceed the {self.n} planned")
+        with self._failing():
+            # Refused before writing rather than found out by a failed write: cheaper, and always clean.
+            destination.check_room(self.path, b * self.per_sample)
+            self.images[lo:hi] = images
+            self.seeds[lo:hi] = seeds
+            if self.masks is not None and masks is not None:
+                self.masks[lo:hi] = masks
+            if self.labels is not None and labels is not None:
+                self.labels[lo:hi] = labels
+            # Data first, then the count: a reader never sees a count ahead of its data.
+            self.f.flush()
+            self.count = self.header.n_complete = hi
+            self.f.attrs["n_complete"] = hi
+            self.f.flush()
+
+    def set_metrics(self, figures: dict[str, float], summary: dict | None = None) -> None:
+        with self._failing():
+            write_metrics(self.f, figures, summary)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """A disk fault inside: the temporary file goes and the fault is one line naming the target."""
+        try:
+            with destination.translating(self.path):
+                yield
+        except (OSError, InputError):
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        """Give up: remove the temporary file, keep `path` as it was, let go of the lock."""
+        if self.f is not None and self.f.id.valid:
+            # Emptying the file first frees the disk, so HDF5's close can write what it still holds: a close
+            # that fails on a full disk leaves HDF5 in a state that crashes the process later.
+            with contextlib.suppress(OSError):
+                os.truncate(self.writing, 0)
+            with contextlib.suppress(OSError):
+                self.f.close()
+        destination.remove_quietly(self.writing)
+        self._lock.close()
+
+    def close(self) -> None:
+        """Finish: rename the temporary file onto `path` if it holds a sample, else remove it."""
+        if self.f is None or not self.f.id.valid:
+            self._lock.close()
+            return
+        if self.count == 0:
+            self._abort()
+            return
+        with self._failing():
+            self.f.close()
+            destination.commit(self.writing, self.path)
+        self._lock.close()
+
+    def __enter__(self) -> SampleWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+
+def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -> Path:
+    """Write a whole ImageSet (e.g. real data or phantoms) as a MedSynth file of kind "real"."""
+    header = Header(kind=s.kind, class_names=s.class_names, label_names=s.label_names, mask_coding=s.mask_coding,
+                    spacing=s.spacing, affine=s.affine, normalisation={"modality": s.modality})
+    with SampleWriter(path, len(s), s.images.shape[1:], masks=s.masks is not None, labels=s.labels is not None,
+                      header=header, overwrite=overwrite) as w:
+        if s.names is not None:
+            w.write_names(s.names)
+        for lo in range(0, len(s), 256):
+            hi = min(lo + 256, len(s))
+            w.append(s.images[lo:hi], np.arange(lo, hi),
+                     None if s.masks is None else s.masks[lo:hi],
+                     None if s.labels is None else s.labels[lo:hi])
+    return Path(path)
