@@ -35,6 +35,20 @@ def tiny_config(steps: int = 20, mask_mode: str = "joint", **train: object) -> R
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def own_app_settings(tmp_path_factory):
+    """Every test starts with no remembered app settings: the panels remember their fields between starts, and one
+    test's choices (a latent preset, an objective) must not become the next test's defaults."""
+    try:
+        from PySide6.QtCore import QSettings
+    except ImportError:  # an install without the app
+        yield
+        return
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path_factory.mktemp("settings")))
+    yield
+
+
 @pytest.fixture(scope="session")
 def phantoms16():
     return make_phantoms(64, size=16, seed=1)
