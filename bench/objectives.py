@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from bench.samplers import generate  # noqa: E402  (the same draw: seeds 0..n-1, classes cycling)
 from engine.data.phantoms import make_phantoms  # noqa: E402
 from engine.evaluation.metrics.dice import dice_iou  # noqa: E402
 from engine.evaluation.metrics.phantom_fidelity import phantom_fidelity  # noqa: E402
@@ -37,7 +38,6 @@ from engine.inference.sample import Generator  # noqa: E402
 from engine.jobs import Loss, Requests  # noqa: E402
 from engine.training.train import TrainJob  # noqa: E402
 
-NUM_CLASSES = 4
 STEPS = (5, 10, 20, 50)
 NUM_LABELS = 3  # background, bright and dark lesions
 
@@ -60,18 +60,6 @@ def train(run_dir: Path, objective: str, steps: int, size: int, n_train: int) ->
     TrainJob(cfg, run_dir, data=data, steps=steps).run(emit, Requests())
     print(f"  {objective}: trained {steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
     return run_dir
-
-
-def generate(gen, name: str, steps: int, n: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    seeds = list(range(n))
-    labels = [s % NUM_CLASSES for s in seeds]
-    images, masks = [], []
-    t0 = time.perf_counter()
-    for lo in range(0, n, batch):
-        im, m = gen.generate(seeds[lo:lo + batch], labels[lo:lo + batch], name, steps)
-        images.append(im)
-        masks.append(m)
-    return np.concatenate(images), np.concatenate(masks), np.array(labels), time.perf_counter() - t0
 
 
 def calls(name: str, steps: int) -> int:
