@@ -34,7 +34,7 @@ from engine.evaluation.metrics.dice import dice_iou  # noqa: E402
 from engine.evaluation.metrics.phantom_fidelity import phantom_fidelity  # noqa: E402
 from engine.evaluation.metrics.radiomics import frd_from_features, radiomic_features  # noqa: E402
 from engine.evaluation.metrics.segmenter import segment, train_segmenter  # noqa: E402
-from engine.inference.sample import Generator  # noqa: E402
+from engine.inference.generator import Generator  # noqa: E402
 from engine.jobs import Loss, Requests  # noqa: E402
 from engine.training.train import TrainJob  # noqa: E402
 

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 def bench(run: Path, n: int, ddpm_n: int, batch: int, device: str) -> int:
     import torch
 
-    from engine.inference.sample import Generator
+    from engine.inference.generator import Generator
 
     torch.manual_seed(0)
     gen = Generator(run, device=device)

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from engine.config import load_preset, preset_names  # noqa: E402
 from engine.data.phantoms import make_phantoms  # noqa: E402
-from engine.inference.sample import Generator  # noqa: E402
+from engine.inference.generator import Generator  # noqa: E402
 from engine.jobs import Progress, Requests  # noqa: E402
 from engine.models.networks import count_parameters, diffusion_shape  # noqa: E402
 from engine.runtime import memory  # noqa: E402

@@ -76,6 +76,9 @@ class TrainConfig:
     objective: str = "v_prediction"  # epsilon | v_prediction | flow
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    # The linear schedules' ends (diffusers' defaults); a Stable Diffusion model brings its own (0.00085, 0.012).
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
     ema_decay: float = 0.999
     # Dropping the class label this often trains the unconditional model that
     # classifier-free guidance needs, in the same network.
@@ -141,18 +144,46 @@ class AutoencoderConfig:
 
 
 @dataclass
+class PretrainedConfig:
+    """Fine-tuning a Stable-Diffusion-format model the user has on disk (SD 1.x / 2.x, a medical fine-tune such as
+    RoentGen) with text prompts, instead of training MedSynth's own network from scratch. Off when `path` is empty."""
+
+    # A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or one
+    # .safetensors / .ckpt file; nothing is ever downloaded.
+    path: str = ""
+    # A single file holds weights but no tokenizer or component configs: the diffusers folder of the model it was
+    # made from gives them (found beside the file when it lies there).
+    config_folder: str = ""
+    # LoRA on the UNet's attention projections (a few MB of trained weights); 0 fine-tunes the whole UNet.
+    lora_rank: int = 8
+    train_text_encoder: bool = False
+    # A class name becomes a prompt through this; prompts.csv beside the images overrides it per image.
+    prompt_template: str = "{class}"
+    # One prompt for every image, when the data gives neither prompts nor classes.
+    prompt: str = ""
+    # A .ckpt is a pickle, which can run code when loaded: read only when the user said they trust it.
+    trust_pickle: bool = False
+
+
+@dataclass
 class RunConfig:
     preset: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
     facts: DataFacts = field(default_factory=DataFacts)
 
     @property
     def mask_mode(self) -> str:
         """The mask mode the model is trained in: the user's choice, unless the data holds no masks."""
         return self.facts.mask_mode or self.data.mask_mode
+
+    @property
+    def fine_tune(self) -> bool:
+        """A pretrained Stable-Diffusion-format model is fine-tuned, not MedSynth's own network trained."""
+        return bool(self.pretrained.path)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,7 +193,10 @@ class RunConfig:
 
 
 _FACT_NAMES = {f.name for f in dataclasses.fields(DataFacts)}
-_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "autoencoder": AutoencoderConfig}
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "autoencoder": AutoencoderConfig,
+             "pretrained": PretrainedConfig}
+# The preset a fine-tune of a pretrained Stable Diffusion model starts from unless another is named.
+FINE_TUNE_PRESET = "sd-finetune"
 # The source resolve() names for overrides when its caller does not say.
 COMMAND_LINE = "command line"
 
@@ -251,6 +285,8 @@ def size_multiple(cfg: RunConfig) -> int:
 def shape_fault(cfg: RunConfig) -> tuple[str, set[tuple[str, str]]] | None:
     """What makes the settings impossible together for the networks, with the keys involved; None when nothing."""
     m, ae = cfg.model, cfg.autoencoder
+    if cfg.fine_tune:
+        return None  # the pretrained model's own networks set its shapes, checked when it is loaded
     keys = {("model", "image_size"), ("model", "block_out_channels")}
     why = f"{len(m.block_out_channels)} levels in model.block_out_channels"
     if ae.enabled:

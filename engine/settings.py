@@ -313,6 +313,8 @@ RANGES: dict[tuple[str, str], Spec] = {
     ("train", "huber_delta"): Spec(0, above=True),
     ("train", "num_train_timesteps"): Spec(2),
     ("train", "ema_decay"): Spec(0, 1, below=True),
+    ("train", "beta_start"): Spec(0, 1, above=True, below=True),
+    ("train", "beta_end"): Spec(0, 1, above=True, below=True),
     ("train", "cfg_dropout"): FRACTION,
     ("train", "seed"): SEED,
     ("train", "checkpoint_every"): Spec(1),
@@ -329,6 +331,8 @@ RANGES: dict[tuple[str, str], Spec] = {
     ("autoencoder", "lr"): Spec(0, 1, above=True),
     ("autoencoder", "kl_weight"): Spec(0),
     ("autoencoder", "checkpoint_every"): Spec(1),
+    # Ranks beyond 1024 train more weights than the projections they adapt.
+    ("pretrained", "lora_rank"): Spec(0, 1024),
     ("facts", "spatial_dims"): Spec(0, 3),
     ("facts", "in_channels"): Spec(0),
     ("facts", "image_channels"): Spec(0),
@@ -378,6 +382,13 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "gradient_checkpointing": ("train", "gradient_checkpointing"),
     "memory_limit": ("train", "memory_limit_gib"),
     "autoencoder_steps": ("autoencoder", "steps"),
+    "from_pretrained": ("pretrained", "path"),
+    "pretrained_config": ("pretrained", "config_folder"),
+    "lora": ("pretrained", "lora_rank"),
+    "train_text_encoder": ("pretrained", "train_text_encoder"),
+    "prompt_template": ("pretrained", "prompt_template"),
+    "prompt": ("pretrained", "prompt"),
+    "trust_pickle": ("pretrained", "trust_pickle"),
 }
 
 
@@ -391,7 +402,7 @@ def overrides(**fields: Any) -> dict[str, dict[str, Any]]:
         if value is None:
             continue
         section, key = OVERRIDES[name]
-        if name == "data":
+        if name in ("data", "from_pretrained", "pretrained_config"):
             value = str(value)
         elif name == "spacing":
             value = [float(v) for v in value]

@@ -127,18 +127,34 @@ def _option(command: str, name: str) -> Any:
     return _typed(OPTIONS[command, name])
 
 
+def _fine_tune_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The overrides, with a pretrained model's own image size unless --size says otherwise."""
+    values = _overrides(args)
+    if args.full:
+        values["pretrained"]["lora_rank"] = 0
+    if args.from_pretrained and args.size is None:
+        from engine.config import PretrainedConfig
+        from engine.models.stable_diffusion import native_size
+
+        found = PretrainedConfig(path=str(args.from_pretrained), config_folder=str(args.pretrained_config or ""),
+                                 trust_pickle=bool(args.trust_pickle))
+        values["model"]["image_size"] = native_size(found)
+    return values
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.config import resolve
-    from engine.training.train import TrainJob
+    from engine.config import FINE_TUNE_PRESET, resolve
+    from engine.training.jobs import train_job
 
     if args.resume:
-        job = TrainJob(None, args.out, resume=True, steps=args.steps)
+        job = train_job(None, args.out, resume=True, steps=args.steps)
     else:
         from engine.io.load import load_images, volume_options
 
-        cfg = resolve(args.preset, args.config, _overrides(args))
+        cfg = resolve(args.preset or (FINE_TUNE_PRESET if args.from_pretrained else None), args.config,
+                      _fine_tune_overrides(args))
         data = load_images(args.data, split=cfg.data.split, volumes=volume_options(cfg))
-        job = TrainJob(cfg, args.out, data=data)
+        job = train_job(cfg, args.out, data=data)
     done = run_job(job, TqdmView())
     r = done.result
     if r and r.get("main_process", True):
@@ -327,6 +343,20 @@ def _add_train(sub: Subcommands) -> None:
     t.add_argument("--record-full-path", dest="record_full_path", action="store_true", default=None,
                    help="write DATA's full path into checkpoints and samples (default: its base name and a hash)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    f = t.add_argument_group("fine-tuning a Stable Diffusion model with text prompts")
+    f.add_argument("--from-pretrained", dest="from_pretrained", metavar="PATH",
+                   help="a diffusers folder or a .safetensors / .ckpt Stable Diffusion checkpoint on disk")
+    f.add_argument("--pretrained-config", dest="pretrained_config", metavar="DIR",
+                   help="for a single file: the diffusers folder of its architecture (tokenizer and configs)")
+    f.add_argument("--lora", type=_setting("lora"), metavar="RANK", help="LoRA rank (default 8)")
+    f.add_argument("--full", action="store_true", help="fine-tune the whole UNet instead of LoRA adapters")
+    f.add_argument("--train-text-encoder", dest="train_text_encoder", action="store_true", default=None,
+                   help="train the text encoder too (frozen by default)")
+    f.add_argument("--prompt-template", dest="prompt_template", metavar="TEXT",
+                   help='how a class becomes a prompt, e.g. "chest x-ray, {class}" (default "{class}")')
+    f.add_argument("--prompt", metavar="TEXT", help="one prompt for every image (when the data names none)")
+    f.add_argument("--trust-pickle", dest="trust_pickle", action="store_true", default=None,
+                   help="load a pickle .ckpt, which can run code: only for a file from a source you trust")
     t.set_defaults(func=cmd_train)
 
 

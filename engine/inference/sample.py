@@ -13,19 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.config import from_dict, public_config
-from engine.data.prepare import Normalisation, decode_masks
+from engine.config import PretrainedConfig, public_config
+from engine.data.prepare import decode_masks
+from engine.data.prompts import class_prompt
 from engine.errors import InputError
+from engine.inference.generator import Generator
+from engine.inference.prompted import PromptedGenerator
 from engine.io import destination
 from engine.io.medsynth_h5 import Header
 from engine.io.medsynth_writer import SampleWriter, check_new
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
-from engine.models.diffusion import denoise, sampler
-from engine.models.networks import build_autoencoder, build_model, diffusion_shape, io_channels, null_class
-from engine.runtime.devices import pick_device
 from engine.runtime.threads import use_free_cores
-from engine.settings import SAMPLER_STEPS, Sampler, sampler_fault, samplers_for
-from engine.training import autoencoder, checkpoints
+from engine.settings import SAMPLER_STEPS, Sampler
+from engine.training import checkpoints
 from engine.training.run_dir import RunDir, resolve_checkpoint
 
 
@@ -73,76 +73,6 @@ def class_for_seed(seed: int, mix: dict[int, float]) -> int:
     return int(rng.choice(keys, p=[mix[k] for k in keys]))
 
 
-class Generator:
-    """A loaded checkpoint ready to sample: used by the sample job, previews and benches."""
-
-    def __init__(self, checkpoint: str | Path, device: str = "auto", use_ema: bool = True) -> None:
-        self.ckpt = resolve_checkpoint(checkpoint)
-        self.state = checkpoints.read_state(self.ckpt)
-        self.cfg = from_dict(self.state["config"])
-        self.norm = Normalisation.from_dict(self.state["normalisation"])
-        self.class_names = list(self.state.get("class_names") or [])
-        self.device = torch.device(pick_device(device))
-        self.model = build_model(self.cfg)
-        weights = checkpoints.read_weights(self.ckpt, "ema" if use_ema else "model")
-        self.model.load_state_dict(weights)
-        self.model.to(self.device).eval()
-        # A latent model's checkpoint carries its autoencoder, which turns latents into volumes.
-        self.autoencoder = None
-        self.latent_scale = float(self.state.get("latent_scale") or 1.0)
-        if self.cfg.autoencoder.enabled:
-            self.autoencoder = build_autoencoder(self.cfg)
-            self.autoencoder.load_state_dict(checkpoints.read_weights(self.ckpt, "autoencoder"))
-            self.autoencoder.to(self.device).eval()
-        self.null = null_class(self.cfg)
-        self.out_channels = io_channels(self.cfg)[1]
-        self.cond_channels = io_channels(self.cfg)[2]
-        self.sha256 = checkpoints.sha256(self.ckpt / ("ema.safetensors" if use_ema else "model.safetensors"))
-
-    def fitting_sampler(self, asked: str | None) -> str:
-        """The sampler asked for, or the model's default; InputError when it does not fit the model's objective."""
-        if asked is None:
-            return samplers_for(self.cfg.train.objective)[0].value
-        fault = sampler_fault(asked, self.cfg.train.objective)
-        if fault:
-            raise InputError(self.ckpt, fault)
-        return asked
-
-    @property
-    def num_classes(self) -> int:
-        return self.cfg.facts.num_classes
-
-    def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
-
-    def generate(self, seeds: list[int], labels: list[int] | None, sampler_name: str | None = None,
-                 steps: int | None = None, guidance: float = 1.0, cond: torch.Tensor | None = None,
-                 requests: Requests | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(images in data units (B, C, H, W), masks (B, H, W) or None); a stop in ``requests`` raises
-        Cancelled. No `sampler_name`: the model's default (engine.settings.SAMPLERS); no `steps`: the sampler's own
-        (engine.settings.SAMPLER_STEPS)."""
-        sampler_name = self.fitting_sampler(sampler_name)
-        steps = SAMPLER_STEPS[sampler_name] if steps is None else steps
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        lab = None if labels is None or self.null is None else torch.tensor(labels, dtype=torch.long)
-        latent = self.autoencoder is not None
-        shape = diffusion_shape(self.cfg)
-        if latent and cond is not None:
-            cond = autoencoder.condition_at(cond, shape[1:])
-        x = denoise(self.model, sampler(sampler_name, self.cfg.train, latent, shape[1:]), steps, shape,
-                    gens, self.device, labels=lab, cond=cond, null_class=self.null, guidance=guidance,
-                    autocast=self.autocast, clip=not latent, requests=requests)
-        if latent:
-            with self.autocast():
-                x = autoencoder.decode(self.autoencoder, x, self.latent_scale)
-        c = self.cfg.facts.image_channels
-        images = self.norm.inverse(x[:, :c].float()).cpu().numpy().astype(np.float32)
-        masks = decode_masks(x[:, c:]) if self.cfg.mask_mode == "joint" else None
-        return images, masks
-
-
 def _refuse_non_finite(ckpt: Path, images: np.ndarray, first: int) -> None:
     """A NaN or infinite pixel is a broken model (damaged weights, a diverged run), never a sample to keep."""
     bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
@@ -154,11 +84,13 @@ def _refuse_non_finite(ckpt: Path, images: np.ndarray, first: int) -> None:
 
 
 class SampleJob:
-    def __init__(self, checkpoint: str | Path, n: int, out: str | Path, *, sampler_name: str | None = None,
+    def __init__(self, checkpoint: str | Path | None, n: int, out: str | Path, *, sampler_name: str | None = None,
                  steps: int | None = None, seed: int = 0, class_index: int | None = None,
                  class_mix: str | None = None,
                  guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False,
-                 redraw_mismatches: bool = True) -> None:
+                 redraw_mismatches: bool = True, prompts: list[str] | None = None,
+                 prompt_classes: list[int | None] | None = None, negative_prompt: str = "",
+                 pretrained: PretrainedConfig | None = None) -> None:
         if sampler_name is not None and sampler_name not in Sampler.values():
             raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(Sampler.values())}")
         if n < 1 or (steps is not None and steps < 1) or batch < 1:
@@ -171,6 +103,14 @@ class SampleJob:
         # Where the class names are counts of what the mask shows ("1 lesion"), a sample whose mask says
         # otherwise carries a label that lies; such samples are drawn again (at most MAX_REDRAWS times).
         self.redraw_mismatches = redraw_mismatches
+        # A model fine-tuned from text (or a pretrained one, sampled as it is): one prompt for every sample, or one
+        # per sample; prompt_classes, one per sample too, says which class a prompt stands for (None: none).
+        self.prompts, self.negative_prompt, self.pretrained = prompts, negative_prompt, pretrained
+        self.prompt_classes = prompt_classes
+        if prompts is not None and len(prompts) not in (1, self.n):
+            raise InputError(None, f"{len(prompts)} prompts for {self.n} samples: give one prompt, or one per sample")
+        if checkpoint is None and pretrained is None:
+            raise InputError(None, "nothing to sample: give a run folder, a checkpoint or a pretrained model")
         check_new(self.out, overwrite)
         destination.check_unlocked(self.out)  # a second writer of the same file: refused before the model loads
 
@@ -240,17 +180,70 @@ class SampleJob:
         with destination.writer_lock(self.out):
             return self._run(emit, requests)
 
+    def _generator(self) -> Generator:
+        """The model to sample: MedSynth's own, a fine-tuned text-to-image run, or a pretrained model as it is."""
+        if self.pretrained is not None:
+            return PromptedGenerator.from_pretrained(self.pretrained, self.device)
+        state = checkpoints.read_state(resolve_checkpoint(self.checkpoint))
+        if state["config"].get("pretrained", {}).get("path"):
+            return PromptedGenerator(self.checkpoint, self.device)
+        if self.prompts is not None:
+            raise InputError(self.checkpoint, "was not trained from text: sample it by class, not with a prompt")
+        return Generator(self.checkpoint, self.device)
+
+    def _prompts(self, gen: PromptedGenerator, labels: np.ndarray | None) -> tuple[list[str], np.ndarray | None]:
+        """Each sample's prompt and, where every prompt stands for one of the model's classes, their classes."""
+        names = gen.class_names
+        template = gen.cfg.pretrained.prompt_template
+        if self.prompts is None:
+            if labels is not None:
+                return [class_prompt(template, names[int(k)]) for k in labels], labels
+            recorded = gen.state.get("prompts") or []
+            if len(recorded) == 1:
+                return recorded * self.n, None  # trained on one prompt: that is what the model makes
+            raise InputError(gen.ckpt, "needs a prompt: say what to generate (for example \"chest x-ray, "
+                                       "pneumonia\")")
+        if self.class_index is not None or self.class_mix:
+            raise InputError(None, "give prompts or classes to sample, not both")
+        texts = self.prompts * self.n if len(self.prompts) == 1 else list(self.prompts)
+        classes = self.prompt_classes
+        if classes is None or any(c is None for c in classes):
+            # A prompt that is exactly a class's templated prompt stands for that class.
+            known = {class_prompt(template, name): i for i, name in enumerate(names)} if "{class}" in template else {}
+            classes = [known.get(t) for t in texts]
+        if names and all(c is not None for c in classes):
+            return texts, np.asarray(classes, np.int64)
+        return texts, None
+
+    @staticmethod
+    def _header(gen: Generator) -> Header:
+        """The run's facts about its data, in the checkpoint under the header's own names, carried into the file."""
+        st = gen.state
+        return Header(class_names=gen.class_names, label_names=st.get("label_names"),
+                      mask_coding=st.get("mask_coding"), spacing=st.get("spacing"), affine=st.get("affine"),
+                      intensity_units=gen.norm.units, normalisation=gen.norm.to_dict(),
+                      config=public_config(st["config"]), checkpoint_sha256=gen.sha256)
+
+    def _conditioning(self, gen: Generator, seeds: np.ndarray) \
+            -> tuple[np.ndarray | None, list[str] | None, np.ndarray | None]:
+        """Each sample's class (or None), prompt (or None for a model not trained from text) and the row of its
+        prompt in the network's table (what it is conditioned on)."""
+        if not isinstance(gen, PromptedGenerator):
+            return self._labels(gen, seeds), None, None
+        labels = None if self.prompts else self._labels(gen, seeds)
+        texts, labels = self._prompts(gen, labels)
+        return labels, texts, np.asarray(gen.use_prompts(texts, self.negative_prompt), np.int64)
+
     def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
-        gen = Generator(self.checkpoint, self.device)
+        gen = self._generator()
         self._choose_sampler(gen)
         if gen.device.type == "cpu":
             use_free_cores()
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
-        labels = self._labels(gen, seeds)
+        labels, texts, rows = self._conditioning(gen, seeds)
         conds = self._conditions(gen, seeds)
         masks_out = gen.cfg.mask_mode != "none"
         c, size = gen.cfg.facts.image_channels, gen.cfg.model.image_size
-        st = gen.state
         rule = None
         if self.redraw_mismatches and labels is not None and gen.cfg.mask_mode == "joint":
             from engine.evaluation.metrics.phantom_fidelity import count_rule
@@ -263,18 +256,16 @@ class SampleJob:
         done = 0
         stopped = False
         dims = max(gen.cfg.facts.spatial_dims, 2)
-        # The run's facts about its data, in the checkpoint under the header's own names, carry into the file.
-        header = Header(class_names=gen.class_names, label_names=st.get("label_names"),
-                        mask_coding=st.get("mask_coding"), spacing=st.get("spacing"), affine=st.get("affine"),
-                        intensity_units=gen.norm.units, normalisation=gen.norm.to_dict(),
-                        config=public_config(st["config"]), checkpoint_sha256=gen.sha256)
         with SampleWriter(self.out, self.n, (c,) + (size,) * dims, masks=masks_out, labels=labels is not None,
-                          header=header, overwrite=self.overwrite, lock=False) as writer:
+                          prompts=texts is not None,
+                          header=self._header(gen), overwrite=self.overwrite, lock=False) as writer:
             try:
                 for lo in range(0, self.n, self.batch):
                     hi = min(lo + self.batch, self.n)
                     requests.check()
                     lab = None if labels is None else labels[lo:hi].tolist()
+                    if rows is not None:
+                        lab = rows[lo:hi].tolist()  # the network's "labels" are the prompts' rows
                     cond = None if conds is None else conds[lo:hi]
                     images, masks = gen.generate(seeds[lo:hi].tolist(), lab, self.sampler_name, self.steps,
                                                  self.guidance, cond, requests=requests)
@@ -286,7 +277,8 @@ class SampleJob:
                         redrawn += redone[0]
                         still_wrong += redone[1]
                     _refuse_non_finite(gen.ckpt, images, lo)
-                    writer.append(images, batch_seeds, masks, None if labels is None else labels[lo:hi])
+                    writer.append(images, batch_seeds, masks, None if labels is None else labels[lo:hi],
+                                  prompts=None if texts is None else texts[lo:hi])
                     done = hi
                     emit(Progress("sample", done, self.n, {"per_sample_s": (time.perf_counter() - t0) / done,
                                                            "file": str(writer.writing)}))

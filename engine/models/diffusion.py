@@ -44,7 +44,7 @@ def _flow(tc: TrainConfig, spatial: Sequence[int]) -> FlowMatchEulerDiscreteSche
 
 def train_scheduler(tc: TrainConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
-                         prediction_type=tc.objective)
+                         beta_start=tc.beta_start, beta_end=tc.beta_end, prediction_type=tc.objective)
 
 
 def noise_levels(tc: TrainConfig, spatial: Sequence[int]) -> torch.Tensor:
@@ -66,7 +66,7 @@ def sampler(name: str, tc: TrainConfig, latent: bool = False, spatial: Sequence[
     if name == "heun":
         return FlowMatchHeunDiscreteScheduler(num_train_timesteps=tc.num_train_timesteps, shift=flow_shift(spatial))
     common = dict(num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
-                  prediction_type=tc.objective)
+                  beta_start=tc.beta_start, beta_end=tc.beta_end, prediction_type=tc.objective)
     if name == "ddpm":
         return DDPMScheduler(**common, clip_sample=not latent)
     # "trailing" spacing reaches the pure-noise end of the schedule even with few steps,

@@ -20,8 +20,15 @@ def pixel_channels(cfg: RunConfig) -> int:
     return cfg.facts.image_channels + (mask_channels(cfg) if cfg.mask_mode == "joint" else 0)
 
 
+# Every Stable Diffusion 1.x / 2.x VAE: 4 latent channels, 8 times smaller on each axis (the loader refuses others).
+SD_LATENT_CHANNELS = 4
+SD_LATENT_FACTOR = 8
+
+
 def io_channels(cfg: RunConfig) -> tuple[int, int, int]:
     """(network input, network output, condition) channel counts of the diffusion network."""
+    if cfg.fine_tune:
+        return SD_LATENT_CHANNELS, SD_LATENT_CHANNELS, 0
     k = mask_channels(cfg)
     out = cfg.autoencoder.latent_channels if cfg.autoencoder.enabled else pixel_channels(cfg)
     cond = k if cfg.mask_mode == "condition" else 0
@@ -29,6 +36,8 @@ def io_channels(cfg: RunConfig) -> tuple[int, int, int]:
 
 
 def latent_factor(cfg: RunConfig) -> int:
+    if cfg.fine_tune:
+        return SD_LATENT_FACTOR
     return 2 ** (len(cfg.autoencoder.channels) - 1) if cfg.autoencoder.enabled else 1
 
 
@@ -162,5 +171,6 @@ def build_autoencoder(cfg: RunConfig) -> torch.nn.Module:
     )
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: torch.nn.Module, trained: bool = False) -> int:
+    """Weights of the model, or with `trained` only those that train (a LoRA fine-tune freezes the rest)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trained)

@@ -152,8 +152,28 @@ def _autoencoder_stage(cfg: RunConfig, device: str) -> StageEstimate:
     return StageEstimate("autoencoder", params, params * 4 * 4 + _cast_copy_bytes(cfg, device, params), act)
 
 
+def _fine_tune_stage(cfg: RunConfig, device: str) -> StageEstimate:
+    """A pretrained SD model's fine-tune: the frozen weights resident, only the trained ones with gradients, Adam
+    and EMA; activations through the whole UNet (they feed the adapters' gradients at every level)."""
+    from engine.models import stable_diffusion as sd
+
+    unet, frozen, width = sd.networks_on_meta(cfg.pretrained)
+    total = sum(p.numel() for p in unet.parameters())
+    trained = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+    b, s = cfg.train.batch, diffusion_size(cfg)
+    x = torch.zeros((b, io_channels(cfg)[0], s, s), device="meta")
+    t = torch.zeros(b, dtype=torch.long, device="meta")
+    states = torch.zeros((b, 77, width), device="meta")
+    regions = [*unet.down_blocks, unet.mid_block, *unet.up_blocks] if cfg.train.gradient_checkpointing else []
+    act = _saved_activation_bytes(lambda: unet(x, t, encoder_hidden_states=states), regions)
+    state = (total - trained + frozen) * 4 + trained * 4 * 5 + _cast_copy_bytes(cfg, device, total)
+    return StageEstimate("fine-tune", trained, state, act)
+
+
 def estimate(cfg: RunConfig, device: str = "cuda") -> list[StageEstimate]:
     """Per-stage training memory of a config whose channels are known (after the data is read)."""
+    if cfg.fine_tune:
+        return [_fine_tune_stage(cfg, device)]
     stages = []
     if cfg.autoencoder.enabled:
         stages.append(_autoencoder_stage(cfg, device))
@@ -193,7 +213,7 @@ def _suggestions(cfg: RunConfig, device: str, cap: int, data_bytes: int) -> list
             c.train.gradient_checkpointing = True
             tries.append((f"batch {batch} with gradient checkpointing", c))
     dims = max(cfg.facts.spatial_dims, 2)
-    if not cfg.autoencoder.enabled:
+    if not cfg.autoencoder.enabled and not cfg.fine_tune:
         # The same network on the latent of the latent presets' autoencoder (8x smaller per axis in 2D).
         small, large = LATENT_PRESETS[dims]
         c = copy.deepcopy(cfg)

@@ -160,13 +160,37 @@ class TrainJob:
         for note in self.notes:
             emit(Message(note))
         run = self._set_up(emit)
-        if self.cfg.autoencoder.enabled:
+        if self.latent_stage:
             self._latent_stage(run, emit, requests)
         self._build_model(run)
         if not run.acc.is_main_process:
             emit = _silent
         step, was_cancelled, loss = self._loop(run, emit, requests)
         return self._finish(run, step, was_cancelled, loss, emit, requests)
+
+    # -- what a fine-tune (engine.training.finetune) does its own way -----------------------
+    @property
+    def latent_stage(self) -> bool:
+        """Whether the training set moves into a latent space before the diffusion model trains."""
+        return self.cfg.autoencoder.enabled
+
+    def _network(self, run: _Run) -> torch.nn.Module:
+        return build_model(self.cfg)
+
+    def _null(self) -> int | None:
+        """The label that stands for "no condition" (dropped in training, the guidance's other half)."""
+        return null_class(self.cfg)
+
+    def _preview_labels(self, n: int) -> torch.Tensor | None:
+        return None if self._null() is None else torch.arange(n) % max(self.cfg.facts.num_classes, 1)
+
+    def _decode(self, run: _Run, x: torch.Tensor) -> torch.Tensor:
+        """Samples of the diffusion model back to normalised pixels."""
+        return autoencoder.decode(run.ae, x, run.facts["latent_scale"])
+
+    def _extra_weights(self, run: _Run) -> dict[str, Any] | None:
+        """Weight files a checkpoint carries besides the network's: a latent model's autoencoder."""
+        return {"autoencoder": run.ae.state_dict()} if run.latent else None
 
     # -- set-up -----------------------------------------------------------------------------
     def _load_data(self, emit: Emit) -> ImageSet:
@@ -273,8 +297,9 @@ class TrainJob:
         """The network, its EMA and optimizer, restored from the checkpoint when resuming."""
         tc, acc = self.cfg.train, run.acc
         torch.manual_seed(tc.seed)
-        model = build_model(self.cfg)
-        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        model = self._network(run)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
+                                weight_decay=tc.weight_decay)
         if self.ckpt is not None:
             model.load_state_dict(checkpoints.read_weights(self.ckpt, "model"))
             checkpoints.load_optimizer(opt, checkpoints.read_weights(self.ckpt, "optimizer"),
@@ -286,7 +311,8 @@ class TrainJob:
         if acc.is_main_process:
             # Weights, EMA and AdamW's two moments in float32, for the checkpoints kept and the one being written:
             # a disk too small for them is said now, not at the first checkpoint.
-            destination.check_room(self.run_dir, 16 * count_parameters(model) * (KEEP + 1), folder=True)
+            destination.check_room(self.run_dir, 16 * count_parameters(model, trained=True) * (KEEP + 1),
+                                   folder=True)
         run.channels_last = acc.device.type == "cuda" and run.x_all.dim() == 4
         if run.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -299,7 +325,7 @@ class TrainJob:
     def _announce(self, run: _Run, emit: Emit) -> None:
         cfg, acc = self.cfg, run.acc
         world = acc.num_processes
-        emit(Message(f"training {count_parameters(run.net) / 1e6:.2f} M parameters on {acc.device} "
+        emit(Message(f"training {count_parameters(run.net, trained=True) / 1e6:.2f} M parameters on {acc.device} "
                      f"({world} process{'es' if world > 1 else ''}, precision {acc.mixed_precision}), "
                      f"{len(run.data)} images at {cfg.model.image_size} px"
                      f"{f' (latent {diffusion_size(cfg)})' if run.latent else ''}, steps {run.start}->"
@@ -309,7 +335,7 @@ class TrainJob:
         """One optimizer step on the batch of `step`; returns its loss and learning rate."""
         tc, acc = self.cfg.train, run.acc
         g = step_generator(tc.seed, step, acc.process_index, acc.num_processes)
-        batch = draw_batch(g, tc, run.x_all, run.cond_all, run.labels_all, null_class(self.cfg), acc.device)
+        batch = draw_batch(g, tc, run.x_all, run.cond_all, run.labels_all, self._null(), acc.device)
         lr = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_schedule)
         for group in run.opt.param_groups:
             group["lr"] = lr
@@ -357,8 +383,8 @@ class TrainJob:
         if not run.acc.is_main_process:
             return None
         opt = run.opt.optimizer if hasattr(run.opt, "optimizer") else run.opt
-        extra = {"autoencoder": run.ae.state_dict()} if run.latent else None
-        path = self.folder.save_checkpoint(step, run.net, run.ema.shadow, opt, run.facts, extra_weights=extra)
+        path = self.folder.save_checkpoint(step, run.net, run.ema.shadow, opt, run.facts,
+                                           extra_weights=self._extra_weights(run))
         emit(Checkpoint(step, str(path)))
         return path
 
@@ -368,7 +394,7 @@ class TrainJob:
         dims = max(cfg.facts.spatial_dims, 2)
         n = 8 if dims == 2 else 2
         gens = [torch.Generator().manual_seed(tc.seed + i) for i in range(n)]
-        labels = None if null_class(cfg) is None else torch.arange(n) % max(cfg.facts.num_classes, 1)
+        labels = self._preview_labels(n)
         cond = None if run.cond_all is None else run.cond_all[:n]
 
         def on_step(i: int, total: int) -> None:
@@ -380,7 +406,7 @@ class TrainJob:
             with ema_weights(net, run.ema):
                 x = denoise(net, sampler(preview_sampler(tc.objective), tc, run.latent, diffusion_shape(cfg)[1:]),
                             PREVIEW_STEPS, diffusion_shape(cfg), gens,
-                            run.acc.device, labels=labels, cond=cond, null_class=null_class(cfg), guidance=1.0,
+                            run.acc.device, labels=labels, cond=cond, null_class=self._null(), guidance=1.0,
                             autocast=run.acc.autocast, on_step=on_step, clip=not run.latent, requests=requests)
         except Cancelled:
             x = None  # the loop stops at its next poll, after saving the checkpoint
@@ -389,7 +415,7 @@ class TrainJob:
         if x is None:
             return
         if run.latent:
-            x = autoencoder.decode(run.ae, x, run.facts["latent_scale"])
+            x = self._decode(run, x)
         images = run.norm.inverse(x[:, :cfg.facts.image_channels]).cpu().numpy()
         if dims == 3:
             images = images[:, :, images.shape[2] // 2]  # previews show the central slice
