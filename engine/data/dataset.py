@@ -19,6 +19,7 @@ class ImageSet:
             (not yet normalised), C = 1 or 3.
     masks:  uint8 (N, H, W) or (N, D, H, W) label maps, 0 = background, or None.
     labels: int64 (N,) class index, or None.
+    prompts: one text per image (a prompts.csv beside the images), or None.
     """
 
     images: np.ndarray
@@ -39,6 +40,8 @@ class ImageSet:
     # The user's own mask coding, {label: value in their files} (e.g. {1: 127, 2: 254} for grey-level
     # PNGs); empty when the labels are the stored values. Exports in the user's format write it back.
     mask_coding: dict[int, int] = field(default_factory=dict)
+    # Per image like `names`: whatever takes, reorders or joins images carries both.
+    prompts: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -236,4 +239,6 @@ def validate(s: ImageSet) -> ImageSet:
         check_labels(src, s.labels, s.class_names)
     if s.names is not None and len(s.names) != len(s):
         raise InputError(src, f"{len(s.names)} image names do not match {len(s)} images")
+    if s.prompts is not None and len(s.prompts) != len(s):
+        raise InputError(src, f"{len(s.prompts)} prompts do not match {len(s)} images")
     return s

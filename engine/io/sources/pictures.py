@@ -1,8 +1,8 @@
-"""Image folders (Kvasir-SEG, ISIC, VOC style): `images/` (+ `masks/`, `labels.csv`) or pictures alone."""
+"""Image folders (Kvasir-SEG, ISIC, VOC style): `images/` (+ `masks/`, `labels.csv`, `prompts.csv`) or pictures
+alone."""
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections import Counter
 from pathlib import Path
@@ -11,11 +11,19 @@ import numpy as np
 from PIL import Image
 
 from engine.data.dataset import ImageSet, check_finite, check_pair, coded_label_names, consecutive_labels, validate
+from engine.data.prompts import clean_prompt
 from engine.errors import InputError
 from engine.io import partners
 from engine.io.sources.common import IMAGE_SUFFIXES, numbered_class_names, reading, visible
+from engine.io.sources.csv_table import read_table
 
 log = logging.getLogger(__name__)
+
+# Beside images/ (or beside the pictures themselves): a class per image, a prompt per image, both by file stem.
+LABELS_CSV = "labels.csv"
+PROMPTS_CSV = "prompts.csv"
+# How many stems a fault lists before it says "...": enough to find the pattern, one line.
+LISTED = 5
 
 
 def _read_picture(path: Path) -> np.ndarray:
@@ -125,6 +133,8 @@ def read_folder_pairs(root: str | Path, class_names: list[str] | None = None) ->
     If any image is RGB, gray images are repeated to 3 channels so the set stacks.
     `labels.csv` has columns `stem,class`; whole-number classes are indices (named by
     `class_names` or "0", "1", ...), other classes are names, indexed in sorted order.
+    `prompts.csv` has columns `stem,prompt`: the text each image is described by. Either file names
+    every image once (a stem may be given as the file's name) and nothing else.
     """
     root = Path(root)
     image_dir = root / "images" if (root / "images").is_dir() else root
@@ -137,6 +147,13 @@ def read_folder_pairs(root: str | Path, class_names: list[str] | None = None) ->
         partners.check_pairing(image_files, mask_files, lambda stem: f"has no mask partner in {mask_dir}",
                                f"is a mask without an image partner in {image_dir}")
     stems = sorted(image_files)
+    # The tables first: a wrong row is found before thousands of pictures are read.
+    labels, names = None, []
+    if (root / LABELS_CSV).is_file():
+        labels, names = _read_labels_csv(root / LABELS_CSV, stems, class_names)
+    prompts = None
+    if (root / PROMPTS_CSV).is_file():
+        prompts = [clean_prompt(p) for p in _per_image(root / PROMPTS_CSV, "prompt", stems)]
     images, masks, words = [], [], set()
     for stem in stems:
         images.append(_read_picture(image_files[stem]))
@@ -152,29 +169,15 @@ def read_folder_pairs(root: str | Path, class_names: list[str] | None = None) ->
     resized = sum(im.shape[1:] != size for im in images)
     if resized:
         log.info("%s: %d image(s) resized to the most common size %dx%d", root, resized, *size)
-    labels, names = None, []
-    if (root / "labels.csv").is_file():
-        labels, names = _read_labels_csv(root / "labels.csv", stems, class_names)
     label_names = (coded_label_names(coding, "index" if words == {"index"} else "grey") if coding
                    else _mask_label_names(stacked_masks))
     return validate(ImageSet(images=stacked, masks=stacked_masks, labels=labels, class_names=names,
-                             label_names=label_names, mask_coding=coding, source=str(root)))
+                             label_names=label_names, mask_coding=coding, source=str(root), prompts=prompts))
 
 
 def _read_labels_csv(path: Path, stems: list[str], class_names: list[str] | None,
                      ) -> tuple[np.ndarray, list[str]]:
-    with reading(path, "a CSV file with columns stem,class"), path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"stem", "class"} <= set(rows[0]):
-        raise InputError(path, "needs a header row with columns stem,class and at least one row")
-    by_stem = {(r["stem"] or "").strip(): (r["class"] or "").strip() for r in rows}
-    for stem in by_stem:
-        if stem not in stems:
-            raise InputError(path, f"names '{stem}', which has no image")
-    missing = [s for s in stems if s not in by_stem]
-    if missing:
-        raise InputError(path, f"has no class for image(s) {', '.join(missing[:5])}")
-    values = [by_stem[s] for s in stems]
+    values = _per_image(path, "class", stems)
     # ASCII digits only: int() refuses some of what isdigit() accepts ("²"). More than 18 digits is beyond int64
     # and no class index; it is refused as one by the bound on class indices.
     if all(v.isascii() and v.isdigit() for v in values):
@@ -182,6 +185,37 @@ def _read_labels_csv(path: Path, stems: list[str], class_names: list[str] | None
         return labels, numbered_class_names(path, "class", labels, class_names)
     names = sorted(set(values))
     return np.array([names.index(v) for v in values], np.int64), names
+
+
+def _per_image(path: Path, column: str, stems: list[str]) -> list[str]:
+    """The `column` of a `stem,<column>` table for each image, in `stems`' order: every image named once, by its
+    stem or its file name, with a value, and no row for a picture that is not there."""
+    known = set(stems)
+    found: dict[str, tuple[int, str]] = {}
+    for row in read_table(path, f"a CSV file with columns stem,{column}", ("stem", column)):
+        stem = _stem_of(row.values["stem"], known)
+        if not stem:
+            raise InputError(path, f"row {row.number} has no stem")
+        if stem not in known:
+            raise InputError(path, f"names '{stem}' (row {row.number}), which has no image")
+        if stem in found:
+            raise InputError(path, f"names '{stem}' twice (rows {found[stem][0]} and {row.number})")
+        if not row.values[column]:
+            raise InputError(path, f"gives '{stem}' an empty {column} (row {row.number})")
+        found[stem] = (row.number, row.values[column])
+    missing = [s for s in stems if s not in found]
+    if missing:
+        listed = ", ".join(missing[:LISTED]) + (", ..." if len(missing) > LISTED else "")
+        raise InputError(path, f"has no {column} for {len(missing)} of the {len(stems)} images: {listed}")
+    return [found[s][1] for s in stems]
+
+
+def _stem_of(written: str, known: set[str]) -> str:
+    """A stem as a table gives it: the stem itself, or the picture's file name ("cju0qkwl35piu0993.jpg")."""
+    name = Path(written)
+    if written not in known and name.suffix.lower() in IMAGE_SUFFIXES and name.stem in known:
+        return name.stem
+    return written
 
 
 def _mask_label_names(masks: np.ndarray | None) -> dict[int, str]:
