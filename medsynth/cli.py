@@ -167,13 +167,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return exit_code(done)
 
 
+def _sample_count(args: argparse.Namespace) -> int:
+    """--n, or with a prompts file the samples it asks for."""
+    from engine.errors import InputError
+
+    if args.prompts is None:
+        if args.n is None:
+            raise InputError(None, "say how many samples to generate (--n)")
+        return args.n
+    from engine.io.prompts_csv import read_prompt_rows
+
+    total = sum(row.n for row in read_prompt_rows(args.prompts))
+    if args.n is not None and args.n != total:
+        raise InputError(args.prompts, f"asks for {total} samples; leave out --n or make it {total}")
+    return total
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    from engine.config import PretrainedConfig
+    from engine.errors import InputError
     from engine.inference.sample import SampleJob
 
-    job = SampleJob(args.run, args.n, args.out, sampler_name=args.sampler, steps=args.steps, seed=args.seed,
-                    class_index=args.class_index, class_mix=args.class_mix, guidance=args.guidance,
+    if (args.run is None) == (args.from_pretrained is None):
+        raise InputError(None, "give a run folder or checkpoint to sample, or --from-pretrained PATH (one of them)")
+    pretrained = None if args.from_pretrained is None else PretrainedConfig(
+        path=args.from_pretrained, config_folder=args.pretrained_config or "", trust_pickle=args.trust_pickle)
+    job = SampleJob(args.run, _sample_count(args), args.out, sampler_name=args.sampler, steps=args.steps,
+                    seed=args.seed, class_index=args.class_index, class_mix=args.class_mix, guidance=args.guidance,
                     batch=args.batch, device=args.device, overwrite=args.force,
-                    redraw_mismatches=not args.keep_mismatched)
+                    redraw_mismatches=not args.keep_mismatched,
+                    prompts=None if args.prompt is None else [args.prompt], prompts_file=args.prompts,
+                    negative_prompt=args.negative_prompt, pretrained=pretrained)
     done = run_job(job, TqdmView())
     r = done.result
     print(f"wrote {r.get('n', 0)} samples to {r.get('out')} in {r.get('seconds', 0):.1f} s")
@@ -364,8 +388,9 @@ def _add_sample(sub: Subcommands) -> None:
     from engine.settings import Device, Sampler
 
     s = sub.add_parser("sample", help="generate samples from a trained run into an HDF5 file")
-    s.add_argument("run", help="run directory or checkpoint folder")
-    s.add_argument("--n", type=_option("sample", "n"), required=True)
+    s.add_argument("run", nargs="?", help="run directory or checkpoint folder")
+    s.add_argument("--n", type=_option("sample", "n"), default=None,
+                   help="how many samples (with --prompts: the file's count unless given)")
     s.add_argument("--out", required=True, help="output .h5 file")
     s.add_argument("--sampler", default=None, choices=Sampler.values(),
                    help="dpm, ddim or ddpm for an epsilon / v model (default dpm); euler or heun for a flow model "
@@ -377,7 +402,19 @@ def _add_sample(sub: Subcommands) -> None:
                    help="generate only this class")
     s.add_argument("--class-mix", default=None, help='weights per class, e.g. "0:0.5,3:0.5"')
     s.add_argument("--guidance", type=_option("sample", "guidance"), default=2.0,
-                   help="classifier-free guidance scale for class-conditional models (1 = none)")
+                   help="classifier-free guidance scale for class- or text-conditional models (1 = none)")
+    s.add_argument("--prompt", default=None, metavar="TEXT",
+                   help='what to generate, for a model fine-tuned from text: e.g. "chest x-ray, pneumonia"')
+    s.add_argument("--prompts", default=None, metavar="FILE.csv",
+                   help="a CSV with a prompt column (and optional n and class columns): one run, many prompts")
+    s.add_argument("--negative-prompt", dest="negative_prompt", default="", metavar="TEXT",
+                   help="what guidance steers away from (default: nothing)")
+    s.add_argument("--from-pretrained", dest="from_pretrained", default=None, metavar="PATH",
+                   help="sample a Stable Diffusion folder or file as it is, without a run")
+    s.add_argument("--pretrained-config", dest="pretrained_config", default=None, metavar="DIR",
+                   help="for a single file: the diffusers folder of its architecture")
+    s.add_argument("--trust-pickle", dest="trust_pickle", action="store_true",
+                   help="load a pickle .ckpt, which can run code: only for a file from a source you trust")
     s.add_argument("--batch", type=_option("sample", "batch"), default=32)
     s.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")

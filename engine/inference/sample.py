@@ -22,6 +22,7 @@ from engine.inference.prompted import PromptedGenerator
 from engine.io import destination
 from engine.io.medsynth_h5 import Header
 from engine.io.medsynth_writer import SampleWriter, check_new
+from engine.io.prompts_csv import read_prompt_rows
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.runtime.threads import use_free_cores
 from engine.settings import SAMPLER_STEPS, Sampler
@@ -89,7 +90,7 @@ class SampleJob:
                  class_mix: str | None = None,
                  guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False,
                  redraw_mismatches: bool = True, prompts: list[str] | None = None,
-                 prompt_classes: list[int | None] | None = None, negative_prompt: str = "",
+                 prompts_file: str | Path | None = None, negative_prompt: str = "",
                  pretrained: PretrainedConfig | None = None) -> None:
         if sampler_name is not None and sampler_name not in Sampler.values():
             raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(Sampler.values())}")
@@ -106,7 +107,9 @@ class SampleJob:
         # A model fine-tuned from text (or a pretrained one, sampled as it is): one prompt for every sample, or one
         # per sample; prompt_classes, one per sample too, says which class a prompt stands for (None: none).
         self.prompts, self.negative_prompt, self.pretrained = prompts, negative_prompt, pretrained
-        self.prompt_classes = prompt_classes
+        self.prompts_file = prompts_file
+        if prompts_file is not None and prompts is not None:
+            raise InputError(None, "give prompts or a prompts file, not both")
         if prompts is not None and len(prompts) not in (1, self.n):
             raise InputError(None, f"{len(prompts)} prompts for {self.n} samples: give one prompt, or one per sample")
         if checkpoint is None and pretrained is None:
@@ -191,11 +194,22 @@ class SampleJob:
             raise InputError(self.checkpoint, "was not trained from text: sample it by class, not with a prompt")
         return Generator(self.checkpoint, self.device)
 
+    def _asked_prompts(self, class_names: list[str]) -> tuple[list[str], list[int | None]]:
+        """Each sample's prompt as asked, and the class it was said to stand for (None where none was)."""
+        if self.prompts is not None:
+            texts = self.prompts * self.n if len(self.prompts) == 1 else list(self.prompts)
+            return texts, [None] * len(texts)
+        rows = read_prompt_rows(self.prompts_file, class_names)
+        texts = [r.prompt for r in rows for _ in range(r.n)]
+        if len(texts) != self.n:
+            raise InputError(self.prompts_file, f"asks for {len(texts)} samples, not {self.n}")
+        return texts, [r.class_index for r in rows for _ in range(r.n)]
+
     def _prompts(self, gen: PromptedGenerator, labels: np.ndarray | None) -> tuple[list[str], np.ndarray | None]:
         """Each sample's prompt and, where every prompt stands for one of the model's classes, their classes."""
         names = gen.class_names
         template = gen.cfg.pretrained.prompt_template
-        if self.prompts is None:
+        if self.prompts is None and self.prompts_file is None:
             if labels is not None:
                 return [class_prompt(template, names[int(k)]) for k in labels], labels
             recorded = gen.state.get("prompts") or []
@@ -205,9 +219,8 @@ class SampleJob:
                                        "pneumonia\")")
         if self.class_index is not None or self.class_mix:
             raise InputError(None, "give prompts or classes to sample, not both")
-        texts = self.prompts * self.n if len(self.prompts) == 1 else list(self.prompts)
-        classes = self.prompt_classes
-        if classes is None or any(c is None for c in classes):
+        texts, classes = self._asked_prompts(names)
+        if any(c is None for c in classes):
             # A prompt that is exactly a class's templated prompt stands for that class.
             known = {class_prompt(template, name): i for i, name in enumerate(names)} if "{class}" in template else {}
             classes = [known.get(t) for t in texts]
@@ -230,7 +243,7 @@ class SampleJob:
         prompt in the network's table (what it is conditioned on)."""
         if not isinstance(gen, PromptedGenerator):
             return self._labels(gen, seeds), None, None
-        labels = None if self.prompts else self._labels(gen, seeds)
+        labels = None if self.prompts or self.prompts_file else self._labels(gen, seeds)
         texts, labels = self._prompts(gen, labels)
         return labels, texts, np.asarray(gen.use_prompts(texts, self.negative_prompt), np.int64)
 
