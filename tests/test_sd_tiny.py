@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.sd_tiny import make_tiny_sd
+from tests.sd_tiny import make_tiny_sd, write_ckpt, write_single_file
 
 PROMPTS = ["chest x-ray, pneumonia", "chest x-ray, normal"]
 
@@ -65,3 +65,53 @@ def test_build_is_reproducible(folder, tmp_path):
                  "text_encoder/model.safetensors"):
         a, b = load_file(folder / part), load_file(other / part)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def _weights(pipe) -> dict[str, dict[str, torch.Tensor]]:
+    return {n: getattr(pipe, n).state_dict() for n in ("unet", "vae", "text_encoder")}
+
+
+def _assert_same_weights(a, b) -> None:
+    for part in a:
+        assert a[part].keys() == b[part].keys(), part
+        diff = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+        assert not diff, f"{part}: {len(diff)} tensors differ, e.g. {diff[:3]}"
+
+
+def test_single_file_has_the_original_layout(folder, tmp_path):
+    from safetensors.torch import load_file
+
+    keys = set(load_file(write_single_file(folder, tmp_path / "sd.safetensors")))
+    # Names every real SD 1.x single file has (and diffusers reads to recognise one).
+    for key in ("model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.time_embed.0.weight",
+                "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight",
+                "model.diffusion_model.out.2.weight", "first_stage_model.encoder.down.0.block.0.conv1.weight",
+                "first_stage_model.decoder.up.3.upsample.conv.weight", "first_stage_model.encoder.mid.attn_1.q.weight",
+                "first_stage_model.quant_conv.weight",
+                "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight"):
+        assert key in keys, key
+    assert not any(k.startswith(("unet.", "vae.", "text_encoder.")) for k in keys)
+
+
+@pytest.mark.parametrize("form", ["safetensors", "ckpt"])
+def test_single_file_loads_offline_with_the_folders_weights(folder, tmp_path, form):
+    from diffusers import StableDiffusionPipeline
+
+    path = (write_single_file if form == "safetensors" else write_ckpt)(folder, tmp_path / f"sd.{form}")
+    # The config folder is a model with other weights: what loads must come from the file, not the folder.
+    other = make_tiny_sd(tmp_path / "other", seed=1)
+    pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(other), local_files_only=True)
+    ref = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    _assert_same_weights(_weights(ref), _weights(pipe))
+    images = _images(pipe, PROMPTS)
+    assert np.isfinite(images).all() and np.abs(images[0] - images[1]).max() > 1e-3
+    np.testing.assert_allclose(images, _images(ref, PROMPTS), atol=1e-5)
+
+
+def test_ckpt_is_a_pickled_state_dict(folder, tmp_path):
+    from safetensors.torch import load_file
+
+    sd = torch.load(write_ckpt(folder, tmp_path / "sd.ckpt"), weights_only=True)["state_dict"]
+    flat = load_file(write_single_file(folder, tmp_path / "sd.safetensors"))
+    assert sd.keys() == flat.keys() and all(torch.equal(sd[k], flat[k]) for k in sd)
