@@ -301,7 +301,7 @@ class Gallery(QWidget):
         if m.volume:
             bits.append("central axial slice")
         if m.prompts is not None:
-            bits.append("each drawn from a prompt (hover to read it)")
+            bits.append("a prompt per sample (hover to read it)")
         if m.class_filter is not None:
             bits.append(f"showing {len(m.rows)} of class “{escape(m.class_name(m.class_filter))}”")
         if m.n_complete < m.n_planned:
