@@ -219,7 +219,8 @@ class ThumbnailModel(QAbstractListModel):
             if SEEDS in f:
                 self.seeds = np.concatenate([self.seeds, f[SEEDS][before:now].astype(np.int64)])
             if self.prompts is not None:
-                self.prompts += read_prompts(f, before) or []
+                # To `now`, as the labels: a writer may have completed more since it was read.
+                self.prompts += (read_prompts(f, before) or [])[:now - before]
             self.n_complete = now
         if self.window is None and now > 0:
             self.window = self._percentile_window()

@@ -136,3 +136,16 @@ def test_hovering_shows_the_prompt_and_a_screenshot(gallery, qtbot, tmp_path):
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert shot.save(str(SHOTS / "gallery_prompts.png"))
     QToolTip.hideText()
+
+
+def test_a_file_with_numbers_for_prompts_is_reported_not_raised(gallery, qtbot, tmp_path):
+    import h5py
+
+    path = write_image_set(tmp_path / "hostile.h5", prompted_phantoms(6))
+    with h5py.File(path, "r+") as f:
+        del f["prompts"]
+        f["prompts"] = np.arange(6.0)
+    with qtbot.waitSignal(gallery.failed, timeout=2000) as message:
+        assert not gallery.open_file(path)
+    assert str(path) in message.args[0] and "/prompts holds float64 values" in message.args[0]
+    assert gallery.count() == 0
