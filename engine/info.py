@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,16 @@ if TYPE_CHECKING:
 
 
 def _h5(path: Path) -> list[str]:
-    from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, SEEDS, open_file, read_header, read_metrics
+    from engine.io.medsynth_h5 import (
+        IMAGES,
+        LABELS,
+        MASKS,
+        SEEDS,
+        open_file,
+        read_header,
+        read_metrics,
+        read_prompts,
+    )
 
     with open_file(path) as f:
         h = read_header(f)
@@ -33,7 +43,10 @@ def _h5(path: Path) -> list[str]:
             if LABELS in f and n:
                 counts = np.bincount(f[LABELS][:n], minlength=len(h.class_names))
                 lines.append("  per class: " + ", ".join(str(int(c)) for c in counts))
+        prompts = read_prompts(f)
         figures, summary = read_metrics(f)
+    if prompts is not None:
+        lines.append("  " + _prompt_line(prompts))
     if h.label_names:
         lines.append("  mask labels: " + ", ".join(f"{k}={v}" for k, v in h.label_names.items()))
     if h.mask_coding:
@@ -53,6 +66,16 @@ def _h5(path: Path) -> list[str]:
     for why, unmeasured in unmeasured_groups(summary):
         lines.append(f"  not measured: {', '.join(key for key, _ in unmeasured)} — {why}")
     return lines
+
+
+def _prompt_line(prompts: list[str]) -> str:
+    """'prompts: 2 distinct (e.g. "chest x-ray, pneumonia")': the most used one stands for them."""
+    if not prompts:
+        return "prompts: stored, none complete yet"
+    counts = Counter(prompts)
+    example = max(counts, key=counts.__getitem__)
+    shown = example if len(example) <= 80 else example[:79] + "…"
+    return f'prompts: {len(counts)} distinct (e.g. "{shown}")'
 
 
 def _orientation(header: Header) -> str:

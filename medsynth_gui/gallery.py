@@ -300,6 +300,8 @@ class Gallery(QWidget):
             bits.append("RGB")
         if m.volume:
             bits.append("central axial slice")
+        if m.prompts is not None:
+            bits.append("a prompt per sample (hover to read it)")
         if m.class_filter is not None:
             bits.append(f"showing {len(m.rows)} of class “{escape(m.class_name(m.class_filter))}”")
         if m.n_complete < m.n_planned:

@@ -11,6 +11,7 @@ a file that a sampling job is still writing.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +26,18 @@ from PySide6.QtWidgets import QWidget
 
 from engine.errors import InputError
 from engine.evaluation.metrics.phantom_fidelity import CountRule, count_rule
-from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, SEEDS, Header, n_complete, open_file, read_header
+from engine.io.medsynth_h5 import (
+    IMAGES,
+    LABELS,
+    MASKS,
+    PROMPTS,
+    SEEDS,
+    Header,
+    n_complete,
+    open_file,
+    read_header,
+    read_prompts,
+)
 from medsynth_gui.thumbnail_drawing import COLOUR_NAMES, render_thumbnail, unreadable_pixmap
 from medsynth_gui.viewer.colors import PALETTE
 
@@ -38,6 +50,7 @@ LOAD_BUDGET_S = 0.025  # per event-loop turn: long enough to fill a page, short 
 PREFETCH_BUDGET_S = 0.010
 WINDOW_SAMPLES = 8
 POLL_MS = 1000
+PROMPT_CHARS, PROMPT_WIDTH = 400, 60  # a report-length prompt is cut and wrapped: a tooltip is not a reader
 
 
 class ThumbnailModel(QAbstractListModel):
@@ -58,6 +71,7 @@ class ThumbnailModel(QAbstractListModel):
         self.n_complete = 0
         self.labels: np.ndarray | None = None
         self.seeds: np.ndarray | None = None
+        self.prompts: list[str] | None = None  # each complete sample's prompt, when the file stores them
         self.class_names: list[str] = []
         self.label_names: dict[int, str] = {}
         self.class_filter: int | None = None
@@ -117,6 +131,7 @@ class ThumbnailModel(QAbstractListModel):
         self.n_complete = 0
         self.labels = np.zeros(0, np.int64) if LABELS in f else None
         self.seeds = np.zeros(0, np.int64)
+        self.prompts = [] if PROMPTS in f else None
         self._grow(n_complete(f))
         self.rows = self._matching(0, self.n_complete)
 
@@ -143,7 +158,7 @@ class ThumbnailModel(QAbstractListModel):
         self.close()
         self.path, self.header, self.rows = "", Header(), np.zeros(0, np.int64)
         self.n_complete = self.n_planned = 0
-        self.labels = self.seeds = None
+        self.labels = self.seeds = self.prompts = None
         self.shape, self.has_masks = (), False
         self.class_filter = None
 
@@ -203,6 +218,9 @@ class ThumbnailModel(QAbstractListModel):
                 self.labels = np.concatenate([self.labels, f[LABELS][before:now].astype(np.int64)])
             if SEEDS in f:
                 self.seeds = np.concatenate([self.seeds, f[SEEDS][before:now].astype(np.int64)])
+            if self.prompts is not None:
+                # To `now`, as the labels: a writer may have completed more since it was read.
+                self.prompts += (read_prompts(f, before) or [])[:now - before]
             self.n_complete = now
         if self.window is None and now > 0:
             self.window = self._percentile_window()
@@ -380,6 +398,8 @@ class ThumbnailModel(QAbstractListModel):
         lines = [f"Sample #{sample}"]
         if self.labels is not None:
             lines.append(f"Class: {self.class_name(int(self.labels[sample]))}")
+        if self.prompts is not None and sample < len(self.prompts):
+            lines.append(_prompt_text(self.prompts[sample]))
         if self.seeds is not None and sample < len(self.seeds):
             lines.append(f"Seed: {int(self.seeds[sample])}")
         present = self._present.get(sample)
@@ -393,3 +413,9 @@ class ThumbnailModel(QAbstractListModel):
         return "\n".join(lines)
 
 
+def _prompt_text(prompt: str) -> str:
+    """The tooltip's prompt line(s): quoted, so an empty or space-ended prompt shows as what it is."""
+    if len(prompt) > PROMPT_CHARS:
+        prompt = prompt[:PROMPT_CHARS - 1] + "…"
+    return textwrap.fill(f"Prompt: “{prompt}”", PROMPT_WIDTH, subsequent_indent="  ") \
+        if prompt else "Prompt: (empty)"

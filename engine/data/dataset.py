@@ -37,6 +37,8 @@ class ImageSet:
     kind: str = "real"
     # Where each image came from ("case_003 · z 41", a file stem), or None when only its index says.
     names: list[str] | None = None
+    # The text each image goes with (a caption, a finding), or None when the data has none.
+    prompts: list[str] | None = None
     # The user's own mask coding, {label: value in their files} (e.g. {1: 127, 2: 254} for grey-level
     # PNGs); empty when the labels are the stored values. Exports in the user's format write it back.
     mask_coding: dict[int, int] = field(default_factory=dict)

@@ -5,6 +5,7 @@
     /labels   int64 (N,) class indices                               (when the file has classes)
     /seeds    int64 (N,) the seed each sample was drawn with
     /names    str (N,) where each sample came from                   (when known)
+    /prompts  str (N,) UTF-8, the text each sample was drawn with    (text-prompted models; older files lack it)
     /metrics  figures as attributes, a JSON "summary", nn_index / nn_corr per sample (after an evaluation)
     root attributes: the `Header`; lists and dicts are JSON text, since HDF5 attributes hold no nested data.
 
@@ -32,13 +33,14 @@ from engine.io import destination
 
 FORMAT = "medsynth"
 FORMAT_VERSION = 1
-IMAGES, MASKS, LABELS, SEEDS, NAMES, METRICS = "images", "masks", "labels", "seeds", "names", "metrics"
+IMAGES, MASKS, LABELS, SEEDS, NAMES, PROMPTS = "images", "masks", "labels", "seeds", "names", "prompts"
+METRICS = "metrics"
 SUMMARY = "summary"  # the /metrics attribute holding the JSON summary; every other attribute there is a figure
 NN_INDEX, NN_CORR = "nn_index", "nn_corr"  # /metrics arrays: each sample's nearest training image and its correlation
 NOT_MEDSYNTH = "is HDF5 but not a MedSynth file (no format='medsynth' attribute or /images)"
 # Root attributes stored as JSON text, and the JSON each must hold.
 JSON_FIELDS = {"class_names": list, "label_names": dict, "mask_coding": dict, "normalisation": dict, "config": dict}
-PER_SAMPLE = (IMAGES, MASKS, LABELS, SEEDS, NAMES)  # datasets with one row per sample
+PER_SAMPLE = (IMAGES, MASKS, LABELS, SEEDS, NAMES, PROMPTS)  # datasets with one row per sample
 GIB = 1024 ** 3
 
 
@@ -281,19 +283,23 @@ def read_header(f: h5py.File) -> Header:
     for name, kinds in ((MASKS, "iub"), (LABELS, "iu"), (SEEDS, "iu")):
         if name in f:
             check_numeric(path, f"/{name} values", f[name].dtype, kinds)
+    if PROMPTS in f:
+        _prompt_rows(f)
     if MASKS in f and tuple(f[MASKS].shape[1:]) != shape[2:]:
         raise InputError(path, f"/masks has shape {tuple(f[MASKS].shape)}, which does not match /images {shape}")
     for name in PER_SAMPLE:
-        rows = (f[name].shape or (0,))[0] if name in f else n
-        if rows < n:
-            raise InputError(path, f"/{name} has {rows} rows but attribute 'n_complete' says {n} samples are "
-                                   "complete")
+        _check_rows(path, name, (f[name].shape or (0,))[0] if name in f else n, n)
     for name in (IMAGES, MASKS):  # the bulk a reader allocates; the per-sample numbers are a few bytes a row
         if name in f:
             _check_stored(path, f[name], n)
     if LABELS in f and n:
         check_labels(path, f[LABELS][:n], h.class_names)
     return h
+
+
+def _check_rows(path: str | Path, name: str, rows: int, n: int) -> None:
+    if rows < n:
+        raise InputError(path, f"/{name} has {rows} rows but attribute 'n_complete' says {n} samples are complete")
 
 
 def _check_stored(path: str | Path, d: h5py.Dataset, n: int) -> None:
@@ -345,6 +351,34 @@ def read_names(f: h5py.File) -> list[str] | None:
     return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in f[NAMES][:]]
 
 
+def _prompt_rows(f: h5py.File) -> h5py.Dataset:
+    """/prompts, after checking it holds one text a row: anything else (numbers, a table) would read as
+    nonsense prompts, so it is refused with one line naming the file."""
+    d = f[PROMPTS]
+    if not isinstance(d, h5py.Dataset) or h5py.check_string_dtype(d.dtype) is None or len(d.shape) != 1:
+        what = (f"{d.dtype} values of shape {tuple(d.shape)}" if isinstance(d, h5py.Dataset) else "a group")
+        raise InputError(f.filename, f"/prompts holds {what}; expected one text per sample")
+    return d
+
+
+def _texts(values: Any) -> list[str]:
+    # Variable-length text reads as bytes; a damaged byte shows as a replacement mark rather than failing the file.
+    values = np.atleast_1d(values).tolist()
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def read_prompts(f: h5py.File, start: int = 0) -> list[str] | None:
+    """The prompt each complete sample from `start` on was drawn with (/prompts), or None when the file has none
+    (every file from before text-prompted models); InputError naming the file when /prompts is not one text a row.
+    `start` lets a reader that polls a growing file read only the new samples' prompts."""
+    if PROMPTS not in f:
+        return None
+    d = _prompt_rows(f)
+    n = n_complete(f)
+    _check_rows(f.filename, PROMPTS, len(d), n)
+    return _texts(d[start:n]) if n > start else []
+
+
 @dataclass
 class Sample:
     """One complete sample as stored: image (C, H, W) or (C, D, H, W); mask (H, W) or (D, H, W)."""
@@ -355,6 +389,7 @@ class Sample:
     label: int | None = None
     seed: int | None = None
     name: str | None = None
+    prompt: str | None = None  # the text it was drawn with, when the file records prompts
 
 
 def read_sample(f: h5py.File, index: int) -> Sample:
@@ -363,9 +398,11 @@ def read_sample(f: h5py.File, index: int) -> Sample:
     if not 0 <= index < n:
         raise InputError(f.filename, f"has no complete sample {index} (0..{n - 1})")
     names = read_names(f)
+    prompts = _prompt_rows(f) if PROMPTS in f else None
     return Sample(index, f[IMAGES][index], f[MASKS][index] if MASKS in f else None,
                   int(f[LABELS][index]) if LABELS in f else None, int(f[SEEDS][index]) if SEEDS in f else None,
-                  names[index] if names is not None and index < len(names) else None)
+                  names[index] if names is not None and index < len(names) else None,
+                  _texts(prompts[index])[0] if prompts is not None and index < len(prompts) else None)
 
 
 def read_metrics(f: h5py.File) -> tuple[dict[str, float], dict[str, Any]]:
@@ -436,7 +473,9 @@ def read_image_set(path: str | Path) -> ImageSet:
                                    "this machine can give") from None
         labels = f[LABELS][:n].astype(np.int64) if LABELS in f else None
         names = read_names(f)
+        prompts = read_prompts(f)
     s = ImageSet(images=images, masks=masks, labels=labels, class_names=h.class_names, label_names=h.label_names,
                  mask_coding=h.mask_coding, spacing=h.spacing, modality=h.modality, source=str(path),
-                 kind=h.kind, names=None if names is None else names[:n], affine=h.volume_affine)
+                 kind=h.kind, names=None if names is None else names[:n], affine=h.volume_affine,
+                 prompts=prompts)
     return validate(s)

@@ -27,6 +27,7 @@ from engine.io.medsynth_h5 import (
     MASKS,
     METRICS,
     NAMES,
+    PROMPTS,
     SEEDS,
     SUMMARY,
     Header,
@@ -81,11 +82,13 @@ class SampleWriter:
     `lock` takes the writer lock on `path` (see engine.io.destination) for the writer's life; a caller that
     already holds it passes False. A full disk, a read-only file system or a missing permission is an
     InputError naming `path`, with the temporary file removed. The header is `header`, or built from `fields`
-    (Header's field names); its spatial_dims, counts, version and time are the writer's to set.
+    (Header's field names); its spatial_dims, counts, version and time are the writer's to set. `prompts` adds
+    /prompts, and every `append` must then give each sample's prompt.
     """
 
     def __init__(self, path: str | Path, n: int, image_shape: tuple[int, ...], *, masks: bool, labels: bool,
-                 header: Header | None = None, overwrite: bool = False, lock: bool = True, **fields: Any) -> None:
+                 header: Header | None = None, overwrite: bool = False, lock: bool = True, prompts: bool = False,
+                 **fields: Any) -> None:
         self.path = Path(path)
         self.writing = destination.temp_beside(self.path)
         self.n = int(n)
@@ -99,13 +102,13 @@ class SampleWriter:
             self.per_sample = sample_bytes(tuple(image_shape), masks)
             destination.check_writable(self.path, self.n * self.per_sample)
             with destination.translating(self.path):
-                self._create(tuple(image_shape), masks, labels, header, fields)
+                self._create(tuple(image_shape), masks, labels, prompts, header, fields)
         except BaseException:
             self._abort()
             raise
 
-    def _create(self, image_shape: tuple[int, ...], masks: bool, labels: bool, header: Header | None,
-                fields: dict[str, Any]) -> None:
+    def _create(self, image_shape: tuple[int, ...], masks: bool, labels: bool, prompts: bool,
+                header: Header | None, fields: dict[str, Any]) -> None:
         spatial = tuple(image_shape[1:])
         self.header = replace(header) if header is not None else Header(**fields)
         self.header.spatial_dims, self.header.n_planned, self.header.n_complete = len(spatial), self.n, 0
@@ -123,6 +126,10 @@ class SampleWriter:
                                             **opts) if masks else None)
         self.labels = self.f.create_dataset(LABELS, (self.n,), np.int64) if labels else None
         self.seeds = self.f.create_dataset(SEEDS, (self.n,), np.int64)
+        # Variable-length UTF-8: a finding in any language, each row only as long as its text.
+        self.prompts = (self.f.create_dataset(PROMPTS, (self.n,), h5py.string_dtype("utf-8"),
+                                              chunks=(max(1, min(self.n, 1024)),), maxshape=(None,))
+                        if prompts else None)
         self.f.create_group(METRICS).attrs[SUMMARY] = "{}"
         self.f.attrs.update(self.header.to_attrs())
         self.f.flush()
@@ -132,25 +139,42 @@ class SampleWriter:
             self.f.create_dataset(NAMES, data=list(names), dtype=h5py.string_dtype())
 
     def append(self, images: np.ndarray, seeds: np.ndarray, masks: np.ndarray | None = None,
-               labels: np.ndarray | None = None) -> None:
+               labels: np.ndarray | None = None, prompts: list[str] | None = None) -> None:
         b = len(images)
         lo, hi = self.count, self.count + b
         if hi > self.n:
             raise ValueError(f"{hi} samples exceed the {self.n} planned")
+        texts = self._prompt_texts(prompts, b)
         with self._failing():
             # Refused before writing rather than found out by a failed write: cheaper, and always clean.
-            destination.check_room(self.path, b * self.per_sample)
+            destination.check_room(self.path, b * self.per_sample + sum(len(t.encode()) for t in texts or ()))
             self.images[lo:hi] = images
             self.seeds[lo:hi] = seeds
             if self.masks is not None and masks is not None:
                 self.masks[lo:hi] = masks
             if self.labels is not None and labels is not None:
                 self.labels[lo:hi] = labels
+            if self.prompts is not None:
+                self.prompts[lo:hi] = np.array(texts, dtype=h5py.string_dtype("utf-8"))
             # Data first, then the count: a reader never sees a count ahead of its data.
             self.f.flush()
             self.count = self.header.n_complete = hi
             self.f.attrs["n_complete"] = hi
             self.f.flush()
+
+    def _prompt_texts(self, prompts: list[str] | None, b: int) -> list[str] | None:
+        """The batch's prompts, checked against the file's promise: a file with /prompts has one for every
+        sample, and one without drops none silently."""
+        if self.prompts is None:
+            if prompts is not None:
+                raise ValueError("prompts given, but this file was created without /prompts (prompts=True)")
+            return None
+        if prompts is None or len(prompts) != b:
+            raise ValueError(f"this file stores a prompt per sample: {b} expected, "
+                             f"{'none' if prompts is None else len(prompts)} given")
+        if not all(isinstance(t, str) for t in prompts):
+            raise ValueError("each prompt must be text")
+        return list(prompts)
 
     def set_metrics(self, figures: dict[str, float], summary: dict | None = None) -> None:
         with self._failing():
@@ -206,12 +230,13 @@ def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -
     header = Header(kind=s.kind, class_names=s.class_names, label_names=s.label_names, mask_coding=s.mask_coding,
                     spacing=s.spacing, affine=s.affine, normalisation={"modality": s.modality})
     with SampleWriter(path, len(s), s.images.shape[1:], masks=s.masks is not None, labels=s.labels is not None,
-                      header=header, overwrite=overwrite) as w:
+                      header=header, overwrite=overwrite, prompts=s.prompts is not None) as w:
         if s.names is not None:
             w.write_names(s.names)
         for lo in range(0, len(s), 256):
             hi = min(lo + 256, len(s))
             w.append(s.images[lo:hi], np.arange(lo, hi),
                      None if s.masks is None else s.masks[lo:hi],
-                     None if s.labels is None else s.labels[lo:hi])
+                     None if s.labels is None else s.labels[lo:hi],
+                     None if s.prompts is None else list(s.prompts[lo:hi]))
     return Path(path)
