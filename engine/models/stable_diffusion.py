@@ -155,9 +155,11 @@ class Parts:
 
 def load(source: Source) -> Parts:
     """The model's parts on the CPU in float32, frozen; a part that cannot be read is one line naming it."""
+    import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    transformers.logging.disable_progress_bar()  # the job's own progress speaks; a console bar would interleave
     with offline():
         try:
             tokenizer = CLIPTokenizer.from_pretrained(source.folder, subfolder="tokenizer", local_files_only=True)
