@@ -183,7 +183,16 @@ def load(source: Source) -> Parts:
 
 
 def _load_single_file(source: Source) -> tuple[Any, Any, Any]:
-    from diffusers import StableDiffusionPipeline
+    import transformers
+
+    # Importing the pipeline warns that torchvision (which MedSynth must not install) is missing for image
+    # processors SD never uses; on a console that would read as a fault.
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        transformers.logging.set_verbosity(level)
 
     pipe = StableDiffusionPipeline.from_single_file(
         str(source.path), config=str(source.folder), local_files_only=True, safety_checker=None,
