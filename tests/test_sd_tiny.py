@@ -13,8 +13,12 @@ PROMPTS = ["chest x-ray, pneumonia", "chest x-ray, normal"]
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
+    """No test here may reach the Hub. huggingface_hub reads HF_HUB_OFFLINE once, at import, so set its constant too."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +119,16 @@ def test_ckpt_is_a_pickled_state_dict(folder, tmp_path):
     sd = torch.load(write_ckpt(folder, tmp_path / "sd.ckpt"), weights_only=True)["state_dict"]
     flat = load_file(write_single_file(folder, tmp_path / "sd.safetensors"))
     assert sd.keys() == flat.keys() and all(torch.equal(sd[k], flat[k]) for k in sd)
+
+
+def test_single_file_without_a_config_folder_needs_the_hub(folder, tmp_path, monkeypatch):
+    """Why the recipe passes config=: on its own, diffusers guesses the model type from the keys and fetches that
+    model's configs (SD 1.5's for this layout) from the Hub, which offline is an error, not a silent download."""
+    import huggingface_hub.constants
+    from diffusers import StableDiffusionPipeline
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    path = write_single_file(folder, tmp_path / "sd.safetensors")
+    with pytest.raises(LocalEntryNotFoundError, match="outgoing traffic has been disabled"):
+        StableDiffusionPipeline.from_single_file(str(path), local_files_only=True)
