@@ -132,3 +132,47 @@ def test_single_file_without_a_config_folder_needs_the_hub(folder, tmp_path, mon
     path = write_single_file(folder, tmp_path / "sd.safetensors")
     with pytest.raises(LocalEntryNotFoundError, match="outgoing traffic has been disabled"):
         StableDiffusionPipeline.from_single_file(str(path), local_files_only=True)
+
+
+def test_single_file_block_numbering_with_sds_own_layer_count(tmp_path):
+    """SD 1.x has 2 resnets per down level (3 per up level): the LDM block numbers then skip as in the real files."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    folder = make_tiny_sd(tmp_path, layers_per_block=2)
+    path = write_single_file(folder, tmp_path / "sd.safetensors")
+    keys = set(load_file(path))
+    for key in ("input_blocks.2.1.proj_in.weight", "input_blocks.3.0.op.weight", "input_blocks.5.0.in_layers.2.weight",
+                "output_blocks.2.1.conv.weight", "output_blocks.5.1.proj_out.weight"):
+        assert "model.diffusion_model." + key in keys, key
+    loaded = UNet2DConditionModel.from_single_file(str(path), config=str(folder), subfolder="unet",
+                                                   local_files_only=True)
+    ref = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    _assert_same_weights({"unet": ref.state_dict()}, {"unet": loaded.state_dict()})
+
+
+def test_prediction_type_and_size_reach_the_folder(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    folder = make_tiny_sd(tmp_path, prediction_type="v_prediction", sample_size=64)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.num_train_timesteps == 1000
+    assert pipe.vae_scale_factor == 8 and pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+    images = pipe(PROMPTS[0], num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+
+
+def test_unet_takes_a_lora_adapter(folder):
+    """The attention projections diffusers' LoRA scripts target exist, so peft can wrap the tiny UNet."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    trained = [n for n, p in unet.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    assert sum(p.numel() for n, p in unet.named_parameters() if p.requires_grad) < 0.1 * unet.num_parameters()
