@@ -176,3 +176,31 @@ def test_unet_takes_a_lora_adapter(folder):
     trained = [n for n, p in unet.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n for n in trained)
     assert sum(p.numel() for n, p in unet.named_parameters() if p.requires_grad) < 0.1 * unet.num_parameters()
+
+
+def test_config_folder_needs_no_weights(folder, tmp_path):
+    """A user with only a single file needs the architecture's configs and tokenizer beside it, not its weights:
+    a copy of the folder without its .safetensors is enough for config=."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    configs = tmp_path / "configs"
+    shutil.copytree(folder, configs, ignore=shutil.ignore_patterns("*.safetensors"))
+    assert not list(configs.rglob("*.safetensors"))
+    path = write_single_file(folder, tmp_path / "sd.safetensors")
+    pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(configs), local_files_only=True)
+    ref = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    _assert_same_weights(_weights(ref), _weights(pipe))
+
+
+def test_a_file_that_is_not_sd_fails_loading(folder, tmp_path):
+    """What diffusers says for a .safetensors that holds no SD networks (the loader must turn it into one line)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(SingleFileComponentError, match="missing in the checkpoint"):
+        StableDiffusionPipeline.from_single_file(str(tmp_path / "other.safetensors"), config=str(folder),
+                                                 local_files_only=True)
