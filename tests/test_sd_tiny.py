@@ -159,6 +159,12 @@ def test_prediction_type_and_size_reach_the_folder(tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.num_train_timesteps == 1000
     assert pipe.vae_scale_factor == 8 and pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+    # Training takes a DDPM scheduler from the same config, as diffusers' fine-tuning scripts do.
+    from diffusers import DDPMScheduler
+
+    ddpm = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    assert ddpm.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(ddpm.alphas_cumprod, pipe.scheduler.alphas_cumprod)
     images = pipe(PROMPTS[0], num_inference_steps=2, output_type="np",
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
