@@ -61,9 +61,11 @@ def write_tokenizer(folder: Path) -> None:
     }), encoding="utf-8")
 
 
-def make_tiny_sd(root: Path, *, prediction_type: str = "epsilon", sample_size: int = 32, seed: int = 0) -> Path:
-    """Build and save a tiny SD 1.x-shaped pipeline under root/"tiny-sd"; returns the folder. The same seed gives the
-    same weights; sample_size is the image side the UNet's config names (latents are 8x smaller)."""
+def make_tiny_sd(root: Path, *, prediction_type: str = "epsilon", sample_size: int = 32, seed: int = 0,
+                 layers_per_block: int = 1) -> Path:
+    """Build and save a tiny SD 1.x-shaped pipeline under root/"tiny-sd"; returns the folder (about 4 MB, 0.1 s).
+    The same seed gives the same weights; sample_size is the image side the pipeline makes by default (latents are
+    8x smaller); layers_per_block=2 is SD's own count, for tests of the single-file layout's block numbering."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -74,7 +76,7 @@ def make_tiny_sd(root: Path, *, prediction_type: str = "epsilon", sample_size: i
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64),
-        layers_per_block=1,
+        layers_per_block=layers_per_block,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_DIM,
@@ -247,5 +249,5 @@ def write_ckpt(folder: Path, out: Path) -> Path:
     """The same weights pickled as {"state_dict": ...}, the .ckpt form the original training code saved."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": ldm_state_dict(folder)}, out)
+    torch.save({"state_dict": ldm_state_dict(folder), "global_step": 0}, out)
     return out

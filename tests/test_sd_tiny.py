@@ -13,8 +13,12 @@ PROMPTS = ["chest x-ray, pneumonia", "chest x-ray, normal"]
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
+    """No test here may reach the Hub. huggingface_hub reads HF_HUB_OFFLINE once, at import, so set its constant too."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +119,94 @@ def test_ckpt_is_a_pickled_state_dict(folder, tmp_path):
     sd = torch.load(write_ckpt(folder, tmp_path / "sd.ckpt"), weights_only=True)["state_dict"]
     flat = load_file(write_single_file(folder, tmp_path / "sd.safetensors"))
     assert sd.keys() == flat.keys() and all(torch.equal(sd[k], flat[k]) for k in sd)
+
+
+def test_single_file_without_a_config_folder_needs_the_hub(folder, tmp_path, monkeypatch):
+    """Why the recipe passes config=: on its own, diffusers guesses the model type from the keys and fetches that
+    model's configs (SD 1.5's for this layout) from the Hub, which offline is an error, not a silent download."""
+    import huggingface_hub.constants
+    from diffusers import StableDiffusionPipeline
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    path = write_single_file(folder, tmp_path / "sd.safetensors")
+    with pytest.raises(LocalEntryNotFoundError, match="outgoing traffic has been disabled"):
+        StableDiffusionPipeline.from_single_file(str(path), local_files_only=True)
+
+
+def test_single_file_block_numbering_with_sds_own_layer_count(tmp_path):
+    """SD 1.x has 2 resnets per down level (3 per up level): the LDM block numbers then skip as in the real files."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    folder = make_tiny_sd(tmp_path, layers_per_block=2)
+    path = write_single_file(folder, tmp_path / "sd.safetensors")
+    keys = set(load_file(path))
+    for key in ("input_blocks.2.1.proj_in.weight", "input_blocks.3.0.op.weight", "input_blocks.5.0.in_layers.2.weight",
+                "output_blocks.2.1.conv.weight", "output_blocks.5.1.proj_out.weight"):
+        assert "model.diffusion_model." + key in keys, key
+    loaded = UNet2DConditionModel.from_single_file(str(path), config=str(folder), subfolder="unet",
+                                                   local_files_only=True)
+    ref = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    _assert_same_weights({"unet": ref.state_dict()}, {"unet": loaded.state_dict()})
+
+
+def test_prediction_type_and_size_reach_the_folder(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    folder = make_tiny_sd(tmp_path, prediction_type="v_prediction", sample_size=64)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.num_train_timesteps == 1000
+    assert pipe.vae_scale_factor == 8 and pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+    # Training takes a DDPM scheduler from the same config, as diffusers' fine-tuning scripts do.
+    from diffusers import DDPMScheduler
+
+    ddpm = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    assert ddpm.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(ddpm.alphas_cumprod, pipe.scheduler.alphas_cumprod)
+    images = pipe(PROMPTS[0], num_inference_steps=2, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+
+
+def test_unet_takes_a_lora_adapter(folder):
+    """The attention projections diffusers' LoRA scripts target exist, so peft can wrap the tiny UNet."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    trained = [n for n, p in unet.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    assert sum(p.numel() for n, p in unet.named_parameters() if p.requires_grad) < 0.1 * unet.num_parameters()
+
+
+def test_config_folder_needs_no_weights(folder, tmp_path):
+    """A user with only a single file needs the architecture's configs and tokenizer beside it, not its weights:
+    a copy of the folder without its .safetensors is enough for config=."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    configs = tmp_path / "configs"
+    shutil.copytree(folder, configs, ignore=shutil.ignore_patterns("*.safetensors"))
+    assert not list(configs.rglob("*.safetensors"))
+    path = write_single_file(folder, tmp_path / "sd.safetensors")
+    pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(configs), local_files_only=True)
+    ref = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    _assert_same_weights(_weights(ref), _weights(pipe))
+
+
+def test_a_file_that_is_not_sd_fails_loading(folder, tmp_path):
+    """What diffusers says for a .safetensors that holds no SD networks (the loader must turn it into one line)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(SingleFileComponentError, match="missing in the checkpoint"):
+        StableDiffusionPipeline.from_single_file(str(tmp_path / "other.safetensors"), config=str(folder),
+                                                 local_files_only=True)
