@@ -109,6 +109,12 @@ def _run_dir(path: Path) -> list[str]:
              f"  training: loss {cfg['train']['loss']}, objective {run.train.objective}, batch "
              f"{cfg['train']['batch']}, lr {cfg['train']['lr']}",
              f"  data: {state.get('data_source')}"]
+    if run.fine_tune:
+        p = run.pretrained
+        prompts = state.get("prompts") or []
+        lines.insert(3, f"  fine-tuned from {p.path} ({f'LoRA rank {p.lora_rank}' if p.lora_rank else 'the whole UNet'}"
+                        f"{', text encoder too' if p.train_text_encoder else ''}), {len(prompts)} distinct prompt(s)"
+                        + (f', e.g. "{prompts[0]}"' if prompts else ""))
     rows = folder.loss_rows()
     if rows:
         lines.append(f"  loss: {rows[0]['loss']:.4f} at step {rows[0]['step']} -> {rows[-1]['loss']:.4f} "

@@ -299,3 +299,21 @@ def test_the_command_line_refuses_a_missing_model_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(["sample", "--n", "1", "--out", str(tmp_path / "x.h5")]) == 2
     assert "give a run folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_fine_tune_one_run(tiny_sd, tmp_path):
+    """Accelerate's data-parallel path (gloo on the CPU, as on several GPUs): one run, adapters only, one report."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = xray_folder(tmp_path / "cxr")
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "medsynth",
+                        "train", str(data), "--from-pretrained", str(tiny_sd), "--out", str(run), "--steps", "4",
+                        "--batch", "2", "--lora", "4", "--device", "cpu"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert r.returncode == 0, r.stderr[-6000:]
+    assert r.stderr.count("(2 processes") == 1 and r.stdout.count("trained to step 4") == 1
+    assert all("lora_" in k for k in load_file(RunDir(run).latest() / "model.safetensors"))

@@ -143,7 +143,8 @@ def test_cli_and_panel_build_the_same_config(qtbot, tmp_path):
 
 def test_absent_flags_keep_the_preset_and_every_flag_has_a_home():
     args = build_parser().parse_args(["train", "d.h5", "--out", "r"])
-    assert _overrides(args) == {"data": {"path": "d.h5"}, "model": {}, "train": {}, "autoencoder": {}}
+    assert _overrides(args) == {"data": {"path": "d.h5"}, "model": {}, "train": {}, "autoencoder": {},
+                                "pretrained": {}}
     args = build_parser().parse_args(["train", "d.h5", "--out", "r", "--gradient-checkpointing",
                                       "--record-full-path", "--memory-limit", "3", "--spacing", "1", "1", "2",
                                       "--autoencoder-steps", "5", "--prediction", "epsilon", "--seed", "4"])

@@ -44,12 +44,18 @@ class Source:
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
     """Hugging Face libraries told not to reach the network while a model loads, whatever the user's environment."""
+    import huggingface_hub.constants as hub
+
     keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: "1" for k in keys})
+    # The Hub library reads its variable once, when first imported: its constant is what it checks afterwards.
+    was = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
+        hub.HF_HUB_OFFLINE = was
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
