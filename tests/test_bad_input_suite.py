@@ -368,7 +368,60 @@ def _export_format(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
     return ["export", str(p), "--to", str(t / "exported"), "--format", "jpeg2000"], ["jpeg2000"]
 
 
+def _pretrained(break_it: Callable[[Path], tuple[Path, list[str]]]) -> Callable[[Path, Ctx], tuple[list[str], list[str]]]:
+    """`train --from-pretrained` on a tiny Stable-Diffusion-format model that `break_it` breaks."""
+
+    def make(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+        from tests.sd_tiny import make_tiny_sd
+
+        path, words = break_it(make_tiny_sd(t / "sd"))
+        return ["train", str(c.real_h5()), "--out", str(t / "out"), "--from-pretrained", str(path), "--steps", "1"], \
+            words
+
+    return make
+
+
+def _sd_no_unet(folder: Path) -> tuple[Path, list[str]]:
+    shutil.rmtree(folder / "unet")
+    return folder, [folder.name, "lacks unet/"]
+
+
+def _sd_untrusted_ckpt(folder: Path) -> tuple[Path, list[str]]:
+    from tests.sd_tiny import write_ckpt
+
+    return write_ckpt(folder, folder.parent / "model.ckpt"), ["model.ckpt", "pickle checkpoint"]
+
+
+def _sd_single_file_alone(folder: Path) -> tuple[Path, list[str]]:
+    from tests.sd_tiny import write_single_file
+
+    alone = folder.parent / "alone"
+    alone.mkdir()
+    return write_single_file(folder, alone / "model.safetensors"), ["model.safetensors", "diffusers folder"]
+
+
+def _sd_missing(folder: Path) -> tuple[Path, list[str]]:
+    return folder.parent / "sd-v1-5", ["sd-v1-5", "does not exist"]
+
+
+def _sample_prompts_csv(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+    bad = t / "prompts.csv"
+    bad.write_text("text,n\nchest x-ray,2\n")
+    return ["sample", str(c.run()), "--prompts", str(bad), "--out", str(t / "s.h5")], ["prompts.csv", "prompt"]
+
+
+def _sample_prompt_own_model(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
+    return [*_sample(t, c.run()), "--prompt", "a lesion"], ["run", "was not trained from text"]
+
+
 CASES = [
+    # a pretrained Stable Diffusion model, and prompts
+    Case("train-pretrained-missing", "pretrained", _pretrained(_sd_missing)),
+    Case("train-pretrained-no-unet", "pretrained", _pretrained(_sd_no_unet)),
+    Case("train-pretrained-untrusted-ckpt", "pretrained", _pretrained(_sd_untrusted_ckpt)),
+    Case("train-pretrained-single-file-alone", "pretrained", _pretrained(_sd_single_file_alone)),
+    Case("sample-prompts-csv-no-prompt-column", "pretrained", _sample_prompts_csv),
+    Case("sample-prompt-for-a-model-without-text", "pretrained", _sample_prompt_own_model),
     # npz (MedMNIST)
     Case("train-npz-labels-1e15", "npz", _npz_labels),
     Case("train-npz-declares-7.8GB", "npz", _npz_bomb),
@@ -440,7 +493,7 @@ CASES = [
     Case("evaluate-threshold-5", "flags", _flag("evaluate", "--threshold", "5")),
     Case("export-format-unknown", "flags", _export_format),
 ]
-KINDS = {"hdf5", "npz", "pictures", "nifti", "dicom", "toml", "config.json", "state.json", "study.json", "flags"}
+KINDS = {"pretrained", "hdf5", "npz", "pictures", "nifti", "dicom", "toml", "config.json", "state.json", "study.json", "flags"}
 SUBCOMMANDS = {"train", "sample", "evaluate", "export", "info", "reader-study"}
 
 
