@@ -76,6 +76,9 @@ def complete_model_config(cfg: RunConfig, data: ImageSet) -> None:
 def data_summary(data: ImageSet, cfg: RunConfig, params: int) -> str:
     """What training found in the data and the model size it leads to, said before the first step."""
     coding = describe_mask_coding(data) if cfg.mask_mode != "none" else ""
+    if cfg.fine_tune:
+        return f"{params / 1e6:.2f} M weights train " \
+               f"({f'LoRA rank {cfg.pretrained.lora_rank}' if cfg.pretrained.lora_rank else 'the whole UNet'})"
     return f"{coding + '; ' if coding else ''}model {params / 1e6:.2f} M parameters, {cfg.facts.in_channels} " \
            f"input channel{'s' if cfg.facts.in_channels != 1 else ''}"
 
@@ -360,7 +363,7 @@ class TrainJob:
         sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
         timer = StepTimer(run.start, tc.steps, lambda per_step, steps: emit(describe(
             per_step, steps, meter.device_name, cfg.preset, acc.device.type,
-            "stage 2, the diffusion model," if run.latent else "training")), sync)
+            "stage 2, the diffusion model," if run.latent and not cfg.fine_tune else "training")), sync)
         step, was_cancelled = run.start, False
         while step < tc.steps:
             if stop_requested(acc, requests.stop_asked()):
