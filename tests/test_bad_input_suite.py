@@ -368,7 +368,8 @@ def _export_format(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
     return ["export", str(p), "--to", str(t / "exported"), "--format", "jpeg2000"], ["jpeg2000"]
 
 
-def _pretrained(break_it: Callable[[Path], tuple[Path, list[str]]]) -> Callable[[Path, Ctx], tuple[list[str], list[str]]]:
+def _pretrained(break_it: Callable[[Path], tuple[Path, list[str]]]) \
+        -> Callable[[Path, Ctx], tuple[list[str], list[str]]]:
     """`train --from-pretrained` on a tiny Stable-Diffusion-format model that `break_it` breaks."""
 
     def make(t: Path, c: Ctx) -> tuple[list[str], list[str]]:
@@ -493,7 +494,8 @@ CASES = [
     Case("evaluate-threshold-5", "flags", _flag("evaluate", "--threshold", "5")),
     Case("export-format-unknown", "flags", _export_format),
 ]
-KINDS = {"pretrained", "hdf5", "npz", "pictures", "nifti", "dicom", "toml", "config.json", "state.json", "study.json", "flags"}
+KINDS = {"pretrained", "hdf5", "npz", "pictures", "nifti", "dicom", "toml", "config.json", "state.json", "study.json",
+         "flags"}
 SUBCOMMANDS = {"train", "sample", "evaluate", "export", "info", "reader-study"}
 
 
