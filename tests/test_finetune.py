@@ -317,3 +317,15 @@ def test_two_processes_fine_tune_one_run(tiny_sd, tmp_path):
     assert r.returncode == 0, r.stderr[-6000:]
     assert r.stderr.count("(2 processes") == 1 and r.stdout.count("trained to step 4") == 1
     assert all("lora_" in k for k in load_file(RunDir(run).latest() / "model.safetensors"))
+
+
+def test_a_v_prediction_model_keeps_its_objective_and_its_samplers(tmp_path, phantoms):
+    """SD 2.x at 768 px predicts v: the fine-tune trains v and samples with the samplers that fit it."""
+    model = make_tiny_sd(tmp_path / "v", prediction_type="v_prediction")
+    done, _ = train(fine_tune_config(model, steps=1), tmp_path / "run", phantoms)
+    assert checkpoints.read_state(done.result["checkpoint"])["config"]["train"]["objective"] == "v_prediction"
+    images, _, _ = sample(tmp_path / "run", tmp_path / "ddim.h5", prompts=["phantom, 1 lesion"], sampler_name="ddim")
+    assert np.isfinite(images).all()
+    with pytest.raises(InputError, match="sample it with dpm or ddim or ddpm"):
+        SampleJob(tmp_path / "run", 1, tmp_path / "e.h5", sampler_name="euler", prompts=["x"])._choose_sampler(
+            PromptedGenerator(done.result["checkpoint"], "cpu"))
