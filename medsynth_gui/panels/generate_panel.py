@@ -93,7 +93,6 @@ class GeneratePanel(JobPanel):
         out_btn = QPushButton("Save as…")
         out_btn.clicked.connect(self._pick_out)
         form.addRow("Output", path_row(self.out_edit, out_btn))
-        self._form = form
         self._show_text_fields()
         outer.addWidget(box)
         row = QHBoxLayout()
@@ -108,6 +107,7 @@ class GeneratePanel(JobPanel):
 
     def _build_prompt(self, form: QFormLayout) -> None:
         """Shown for a model fine-tuned from text only."""
+        self._form = form
         self.prompt_combo = PromptCombo()
         form.addRow("Prompt", self.prompt_combo)
         self.negative_edit = negative_edit()
