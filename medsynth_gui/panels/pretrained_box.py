@@ -20,9 +20,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.config import FINE_TUNE_PRESET, PretrainedConfig, load_preset
+from engine.config import FINE_TUNE_PRESET, PretrainedConfig, load_preset, spec
 from engine.errors import InputError
-from engine.settings import spec
 from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import path_row
