@@ -106,7 +106,7 @@ def test_fine_tune_from_the_train_panel_then_generate_from_a_prompt(qtbot, sd_mo
     shot(gen, "generate_panel_prompt.png")
     with medsynth_h5.open_file(tmp_path / "pneumonia.h5") as f:
         assert medsynth_h5.read_prompts(f) == ["pneumonia", "pneumonia"]
-    assert history()[0] == "pneumonia"
+    assert history()[0] == "pneumonia" and gen.prompt_combo.itemText(0) == "pneumonia"
 
     # No prompt: the class chosen gives each sample its templated prompt, and the class is stored with it.
     gen.negative_edit.clear()

@@ -33,7 +33,7 @@ from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.pretrained_box import in_words
-from medsynth_gui.panels.prompt_box import PromptCombo, negative_edit, remember
+from medsynth_gui.panels.prompt_box import PromptCombo, negative_edit
 from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import fresh_name, path_row
 
@@ -204,7 +204,8 @@ class GeneratePanel(JobPanel):
         except InputError as exc:
             self._on_failed(in_words(exc))
             return
-        remember(prompt)
+        if prompt:
+            self.prompt_combo.remember()
         self.progress.setRange(0, self.n_spin.value())
         self.progress.setValue(0)
         self._announced = False

@@ -46,7 +46,9 @@ class PretrainedBox(QWidget):
         super().__init__(parent)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        self.use_check = QCheckBox("Start from a pretrained model (Stable Diffusion, fine-tuned with text prompts)")
+        self.use_check = QCheckBox("Start from a pretrained model (Stable Diffusion)")
+        self.use_check.setToolTip("Fine-tune a Stable-Diffusion-format model you have on disk with text prompts made "
+                                  "from your data, instead of training MedSynth's own network from scratch")
         self.use_check.toggled.connect(self._on_toggled)
         outer.addWidget(self.use_check)
         self.fields = QWidget()
@@ -71,10 +73,9 @@ class PretrainedBox(QWidget):
         self.config_row.setToolTip("A single file holds the weights but not the tokenizer or the settings of its "
                                    "parts: they come from the diffusers folder of the model it was made from")
         form.addRow("Settings from", self.config_row)
-        self.trust_check = QCheckBox("I trust this file: a .ckpt file can run programs on this computer when it "
-                                     "is opened")
-        self.trust_check.setToolTip("Only open .ckpt files from a source you trust; a .safetensors file cannot "
-                                    "run anything")
+        self.trust_check = QCheckBox("I trust this file (a .ckpt can run programs)")
+        self.trust_check.setToolTip("A .ckpt file can run programs on this computer when it is opened: only use "
+                                    "one from a source you trust. A .safetensors file cannot run anything")
         form.addRow("", self.trust_check)
         self.rank_spin = ranged(QSpinBox(), spec("pretrained", "lora_rank"))
         self.rank_spin.setSpecialValueText(FULL_FINE_TUNE)
@@ -90,7 +91,8 @@ class PretrainedBox(QWidget):
                                       "the name. A prompts.csv beside the images gives each image its own prompt")
         form.addRow("Prompt template", self.template_edit)
         self.prompt_edit = QLineEdit()
-        self.prompt_edit.setPlaceholderText("one prompt for every image, when the data has no classes")
+        self.prompt_edit.setPlaceholderText("used when the data has no classes")
+        self.prompt_edit.setToolTip("One prompt for every image, for data with neither classes nor a prompts.csv")
         form.addRow("Prompt for all", self.prompt_edit)
         outer.addWidget(self.fields)
         self._usable = False

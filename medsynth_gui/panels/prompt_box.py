@@ -40,9 +40,11 @@ class PromptCombo(QComboBox):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.lineEdit().setPlaceholderText("what to generate, e.g. chest x-ray, pneumonia")
         self.setToolTip("Empty: each sample gets the prompt of its class (the Class field below)")
+        self._offered: tuple[list[str], list[str], str] = ([], [], "")
 
     def offer(self, trained: list[str], class_names: list[str], template: str) -> None:
         """The choices for this model; what is typed stays."""
+        self._offered = (trained, class_names, template)
         text = self.currentText()
         made = [class_prompt(template, name) for name in class_names] if "{class}" in template else []
         self.clear()
@@ -53,6 +55,11 @@ class PromptCombo(QComboBox):
                 self.addItem(p)
         self.setCurrentIndex(-1)
         self.setEditText(text)
+
+    def remember(self) -> None:
+        """The typed prompt into the history, and to the top of the choices."""
+        remember(self.text())
+        self.offer(*self._offered)
 
     def text(self) -> str:
         return self.currentText().strip()
