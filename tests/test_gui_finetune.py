@@ -47,15 +47,20 @@ def shot(widget, name: str) -> None:
     widget.grab().save(str(SHOTS / name))
 
 
+def run_to_end(qtbot, panel, action) -> None:
+    """Press a panel's button and wait until its job has ended, finished or failed."""
+    with qtbot.waitSignal(panel.runner.running_changed, timeout=120_000, check_params_cb=lambda running: not running):
+        action()
+    assert not panel.error.isVisible(), panel.error.text()
+
+
 def generate(qtbot, panel: GeneratePanel, out: Path, prompt: str = "", class_row: int = 0) -> None:
     panel.out_edit.setText(str(out))
     panel.n_spin.setValue(2)
     panel.steps_spin.setValue(3)
     panel.prompt_combo.setEditText(prompt)
     panel.class_combo.setCurrentIndex(class_row)
-    with qtbot.waitSignal(panel.runner.done, timeout=120_000):
-        panel.start()
-    assert not panel.error.isVisible(), panel.error.text()
+    run_to_end(qtbot, panel, panel.start)
 
 
 def test_fine_tune_from_the_train_panel_then_generate_from_a_prompt(qtbot, sd_model, tmp_path):
@@ -86,10 +91,12 @@ def test_fine_tune_from_the_train_panel_then_generate_from_a_prompt(qtbot, sd_mo
     assert cfg.pretrained.prompt_template == "chest x-ray, {class}" and not cfg.pretrained.trust_pickle
     finished: list[str] = []
     panel.run_finished.connect(finished.append)
-    with qtbot.waitSignal(panel.runner.done, timeout=120_000):
-        panel.start()
-    assert not panel.error.isVisible(), panel.error.text()
+    run_to_end(qtbot, panel, panel.start)
     assert "Finished at step 4" in panel.status.text() and finished == [str(tmp_path / "run")]
+    # Resume goes on as the same kind of run: the pretrained model with its adapters, not MedSynth's own network.
+    panel.steps_spin.setValue(6)
+    run_to_end(qtbot, panel, panel.resume)
+    assert "Finished at step 6" in panel.status.text() and panel.steps[-1] == 6
     shot(panel, "train_panel_finetuned.png")
 
     gen = GeneratePanel()
@@ -98,7 +105,8 @@ def test_fine_tune_from_the_train_panel_then_generate_from_a_prompt(qtbot, sd_mo
     gen.show()
     gen.set_checkpoint(finished[0])
     assert gen.prompt_combo.isVisible() and gen.negative_edit.isVisible() and not gen.redraw_check.isVisible()
-    assert "fine-tuned from tiny-sd (LoRA rank 4)" in gen.model_info.text()
+    assert "tiny-sd fine-tuned on text prompts (LoRA rank 4)" in gen.model_info.text()
+    assert gen.class_combo.isVisible() and gen.class_combo.count() == 3  # a class gives its templated prompt
     offered = [gen.prompt_combo.itemText(i) for i in range(gen.prompt_combo.count())]
     assert {"chest x-ray, normal", "chest x-ray, pneumonia"} <= set(offered)
     gen.negative_edit.setText("text, letters")
@@ -136,7 +144,7 @@ def test_a_model_trained_on_many_prompts_without_classes_needs_one_typed(qtbot, 
     gen = GeneratePanel()
     qtbot.addWidget(gen)
     gen.set_checkpoint(str(tmp_path / "run"))
-    assert not gen.class_combo.isEnabled()
+    assert not gen.class_combo.isEnabled() and gen.class_combo.isHidden() and not gen.prompt_combo.isHidden()
     gen.out_edit.setText(str(tmp_path / "out.h5"))
     gen.start()
     assert not gen.runner.running and "Type a prompt" in gen.error.text()
@@ -185,3 +193,25 @@ def test_a_model_that_cannot_be_used_says_why_beside_the_picker(qtbot, sd_model,
     panel.pretrained.check_model()
     assert panel.pretrained.fault() == "" and panel.size_spin.value() == 48
     assert panel.config().pretrained.config_folder == str(sd_model)
+
+
+def test_the_pretrained_fields_come_back_after_a_restart_but_not_the_trust(qtbot, sd_model, tmp_path):
+    ckpt = write_ckpt(sd_model, tmp_path / "model.ckpt")
+    panel = TrainPanel()
+    qtbot.addWidget(panel)
+    panel.pretrained.set_model(str(ckpt), config_folder=str(sd_model))
+    panel.pretrained.trust_check.setChecked(True)
+    panel.pretrained.rank_spin.setValue(16)
+    panel.pretrained.text_check.setChecked(True)
+    panel.save_settings()
+    again = TrainPanel()  # the next start of the app
+    qtbot.addWidget(again)
+    assert again.preset.currentText() == "sd-finetune" and again.pretrained.used
+    assert again.pretrained.path == str(ckpt) and again.pretrained.config_edit.text() == str(sd_model)
+    assert again.pretrained.rank_spin.value() == 16 and again.pretrained.text_check.isChecked()
+    assert not again.pretrained.trust_check.isChecked()
+    qtbot.waitUntil(lambda: "made for 32 px" in again.pretrained.note.text(), timeout=10_000)
+    # Turning fine-tuning off goes back to MedSynth's own networks, and their fields come back.
+    again.pretrained.use_check.setChecked(False)
+    assert again.preset.currentText() == "demo" and not again.config().fine_tune
+    assert not again.objective_combo.isHidden() and not again.mask_combo.isHidden()

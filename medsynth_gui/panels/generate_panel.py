@@ -135,9 +135,9 @@ class GeneratePanel(JobPanel):
         self._one_prompt = len(state.get("prompts") or []) == 1
         if cfg.fine_tune:
             self.prompt_combo.offer(list(state.get("prompts") or []), names[:k], cfg.pretrained.prompt_template)
-        self._show_text_fields()
         for i in range(k):
             self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
+        self._show_text_fields()
         self.class_combo.setEnabled(k > 0)
         self.mix_edit.setEnabled(k > 0)
         self.guidance.setEnabled(k > 0 or cfg.fine_tune)  # a text model is guided by its prompt
@@ -146,7 +146,7 @@ class GeneratePanel(JobPanel):
         if cfg.fine_tune:
             p = cfg.pretrained
             how = f"LoRA rank {p.lora_rank}" if p.lora_rank else "whole UNet"
-            self.model_info.setText(f"fine-tuned from {Path(p.path).name} ({how}) from text prompts; step "
+            self.model_info.setText(f"{Path(p.path).name} fine-tuned on text prompts ({how}); step "
                                     f"{state['step']}, {cfg.model.image_size} px, {k} classes")
         else:
             self.model_info.setText(f"step {state['step']}, {cfg.model.image_size} px, "
@@ -160,6 +160,9 @@ class GeneratePanel(JobPanel):
         for w in (self.prompt_combo, self.negative_edit):
             self._form.setRowVisible(w, self._text_model)
         self._form.setRowVisible(self.redraw_check, not self._text_model)
+        # A text model without classes is asked by prompt alone; MedSynth's own keeps its (disabled) class fields.
+        for w in (self.class_combo, self.mix_edit):
+            self._form.setRowVisible(w, not self._text_model or self.class_combo.count() > 1)
 
     def _pick_ckpt(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training run")
