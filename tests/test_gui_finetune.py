@@ -166,9 +166,11 @@ def test_a_ckpt_file_cannot_start_until_the_user_trusts_it(qtbot, sd_model, tmp_
     panel.start()
     assert not panel.runner.running and not (tmp_path / "run").exists()
     assert "I trust this file" in panel.error.text() and "--" not in panel.error.text()
+    assert "ff6b6b" in panel.pretrained.trust_check.styleSheet()  # marked where the user looks, near the picker
     shot(panel, "train_panel_ckpt_untrusted.png")
     panel.pretrained.trust_check.setChecked(True)
-    assert panel.pretrained.fault() == "" and panel.config().pretrained.trust_pickle
+    assert panel.pretrained.trust_check.styleSheet() == "" and panel.pretrained.fault() == ""
+    assert panel.config().pretrained.trust_pickle
     # Trust goes with the file: another file chosen asks again.
     panel.pretrained.set_model(str(tmp_path / "other.ckpt"))
     assert not panel.pretrained.trust_check.isChecked()

@@ -65,7 +65,7 @@ class PretrainedBox(QWidget):
         self.note = WrapLabel("")  # what the model is, or why it cannot be used
         form.addRow("", self.note)
         self.config_edit = QLineEdit()
-        self.config_edit.setPlaceholderText("its diffusers folder; not needed when it lies beside the file")
+        self.config_edit.setPlaceholderText("its diffusers folder, if not beside the file")
         self.config_edit.editingFinished.connect(self.check_model)
         config_btn = QPushButton("Folder…")
         config_btn.clicked.connect(self._pick_config)
@@ -76,7 +76,17 @@ class PretrainedBox(QWidget):
         self.trust_check = QCheckBox("I trust this file (a .ckpt can run programs)")
         self.trust_check.setToolTip("A .ckpt file can run programs on this computer when it is opened: only use "
                                     "one from a source you trust. A .safetensors file cannot run anything")
+        self.trust_check.toggled.connect(lambda: self.trust_check.setStyleSheet(""))
         form.addRow("", self.trust_check)
+        self._build_training(form)
+        outer.addWidget(self.fields)
+        self._usable = False
+        self.set_defaults(load_preset(FINE_TUNE_PRESET).pretrained)
+        self._on_toggled(False)
+        self._show_kind()
+
+    def _build_training(self, form: QFormLayout) -> None:
+        """How the model is fine-tuned, and the prompts its images train with."""
         self.rank_spin = ranged(QSpinBox(), spec("pretrained", "lora_rank"))
         self.rank_spin.setSpecialValueText(FULL_FINE_TUNE)
         self.rank_spin.setToolTip("LoRA trains small adapters (a few MB) on the UNet's attention; higher ranks "
@@ -94,11 +104,6 @@ class PretrainedBox(QWidget):
         self.prompt_edit.setPlaceholderText("used when the data has no classes")
         self.prompt_edit.setToolTip("One prompt for every image, for data with neither classes nor a prompts.csv")
         form.addRow("Prompt for all", self.prompt_edit)
-        outer.addWidget(self.fields)
-        self._usable = False
-        self.set_defaults(load_preset(FINE_TUNE_PRESET).pretrained)
-        self._on_toggled(False)
-        self._show_kind()
 
     # -- state ----------------------------------------------------------------------------
     def set_defaults(self, p: PretrainedConfig) -> None:
@@ -141,9 +146,12 @@ class PretrainedBox(QWidget):
         """Why a run cannot start from these fields yet, in words; "" when it can."""
         if not self.used:
             return ""
+        # Said beside the field too: on a short screen the panel's error line lies below the fold.
         if not self.path:
+            self._say("Choose the model to start from.", fault=True)
             return "Choose the pretrained model: a diffusers folder, or a .safetensors / .ckpt file."
         if self.is_pickle() and not self.trust_check.isChecked():
+            self.trust_check.setStyleSheet("color: #ff6b6b; font-weight: bold;")
             return (f"{Path(self.path).name} is a .ckpt file, which can run programs when it is opened: tick "
                     f"\"I trust this file\" to use it, or convert it to .safetensors.")
         if not self._usable:
