@@ -65,7 +65,7 @@ class PretrainedBox(QWidget):
         self.note = WrapLabel("")  # what the model is, or why it cannot be used
         form.addRow("", self.note)
         self.config_edit = QLineEdit()
-        self.config_edit.setPlaceholderText("its diffusers folder, if not beside the file")
+        self.config_edit.setPlaceholderText("only if not beside the file")
         self.config_edit.editingFinished.connect(self.check_model)
         config_btn = QPushButton("Folder…")
         config_btn.clicked.connect(self._pick_config)
@@ -151,7 +151,7 @@ class PretrainedBox(QWidget):
             self._say("Choose the model to start from.", fault=True)
             return "Choose the pretrained model: a diffusers folder, or a .safetensors / .ckpt file."
         if self.is_pickle() and not self.trust_check.isChecked():
-            self.trust_check.setStyleSheet("color: #ff6b6b; font-weight: bold;")
+            self.trust_check.setStyleSheet("color: #ff6b6b;")  # not bold: it would no longer fit
             return (f"{Path(self.path).name} is a .ckpt file, which can run programs when it is opened: tick "
                     f"\"I trust this file\" to use it, or convert it to .safetensors.")
         if not self._usable:
