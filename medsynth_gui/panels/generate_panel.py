@@ -1,4 +1,5 @@
-"""Generate panel: checkpoint, count, sampler, class or class mix, seed → an HDF5 file that fills live."""
+"""Generate panel: checkpoint, count, sampler, class or class mix (or a prompt, for a model fine-tuned from text),
+seed → an HDF5 file that fills live."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from engine.training.run_dir import RunDir, resolve_checkpoint
 from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
+from medsynth_gui.panels.pretrained_box import in_words
+from medsynth_gui.panels.prompt_box import PromptCombo, negative_edit
 from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import fresh_name, path_row
 
@@ -44,6 +47,8 @@ class GeneratePanel(JobPanel):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Generate", parent)
         self._announced = False
+        self._text_model = False  # the chosen model was fine-tuned from text prompts
+        self._one_prompt = False  # ... on one prompt alone, which it makes when none is typed
         self._build()
 
     def _build(self) -> None:
@@ -66,6 +71,7 @@ class GeneratePanel(JobPanel):
         form.addRow("Sampler", self.sampler)
         self.steps_spin = ranged(QSpinBox(maximum=1000, value=SAMPLER_STEPS[Sampler.DPM]), OPTIONS["sample", "steps"])
         form.addRow("Steps", self.steps_spin)
+        self._build_prompt(form)
         self.class_combo = QComboBox()
         self.class_combo.addItem("Uniform mix of classes")
         form.addRow("Class", self.class_combo)
@@ -87,6 +93,7 @@ class GeneratePanel(JobPanel):
         out_btn = QPushButton("Save as…")
         out_btn.clicked.connect(self._pick_out)
         form.addRow("Output", path_row(self.out_edit, out_btn))
+        self._show_text_fields()
         outer.addWidget(box)
         row = QHBoxLayout()
         row.addWidget(self.run_btn)
@@ -97,6 +104,14 @@ class GeneratePanel(JobPanel):
         outer.addWidget(self.status)
         outer.addWidget(self.error)
         outer.addStretch(1)
+
+    def _build_prompt(self, form: QFormLayout) -> None:
+        """Shown for a model fine-tuned from text only."""
+        self._form = form
+        self.prompt_combo = PromptCombo()
+        form.addRow("Prompt", self.prompt_combo)
+        self.negative_edit = negative_edit()
+        form.addRow("Negative prompt", self.negative_edit)
 
     def set_checkpoint(self, path: str) -> None:
         self.ckpt_edit.setText(path)
@@ -110,22 +125,44 @@ class GeneratePanel(JobPanel):
             state = checkpoints.read_state(ckpt)
         except InputError as exc:
             self.model_info.setText(str(exc) if self.ckpt_edit.text().strip() else "")
+            self._text_model = False
+            self._show_text_fields()
             return
         cfg = from_dict(state["config"])
         names = state.get("class_names") or []
         k = cfg.facts.num_classes
+        self._text_model = cfg.fine_tune
+        self._one_prompt = len(state.get("prompts") or []) == 1
+        if cfg.fine_tune:
+            self.prompt_combo.offer(list(state.get("prompts") or []), names[:k], cfg.pretrained.prompt_template)
         for i in range(k):
             self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
+        self._show_text_fields()
         self.class_combo.setEnabled(k > 0)
         self.mix_edit.setEnabled(k > 0)
-        self.guidance.setEnabled(k > 0)
+        self.guidance.setEnabled(k > 0 or cfg.fine_tune)  # a text model is guided by its prompt
         objective = Objective(cfg.train.objective)
         self.sampler.offer(samplers_for(objective))  # only the samplers that fit how the model was trained
-        self.model_info.setText(f"step {state['step']}, {cfg.model.image_size} px, "
-                                f"{MaskMode(cfg.mask_mode).label.lower()}, {k} classes, "
-                                f"{objective.label.split(' (')[0].lower()} objective")
+        if cfg.fine_tune:
+            p = cfg.pretrained
+            how = f"LoRA rank {p.lora_rank}" if p.lora_rank else "whole UNet"
+            self.model_info.setText(f"{Path(p.path).name} fine-tuned on text prompts ({how}); step "
+                                    f"{state['step']}, {cfg.model.image_size} px, {k} classes")
+        else:
+            self.model_info.setText(f"step {state['step']}, {cfg.model.image_size} px, "
+                                    f"{MaskMode(cfg.mask_mode).label.lower()}, {k} classes, "
+                                    f"{objective.label.split(' (')[0].lower()} objective")
         run = RunDir.of_checkpoint(ckpt)
         self.model_chosen.emit(run.path.name if run is not None else ckpt.name)
+
+    def _show_text_fields(self) -> None:
+        """The prompt fields for a model fine-tuned from text; the mask redraw only where samples have masks."""
+        for w in (self.prompt_combo, self.negative_edit):
+            self._form.setRowVisible(w, self._text_model)
+        self._form.setRowVisible(self.redraw_check, not self._text_model)
+        # A text model without classes is asked by prompt alone; MedSynth's own keeps its (disabled) class fields.
+        for w in (self.class_combo, self.mix_edit):
+            self._form.setRowVisible(w, not self._text_model or self.class_combo.count() > 1)
 
     def _pick_ckpt(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training run")
@@ -149,17 +186,29 @@ class GeneratePanel(JobPanel):
             self.show_error(f"{lost}: already exists; choose another name, or answer Replace to write over it.")
             return
         class_index = self.class_combo.currentData()
+        class_mix = self.mix_edit.text().strip() or None
+        prompt = self.prompt_combo.text() if self._text_model else ""
+        if self._text_model and not prompt and not self.class_combo.isEnabled() and not self._one_prompt:
+            self._on_failed("Type a prompt: say what to generate, for example \"chest x-ray, pneumonia\" "
+                            "(this model has no classes to generate from).")
+            return
+        if prompt:
+            class_index = class_mix = None  # the prompt says what each sample is
         try:
             from engine.inference.sample import SampleJob  # diffusers and torch: loaded when first needed
 
             job = SampleJob(self.ckpt_edit.text().strip(), self.n_spin.value(), out, overwrite=replace,
                             sampler_name=self.sampler.value(), steps=self.steps_spin.value(),
                             seed=self.seed_spin.value(), class_index=class_index,
-                            class_mix=self.mix_edit.text().strip() or None, guidance=self.guidance.value(),
-                            batch=16, redraw_mismatches=self.redraw_check.isChecked())
+                            class_mix=class_mix, guidance=self.guidance.value(),
+                            batch=16, redraw_mismatches=self.redraw_check.isChecked(),
+                            prompts=[prompt] if prompt else None,
+                            negative_prompt=self.negative_edit.text().strip() if self._text_model else "")
         except InputError as exc:
-            self._on_failed(str(exc))
+            self._on_failed(in_words(exc))
             return
+        if prompt:
+            self.prompt_combo.remember()
         self.progress.setRange(0, self.n_spin.value())
         self.progress.setValue(0)
         self._announced = False

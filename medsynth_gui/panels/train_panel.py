@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,7 +27,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.config import batch_for, load_preset, preset_description, preset_names, resolve, size_multiple, spec
+from engine.config import (
+    FINE_TUNE_PRESET,
+    batch_for,
+    load_preset,
+ preset_description,
+    preset_names,
+    resolve,
+    size_multiple,
+    spec,
+)
 from engine.errors import InputError
 from engine.jobs import Checkpoint, DataSummary, Done, Loss, Message, Preview, Progress
 from engine.runtime.devices import pick_device
@@ -39,6 +48,7 @@ from medsynth_gui.labels import ElidedLabel, WrapLabel
 from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.loss_plot import LossPlot
+from medsynth_gui.panels.pretrained_box import PretrainedBox, in_words
 from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import path_row
 
@@ -67,6 +77,8 @@ class TrainPanel(JobPanel):
         self.runner.losses.connect(self._on_losses)
         self._t_start = 0.0
         self._step_start = 0
+        self._auto_size = 0  # the image size a preset or a chosen model set, until the user changes it
+        self._own_preset = "demo"  # the last preset that trains MedSynth's own network
         self._build()
         self._apply_preset("demo")
         self.restore_settings()
@@ -100,7 +112,7 @@ class TrainPanel(JobPanel):
                                 self.ae_steps_spin,
                                 self.batch_spin, self.lr_spin, self.loss_combo, self.objective_combo, self.size_spin,
                                 self.mask_combo,
-                                self.classes_check, self.device_combo),
+                                self.classes_check, self.device_combo, *self.pretrained.widgets()),
                           running=(self.sample_btn, self.save_btn))
 
     def _build_paths(self, form: QFormLayout) -> None:
@@ -115,6 +127,10 @@ class TrainPanel(JobPanel):
         run_btn = QPushButton("Browse…")
         run_btn.clicked.connect(self._pick_run)
         form.addRow("Run folder", path_row(self.run_edit, run_btn))
+        self.pretrained = PretrainedBox()
+        self.pretrained.toggled.connect(self._on_fine_tune)
+        self.pretrained.model_checked.connect(self._on_model)
+        form.addRow(self.pretrained)
 
     def _build_settings(self, form: QFormLayout) -> None:
         """The preset and the fields it fills."""
@@ -199,10 +215,36 @@ class TrainPanel(JobPanel):
         self.loss_combo.set_value(cfg.train.loss)
         self.objective_combo.set_value(cfg.train.objective)
         self.size_spin.setValue(cfg.model.image_size)
+        self._auto_size = cfg.model.image_size
         self.size_spin.setSingleStep(size_multiple(cfg))  # the arrows step through sizes the preset's networks take
         self.mask_combo.set_value(cfg.data.mask_mode)
         self.classes_check.setChecked(cfg.data.class_conditional)
         self.device_combo.set_value(cfg.train.device)
+        # The fine-tune preset is the one that starts from a pretrained model; any other trains MedSynth's own.
+        if name == FINE_TUNE_PRESET:
+            self.pretrained.set_defaults(cfg.pretrained)
+        else:
+            self._own_preset = name
+        self.pretrained.use_check.setChecked(name == FINE_TUNE_PRESET)
+
+    def _on_fine_tune(self, on: bool) -> None:
+        """Fine-tuning a pretrained model: its preset, and none of the fields its own model decides."""
+        if on and self.preset.currentText() != FINE_TUNE_PRESET:
+            self.preset.setCurrentText(FINE_TUNE_PRESET)
+        elif not on and self.preset.currentText() == FINE_TUNE_PRESET:
+            self.preset.setCurrentText(self._own_preset)  # back to the preset the user had before
+        # The model's own noise schedule sets the objective; it makes images from text, not masks.
+        for w in (self.objective_combo, self.mask_combo, self.classes_check):
+            self._form.setRowVisible(w, not on)
+
+    def _on_model(self, size: int) -> None:
+        """A usable model was chosen: the fine-tune preset, at the model's own image size unless the user set one."""
+        if self.preset.currentText() != FINE_TUNE_PRESET:
+            self.preset.setCurrentText(FINE_TUNE_PRESET)
+        if self.size_spin.value() == self._auto_size:
+            self.size_spin.setValue(size)
+            self._auto_size = size
+        self.size_spin.setSingleStep(8)  # the VAE's factor; the model's own levels are checked when it loads
 
     def _fields(self) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None], type]]:
         """The fields remembered between starts of the app: key → (read, write, type)."""
@@ -219,6 +261,7 @@ class TrainPanel(JobPanel):
             "masks": (self.mask_combo.value, self.mask_combo.set_value, str),
             "classes": (self.classes_check.isChecked, self.classes_check.setChecked, bool),
             "device": (self.device_combo.value, self.device_combo.set_value, str),
+            **self.pretrained.remembered(),
         }
 
     def save_settings(self) -> None:
@@ -236,6 +279,8 @@ class TrainPanel(JobPanel):
         for key, (_, write, kind) in self._fields().items():
             if settings.contains(f"train/{key}"):
                 write(settings.value(f"train/{key}", type=kind))
+        if self.pretrained.used:
+            QTimer.singleShot(0, self.pretrained.check_model)  # after the window shows: it loads torch
 
     def config(self) -> Any:
         fields = overrides(data=self.data_edit.text().strip(), size=self.size_spin.value(),
@@ -243,7 +288,8 @@ class TrainPanel(JobPanel):
                            autoencoder_steps=self.ae_steps_spin.value() if self._latent() else None,
                            loss=self.loss_combo.value(), objective=self.objective_combo.value(),
                            device=self.device_combo.value(),
-                           mask_mode=self.mask_combo.value(), class_conditional=self.classes_check.isChecked())
+                           mask_mode=self.mask_combo.value(), class_conditional=self.classes_check.isChecked(),
+                           **self.pretrained.overrides())
         return resolve(self.preset.currentText(), None, fields, source="Train panel")
 
     def _latent(self) -> bool:
@@ -275,12 +321,16 @@ class TrainPanel(JobPanel):
         if not self.run_edit.text().strip():
             self.show_error("Choose a run folder for checkpoints.")
             return
-        from engine.training.train import TrainJob  # torch, diffusers, accelerate: loaded when first needed
+        fault = self.pretrained.fault()
+        if fault:
+            self.show_error(fault)
+            return
+        from engine.training.jobs import train_job  # torch, diffusers, accelerate: loaded when first needed
 
         try:
-            job = TrainJob(self.config(), self.run_edit.text().strip(), preview_at_end=True)
+            job = train_job(self.config(), self.run_edit.text().strip(), preview_at_end=True)
         except InputError as exc:
-            self.show_error(str(exc))
+            self.show_error(in_words(exc))
             return
         self._reset_plot()
         self._launch(job, 0)
@@ -290,15 +340,15 @@ class TrainPanel(JobPanel):
         if not self.run_edit.text().strip():
             self.show_error("Choose the run folder to resume.")
             return
-        from engine.training.train import TrainJob
+        from engine.training.jobs import train_job
 
         run = RunDir(self.run_edit.text().strip())
         try:
             step = run.resume_step()
-            job = TrainJob(None, run.path, resume=True, steps=max(self.steps_spin.value(), step),
-                           preview_at_end=True)
+            job = train_job(None, run.path, resume=True, steps=max(self.steps_spin.value(), step),
+                            preview_at_end=True)
         except InputError as exc:
-            self.show_error(str(exc))
+            self.show_error(in_words(exc))
             return
         self._reset_plot()
         self.plot.add((row["step"], row["loss"]) for row in run.loss_rows(upto=step))
