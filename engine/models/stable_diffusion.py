@@ -110,11 +110,11 @@ def find_source(cfg: PretrainedConfig) -> Source:
         raise InputError(path, "is neither a diffusers model folder nor a .safetensors / .ckpt checkpoint")
     if path.suffix.lower() == ".ckpt" and not cfg.trust_pickle:
         raise InputError(path, "is a pickle checkpoint (.ckpt), which can run code when it is loaded; convert it "
-                               "to .safetensors, or say you trust it (--trust-pickle) to load it")
+                               "to .safetensors, or say that you trust it to have it loaded")
     folder = Path(cfg.config_folder).expanduser() if cfg.config_folder else _config_beside(path)
     if folder is None:
         raise InputError(path, "is a single-file checkpoint, which holds weights but no tokenizer or component "
-                               "configs; give the diffusers folder of the model it was made from (--pretrained-config)")
+                               "configs; give the diffusers folder of the model it was made from as well")
     fault = _folder_fault(folder)
     if fault:
         raise InputError(folder, fault)
