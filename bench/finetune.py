@@ -10,7 +10,9 @@ logging and final checkpoint) on phantom images whose class names give the promp
 
 - seconds per step: the engine emits a train Progress event after every step (log_every = 1); the time between
   consecutive events, after --warmup untimed steps, is one step. The median of --steps such gaps is reported, so the
-  model loading, the VAE encoding of the training set and the final save are outside it.
+  model loading, the VAE encoding of the training set and the final save are outside it. On the CPU the same gaps
+  in process CPU time are reported too: on a machine shared with other jobs they move far less than wall time
+  (with one torch thread; with more, threads spinning at a barrier bill CPU time as well).
 - trained weights: the elements in the checkpoint's model.safetensors, which holds only what trains (the adapters
   for LoRA, the whole UNet otherwise); their share is of every weight in the pretrained model's unet/, vae/ and
   text_encoder/ files.
@@ -27,10 +29,35 @@ end compare figures taken side by side; absolute seconds on a small shared CPU m
 768-wide CLIP text encoder, the tiny test tokenizer) in a temporary folder: no download, but a few GB of disk and
 of memory; it is meant for a GPU (--device cuda). `--model PATH` fine-tunes a real diffusers folder or single file.
 
-Measured on this machine (2 shared CPU cores, torch threads 1, 2026-12-03), default settings
-(tiny model, batch 2, 3 warm-up + 10 timed steps):
+Measured on this machine (2026-12-03: 2 CPU cores shared with other jobs, load average about 6, so the wall-clock
+s/step carries the neighbours' load and the CPU-time column is the steadier one; torch threads 1), default settings:
 
-MEASURED_TABLE
+    model tiny (12 s to build/find), batch 2, device cpu, torch threads 1, 20 timed steps after 3 warm-up,
+    16 phantom images
+    load average 5.8 before, 6.4 after, on 2 CPU cores
+     size   training    s/step  CPU s/st      trained    share  model MB   ckpt MB  RSS0 MiB  peak MiB
+       64     LoRA 4    0.1116    0.0519        9,984    1.10%      0.05      0.20       423       481
+       64     LoRA 8    0.1534    0.0496       19,968    2.19%      0.09      0.36       423       481
+       64       full    0.1892    0.0628      792,964   87.08%      3.20     12.79       423       492
+      256     LoRA 4    1.5202    0.5091        9,984    1.10%      0.05      0.20       434       603
+      256     LoRA 8    1.8619    0.5305       19,968    2.19%      0.09      0.36       434       599
+      256       full    1.3589    0.5420      792,964   87.08%      3.20     12.79       435       592
+
+    LoRA / full, measured in this run (peak memory: the whole process; above the pre-job RSS in brackets)
+     size  rank   s/step CPU s/st   trained  model MB   ckpt MB         peak RSS
+       64     4     0.59     0.83    0.0126    0.0154    0.0154    0.98 ( 0.84)
+       64     8     0.81     0.79    0.0252    0.0279    0.0279    0.98 ( 0.84)
+      256     4     1.12     0.94    0.0126    0.0154    0.0154    1.02 ( 1.08)
+      256     8     1.37     0.98    0.0252    0.0279    0.0279    1.01 ( 1.05)
+
+On the tiny model LoRA trains ~1-2% of the weights and writes a checkpoint ~1.5-3% the size, but a step costs
+nearly as much as full fine-tuning (CPU time 0.8x at 64 px, 0.95x at 256 px): the backward pass still runs
+through the whole frozen UNet for the adapters' gradients, and at this size activations, not weights or optimizer
+state, set both time and memory. The weight-bound savings show on an SD-sized model.
+
+SD-1.5-sized (--model sd15, random weights, 1.03 G weights in all), this CPU, 64 px, batch 1, LoRA rank 4, 1 warm-up
++ 2 timed steps: 16.4 s/step, 797,184 trained weights (0.08%), model.safetensors 3.2 MB, checkpoint 12.9 MB, peak
+RSS 4.36 GiB (0.42 GiB before the job). Full fine-tuning of it on this CPU: see below.
 """
 
 from __future__ import annotations
@@ -148,13 +175,13 @@ def worker(args: argparse.Namespace) -> None:
     cfg.train.checkpoint_every = cfg.train.steps + 1  # only the final save, after the last timed event
     data = make_phantoms(args.images, size=args.size, seed=0)
     rss_before = _rss_mib()
-    marks: dict[int, float] = {}
+    marks: dict[int, tuple[float, float]] = {}
 
     def emit(event: Event) -> None:
         if isinstance(event, Progress) and event.stage == "train":
             if cuda:
                 torch.cuda.synchronize()
-            marks[event.done] = time.perf_counter()
+            marks[event.done] = (time.perf_counter(), time.process_time())
 
     with tempfile.TemporaryDirectory(prefix="medsynth-bench-ft-") as tmp:
         result = train_job(cfg, Path(tmp) / "run", data=data).run(emit, Requests())
@@ -164,9 +191,12 @@ def worker(args: argparse.Namespace) -> None:
         model_bytes = model_file.stat().st_size
         folder_bytes = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
     first = args.warmup + 1
-    gaps = [marks[i + 1] - marks[i] for i in range(first, first + args.steps) if i in marks and i + 1 in marks]
+    steps = [i for i in range(first, first + args.steps) if i in marks and i + 1 in marks]
+    gaps = [marks[i + 1][0] - marks[i][0] for i in steps]
+    cpu_gaps = [marks[i + 1][1] - marks[i][1] for i in steps]
     out = {
         "s_per_step": statistics.median(gaps) if gaps else float("nan"),
+        "cpu_s_per_step": statistics.median(cpu_gaps) if cpu_gaps else float("nan"),
         "job_seconds": result.get("seconds"),
         "trained": trained,
         "model_bytes": model_bytes,
@@ -253,24 +283,28 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.images} phantom images")
     print(f"load average {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPU cores")
     gpu = args.device == "cuda"
-    head = (f"{'size':>5s} {'training':>10s} {'s/step':>9s} {'trained':>12s} {'share':>8s} {'model MB':>9s} "
-            f"{'ckpt MB':>9s} {'RSS0 MiB':>9s} {'peak MiB':>9s}" + (f" {'GPU MiB':>9s}" if gpu else ""))
+    cpu = not gpu
+    head = (f"{'size':>5s} {'training':>10s} {'s/step':>9s}" + (f" {'CPU s/st':>9s}" if cpu else "")
+            + f" {'trained':>12s} {'share':>8s} {'model MB':>9s} {'ckpt MB':>9s}"
+            f" {'RSS0 MiB':>9s} {'peak MiB':>9s}" + (f" {'GPU MiB':>9s}" if gpu else ""))
     print(head)
     for (size, rank), r in results.items():
         share = f"{r['trained'] / r['total']:8.2%}" if r["total"] else f"{'?':>8s}"
-        print(f"{size:5d} {f'LoRA {rank}' if rank else 'full':>10s} {r['s_per_step']:9.4f} {r['trained']:12,d} "
+        print(f"{size:5d} {f'LoRA {rank}' if rank else 'full':>10s} {r['s_per_step']:9.4f}"
+              + (f" {r['cpu_s_per_step']:9.4f}" if cpu else "") + f" {r['trained']:12,d} "
               f"{share} {r['model_bytes'] / 1e6:9.2f} {r['folder_bytes'] / 1e6:9.2f} {r['rss_before_mib']:9.0f} "
               f"{r['peak_rss_mib']:9.0f}" + (f" {r['peak_gpu_mib']:9.0f}" if gpu else ""))
     print()
     print("LoRA / full, measured in this run (peak memory: the whole process; above the pre-job RSS in brackets)")
-    print(f"{'size':>5s} {'rank':>5s} {'s/step':>8s} {'trained':>9s} {'model MB':>9s} {'ckpt MB':>9s} "
-          f"{'peak RSS':>16s}" + (f" {'GPU':>8s}" if gpu else ""))
+    print(f"{'size':>5s} {'rank':>5s} {'s/step':>8s}" + (f" {'CPU s/st':>8s}" if cpu else "")
+          + f" {'trained':>9s} {'model MB':>9s} {'ckpt MB':>9s} {'peak RSS':>16s}" + (f" {'GPU':>8s}" if gpu else ""))
     for size in args.sizes:
         full = results[size, 0]
         for rank in args.ranks:
             r = results[size, rank]
             grown = (r["peak_rss_mib"] - r["rss_before_mib"]) / max(full["peak_rss_mib"] - full["rss_before_mib"], 1)
-            print(f"{size:5d} {rank:5d} {r['s_per_step'] / full['s_per_step']:8.2f} "
+            print(f"{size:5d} {rank:5d} {r['s_per_step'] / full['s_per_step']:8.2f}"
+                  + (f" {r['cpu_s_per_step'] / full['cpu_s_per_step']:8.2f}" if cpu else "") + " "
                   f"{r['trained'] / full['trained']:9.4f} {r['model_bytes'] / full['model_bytes']:9.4f} "
                   f"{r['folder_bytes'] / full['folder_bytes']:9.4f} "
                   f"{r['peak_rss_mib'] / full['peak_rss_mib']:7.2f} ({grown:5.2f})"
