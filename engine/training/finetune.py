@@ -106,7 +106,9 @@ class FinetuneJob(TrainJob):
     def _announce(self, run: _Run, emit: Emit) -> None:
         p = self.cfg.pretrained
         what = f"LoRA rank {p.lora_rank} adapters" if p.lora_rank else "the whole UNet"
-        emit(Message(f"fine-tuning {what}{' and the text encoder' if p.train_text_encoder else ''} of "
-                     f"{sum(q.numel() for q in run.net.parameters()) / 1e6:.1f} M weights, on "
+        trained = sum(q.numel() for q in run.net.parameters() if q.requires_grad)
+        emit(Message(f"fine-tuning {what}{' and the text encoder' if p.train_text_encoder else ''}: "
+                     f"{trained / 1e6:.2f} M of the model's {sum(q.numel() for q in run.net.parameters()) / 1e6:.1f} M "
+                     f"weights train, on "
                      f"{len(self.prompts) - 1} distinct prompt{'s' if len(self.prompts) != 2 else ''}"))
         super()._announce(run, emit)
