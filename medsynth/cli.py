@@ -248,6 +248,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     job = EvaluateJob(args.file, args.real, args.train_data, settings)
     done = run_job(job, TqdmView())
     r = done.result
+    if not r.get("main_process", True):
+        return exit_code(done)  # the other processes of a launch: the main one prints the run's figures
     from engine.evaluation.figures import named_figures, unmeasured_groups
 
     # Named as in the app and the report, each beside its real-vs-real reference, with the key in /metrics.
