@@ -107,11 +107,16 @@ def test_two_processes_give_one_process_figures_and_one_report(tmp_path, monkeyp
     assert len(list(two_dir.glob("*.html"))) == 1
 
 
-INCEPTION_WORKER = textwrap.dedent("""
+WORKER = textwrap.dedent("""
+    import sys
+
     import numpy as np
     import torch
+    from engine.evaluation.evaluate import EvalSettings, EvaluateJob
     from engine.evaluation.metrics.inception import FIDInception, inception_features, volume_slices
     from engine.evaluation.sharding import Shards
+    from engine.jobs import Requests, execute
+    from tests.conftest import StopAfter
 
     torch.manual_seed(0)
     net = FIDInception((64,)).eval()
@@ -130,17 +135,35 @@ INCEPTION_WORKER = textwrap.dedent("""
         want, want_vol = features(images), features(volumes)
         assert np.array_equal(got[64], want[64]) and np.array_equal(got_vol[64], want_vol[64])
         print("equal", shards.world, got[64].shape, got_vol[64].shape)
+
+    # A stop asked of the second process only, at its 4th poll (before radiomics), stops both there.
+    requests = StopAfter(3) if shards.rank == 1 else Requests()
+    job = EvaluateJob(*sys.argv[1:4], EvalSettings(utility=False, utility_steps=2))
+    done = execute(job, lambda ev: None, requests)
+    assert done.cancelled and not done.result["complete"]
+    if shards.main:
+        print("stopped after", *sorted(done.result["summary"]["timings_s"]))
 """)
 
 
 @pytest.mark.slow
-def test_inception_features_split_across_processes_equal_one_process(tmp_path):
+def test_inception_features_and_a_stop_across_processes(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDSYNTH_FID_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    train_path, test_path, synth_path = _files(tmp_path)
     worker = tmp_path / "worker.py"
-    worker.write_text(INCEPTION_WORKER)
-    r = subprocess.run([*LAUNCH, str(worker)], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker.write_text(WORKER)
+    r = subprocess.run([*LAUNCH, str(worker), str(synth_path), str(test_path), str(train_path)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=150, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-6000:]
-    assert r.stdout.split() == ["equal", "2", "(4,", "64)", "(9,", "64)"]
+    # Inception's features of images and of volumes' slices, gathered: exactly one process's.
+    assert r.stdout.splitlines()[0].split() == ["equal", "2", "(4,", "64)", "(9,", "64)"]
+    # Both processes ended at the same point (neither waits for the other), and what was measured is kept.
+    assert r.stdout.splitlines()[1] == "stopped after features fid load"
+    with h5py.File(synth_path) as f:
+        summary = json.loads(f["metrics"].attrs["summary"])
+        assert summary["complete"] is False and "frd" not in f["metrics"].attrs
+    assert len(list(tmp_path.glob("*_report.html"))) == 1
 
 
 def test_blocks_cover_every_row_once_in_order_and_start_on_a_batch():
