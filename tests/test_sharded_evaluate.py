@@ -115,12 +115,28 @@ WORKER = textwrap.dedent("""
     from engine.evaluation.evaluate import EvalSettings, EvaluateJob
     from engine.evaluation.metrics.inception import FIDInception, inception_features, volume_slices
     from engine.evaluation.sharding import Shards
+    from engine.errors import InputError
+    from engine.io import destination
     from engine.jobs import Requests, execute
+    from medsynth.cli import main
     from tests.conftest import StopAfter
+
+    shards = Shards.of_launch("cpu")
+    # Bad input, which every process finds: the main one says it, once; each ends with the exit code of bad input.
+    assert main(["evaluate", sys.argv[1], "--real", sys.argv[1] + ".missing"]) == 2
+    # A fault only the main process looks for (no room for the results): the others end too, rather than wait.
+    check_room = destination.check_room
+
+    def no_room(path, need):
+        raise InputError(path, "has no room left")
+
+    if shards.main:
+        destination.check_room = no_room
+    assert main(["evaluate", *sys.argv[1:2], "--real", *sys.argv[2:3], "--train-data", *sys.argv[3:4]]) == 2
+    destination.check_room = check_room
 
     torch.manual_seed(0)
     net = FIDInception((64,)).eval()
-    shards = Shards.of_launch("cpu")
     rng = np.random.default_rng(1)
     images = rng.random((4, 1, 24, 24), dtype=np.float32)
     volumes = rng.random((3, 1, 8, 8, 8), dtype=np.float32)
@@ -147,7 +163,7 @@ WORKER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_inception_features_and_a_stop_across_processes(tmp_path, monkeypatch):
+def test_inception_features_a_stop_and_bad_input_across_processes(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDSYNTH_FID_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     train_path, test_path, synth_path = _files(tmp_path)
@@ -164,6 +180,8 @@ def test_inception_features_and_a_stop_across_processes(tmp_path, monkeypatch):
         summary = json.loads(f["metrics"].attrs["summary"])
         assert summary["complete"] is False and "frd" not in f["metrics"].attrs
     assert len(list(tmp_path.glob("*_report.html"))) == 1
+    assert r.stderr.count("medsynth: error:") == 2 and "synth.h5.missing: does not exist" in r.stderr
+    assert r.stderr.count("has no room left") == 1
 
 
 def test_blocks_cover_every_row_once_in_order_and_start_on_a_batch():

@@ -108,7 +108,21 @@ class EvaluateJob:
         # main one reports, writes and opens the file for writing.
         shards = Shards.of_launch(pick_device(self.settings.device))
         if not shards.main:
+            if shards.any(False):  # the main process refused the file or folder for the results, and says why
+                raise InputError(self.synth_path, "cannot take the results")
             return self._run(None, _silent, requests, shards)
+        try:
+            out = self._open_for_results()
+        except InputError:
+            shards.any(True)
+            raise
+        shards.any(False)
+        try:
+            return self._run(out, emit, requests, shards)
+        finally:
+            out.close()
+
+    def _open_for_results(self) -> h5py.File:
         # Before any work: minutes of computing must never end in a file or folder that refuses the results.
         out = open_for_update(self.synth_path)
         try:
@@ -119,9 +133,10 @@ class EvaluateJob:
 
                 check_writable_folder(report_path(self.synth_path).parent)
                 destination.check_room(report_path(self.synth_path), REPORT_BYTES)
-            return self._run(out, emit, requests, shards)
-        finally:
+        except BaseException:
             out.close()
+            raise
+        return out
 
     def _run(self, out: h5py.File | None, emit: Emit, requests: Requests, shards: Shards) -> dict[str, Any]:
         st = self.settings

@@ -38,6 +38,11 @@ from engine.jobs import Cancelled, Requests
 TOGETHER = (Stage.LOAD, Stage.FID, Stage.FEATURES, Stage.RADIOMICS, Stage.DIVERSITY, Stage.MEMORIZATION)
 
 
+def main_process() -> bool:
+    """Whether this process speaks for the launch: outside a launcher, or its first process (rank 0)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class Shards:
     """This process's place in the launch: `rank` of `world`, and the device it computes on."""
 
