@@ -239,15 +239,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluation.evaluate import EvalSettings, EvaluateJob
+    from engine.evaluation.sharding import main_process
 
     settings = EvalSettings(fid_weights=args.fid_weights, features_net=args.features_net,
                             max_samples=args.max_samples, nn_threshold=args.threshold,
                             utility=not args.no_utility, utility_steps=args.utility_steps, seed=args.seed,
                             device=args.device)
     settings.trust_code = args.trust_code
-    job = EvaluateJob(args.file, args.real, args.train_data, settings)
-    done = run_job(job, TqdmView())
+    try:
+        done = run_job(EvaluateJob(args.file, args.real, args.train_data, settings), TqdmView())
+    except InputError:
+        if main_process():
+            raise
+        return EXIT_INPUT  # under a launcher every process finds the fault; the main one says it, once
     r = done.result
+    if not r.get("main_process", True):
+        return exit_code(done)  # the other processes of a launch: the main one prints the run's figures
     from engine.evaluation.figures import named_figures, unmeasured_groups
 
     # Named as in the app and the report, each beside its real-vs-real reference, with the key in /metrics.

@@ -25,6 +25,7 @@ from engine.evaluation.feature_net import check_feature_net, load_feature_net
 from engine.evaluation.figures import NOT_MEASURED
 from engine.evaluation.inputs import read_sets, subset
 from engine.evaluation.results import check_writable_folder, pictures, plain, write_results
+from engine.evaluation.sharding import TOGETHER, Shards
 from engine.evaluation.stages import Stage
 from engine.io import destination
 from engine.io.medsynth_h5 import IMAGES, open_for_update
@@ -41,6 +42,9 @@ FID_BLOCKS = {64: "first max-pool", 192: "second max-pool", 768: "pre-aux (Mixed
 # figure is recorded as not measured, with why, instead of as a number. A floor, not a sufficient size.
 MIN_CASES = 5
 SET_NAMES = {"synth": "synthetic", "train": "training", "test": "held-out real"}
+# Images per forward pass of a user's feature network; the processes of a launch run the very batches one
+# process runs (engine.evaluation.sharding).
+NET_BATCH = 8
 
 
 @dataclass
@@ -96,10 +100,29 @@ class EvaluateJob:
         self.summary: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}  # arrays the report and /metrics need: features, neighbours
         self._requests = Requests()  # the run's, which the utility trainers poll too
-
+        self._shards = Shards()  # this process's share of the per-image work: all of it outside a launcher
 
     # ----------------------------------------------------------------------------- run
     def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+        # Under a launcher each process measures its share of the images (engine.evaluation.sharding); only the
+        # main one reports, writes and opens the file for writing.
+        shards = Shards.of_launch(pick_device(self.settings.device))
+        if not shards.main:
+            if shards.any(False):  # the main process refused the file or folder for the results, and says why
+                raise InputError(self.synth_path, "cannot take the results")
+            return self._run(None, _silent, requests, shards)
+        try:
+            out = self._open_for_results()
+        except InputError:
+            shards.any(True)
+            raise
+        shards.any(False)
+        try:
+            return self._run(out, emit, requests, shards)
+        finally:
+            out.close()
+
+    def _open_for_results(self) -> h5py.File:
         # Before any work: minutes of computing must never end in a file or folder that refuses the results.
         out = open_for_update(self.synth_path)
         try:
@@ -110,16 +133,18 @@ class EvaluateJob:
 
                 check_writable_folder(report_path(self.synth_path).parent)
                 destination.check_room(report_path(self.synth_path), REPORT_BYTES)
-            return self._run(out, emit, requests)
-        finally:
+        except BaseException:
             out.close()
+            raise
+        return out
 
-    def _run(self, out: h5py.File, emit: Emit, requests: Requests) -> dict[str, Any]:
+    def _run(self, out: h5py.File | None, emit: Emit, requests: Requests, shards: Shards) -> dict[str, Any]:
         st = self.settings
-        device = pick_device(st.device)
+        device = shards.device
+        self._shards = shards
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        stages = [s for s in Stage if s not in st.skip]
+        stages = [s for s in Stage if s not in st.skip and shards.takes_part(s)]
         sets: dict[str, Any] = {}
         was_cancelled = False
         self._requests = requests
@@ -127,19 +152,31 @@ class EvaluateJob:
         try:
             for i, stage in enumerate(stages):
                 emit(Progress("evaluate", i, len(stages), {"stage": stage}))
-                requests.check()
+                check = shards.checker(requests, stage)
+                check()
                 if stage is Stage.REPORT:
                     continue  # written after the stages, so that a stopped evaluation has one too
                 t = time.perf_counter()
-                steps[stage](sets, device, emit, requests.check)
+                steps[stage](sets, device, emit, check)
                 timings[stage.value] = round(time.perf_counter() - t, 2)
+                if not set(stages[i + 1:]) & set(TOGETHER):
+                    shards.leave()  # the other processes are done: the main one runs on alone
             emit(Progress("evaluate", len(stages), len(stages), {"stage": None}))  # None: all done
         except Cancelled:
             was_cancelled = True  # what was measured so far is written below
+        finally:
+            shards.leave()
         self.summary["timings_s"] = timings
         self.summary["settings"] = asdict(st) | {"device": device}
+        self.summary["processes"] = shards.world
         self.summary["complete"] = not was_cancelled
         self.summary[NOT_MEASURED] = dict(self.not_measured)
+        if not shards.main:
+            # Its share is in the main process's figures; what it measured alone is the same and not written.
+            result = {"file": str(self.synth_path), "main_process": False, "complete": not was_cancelled}
+            if was_cancelled:
+                raise Cancelled("evaluation stopped", result)
+            return result
         report_path = None
         if sets:
             write_results(out, self.figures, self.summary, self.extras)
@@ -216,12 +253,17 @@ class EvaluateJob:
         sha = inception.weights_sha256(path)
         ref_too_few = self._too_few(sets, "train", "test", cap=st.max_samples)
         feats = {}
+
+        def features(images: np.ndarray) -> dict[int, np.ndarray]:
+            if images.ndim == 5:
+                images = inception.volume_slices(images)
+            return inception.inception_features(images, tuple(st.fid_dims), net, device=device)
+
         for name in ("synth", "test", "train"):
             images = sets[name][0]
             images = images[subset(len(images), st.max_samples, st.seed)]
-            if images.ndim == 5:
-                images = inception.volume_slices(images)
-            feats[name] = inception.inception_features(images, tuple(st.fid_dims), net, device=device)
+            per_image = len(inception.volume_slices(images[:1])) if images.ndim == 5 else 1
+            feats[name] = self._shards.image_rows(features, images, inception.BATCH, per_image)
             check()
         out: dict[str, Any] = {"available": True, "weights": str(path), "sha256": sha, "values": {}}
         for dim in st.fid_dims:
@@ -254,18 +296,22 @@ class EvaluateJob:
             return
         path = Path(st.features_net)
         net = load_feature_net(path, device, trusted=st.trust_code)
+
+        def features(images: np.ndarray) -> np.ndarray:
+            parts = []
+            with torch.no_grad():
+                for i in range(0, len(images), NET_BATCH):
+                    chunk = images[i:i + NET_BATCH]
+                    # Exported programs may be specialised away from batch 1: pad the last batch.
+                    padded = np.concatenate([chunk] + [chunk[-1:]] * (NET_BATCH - len(chunk)))
+                    out = net(torch.from_numpy(np.ascontiguousarray(padded)).to(device))
+                    parts.append(out.float().flatten(1).cpu().numpy()[:len(chunk)])
+            return np.concatenate(parts).astype(np.float64)
+
         feats = {}
         for name in ("synth", "test", "train"):
             images = sets[name][0][subset(len(sets[name][0]), st.max_samples, st.seed)]
-            parts = []
-            with torch.no_grad():
-                for i in range(0, len(images), 8):
-                    chunk = images[i:i + 8]
-                    # Exported programs may be specialised away from batch 1: pad the last batch.
-                    padded = np.concatenate([chunk] + [chunk[-1:]] * (8 - len(chunk)))
-                    out = net(torch.from_numpy(np.ascontiguousarray(padded)).to(device))
-                    parts.append(out.float().flatten(1).cpu().numpy()[:len(chunk)])
-            feats[name] = np.concatenate(parts).astype(np.float64)
+            feats[name] = self._shards.image_rows(features, images, NET_BATCH)
             check()
         value = frechet_from_features(feats["synth"], feats["test"])
         self._set("fd_net", value)
@@ -289,7 +335,8 @@ class EvaluateJob:
         ref_too_few = self._too_few(sets, "train", "test", cap=st.max_samples)
         feats = {}
         for n in ("synth", "test") if ref_too_few else ("synth", "test", "train"):
-            feats[n] = radiomic_features(sets[n][0][subset(len(sets[n][0]), st.max_samples, st.seed)])
+            feats[n] = self._shards.rows(radiomic_features, sets[n][0][subset(len(sets[n][0]), st.max_samples,
+                                                                              st.seed)])
             check()
         value = frd_from_features(feats["test"], feats["synth"])
         self._set("frd", value)
@@ -337,12 +384,16 @@ class EvaluateJob:
         from engine.evaluation.metrics.memorization import memorization_summary, nearest_training
 
         st = self.settings
-        idx, corr = nearest_training(sets["synth"][0], sets["train"][0])
+
+        def nearest(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return nearest_training(queries, sets["train"][0])
+
+        idx, corr = self._shards.rows(nearest, sets["synth"][0])
         check()
         # Every sample's nearest training image is a fact however few there are; what "close" means for new
         # real cases (the reference and the automatic threshold) needs enough of them.
         too_few = self._too_few(sets, "test")
-        ref_corr = None if too_few else nearest_training(sets["test"][0], sets["train"][0])[1]
+        ref_corr = None if too_few else self._shards.rows(nearest, sets["test"][0])[1]
         threshold, rule = st.nn_threshold, "given"
         if threshold is None and ref_corr is None:
             threshold, rule = 0.95, f"0.95, not the held-out real cases' 99th percentile: {too_few}"
@@ -503,3 +554,7 @@ class EvaluateJob:
                 self._set(f"{measure}_{arm}", result[arm][measure])
         self._set(f"{measures[0]}_ratio_synth_real", result["ratio_synth_real"])
         self._set(f"{measures[0]}_ratio_both_real", result["ratio_both_real"])
+
+
+def _silent(ev: Any) -> None:
+    """The other processes of a launch report nothing: the main process's progress is the run's."""

@@ -32,6 +32,7 @@ WEIGHTS_SHA256_PREFIX = "6726825d"
 WEIGHTS_ENV = "MEDSYNTH_FID_WEIGHTS"
 INPUT_SIZE = 299
 DIMS = (64, 192, 768, 2048)
+BATCH = 50  # images per forward pass: the batches the processes of a sharded evaluation run are these
 
 
 class _ConvBN(nn.Module):
@@ -290,7 +291,7 @@ def load_fid_inception(path: str | Path) -> FIDInception:
 
 @torch.no_grad()
 def inception_features(images: np.ndarray, dims: tuple[int, ...], net: FIDInception,
-                       batch: int = 50, device: str = "cpu") -> dict[int, np.ndarray]:
+                       batch: int = BATCH, device: str = "cpu") -> dict[int, np.ndarray]:
     """Pooled Inception features {dim: (N, dim) float64} of float images (N, C, H, W) in [0, 1]."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
