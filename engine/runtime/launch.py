@@ -1,0 +1,92 @@
+"""Processes on this machine: how many a job runs as, how many local devices there are, and the command that
+starts a job on several of them under Accelerate's launcher.
+
+The launcher is Accelerate's (`accelerate launch`), run as `python -m accelerate.commands.launch` so that it is
+the launcher of the same Python the user runs. Several processes on the CPU (a laptop, a test) go through its
+multi-process path too: Accelerate's `--cpu` path starts several processes only under MPI, so a CPU run is launched
+like a multi-GPU one and each process puts itself on the CPU (TrainJob's Accelerator(cpu=True) gives gloo).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+from engine.errors import InputError
+
+# Set by torchrun / accelerate launch (and by srun when the user exports it): the processes of one job.
+WORLD_ENV = "WORLD_SIZE"
+
+
+def world_size() -> int:
+    """How many processes this job runs as: 1 outside a launcher."""
+    try:
+        return max(1, int(os.environ.get(WORLD_ENV, "1")))
+    except ValueError:
+        return 1
+
+
+def under_launcher() -> bool:
+    return WORLD_ENV in os.environ
+
+
+def local_gpus() -> int:
+    """CUDA devices this process can see (0 on a machine without one)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def on_cpu(device: str, gpus: int) -> bool:
+    """Whether a launch of `device` ("auto", "cpu", "cuda") puts its processes on the CPU."""
+    return device == "cpu" or gpus == 0
+
+
+def check_processes(n: int, device: str, gpus: int) -> None:
+    """A launch asks for no more processes than the GPUs it would run on (one GPU each); on the CPU any count."""
+    if n < 1:
+        raise InputError(None, f"{n} processes; give 1 or more")
+    if under_launcher():
+        raise InputError(None, f"already one of {world_size()} launched processes; leave out the process count "
+                               "when starting medsynth under accelerate launch, torchrun or srun")
+    if not on_cpu(device, gpus) and n > gpus:
+        raise InputError(None, f"{n} processes asked for, but this machine has {gpus} GPU{'s' if gpus != 1 else ''}"
+                               f" (one process per GPU: give at most {gpus}, or --device cpu)")
+
+
+def free_port() -> int:
+    """A TCP port free now on this machine, for the processes' rendezvous: two launches at once must not meet."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_command(n: int, module_args: Sequence[str], *, cpu: bool, module: str = "medsynth",
+                   port: int | None = None) -> list[str]:
+    """The command that runs `python -m module *module_args` as `n` processes on this machine's devices."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port or free_port())]
+    if n > 1:
+        cmd.append("--multi_gpu")  # the multi-process path (torchrun); on the CPU each process then chooses gloo
+    elif cpu:
+        cmd.append("--cpu")
+    return [*cmd, "-m", module, *module_args]
+
+
+# The launcher passes a stop on to its processes and gives them this long to save before it kills them: the
+# torch default (30 s) is short for a large model's checkpoint on a shared file system.
+SHUTDOWN_SECONDS = 110  # within the 120 s of `#SBATCH --signal=USR1@120`
+# Signals the launcher passes on: its own four, and SIGUSR1, SLURM's warning before a pre-emption.
+LAUNCHER_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def launch_environment(cpu: bool) -> dict[str, str]:
+    """The environment of a launch: on the CPU, no process sees a GPU, so none of them takes one."""
+    env = dict(os.environ)
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_SECONDS))
+    env.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", LAUNCHER_SIGNALS)
+    if cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
