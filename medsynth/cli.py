@@ -133,17 +133,12 @@ def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, *STOP_SIGNALS)}
     try:
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:  # pragma: no cover - the handler above takes SIGINT
-                continue
+        rc = proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    # The launcher's own code after a stop it passed on (128 + the signal) is the run's: stopped, and saved.
-    return EXIT_CANCELLED if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM) else rc
+    # The launcher ends with 128 + the signal it passed on to the processes, which stopped and saved.
+    return EXIT_CANCELLED if rc in {128 + sig for sig in (signal.SIGINT, *STOP_SIGNALS)} else rc
 
 
 def exit_code(done: Done) -> int:

@@ -40,8 +40,9 @@ def local_gpus() -> int:
 
 
 def on_cpu(device: str, gpus: int) -> bool:
-    """Whether a launch of `device` ("auto", "cpu", "cuda") puts its processes on the CPU."""
-    return device == "cpu" or gpus == 0
+    """Whether a launch of `device` ("auto", "cpu", "cuda") puts its processes on the CPU: asked to, or "auto" on
+    a machine without a GPU. "cuda" never does (without a GPU it is refused)."""
+    return device == "cpu" or (device != "cuda" and gpus == 0)
 
 
 def check_processes(n: int, device: str, gpus: int) -> None:
