@@ -172,3 +172,23 @@ def test_sigusr1_saves_a_checkpoint_like_sigterm(tmp_path):
     steps = RunDir(run).steps()
     assert len(steps) == 1 and steps[0] >= 3
     checkpoints.verify(RunDir(run).latest())
+
+
+def test_each_process_batch_comes_from_the_checkpoint_not_config_json(tmp_path, phantoms16):
+    """A resume on another number of processes rewrites config.json with its share of the batch; stopped before its
+    first checkpoint, the run resumed on the checkpoint's own number of processes trains that checkpoint's batch."""
+    from engine.jobs import Requests, execute
+    from engine.training.train import TrainJob
+    from tests.conftest import tiny_config
+
+    run = tmp_path / "run"
+    execute(TrainJob(tiny_config(steps=2, checkpoint_every=2), run, data=phantoms16), lambda ev: None, Requests())
+    config = json.loads((run / "config.json").read_text())
+    assert _state(RunDir(run).latest())["global_batch"] == 8 and config["train"]["batch"] == 8
+    config["train"]["batch"] = 4  # what a resume on 2 processes left before its first checkpoint
+    (run / "config.json").write_text(json.dumps(config))
+    said: list = []
+    execute(TrainJob(None, run, resume=True, steps=4, data=phantoms16), said.append, Requests())
+    state = _state(RunDir(run).latest())
+    assert state["step"] == 4 and state["global_batch"] == 8 and state["config"]["train"]["batch"] == 8
+    assert any("global batch 8; lr" in getattr(ev, "text", "") for ev in said)

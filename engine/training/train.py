@@ -273,9 +273,14 @@ class TrainJob:
     def _keep_global_batch(self, state: dict[str, Any], world: int, emit: Emit) -> None:
         """A run resumed on another number of processes keeps its global batch: each process takes its share."""
         before, global_batch = trained_processes(state), trained_global_batch(state)
-        if before is None or global_batch is None or before == world:
-            return  # the same processes, or a checkpoint from before processes were recorded: batch as it was
+        if before is None or global_batch is None:
+            return  # a checkpoint from before processes were recorded: each process's batch as it was
         tc = self.cfg.train
+        if before == world:
+            # The checkpoint's batch, not config.json's: a resume on another count that stopped before its first
+            # checkpoint has rewritten config.json with its own share.
+            tc.batch = global_batch // world
+            return
         tc.batch, change = share_of_batch(global_batch, world)
         emit(Message(f"resumed on {processes_word(world)} (trained on {before}): "
                      + (change or f"global batch {global_batch} kept, {tc.batch} per process")))
