@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import signal
 import sys
 from collections.abc import Sequence
@@ -126,17 +127,24 @@ def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cmd = launch.launch_command(args.num_processes, _without_processes(argv), cpu=cpu)
     # Its own session: a Ctrl-C reaches the launcher once, from here, not also from the terminal (a second
     # SIGINT to a process aborts it without saving).
-    proc = subprocess.Popen(cmd, env=launch.launch_environment(cpu), start_new_session=True)
+    proc = subprocess.Popen(cmd, env=launch.launch_environment(cpu), start_new_session=True, stderr=subprocess.PIPE)
 
     def forward(signum: int, frame: Any) -> None:
         proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    shown = launch.LauncherOutput()
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
+        while chunk := proc.stderr.read1(1 << 16):
+            sys.stderr.write(shown.feed(decode.decode(chunk)))
+            sys.stderr.flush()
         rc = proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    rest, rc = shown.finish(rc)
+    sys.stderr.write(rest)
     # The launcher ends with 128 + the signal it passed on to the processes, which stopped and saved.
     return EXIT_CANCELLED if rc in {128 + sig for sig in (signal.SIGINT, *STOP_SIGNALS)} else rc
 

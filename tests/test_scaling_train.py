@@ -93,6 +93,48 @@ def test_too_many_processes_or_a_launch_inside_a_launch_is_one_line(tmp_path, ca
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+# What `accelerate launch` printed here when both processes refused a missing file (exit code 2).
+LAUNCHER_AFTER_BAD_INPUT = """medsynth: error: nothere.h5: does not exist
+medsynth: error: nothere.h5: does not exist
+W1203 23:44:21.851000 19589 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 19602 closing \
+signal SIGTERM
+E1203 23:44:22.027000 19589 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 2) local_rank: \
+0 (pid: 19601) of binary: /work/main/.venv/bin/python
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "/venv/lib/python3.11/site-packages/torch/distributed/launcher/api.py", line 383, in launch_agent
+    raise ChildFailedError(
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+medsynth FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -15 (pid: 19602)  (SIGTERM)
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : 2 (pid: 19601)
+============================================================
+"""
+
+
+def test_the_launchers_output_is_what_the_processes_said_once():
+    shown = launch.LauncherOutput()
+    text = "".join(shown.feed(LAUNCHER_AFTER_BAD_INPUT[i:i + 50]) for i in range(0, len(LAUNCHER_AFTER_BAD_INPUT), 50))
+    rest, code = shown.finish(1)
+    assert text + rest == "medsynth: error: nothere.h5: does not exist\n" and code == 2  # one line, exit code 2
+    # A progress bar passes as it is drawn; a process's own traceback (a fault, not bad input) is shown whole.
+    shown = launch.LauncherOutput()
+    assert shown.feed("train:  50%|##   | 2/4\r") == "train:  50%|##   | 2/4\r"
+    assert shown.feed("train: 100%|#####| 4/4\n") == "train: 100%|#####| 4/4\n"
+    fault = "Traceback (most recent call last):\n  File \"x.py\", line 1\nZeroDivisionError: division by zero\n"
+    assert shown.feed(fault) == ""
+    assert shown.finish(1) == (fault, 1)
+
+
 # -- real launches ------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ like a multi-GPU one and each process puts itself on the CPU (TrainJob's Acceler
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -91,3 +92,58 @@ def launch_environment(cpu: bool) -> dict[str, str]:
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
+
+
+_LOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ")  # torch elastic's own log lines
+_ROOT_CAUSE = re.compile(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", re.DOTALL)
+ERROR_PREFIX = "medsynth: error:"
+# A process's own ending that it has already told the user about: bad input (2), stopped and saved (130).
+SAID = (2, 130)
+
+
+class LauncherOutput:
+    """The launched processes' stderr as the user should see it: what the processes say, once, without the
+    launcher's own log lines, and without its traceback when a process ended in a way it already said in one line
+    (bad input, a stop). Progress bars (lines redrawn with \\r) pass through as they come."""
+
+    def __init__(self) -> None:
+        self.line = ""  # the line being received
+        self.written = 0  # how much of it has already been passed on
+        self.held: list[str] | None = None  # a traceback being received, decided on at the end
+        self.errors: set[str] = set()
+
+    def feed(self, text: str) -> str:
+        """What to show now of the next piece of output."""
+        out = []
+        for piece in text.splitlines(keepends=True):
+            self.line += piece
+            if self.line.endswith("\n"):
+                out.append(self._complete(self.line)[self.written:])
+                self.line, self.written = "", 0
+            elif "\r" in self.line and self.held is None:
+                out.append(self.line[self.written:])
+                self.written = len(self.line)
+        return "".join(out)
+
+    def _complete(self, line: str) -> str:
+        if self.held is not None:
+            self.held.append(line)
+            return ""
+        if self.written == 0 and line.startswith("Traceback (most recent call last)"):
+            self.held = [line]
+            return ""
+        if _LOG_LINE.match(line):
+            return ""
+        if line.startswith(ERROR_PREFIX):
+            if line in self.errors:  # every process refuses the same input: said once
+                return ""
+            self.errors.add(line)
+        return line
+
+    def finish(self, rc: int) -> tuple[str, int]:
+        """What is left to show at the end, and the exit code of the run: the processes' own where they said it."""
+        rest = self.feed("\n") if self.line else ""
+        held = "".join(self.held or [])
+        if "ChildFailedError" in held and (found := _ROOT_CAUSE.search(held)) and int(found.group(1)) in SAID:
+            return rest, int(found.group(1))
+        return rest + held, rc
