@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -69,16 +70,18 @@ def run_job(job: Job, view: TqdmView) -> Done:
     """Run a job in the foreground; the first Ctrl-C, or a SIGTERM / SIGUSR1, asks it to stop cleanly (as the app's
     Stop does), a second Ctrl-C kills."""
     requests = Requests()
+    # Under a launcher every process gets the signal; one of them says so.
+    say = view.write if os.environ.get("RANK", "0") == "0" else (lambda text: None)
 
     def on_sigint(signum: int, frame: Any) -> None:
         if requests.stop_asked():
             raise KeyboardInterrupt
         requests.stop()
-        view.write("stopping after this step (Ctrl-C again to abort without saving)...")
+        say("stopping after this step (Ctrl-C again to abort without saving)...")
 
     def on_sigterm(signum: int, frame: Any) -> None:
         requests.stop()
-        view.write("terminated: stopping after this step and keeping what is done...")
+        say("terminated: stopping after this step and keeping what is done...")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     previous_stop = {sig: signal.signal(sig, on_sigterm) for sig in STOP_SIGNALS}
@@ -125,6 +128,8 @@ def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     launch.check_processes(args.num_processes, device, gpus)
     cpu = launch.on_cpu(device, gpus)
     cmd = launch.launch_command(args.num_processes, _without_processes(argv), cpu=cpu)
+    print(f"starting {args.num_processes} processes on {'the CPU' if cpu else f'{args.num_processes} of {gpus} GPUs'} "
+          "(accelerate launch)", file=sys.stderr, flush=True)
     # Its own session: a Ctrl-C reaches the launcher once, from here, not also from the terminal (a second
     # SIGINT to a process aborts it without saving).
     proc = subprocess.Popen(cmd, env=launch.launch_environment(cpu), start_new_session=True, stderr=subprocess.PIPE)

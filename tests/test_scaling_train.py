@@ -152,7 +152,9 @@ def test_a_stopped_two_process_run_resumes_on_two_and_on_one(tmp_path, capsys):
     out, err = proc.communicate(timeout=150)
     assert proc.returncode == 130, err[-4000:]
     assert "Traceback" not in err
+    assert err.startswith("starting 2 processes on the CPU (accelerate launch)\n")
     assert err.count("global batch 8 = 2 processes × 4; lr 1e-3") == 1, err[-4000:]  # one process speaks
+    assert err.count("terminated: stopping after this step") == 1
     assert out.count("medsynth train --resume") == 1
     steps = RunDir(run).steps()
     stopped = steps[-1]
