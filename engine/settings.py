@@ -361,6 +361,8 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("reader-study", "n_synth"): Spec(1, kind=int),
     ("reader-study", "seed"): Spec(SEED.low, SEED.high, kind=int),
     ("export", "max_corr"): Spec(0, 1, kind=float),
+    # Processes of a run on this machine (--num-processes): one per GPU, or several on the CPU.
+    ("launch", "num_processes"): Spec(1, kind=int),
 }
 
 

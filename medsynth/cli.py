@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -59,30 +61,97 @@ class TqdmView:
         self.bars.clear()
 
 
+# SIGTERM: what SLURM and systemd send before they kill; SIGUSR1: what `#SBATCH --signal=USR1@120` sends ahead
+# of a pre-emption. Both stop cleanly and save, as the first Ctrl-C does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else (signal.SIGTERM,)
+
+
 def run_job(job: Job, view: TqdmView) -> Done:
-    """Run a job in the foreground; the first Ctrl-C, or a SIGTERM, asks it to stop cleanly (as the app's Stop
-    does), a second Ctrl-C kills."""
+    """Run a job in the foreground; the first Ctrl-C, or a SIGTERM / SIGUSR1, asks it to stop cleanly (as the app's
+    Stop does), a second Ctrl-C kills."""
     requests = Requests()
+    # Under a launcher every process gets the signal; one of them says so.
+    say = view.write if os.environ.get("RANK", "0") == "0" else (lambda text: None)
 
     def on_sigint(signum: int, frame: Any) -> None:
         if requests.stop_asked():
             raise KeyboardInterrupt
         requests.stop()
-        view.write("stopping after this step (Ctrl-C again to abort without saving)...")
+        say("stopping after this step (Ctrl-C again to abort without saving)...")
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        # What SLURM and systemd send before they kill: stop cleanly and save, as the first Ctrl-C does.
         requests.stop()
-        view.write("terminated: stopping after this step and keeping what is done...")
+        say("terminated: stopping after this step and keeping what is done...")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    previous_term = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_stop = {sig: signal.signal(sig, on_sigterm) for sig in STOP_SIGNALS}
     try:
         return execute(job, view, requests)
     finally:
         signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous_stop.items():
+            signal.signal(sig, handler)
         view.close()
+
+
+def _add_processes(p: argparse.ArgumentParser) -> None:
+    """--num-processes, shared by train and sample."""
+    p.add_argument("--num-processes", dest="num_processes", type=_option("launch", "num_processes"), default=None,
+                   metavar="N", help="run as N processes on this machine's GPUs (one each), or with --device cpu on "
+                                     "its CPU, under accelerate launch")
+
+
+def _without_processes(argv: Sequence[str]) -> list[str]:
+    """The command line less its --num-processes N (as argparse took it: whole, abbreviated, or with =N)."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        name = word.split("=", 1)[0]
+        if len(name) > len("--num-") and "--num-processes".startswith(name):
+            if "=" not in word:
+                next(words, None)
+        else:
+            out.append(word)
+    return out
+
+
+def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """`medsynth train|sample ... --num-processes N`: the same command as N processes under Accelerate's launcher.
+    A stop (Ctrl-C, SIGTERM, SIGUSR1) is passed to the launcher, which passes it to every process; each saves
+    as a single process does."""
+    import subprocess
+
+    from engine.runtime import launch
+
+    device = getattr(args, "device", None) or "auto"
+    gpus = launch.local_gpus() if device != "cpu" else 0
+    launch.check_processes(args.num_processes, device, gpus)
+    cpu = launch.on_cpu(device, gpus)
+    cmd = launch.launch_command(args.num_processes, _without_processes(argv), cpu=cpu)
+    print(f"starting {args.num_processes} processes on {'the CPU' if cpu else f'{args.num_processes} of {gpus} GPUs'} "
+          "(accelerate launch)", file=sys.stderr, flush=True)
+    # Its own session: a Ctrl-C reaches the launcher once, from here, not also from the terminal (a second
+    # SIGINT to a process aborts it without saving).
+    proc = subprocess.Popen(cmd, env=launch.launch_environment(cpu), start_new_session=True, stderr=subprocess.PIPE)
+
+    def forward(signum: int, frame: Any) -> None:
+        proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    shown = launch.LauncherOutput()
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        while chunk := proc.stderr.read1(1 << 16):
+            sys.stderr.write(shown.feed(decode.decode(chunk)))
+            sys.stderr.flush()
+        rc = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    rest, rc = shown.finish(rc)
+    sys.stderr.write(rest)
+    # The launcher ends with 128 + the signal it passed on to the processes, which stopped and saved.
+    return EXIT_CANCELLED if rc in {128 + sig for sig in (signal.SIGINT, *STOP_SIGNALS)} else rc
 
 
 def exit_code(done: Done) -> int:
@@ -374,6 +443,7 @@ def _add_train(sub: Subcommands) -> None:
     t.add_argument("--record-full-path", dest="record_full_path", action="store_true", default=None,
                    help="write DATA's full path into checkpoints and samples (default: its base name and a hash)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_processes(t)
     f = t.add_argument_group("fine-tuning a Stable Diffusion model with text prompts")
     f.add_argument("--from-pretrained", dest="from_pretrained", metavar="PATH",
                    help="a diffusers folder or a .safetensors / .ckpt Stable Diffusion checkpoint on disk")
@@ -428,6 +498,7 @@ def _add_sample(sub: Subcommands) -> None:
     s.add_argument("--keep-mismatched", action="store_true",
                    help="keep samples whose mask contradicts a counting class (\"1 lesion\") instead of drawing "
                         "them again")
+    _add_processes(s)
     s.set_defaults(func=cmd_sample)
 
 
@@ -512,6 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train" and not args.resume and not args.data:
         parser.error("train needs DATA (or --resume)")
     try:
+        if getattr(args, "num_processes", None) not in (None, 1):
+            return _launch(args, sys.argv[1:] if argv is None else argv)
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"medsynth: error: {exc}", file=sys.stderr)

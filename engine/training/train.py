@@ -4,6 +4,10 @@ Each step draws its batch, noise and timesteps from a generator seeded by
 (seed, step, rank). Resuming therefore needs only the weights, EMA, optimizer
 state and step count to continue exactly as an uninterrupted run would.
 
+`batch` is each process's; the global batch (batch x processes) is what a run keeps. A checkpoint records the
+number of processes and the global batch it trained with, so a run resumed on another number of processes gives
+each its share of the same global batch (or says what the global batch becomes when it does not split evenly).
+
 A run goes set-up → stage 1 (latent models only) → model → loop → finish, one method each;
 the pieces of a step are in engine.training.steps, the run folder's layout in engine.training.run_dir.
 """
@@ -35,7 +39,7 @@ from engine.models.networks import (
     null_class,
     pixel_channels,
 )
-from engine.runtime import memory
+from engine.runtime import launch, memory
 from engine.runtime.devices import pick_device
 from engine.runtime.estimate import StepTimer, describe, device_warning
 from engine.runtime.threads import use_free_cores
@@ -114,6 +118,43 @@ class _Run:
         return self.ae is not None
 
 
+def format_lr(lr: float) -> str:
+    """A learning rate as users write it: 2e-4, 1.5e-4."""
+    mantissa, exponent = f"{lr:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def processes_word(n: int) -> str:
+    return f"{n} process{'es' if n != 1 else ''}"
+
+
+def trained_processes(state: dict[str, Any]) -> int | None:
+    """The number of processes a checkpoint trained with; None for one that does not say (older checkpoints)."""
+    n = state.get("processes")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
+def trained_global_batch(state: dict[str, Any]) -> int | None:
+    """The global batch a checkpoint trained with (its recorded one, else its config's batch x its processes)."""
+    n = state.get("global_batch")
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+        return n
+    processes, batch = trained_processes(state), state.get("config", {}).get("train", {}).get("batch")
+    if processes is None or not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        return None
+    return batch * processes
+
+
+def share_of_batch(global_batch: int, world: int) -> tuple[int, str | None]:
+    """Each of `world` processes' batch for a run that trained with `global_batch`, and what to tell the user
+    when the global batch cannot stay the same (it does not split into `world` equal parts)."""
+    per = max(1, round(global_batch / world))
+    if per * world == global_batch:
+        return per, None
+    return per, (f"the global batch {global_batch} does not split evenly over {processes_word(world)}: it becomes "
+                 f"{per * world} ({world} × {per})")
+
+
 def _first_process() -> bool:
     """True outside `accelerate launch` and on its rank 0: the one process that owns the run folder's lock."""
     return os.environ.get("RANK", "0") == "0"
@@ -160,6 +201,8 @@ class TrainJob:
             return self._run(emit, requests)
 
     def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+        if not _first_process():
+            emit = _silent  # one process speaks for the run, from its first message on
         for note in self.notes:
             emit(Message(note))
         run = self._set_up(emit)
@@ -227,6 +270,21 @@ class TrainJob:
         emit(DataSummary(data_summary(data, cfg, fits.stages[-1].params)))
         return device
 
+    def _keep_global_batch(self, state: dict[str, Any], world: int, emit: Emit) -> None:
+        """A run resumed on another number of processes keeps its global batch: each process takes its share."""
+        before, global_batch = trained_processes(state), trained_global_batch(state)
+        if before is None or global_batch is None:
+            return  # a checkpoint from before processes were recorded: each process's batch as it was
+        tc = self.cfg.train
+        if before == world:
+            # The checkpoint's batch, not config.json's: a resume on another count that stopped before its first
+            # checkpoint has rewritten config.json with its own share.
+            tc.batch = global_batch // world
+            return
+        tc.batch, change = share_of_batch(global_batch, world)
+        emit(Message(f"resumed on {processes_word(world)} (trained on {before}): "
+                     + (change or f"global batch {global_batch} kept, {tc.batch} per process")))
+
     def _facts(self, data: ImageSet, norm: Normalisation) -> dict[str, Any]:
         cfg = self.cfg
         spacing, affine = resized_geometry(data, cfg.model.image_size)  # of what the model makes
@@ -252,12 +310,17 @@ class TrainJob:
             complete_model_config(cfg, data)
         norm = fit_normalisation(data, cfg.data.modality) if self.ckpt is None else \
             Normalisation.from_dict(state["normalisation"])
+        # Before the memory check: that estimate is of each process's batch.
+        self._keep_global_batch(state, launch.world_size(), emit)
         device = self._choose_device(data, emit)
         acc = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision(cfg.train.mixed_precision, device))
+        if acc.num_processes != launch.world_size():  # a launcher that says so other than by WORLD_SIZE
+            self._keep_global_batch(state, acc.num_processes, emit)
         tensors = to_tensors(data, norm, cfg.model.image_size, cfg.mask_mode, cfg.facts.mask_labels,
                              cfg.facts.num_classes > 0)
         on_device = [None if t is None else t.to(acc.device) for t in (tensors.x, tensors.labels, tensors.cond)]
         facts = self._facts(data, norm)
+        facts["processes"], facts["global_batch"] = acc.num_processes, cfg.train.batch * acc.num_processes
         if acc.is_main_process:
             self.folder.write_config(cfg)
             self.folder.write_facts(facts)
@@ -326,13 +389,15 @@ class TrainJob:
 
     # -- the loop ---------------------------------------------------------------------------
     def _announce(self, run: _Run, emit: Emit) -> None:
-        cfg, acc = self.cfg, run.acc
+        cfg, tc, acc = self.cfg, self.cfg.train, run.acc
         world = acc.num_processes
+        # The gradients of the processes' batches are averaged: the learning rate acts on the global batch.
+        split = f" = {processes_word(world)} × {tc.batch}" if world > 1 else ""
         emit(Message(f"training {count_parameters(run.net, trained=True) / 1e6:.2f} M parameters on {acc.device} "
-                     f"({world} process{'es' if world > 1 else ''}, precision {acc.mixed_precision}), "
+                     f"({processes_word(world)}, precision {acc.mixed_precision}), "
                      f"{len(run.data)} images at {cfg.model.image_size} px"
                      f"{f' (latent {diffusion_size(cfg)})' if run.latent else ''}, steps {run.start}->"
-                     f"{cfg.train.steps}"))
+                     f"{tc.steps}; global batch {tc.batch * world}{split}; lr {format_lr(tc.lr)}"))
 
     def _train_step(self, run: _Run, step: int) -> tuple[torch.Tensor, float]:
         """One optimizer step on the batch of `step`; returns its loss and learning rate."""
