@@ -83,15 +83,20 @@ class SampleWriter:
     already holds it passes False. A full disk, a read-only file system or a missing permission is an
     InputError naming `path`, with the temporary file removed. The header is `header`, or built from `fields`
     (Header's field names); its spatial_dims, counts, version and time are the writer's to set. `prompts` adds
-    /prompts, and every `append` must then give each sample's prompt.
+    /prompts, and every `append` must then give each sample's prompt. `attrs` are further root attributes (a
+    shard's plan, engine/io/shards.py). `keep_on_error` keeps the temporary file, closed with the samples it
+    counts, when the block ends in an error other than a disk fault: a shard whose peer process died is kept
+    for a resume.
     """
 
     def __init__(self, path: str | Path, n: int, image_shape: tuple[int, ...], *, masks: bool, labels: bool,
                  header: Header | None = None, overwrite: bool = False, lock: bool = True, prompts: bool = False,
-                 **fields: Any) -> None:
+                 attrs: dict[str, Any] | None = None, keep_on_error: bool = False, **fields: Any) -> None:
         self.path = Path(path)
         self.writing = destination.temp_beside(self.path)
         self.n = int(n)
+        self.keep_on_error = keep_on_error
+        self._attrs = dict(attrs or {})
         self.count = 0
         self.f: h5py.File | None = None
         self._lock = contextlib.ExitStack()
@@ -132,6 +137,7 @@ class SampleWriter:
                         if prompts else None)
         self.f.create_group(METRICS).attrs[SUMMARY] = "{}"
         self.f.attrs.update(self.header.to_attrs())
+        self.f.attrs.update(self._attrs)
         self.f.flush()
 
     def write_names(self, names: list[str]) -> None:
@@ -221,6 +227,10 @@ class SampleWriter:
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.close()
+        elif self.keep_on_error and self.count and self.f is not None and self.f.id.valid:
+            with contextlib.suppress(OSError):
+                self.f.close()  # every sample it counts is whole; the temporary name says it is unfinished
+            self._lock.close()
         else:
             self._abort()
 
