@@ -25,9 +25,11 @@ import h5py
 import numpy as np
 import pytest
 
+from engine.inference.sample import SampleJob
 from engine.io import destination, shards
 from engine.io.medsynth_h5 import read_image_set
 from engine.io.medsynth_writer import SampleWriter
+from engine.jobs import Progress, Requests, execute
 from tests.forking import cli, in_child, kill_me
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,15 +60,16 @@ def contents(path: Path) -> dict:
 
 def assert_same_as_one_process(path: Path, reference: Path) -> None:
     got, want = contents(path), contents(reference)
-    assert sorted(got["data"]) == sorted(want["data"]) == ["images", "labels", "masks", "seeds"]
+    n = int(want["attrs"]["n_planned"])
+    assert sorted(got["data"]) == sorted(want["data"])
     for name, values in want["data"].items():
         np.testing.assert_array_equal(got["data"][name], values, err_msg=name)
     assert sorted(got["attrs"]) == sorted(want["attrs"])
     for key, value in want["attrs"].items():
         assert np.array_equal(got["attrs"][key], value), key
-    assert got["attrs"]["n_complete"] == got["attrs"]["n_planned"] == N
-    assert len(set(got["data"]["seeds"].tolist())) == N  # every seed unique
-    assert len(read_image_set(path)) == N
+    assert got["attrs"]["n_complete"] == n
+    assert len(set(got["data"]["seeds"].tolist())) == n  # every seed unique
+    assert len(read_image_set(path)) == n
     # Nothing of the run is left beside the file.
     assert not shards.folder(path).exists() and not destination.temp_beside(path).exists()
 
@@ -173,6 +176,7 @@ def test_two_processes_under_torchrun_write_the_file_one_process_writes(tiny_run
     assert all(s == (N, N) for s in seen)
     assert stderr.count(f"sampling {N} with dpm x 2 steps on 2 processes") == 1, "only the main process reports"
     assert stdout.count(f"wrote {N} samples to {out}") == 1
+    assert sorted(contents(out)["data"]) == ["images", "labels", "masks", "seeds"]
     assert_same_as_one_process(out, reference)
 
 
@@ -238,6 +242,9 @@ def test_one_process_killed_mid_run_resumes_from_its_partial_file(tiny_run, refe
 
     assert in_child(work, timeout=60).killed
     assert not out.exists()
+    # What the crash left says which run it belongs to: a resume with another setting is refused, naming it.
+    other = cli(sample_args(tiny_run, out, "--resume", "--steps", "3"))
+    assert other["rc"] == 2 and other["stderr"].count("\n") == 1 and "(steps 2, not 3)" in other["stderr"], other
     done = cli(sample_args(tiny_run, out, "--resume"))
     assert done["rc"] == 0, done
     assert f"resuming: {2 * BATCH} of {N} samples were drawn before" in done["stderr"]
@@ -246,3 +253,47 @@ def test_one_process_killed_mid_run_resumes_from_its_partial_file(tiny_run, refe
     again = cli(sample_args(tiny_run, out, "--resume"))
     assert again["rc"] == 0 and "already holds all" in again["stderr"]
     assert_same_as_one_process(out, reference)
+
+
+def test_one_process_stopped_early_is_completed_by_a_resume(tiny_run, reference, tmp_path):
+    out = tmp_path / "stopped.h5"
+    job = SampleJob(tiny_run, N, out, steps=2, batch=BATCH, guidance=2.0, device="cpu")
+    requests = Requests()
+    done = execute(job, lambda ev: isinstance(ev, Progress) and ev.done >= 3 * BATCH and requests.stop(), requests)
+    assert done.cancelled and done.result["n"] == 3 * BATCH
+    with h5py.File(out, "r") as f:
+        assert int(f.attrs["n_complete"]) == done.result["n"] < int(f.attrs["n_planned"])
+    again = cli(sample_args(tiny_run, out, "--resume"))
+    assert again["rc"] == 0, again
+    assert f"resuming: {done.result['n']} of {N} samples were drawn before" in again["stderr"]
+    assert_same_as_one_process(out, reference)
+
+
+@pytest.mark.slow
+def test_a_text_models_prompts_are_sharded_and_merged_as_one_process_writes_them(tmp_path, phantoms16):
+    from engine import config
+    from engine.training.jobs import train_job
+    from tests.sd_tiny import make_tiny_sd
+
+    cfg = config.resolve(config.FINE_TUNE_PRESET, None, {
+        "pretrained": {"path": str(make_tiny_sd(tmp_path / "sd")), "prompt_template": "phantom, {class}",
+                       "lora_rank": 4},
+        "train": {"steps": 2, "batch": 4, "cpu_batch": 4, "warmup_steps": 0, "checkpoint_every": 2,
+                  "preview_every": 0},
+        "model": {"image_size": 32}})
+    run = tmp_path / "lora"
+    assert not execute(train_job(cfg, run, data=phantoms16), lambda e: None, Requests()).cancelled
+    rows = tmp_path / "prompts.csv"
+    rows.write_text('prompt,n,class\n"phantom, 2 lesions",3,2 lesions\nround phantom,3,\n')
+
+    def args(out: Path) -> list[str]:
+        return ["sample", str(run), "--prompts", str(rows), "--batch", str(BATCH), "--steps", "2",
+                "--device", "cpu", "--out", str(out)]
+
+    assert cli(args(tmp_path / "one.h5"))["rc"] == 0
+    ends = in_ranks(args(tmp_path / "two.h5"))
+    assert [e["rc"] for e in ends] == [0, 0], ends
+    assert sorted(contents(tmp_path / "two.h5")["data"]) == ["images", "prompts", "seeds"]
+    assert_same_as_one_process(tmp_path / "two.h5", tmp_path / "one.h5")
+    with h5py.File(tmp_path / "two.h5", "r") as f:
+        assert f["prompts"].asstr()[:].tolist() == ["phantom, 2 lesions"] * 3 + ["round phantom"] * 3

@@ -371,7 +371,7 @@ class SampleJob:
         stopped = False
         with SampleWriter(self.out, self.n, d.image_shape, masks=d.masks, labels=d.labels is not None,
                           prompts=d.texts is not None, header=self.header(d.gen), overwrite=self.overwrite,
-                          lock=False) as writer:
+                          lock=False, attrs=shards.shard_attrs(self.identity(d), [(0, self.n)])) as writer:
             try:
                 for lo in range(0, self.n, self.batch):
                     hi = min(lo + self.batch, self.n)
@@ -385,6 +385,9 @@ class SampleJob:
                                                            "file": str(writer.writing)}))
             except Cancelled:
                 stopped = True  # the batches written so far are complete samples, and stay
+            # While unfinished the file said which job it belongs to, so that a resume of what a crash leaves checks
+            # every setting; the file as kept is a single process's like any other.
+            writer.drop_attrs(shards.SHARD_ATTR)
         result = self.finish(d, {"out": str(self.out), "n": done, "seconds": time.perf_counter() - t0,
                                  "checkpoint": str(d.gen.ckpt)}, redrawn, still_wrong, emit)
         if stopped:

@@ -182,6 +182,13 @@ class SampleWriter:
             raise ValueError("each prompt must be text")
         return list(prompts)
 
+    def drop_attrs(self, *names: str) -> None:
+        """Remove root attributes that marked the file as unfinished work (see `attrs`) before it is closed."""
+        with self._failing():
+            for name in names:
+                if name in self.f.attrs:
+                    del self.f.attrs[name]
+
     def set_metrics(self, figures: dict[str, float], summary: dict | None = None) -> None:
         with self._failing():
             write_metrics(self.f, figures, summary)
