@@ -184,8 +184,18 @@ def _sample_count(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from engine.runtime.ranks import launched_rank
+
+    try:
+        return _sample(args)
+    except InputError:
+        if launched_rank() != 0:
+            return EXIT_INPUT  # every process refuses alike; the main one says it, once
+        raise
+
+
+def _sample(args: argparse.Namespace) -> int:
     from engine.config import PretrainedConfig
-    from engine.errors import InputError
     from engine.inference.sample import SampleJob
 
     if (args.run is None) == (args.from_pretrained is None):

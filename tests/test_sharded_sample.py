@@ -297,3 +297,13 @@ def test_a_text_models_prompts_are_sharded_and_merged_as_one_process_writes_them
     assert_same_as_one_process(tmp_path / "two.h5", tmp_path / "one.h5")
     with h5py.File(tmp_path / "two.h5", "r") as f:
         assert f["prompts"].asstr()[:].tolist() == ["phantom, 2 lesions"] * 3 + ["round phantom"] * 3
+
+
+def test_a_refusal_is_one_line_from_the_main_process_and_no_process_waits(tiny_run, tmp_path):
+    out = tmp_path / "held.h5"
+    with destination.writer_lock(out):  # another run is writing that file
+        ends = in_ranks(sample_args(tiny_run, out), timeout=60)
+    assert [e["rc"] for e in ends] == [2, 2], ends
+    assert ends[0]["stderr"].count("\n") == 1 and "being written by another MedSynth run" in ends[0]["stderr"]
+    assert ends[1]["stderr"] == ""
+    assert not out.exists() and not shards.folder(out).exists()

@@ -27,7 +27,7 @@ from engine.io.medsynth_writer import SampleWriter, check_new
 from engine.io.prompts_csv import read_prompt_rows
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.runtime.devices import pick_device
-from engine.runtime.ranks import Ranks, launched_processes, launched_rank
+from engine.runtime.ranks import Ranks, launched_processes
 from engine.runtime.threads import use_free_cores
 from engine.settings import SAMPLER_STEPS, Sampler
 from engine.training import checkpoints
@@ -156,7 +156,7 @@ class SampleJob:
             if not overwrite and (left := shards.in_the_way(self.out)) is not None:
                 raise InputError(left, "holds the complete samples of an interrupted run; continue it, or allow "
                                        "overwriting to start over")
-        if launched_rank() == 0:  # the main process alone takes the lock, so only it asks
+        if launched_processes() == 1:  # several: the main process takes the lock first thing, for all of them
             destination.check_unlocked(self.out)  # a second writer of the same file: refused before the model loads
 
     def _labels(self, gen: Generator, seeds: np.ndarray) -> np.ndarray | None:
