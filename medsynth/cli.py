@@ -405,9 +405,10 @@ def _add_sample(sub: Subcommands) -> None:
 
     s = sub.add_parser("sample", help="generate samples from a trained run into an HDF5 file")
     s.add_argument("run", nargs="?", help="run directory or checkpoint folder")
-    # --num-samples: the same, for torchrun, whose own parser takes --n for one of its options.
-    s.add_argument("--n", "--num-samples", dest="n", type=_option("sample", "n"), default=None,
-                   help="how many samples (with --prompts: the file's count unless given)")
+    s.add_argument("--n", type=_option("sample", "n"), default=None,
+                   help="how many samples (with --prompts: the file's count unless given); under torchrun, whose "
+                        "own parser takes --n for one of its options, write --num-samples")
+    s.add_argument("--num-samples", dest="n", type=_option("sample", "n"), default=None, help=argparse.SUPPRESS)
     s.add_argument("--out", required=True, help="output .h5 file")
     s.add_argument("--sampler", default=None, choices=Sampler.values(),
                    help="dpm, ddim or ddpm for an epsilon / v model (default dpm); euler or heun for a flow model "
