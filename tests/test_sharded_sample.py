@@ -307,3 +307,25 @@ def test_a_refusal_is_one_line_from_the_main_process_and_no_process_waits(tiny_r
     assert ends[0]["stderr"].count("\n") == 1 and "being written by another MedSynth run" in ends[0]["stderr"]
     assert ends[1]["stderr"] == ""
     assert not out.exists() and not shards.folder(out).exists()
+
+
+def test_rows_copied_from_another_file_are_its_rows_whatever_its_storage(tmp_path):
+    """The merge copies a shard's compressed chunks as stored; rows of a file stored otherwise (contiguous, other
+    filters) are decoded and written again: the same samples either way."""
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(5, 1, 8, 8)).astype(np.float32)
+    masks = (images[:, 0] > 0).astype(np.uint8)
+    with SampleWriter(tmp_path / "shard.h5", 5, (1, 8, 8), masks=True, labels=False, lock=False) as w:
+        w.append(images, np.arange(5), masks)
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["images"], f["masks"], f["seeds"] = images, masks, np.arange(5)
+    for source in ("shard.h5", "plain.h5"):
+        out = tmp_path / f"copy-{source}"
+        with SampleWriter(out, 3, (1, 8, 8), masks=True, labels=False, lock=False) as w, \
+                h5py.File(tmp_path / source, "r") as f:
+            w.append_stored(f, 1, 3)
+            w.append_stored(f, 4, 5)
+        with h5py.File(out, "r") as f:
+            np.testing.assert_array_equal(f["images"][:], images[[1, 2, 4]])
+            np.testing.assert_array_equal(f["masks"][:], masks[[1, 2, 4]])
+            assert f["seeds"][:].tolist() == [1, 2, 4] and int(f.attrs["n_complete"]) == 3

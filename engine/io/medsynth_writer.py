@@ -146,7 +146,28 @@ class SampleWriter:
 
     def append(self, images: np.ndarray, seeds: np.ndarray, masks: np.ndarray | None = None,
                labels: np.ndarray | None = None, prompts: list[str] | None = None) -> None:
-        b = len(images)
+        def bulk(lo: int, hi: int) -> None:
+            self.images[lo:hi] = images
+            if self.masks is not None and masks is not None:
+                self.masks[lo:hi] = masks
+
+        self._append(len(images), bulk, seeds, labels, prompts)
+
+    def append_stored(self, src: h5py.File, start: int, stop: int) -> None:
+        """Append rows start..stop-1 of `src`, a MedSynth file of this one's layout (a shard): images and masks go
+        over as stored, one compressed chunk per sample, never decoded and compressed again, so that merging
+        shards costs about the disk's time alone."""
+        def bulk(lo: int, hi: int) -> None:
+            _copy_rows(src[IMAGES], start, stop, self.images, lo)
+            if self.masks is not None:
+                _copy_rows(src[MASKS], start, stop, self.masks, lo)
+
+        self._append(stop - start, bulk, src[SEEDS][start:stop],
+                     src[LABELS][start:stop] if self.labels is not None else None,
+                     list(src[PROMPTS].asstr()[start:stop]) if self.prompts is not None else None)
+
+    def _append(self, b: int, bulk: Any, seeds: np.ndarray, labels: np.ndarray | None,
+                prompts: list[str] | None) -> None:
         lo, hi = self.count, self.count + b
         if hi > self.n:
             raise ValueError(f"{hi} samples exceed the {self.n} planned")
@@ -154,10 +175,8 @@ class SampleWriter:
         with self._failing():
             # Refused before writing rather than found out by a failed write: cheaper, and always clean.
             destination.check_room(self.path, b * self.per_sample + sum(len(t.encode()) for t in texts or ()))
-            self.images[lo:hi] = images
+            bulk(lo, hi)
             self.seeds[lo:hi] = seeds
-            if self.masks is not None and masks is not None:
-                self.masks[lo:hi] = masks
             if self.labels is not None and labels is not None:
                 self.labels[lo:hi] = labels
             if self.prompts is not None:
@@ -240,6 +259,21 @@ class SampleWriter:
             self._lock.close()
         else:
             self._abort()
+
+
+def _copy_rows(src: h5py.Dataset, start: int, stop: int, dst: h5py.Dataset, at: int) -> None:
+    """Rows start..stop-1 of `src` into `dst` from row `at`: chunk by chunk as stored where both keep one sample
+    per chunk with the same filters (what SampleWriter writes), else decoded and written again."""
+    same = (src.chunks == dst.chunks and src.chunks is not None and src.chunks[0] == 1 and src.dtype == dst.dtype
+            and src.shape[1:] == dst.shape[1:] and src.compression == dst.compression
+            and src.compression_opts == dst.compression_opts and src.shuffle == dst.shuffle)
+    if not same:
+        dst[at:at + stop - start] = src[start:stop]
+        return
+    rest = (0,) * (dst.ndim - 1)
+    for k in range(stop - start):
+        mask, data = src.id.read_direct_chunk((start + k, *rest))
+        dst.id.write_direct_chunk((at + k, *rest), data, mask)
 
 
 def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -> Path:

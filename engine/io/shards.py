@@ -3,7 +3,8 @@
 Merge at the end, not an HDF5 virtual dataset: each process writes its own shard, a MedSynth file of the samples
 it drew, and when every sample is drawn the main process copies them, in sample order, into FILE.h5. A MedSynth
 file holds its own data (readers refuse /images kept in other files: engine/io/medsynth_h5.py), so the result can
-be copied, moved and opened anywhere like any other; the price is one more write of the samples, at the end.
+be copied, moved and opened anywhere like any other; the price is one more write of the samples, at the end,
+with their compressed chunks copied as stored (SampleWriter.append_stored): disk time, no compression.
 
     FILE.h5.shards/                      beside FILE.h5 while the run is unfinished
         part-001-rank000.h5[.partial]    attempt 1, process 0: the samples it drew (.partial until it ended)
@@ -38,7 +39,7 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.io import destination
-from engine.io.medsynth_h5 import IMAGES, LABELS, MASKS, PROMPTS, SEEDS, Header, n_complete, read_header
+from engine.io.medsynth_h5 import IMAGES, SEEDS, Header, n_complete, read_header
 from engine.io.medsynth_writer import SampleWriter
 
 SHARD_ATTR = "medsynth_shard"
@@ -227,10 +228,7 @@ def merge(out: str | Path, n: int, image_shape: tuple[int, ...], header: Header,
                 f = opened[p.path]
                 for lo in range(p.lo, p.hi, batch):
                     hi = min(lo + batch, p.hi)
-                    rows = slice(p.row + lo - p.lo, p.row + hi - p.lo)
-                    writer.append(f[IMAGES][rows], f[SEEDS][rows], f[MASKS][rows] if masks else None,
-                                  f[LABELS][rows] if labels else None,
-                                  prompts=list(f[PROMPTS].asstr()[rows]) if prompts else None)
+                    writer.append_stored(f, p.row + lo - p.lo, p.row + hi - p.lo)
                     merged += hi - lo
                     if progress is not None:
                         progress(merged)
