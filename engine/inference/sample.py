@@ -2,6 +2,8 @@
 
 Sample i uses seed ``seed + i`` for its starting noise, its sampler noise and its
 class draw, so ``--seed S --n 1`` regenerates any recorded sample on its own.
+Under several processes (accelerate launch, torchrun), and for a resume, the run goes through
+engine/inference/sharded.py: the same batches, drawn by this job's `draw`, shared out and merged.
 """
 
 from __future__ import annotations
@@ -153,9 +155,8 @@ class SampleJob:
             raise InputError(None, "continue an interrupted run or overwrite it, not both")
         if not resume:
             check_new(self.out, overwrite)
-            if not overwrite and (left := shards.in_the_way(self.out)) is not None:
-                raise InputError(left, "holds the complete samples of an interrupted run; continue it, or allow "
-                                       "overwriting to start over")
+            if not overwrite:
+                shards.check_clear(self.out)
         if launched_processes() == 1:  # several: the main process takes the lock first thing, for all of them
             destination.check_unlocked(self.out)  # a second writer of the same file: refused before the model loads
 

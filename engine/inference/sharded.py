@@ -18,9 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InputError
 from engine.io import destination, shards
-from engine.io.medsynth_h5 import n_complete, open_file
 from engine.io.medsynth_writer import SampleWriter
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
 from engine.runtime.ranks import PeerLost, Ranks
@@ -95,28 +93,16 @@ class ShardedRun:
         if not job.resume:
             if job.overwrite:
                 shards.remove(job.out)
-            elif (left := shards.in_the_way(job.out)) is not None:
-                raise InputError(left, "holds the complete samples of an interrupted run; continue it, or allow "
-                                       "overwriting to start over")
+            else:
+                shards.check_clear(job.out)
             return Plan(shards.next_attempt(job.out), shards.missing(job.n, job.batch, []), 0)
-        if self._whole():
+        if shards.whole(job.out, job.n):
             shards.remove(job.out)  # a merge killed after its rename left it
             return Plan(0, [], job.n, whole=True)
         shards.adopt_partial(job.out)
         found = shards.pieces(job.out, identity, job.seeds_fit)
         todo = shards.missing(job.n, job.batch, found)
         return Plan(shards.next_attempt(job.out), todo, job.n - sum(hi - lo for lo, hi in todo))
-
-    def _whole(self) -> bool:
-        out = self.job.out
-        if not out.exists():
-            return False
-        with open_file(out) as f:
-            planned, count = int(f.attrs.get("n_planned", 0)), n_complete(f)
-        if planned != self.job.n:
-            raise InputError(out, f"holds a run of {planned} samples, not {self.job.n}: continue it with that count, "
-                                  "or allow overwriting to start over")
-        return count == planned
 
     def _draw(self, d: Any, identity: dict[str, Any], plan: Plan, emit: Emit, requests: Requests,
               t0: float) -> tuple[int, bool, int, int]:

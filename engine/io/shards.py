@@ -39,7 +39,7 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.io import destination
-from engine.io.medsynth_h5 import IMAGES, SEEDS, Header, n_complete, read_header
+from engine.io.medsynth_h5 import IMAGES, SEEDS, Header, n_complete, open_file, read_header
 from engine.io.medsynth_writer import SampleWriter
 
 SHARD_ATTR = "medsynth_shard"
@@ -89,6 +89,14 @@ def in_the_way(out: str | Path) -> Path | None:
             if _opened_count(path)[1] > 0:
                 return folder(out)
     return None
+
+
+def check_clear(out: str | Path) -> None:
+    """Refuse a new run of FILE.h5 while its shard folder holds the samples of an interrupted one."""
+    left = in_the_way(out)
+    if left is not None:
+        raise InputError(left, "holds the complete samples of an interrupted run; continue it, or allow overwriting "
+                               "to start over")
 
 
 def remove(out: str | Path) -> None:
@@ -154,6 +162,23 @@ def pieces(out: str | Path, job: dict[str, Any], seeds_fit: Callable[[np.ndarray
     return found
 
 
+def _check_count(path: Path, planned: int, n: int) -> None:
+    if planned != n:
+        raise InputError(path, f"holds a run of {planned} samples, not {n}: continue it with that count, or allow "
+                               "overwriting to start over")
+
+
+def whole(out: str | Path, n: int) -> bool:
+    """Whether FILE.h5 is there with all of its `n` samples (a run of another count is an InputError)."""
+    out = Path(out)
+    if not out.exists():
+        return False
+    with open_file(out) as f:
+        planned, count = int(f.attrs.get("n_planned", 0)), n_complete(f)
+    _check_count(out, planned, n)
+    return count == planned
+
+
 def _check_job(path: Path, theirs: dict[str, Any], ours: dict[str, Any]) -> None:
     for key, value in ours.items():
         if theirs.get(key) != value:
@@ -167,9 +192,7 @@ def _check_prefix(path: Path, count: int, job: dict[str, Any], seeds_fit: Callab
     with h5py.File(path, "r", locking=False) as f:
         h = read_header(f)
         seeds = f[SEEDS][:count] if SEEDS in f else None
-    if h.n_planned != job["n"]:
-        raise InputError(path, f"holds a run of {h.n_planned} samples, not {job['n']}: continue it with that count, "
-                               "or allow overwriting to start over")
+    _check_count(path, h.n_planned, job["n"])
     if h.checkpoint_sha256 != job["checkpoint_sha256"] or seeds is None or not seeds_fit(seeds, 0):
         raise InputError(path, "holds samples of another model or seed: continue it with the model and seed it was "
                                "started with, or allow overwriting to start over")
