@@ -180,6 +180,23 @@ def test_two_processes_under_torchrun_write_the_file_one_process_writes(tiny_run
     assert_same_as_one_process(out, reference)
 
 
+
+@pytest.mark.slow
+def test_a_process_killed_under_torchrun_leaves_what_was_drawn_for_a_resume(tiny_run, reference, tmp_path):
+    """The launcher's own ending: rank 1 is killed after its first batch, torchrun stops rank 0 (SIGTERM) and
+    fails; the shards hold what both drew and a resume, here on one process, completes the file."""
+    out = tmp_path / "t.h5"
+    argv = [a if a != "--n" else "--num-samples" for a in sample_args(tiny_run, out)]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", __file__, *argv],
+                       cwd=ROOT, capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "KILL_RANK": "1"})
+    assert r.returncode != 0 and "exitcode  : -9" in r.stderr, r.stderr[-4000:]
+    assert not out.exists()
+    assert sum(shard_counts(out).values()) >= BATCH
+    done = cli(sample_args(tiny_run, out, "--resume"))
+    assert done["rc"] == 0, done
+    assert_same_as_one_process(out, reference)
+
 @pytest.mark.slow
 def test_a_killed_process_leaves_what_was_drawn_and_resume_completes_it(tiny_run, reference, tmp_path):
     out = tmp_path / "k.h5"
@@ -329,3 +346,11 @@ def test_rows_copied_from_another_file_are_its_rows_whatever_its_storage(tmp_pat
             np.testing.assert_array_equal(f["images"][:], images[[1, 2, 4]])
             np.testing.assert_array_equal(f["masks"][:], masks[[1, 2, 4]])
             assert f["seeds"][:].tolist() == [1, 2, 4] and int(f.attrs["n_complete"]) == 3
+
+
+if __name__ == "__main__":  # a process of the torchrun test above: `medsynth ARGS`, killed on rank KILL_RANK
+    if os.environ.get("RANK") == os.environ.get("KILL_RANK"):
+        _on_rank(int(os.environ["RANK"]), kill_me)(int(os.environ["RANK"]))
+    from medsynth.cli import main
+
+    sys.exit(main(sys.argv[1:]))
