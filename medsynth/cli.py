@@ -253,8 +253,18 @@ def _sample_count(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from engine.runtime.ranks import launched_rank
+
+    try:
+        return _sample(args)
+    except InputError:
+        if launched_rank() != 0:
+            return EXIT_INPUT  # every process refuses alike; the main one says it, once
+        raise
+
+
+def _sample(args: argparse.Namespace) -> int:
     from engine.config import PretrainedConfig
-    from engine.errors import InputError
     from engine.inference.sample import SampleJob
 
     if (args.run is None) == (args.from_pretrained is None):
@@ -266,10 +276,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     batch=args.batch, device=args.device, overwrite=args.force,
                     redraw_mismatches=not args.keep_mismatched,
                     prompts=None if args.prompt is None else [args.prompt], prompts_file=args.prompts,
-                    negative_prompt=args.negative_prompt, pretrained=pretrained)
+                    negative_prompt=args.negative_prompt, pretrained=pretrained, resume=args.resume)
     done = run_job(job, TqdmView())
     r = done.result
-    print(f"wrote {r.get('n', 0)} samples to {r.get('out')} in {r.get('seconds', 0):.1f} s")
+    if not r.get("main_process", True):
+        return exit_code(done)  # the main process reports for all
+    if r.get("shards"):
+        drawn = "the samples drawn" if r.get("n") is None else f"{r['n']} of {job.n} samples drawn"
+        print(f"stopped with {drawn} kept in {r['shards']}; continue with the same command and --resume")
+    else:
+        print(f"wrote {r.get('n', 0)} samples to {r.get('out')} in {r.get('seconds', 0):.1f} s")
     return exit_code(done)
 
 
@@ -467,7 +483,9 @@ def _add_sample(sub: Subcommands) -> None:
     s = sub.add_parser("sample", help="generate samples from a trained run into an HDF5 file")
     s.add_argument("run", nargs="?", help="run directory or checkpoint folder")
     s.add_argument("--n", type=_option("sample", "n"), default=None,
-                   help="how many samples (with --prompts: the file's count unless given)")
+                   help="how many samples (with --prompts: the file's count unless given); under torchrun, whose "
+                        "own parser takes --n for one of its options, write --num-samples")
+    s.add_argument("--num-samples", dest="n", type=_option("sample", "n"), default=None, help=argparse.SUPPRESS)
     s.add_argument("--out", required=True, help="output .h5 file")
     s.add_argument("--sampler", default=None, choices=Sampler.values(),
                    help="dpm, ddim or ddpm for an epsilon / v model (default dpm); euler or heun for a flow model "
@@ -495,6 +513,9 @@ def _add_sample(sub: Subcommands) -> None:
     s.add_argument("--batch", type=_option("sample", "batch"), default=32)
     s.add_argument("--device", default=Device.AUTO.value, choices=Device.values())
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into the same --out with the same --n and settings, on any "
+                        "number of processes: only the missing samples are drawn")
     s.add_argument("--keep-mismatched", action="store_true",
                    help="keep samples whose mask contradicts a counting class (\"1 lesion\") instead of drawing "
                         "them again")

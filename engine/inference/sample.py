@@ -2,11 +2,15 @@
 
 Sample i uses seed ``seed + i`` for its starting noise, its sampler noise and its
 class draw, so ``--seed S --n 1`` regenerates any recorded sample on its own.
+Under several processes (accelerate launch, torchrun), and for a resume, the run goes through
+engine/inference/sharded.py: the same batches, drawn by this job's `draw`, shared out and merged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +23,13 @@ from engine.data.prompts import class_prompt
 from engine.errors import InputError
 from engine.inference.generator import Generator
 from engine.inference.prompted import PromptedGenerator
-from engine.io import destination
+from engine.io import destination, shards
 from engine.io.medsynth_h5 import Header
 from engine.io.medsynth_writer import SampleWriter, check_new
 from engine.io.prompts_csv import read_prompt_rows
 from engine.jobs import Cancelled, Emit, Message, Progress, Requests
+from engine.runtime.devices import pick_device
+from engine.runtime.ranks import Ranks, launched_processes
 from engine.runtime.threads import use_free_cores
 from engine.settings import SAMPLER_STEPS, Sampler
 from engine.training import checkpoints
@@ -74,6 +80,35 @@ def class_for_seed(seed: int, mix: dict[int, float]) -> int:
     return int(rng.choice(keys, p=[mix[k] for k in keys]))
 
 
+@dataclass
+class Drawing:
+    """A run's model and what its batches share, indexed by sample: seed, class, prompt (and its row in the
+    network's table), training-mask condition; the mismatch rule when mismatching samples are drawn again."""
+
+    gen: Generator
+    seeds: np.ndarray
+    labels: np.ndarray | None
+    texts: list[str] | None
+    rows: np.ndarray | None
+    conds: torch.Tensor | None
+    rule: Any
+    image_shape: tuple[int, ...]
+    masks: bool
+
+
+@dataclass
+class Batch:
+    """Samples drawn, as the file stores them; how many were drawn again and how many still contradict."""
+
+    images: np.ndarray
+    masks: np.ndarray | None
+    seeds: np.ndarray
+    labels: np.ndarray | None
+    prompts: list[str] | None
+    redrawn: int
+    still_wrong: int
+
+
 def _refuse_non_finite(ckpt: Path, images: np.ndarray, first: int) -> None:
     """A NaN or infinite pixel is a broken model (damaged weights, a diverged run), never a sample to keep."""
     bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
@@ -91,7 +126,7 @@ class SampleJob:
                  guidance: float = 1.0, batch: int = 32, device: str = "auto", overwrite: bool = False,
                  redraw_mismatches: bool = True, prompts: list[str] | None = None,
                  prompts_file: str | Path | None = None, negative_prompt: str = "",
-                 pretrained: PretrainedConfig | None = None) -> None:
+                 pretrained: PretrainedConfig | None = None, resume: bool = False) -> None:
         if sampler_name is not None and sampler_name not in Sampler.values():
             raise InputError(None, f"unknown sampler {sampler_name!r}; expected one of {', '.join(Sampler.values())}")
         if n < 1 or (steps is not None and steps < 1) or batch < 1:
@@ -114,8 +149,16 @@ class SampleJob:
             raise InputError(None, f"{len(prompts)} prompts for {self.n} samples: give one prompt, or one per sample")
         if checkpoint is None and pretrained is None:
             raise InputError(None, "nothing to sample: give a run folder, a checkpoint or a pretrained model")
-        check_new(self.out, overwrite)
-        destination.check_unlocked(self.out)  # a second writer of the same file: refused before the model loads
+        # A resume continues what an interrupted run left (engine/inference/sharded.py), on any number of processes.
+        self.resume = resume
+        if resume and overwrite:
+            raise InputError(None, "continue an interrupted run or overwrite it, not both")
+        if not resume:
+            check_new(self.out, overwrite)
+            if not overwrite:
+                shards.check_clear(self.out)
+        if launched_processes() == 1:  # several: the main process takes the lock first thing, for all of them
+            destination.check_unlocked(self.out)  # a second writer of the same file: refused before the model loads
 
     def _labels(self, gen: Generator, seeds: np.ndarray) -> np.ndarray | None:
         k = gen.num_classes
@@ -152,7 +195,7 @@ class SampleJob:
         base = seeds.copy()
         for attempt in range(1, MAX_REDRAWS + 1):
             # A model that cannot yet count (early in training) would otherwise cost up to nine times the run:
-            # redraws share a budget of one draw per planned sample, and what is left over is flagged instead.
+            # the redraws of a batch share a budget of one draw per sample in it; what is left over is flagged.
             if not wrong or self._budget <= 0:
                 break
             if attempt == 1:
@@ -179,9 +222,22 @@ class SampleJob:
                                        f"sample it with at most that many steps (not {self.steps})")
 
     def run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+        if self.resume or launched_processes() > 1:
+            from engine.inference.sharded import ShardedRun
+
+            return ShardedRun(self, Ranks(cpu=pick_device(self.device) == "cpu")).run(emit, requests)
         # Held from the start: a second run on the same file is refused at once, not after its model loads.
         with destination.writer_lock(self.out):
+            if self.overwrite:
+                shards.remove(self.out)  # an interrupted sharded run's samples, which overwriting discards
             return self._run(emit, requests)
+
+    def seeds_fit(self, seeds: np.ndarray, first: int) -> bool:
+        """Whether `seeds` are those of samples first, first + 1, ... of this run (each its own or a redraw's)."""
+        own = self.seed + first + np.arange(len(seeds), dtype=np.int64)
+        offset = np.asarray(seeds, np.int64) - own
+        return bool(np.all((offset >= 0) & (offset % REDRAW_SEED_STRIDE == 0)
+                           & (offset <= MAX_REDRAWS * REDRAW_SEED_STRIDE)))
 
     def _generator(self) -> Generator:
         """The model to sample: MedSynth's own, a fine-tuned text-to-image run, or a pretrained model as it is."""
@@ -229,7 +285,7 @@ class SampleJob:
         return texts, None
 
     @staticmethod
-    def _header(gen: Generator) -> Header:
+    def header(gen: Generator) -> Header:
         """The run's facts about its data, in the checkpoint under the header's own names, carried into the file."""
         st = gen.state
         return Header(class_names=gen.class_names, label_names=st.get("label_names"),
@@ -247,62 +303,94 @@ class SampleJob:
         texts, labels = self._prompts(gen, labels)
         return labels, texts, np.asarray(gen.use_prompts(texts, self.negative_prompt), np.int64)
 
-    def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+    def prepare(self) -> Drawing:
+        """The model and what every batch of this run shares: each sample's seed, class, prompt and condition."""
         gen = self._generator()
         self._choose_sampler(gen)
         if gen.device.type == "cpu":
             use_free_cores()
         seeds = np.arange(self.seed, self.seed + self.n, dtype=np.int64)
         labels, texts, rows = self._conditioning(gen, seeds)
-        conds = self._conditions(gen, seeds)
-        masks_out = gen.cfg.mask_mode != "none"
-        c, size = gen.cfg.facts.image_channels, gen.cfg.model.image_size
         rule = None
         if self.redraw_mismatches and labels is not None and gen.cfg.mask_mode == "joint":
             from engine.evaluation.metrics.phantom_fidelity import count_rule
 
             rule = count_rule(gen.class_names)
+        dims = max(gen.cfg.facts.spatial_dims, 2)
+        shape = (gen.cfg.facts.image_channels,) + (gen.cfg.model.image_size,) * dims
+        return Drawing(gen, seeds, labels, texts, rows, self._conditions(gen, seeds), rule, shape,
+                       gen.cfg.mask_mode != "none")
+
+    def draw(self, d: Drawing, lo: int, hi: int, requests: Requests) -> Batch:
+        """Samples lo..hi-1, each from its own seed: the same whichever process draws them, in whatever order."""
+        lab = None if d.labels is None else d.labels[lo:hi].tolist()
+        if d.rows is not None:
+            lab = d.rows[lo:hi].tolist()  # the network's "labels" are the prompts' rows
+        cond = None if d.conds is None else d.conds[lo:hi]
+        images, masks = d.gen.generate(d.seeds[lo:hi].tolist(), lab, self.sampler_name, self.steps,
+                                       self.guidance, cond, requests=requests)
+        if masks is None and d.conds is not None:
+            masks = decode_masks(cond)
+        batch_seeds = d.seeds[lo:hi].copy()
+        redone = (0, 0)
+        if d.rule is not None and masks is not None and lab is not None:
+            # The batch's own budget: a sample must not depend on which batches a process drew before it.
+            self._budget = hi - lo
+            redone = self._redraw(d.gen, d.rule, images, masks, batch_seeds, lab, requests)
+        _refuse_non_finite(d.gen.ckpt, images, lo)
+        return Batch(images, masks, batch_seeds, None if d.labels is None else d.labels[lo:hi],
+                     None if d.texts is None else d.texts[lo:hi], *redone)
+
+    def identity(self, d: Drawing) -> dict[str, Any]:
+        """What makes sample i the one this run draws: a resume continues only files drawn with the same."""
+        texts = "\n".join(d.texts) if d.texts is not None else ""
+        return {"n": self.n, "seed": self.seed, "checkpoint_sha256": d.gen.sha256, "sampler": self.sampler_name,
+                "steps": self.steps, "guidance": self.guidance, "class": self.class_index,
+                "class_mix": self.class_mix or "", "redraw": bool(d.rule is not None),
+                "prompts_sha256": hashlib.sha256(texts.encode()).hexdigest() if d.texts is not None else "",
+                "negative_prompt": self.negative_prompt}
+
+    def start_message(self, d: Drawing, processes: int = 1) -> Message:
+        on = f"{processes} processes" if processes > 1 else str(d.gen.device)
+        return Message(f"sampling {self.n} with {self.sampler_name} x {self.steps} steps on {on}")
+
+    def finish(self, d: Drawing, result: dict[str, Any], redrawn: int, still_wrong: int,
+               emit: Emit) -> dict[str, Any]:
+        if d.rule is not None:
+            done = result["n"]
+            result.update(redrawn=redrawn, mask_class_disagreements=still_wrong)
+            emit(Message(f"{redrawn} of {done} samples were drawn again because their mask contradicted their "
+                         f"class; {still_wrong} still do{'es' if still_wrong == 1 else ''} (flagged in the gallery)"))
+        return result
+
+    def _run(self, emit: Emit, requests: Requests) -> dict[str, Any]:
+        d = self.prepare()
         redrawn = still_wrong = 0
-        self._budget = self.n
-        emit(Message(f"sampling {self.n} with {self.sampler_name} x {self.steps} steps on {gen.device}"))
+        emit(self.start_message(d))
         t0 = time.perf_counter()
         done = 0
         stopped = False
-        dims = max(gen.cfg.facts.spatial_dims, 2)
-        with SampleWriter(self.out, self.n, (c,) + (size,) * dims, masks=masks_out, labels=labels is not None,
-                          prompts=texts is not None,
-                          header=self._header(gen), overwrite=self.overwrite, lock=False) as writer:
+        with SampleWriter(self.out, self.n, d.image_shape, masks=d.masks, labels=d.labels is not None,
+                          prompts=d.texts is not None, header=self.header(d.gen), overwrite=self.overwrite,
+                          lock=False, attrs=shards.shard_attrs(self.identity(d), [(0, self.n)])) as writer:
             try:
                 for lo in range(0, self.n, self.batch):
                     hi = min(lo + self.batch, self.n)
                     requests.check()
-                    lab = None if labels is None else labels[lo:hi].tolist()
-                    if rows is not None:
-                        lab = rows[lo:hi].tolist()  # the network's "labels" are the prompts' rows
-                    cond = None if conds is None else conds[lo:hi]
-                    images, masks = gen.generate(seeds[lo:hi].tolist(), lab, self.sampler_name, self.steps,
-                                                 self.guidance, cond, requests=requests)
-                    if masks is None and conds is not None:
-                        masks = decode_masks(cond)
-                    batch_seeds = seeds[lo:hi].copy()
-                    if rule is not None and masks is not None and lab is not None:
-                        redone = self._redraw(gen, rule, images, masks, batch_seeds, lab, requests)
-                        redrawn += redone[0]
-                        still_wrong += redone[1]
-                    _refuse_non_finite(gen.ckpt, images, lo)
-                    writer.append(images, batch_seeds, masks, None if labels is None else labels[lo:hi],
-                                  prompts=None if texts is None else texts[lo:hi])
+                    b = self.draw(d, lo, hi, requests)
+                    redrawn += b.redrawn
+                    still_wrong += b.still_wrong
+                    writer.append(b.images, b.seeds, b.masks, b.labels, prompts=b.prompts)
                     done = hi
                     emit(Progress("sample", done, self.n, {"per_sample_s": (time.perf_counter() - t0) / done,
                                                            "file": str(writer.writing)}))
             except Cancelled:
                 stopped = True  # the batches written so far are complete samples, and stay
-        result = {"out": str(self.out), "n": done, "seconds": time.perf_counter() - t0,
-                  "checkpoint": str(gen.ckpt)}
-        if rule is not None:
-            result.update(redrawn=redrawn, mask_class_disagreements=still_wrong)
-            emit(Message(f"{redrawn} of {done} samples were drawn again because their mask contradicted their "
-                         f"class; {still_wrong} still do{'es' if still_wrong == 1 else ''} (flagged in the gallery)"))
+            # While unfinished the file said which job it belongs to, so that a resume of what a crash leaves checks
+            # every setting; the file as kept is a single process's like any other.
+            writer.drop_attrs(shards.SHARD_ATTR)
+        result = self.finish(d, {"out": str(self.out), "n": done, "seconds": time.perf_counter() - t0,
+                                 "checkpoint": str(d.gen.ckpt)}, redrawn, still_wrong, emit)
         if stopped:
             raise Cancelled("sampling stopped", result)
         return result

@@ -83,15 +83,20 @@ class SampleWriter:
     already holds it passes False. A full disk, a read-only file system or a missing permission is an
     InputError naming `path`, with the temporary file removed. The header is `header`, or built from `fields`
     (Header's field names); its spatial_dims, counts, version and time are the writer's to set. `prompts` adds
-    /prompts, and every `append` must then give each sample's prompt.
+    /prompts, and every `append` must then give each sample's prompt. `attrs` are further root attributes (a
+    shard's plan, engine/io/shards.py). `keep_on_error` keeps the temporary file, closed with the samples it
+    counts, when the block ends in an error other than a disk fault: a shard whose peer process died is kept
+    for a resume.
     """
 
     def __init__(self, path: str | Path, n: int, image_shape: tuple[int, ...], *, masks: bool, labels: bool,
                  header: Header | None = None, overwrite: bool = False, lock: bool = True, prompts: bool = False,
-                 **fields: Any) -> None:
+                 attrs: dict[str, Any] | None = None, keep_on_error: bool = False, **fields: Any) -> None:
         self.path = Path(path)
         self.writing = destination.temp_beside(self.path)
         self.n = int(n)
+        self.keep_on_error = keep_on_error
+        self._attrs = dict(attrs or {})
         self.count = 0
         self.f: h5py.File | None = None
         self._lock = contextlib.ExitStack()
@@ -132,6 +137,7 @@ class SampleWriter:
                         if prompts else None)
         self.f.create_group(METRICS).attrs[SUMMARY] = "{}"
         self.f.attrs.update(self.header.to_attrs())
+        self.f.attrs.update(self._attrs)
         self.f.flush()
 
     def write_names(self, names: list[str]) -> None:
@@ -140,7 +146,28 @@ class SampleWriter:
 
     def append(self, images: np.ndarray, seeds: np.ndarray, masks: np.ndarray | None = None,
                labels: np.ndarray | None = None, prompts: list[str] | None = None) -> None:
-        b = len(images)
+        def bulk(lo: int, hi: int) -> None:
+            self.images[lo:hi] = images
+            if self.masks is not None and masks is not None:
+                self.masks[lo:hi] = masks
+
+        self._append(len(images), bulk, seeds, labels, prompts)
+
+    def append_stored(self, src: h5py.File, start: int, stop: int) -> None:
+        """Append rows start..stop-1 of `src`, a MedSynth file of this one's layout (a shard): images and masks go
+        over as stored, one compressed chunk per sample, never decoded and compressed again, so that merging
+        shards costs about the disk's time alone."""
+        def bulk(lo: int, hi: int) -> None:
+            _copy_rows(src[IMAGES], start, stop, self.images, lo)
+            if self.masks is not None:
+                _copy_rows(src[MASKS], start, stop, self.masks, lo)
+
+        self._append(stop - start, bulk, src[SEEDS][start:stop],
+                     src[LABELS][start:stop] if self.labels is not None else None,
+                     list(src[PROMPTS].asstr()[start:stop]) if self.prompts is not None else None)
+
+    def _append(self, b: int, bulk: Any, seeds: np.ndarray, labels: np.ndarray | None,
+                prompts: list[str] | None) -> None:
         lo, hi = self.count, self.count + b
         if hi > self.n:
             raise ValueError(f"{hi} samples exceed the {self.n} planned")
@@ -148,10 +175,8 @@ class SampleWriter:
         with self._failing():
             # Refused before writing rather than found out by a failed write: cheaper, and always clean.
             destination.check_room(self.path, b * self.per_sample + sum(len(t.encode()) for t in texts or ()))
-            self.images[lo:hi] = images
+            bulk(lo, hi)
             self.seeds[lo:hi] = seeds
-            if self.masks is not None and masks is not None:
-                self.masks[lo:hi] = masks
             if self.labels is not None and labels is not None:
                 self.labels[lo:hi] = labels
             if self.prompts is not None:
@@ -175,6 +200,13 @@ class SampleWriter:
         if not all(isinstance(t, str) for t in prompts):
             raise ValueError("each prompt must be text")
         return list(prompts)
+
+    def drop_attrs(self, *names: str) -> None:
+        """Remove root attributes that marked the file as unfinished work (see `attrs`) before it is closed."""
+        with self._failing():
+            for name in names:
+                if name in self.f.attrs:
+                    del self.f.attrs[name]
 
     def set_metrics(self, figures: dict[str, float], summary: dict | None = None) -> None:
         with self._failing():
@@ -221,8 +253,27 @@ class SampleWriter:
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.close()
+        elif self.keep_on_error and self.count and self.f is not None and self.f.id.valid:
+            with contextlib.suppress(OSError):
+                self.f.close()  # every sample it counts is whole; the temporary name says it is unfinished
+            self._lock.close()
         else:
             self._abort()
+
+
+def _copy_rows(src: h5py.Dataset, start: int, stop: int, dst: h5py.Dataset, at: int) -> None:
+    """Rows start..stop-1 of `src` into `dst` from row `at`: chunk by chunk as stored where both keep one sample
+    per chunk with the same filters (what SampleWriter writes), else decoded and written again."""
+    same = (src.chunks == dst.chunks and src.chunks is not None and src.chunks[0] == 1 and src.dtype == dst.dtype
+            and src.shape[1:] == dst.shape[1:] and src.compression == dst.compression
+            and src.compression_opts == dst.compression_opts and src.shuffle == dst.shuffle)
+    if not same:
+        dst[at:at + stop - start] = src[start:stop]
+        return
+    rest = (0,) * (dst.ndim - 1)
+    for k in range(stop - start):
+        mask, data = src.id.read_direct_chunk((start + k, *rest))
+        dst.id.write_direct_chunk((at + k, *rest), data, mask)
 
 
 def write_image_set(path: str | Path, s: ImageSet, *, overwrite: bool = False) -> Path:
