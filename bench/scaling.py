@@ -80,7 +80,7 @@ def main() -> None:
                    "--batch", str(args.batch), "--device", args.device)
             train = training_rate(run, args.batch, n)
             out = Path(tmp) / f"s{n}.h5"
-            r, wall = launch(n, "sample", str(run), "--n", str(args.samples), "--out", str(out), "--steps",
+            r, wall = launch(n, "sample", str(run), "--num-samples", str(args.samples), "--out", str(out), "--steps",
                              str(args.sampler_steps), "--device", args.device, "--batch", "32")
             sample, how = sampling_rate(r.stdout + r.stderr, args.samples, wall)
             rows.append((n, train, sample, how))
