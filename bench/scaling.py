@@ -13,6 +13,9 @@ this one run, so the figures compare on the same machine:
 - sampling: samples per second as `medsynth sample` reports it (the sampling loop, model loading left out);
 - efficiency: throughput at P / (P × throughput at 1). On this 2-core machine two processes share the cores one
   process already uses, so a gain is not expected there; on P GPUs each process has its own.
+
+The process counts are run in turn `--repeats` times (1, 2, 1, 2, ...) and each keeps its best figure: on a shared
+machine another user's burst otherwise lands on one count and not the other.
 """
 
 from __future__ import annotations
@@ -66,24 +69,28 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="images per process per step")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--sampler-steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
 
     from engine.data.phantoms import make_phantoms
     from engine.io.medsynth_writer import write_image_set
 
-    rows = []
+    best: dict[int, tuple[float, float, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = write_image_set(Path(tmp) / "phantoms.h5", make_phantoms(128, size=32))
-        for n in args.processes:
-            run = Path(tmp) / f"run{n}"
-            launch(n, "train", str(data), "--out", str(run), "--preset", args.preset, "--steps", str(args.steps),
-                   "--batch", str(args.batch), "--device", args.device)
-            train = training_rate(run, args.batch, n)
-            out = Path(tmp) / f"s{n}.h5"
-            r, wall = launch(n, "sample", str(run), "--num-samples", str(args.samples), "--out", str(out), "--steps",
-                             str(args.sampler_steps), "--device", args.device, "--batch", "32")
-            sample, how = sampling_rate(r.stdout + r.stderr, args.samples, wall)
-            rows.append((n, train, sample, how))
+        for attempt in range(args.repeats):
+            for n in args.processes:
+                run = Path(tmp) / f"run{n}-{attempt}"
+                launch(n, "train", str(data), "--out", str(run), "--preset", args.preset, "--steps", str(args.steps),
+                       "--batch", str(args.batch), "--device", args.device)
+                train = training_rate(run, args.batch, n)
+                out = Path(tmp) / f"s{n}-{attempt}.h5"
+                r, wall = launch(n, "sample", str(run), "--num-samples", str(args.samples), "--out", str(out),
+                                 "--steps", str(args.sampler_steps), "--device", args.device, "--batch", "32")
+                sample, how = sampling_rate(r.stdout + r.stderr, args.samples, wall)
+                old = best.get(n, (0.0, 0.0, how))
+                best[n] = (max(old[0], train), max(old[1], sample), how)
+    rows = [(n, *best[n]) for n in args.processes]
     base_t, base_s = rows[0][1], rows[0][2]
     print(f"\n{args.preset} on {args.device}: training {args.steps} steps × batch {args.batch} per process; "
           f"{args.samples} samples × {args.sampler_steps} sampler steps")
