@@ -161,11 +161,14 @@ class Parts:
 
 def load(source: Source) -> Parts:
     """The model's parts on the CPU in float32, frozen; a part that cannot be read is one line naming it."""
+    import diffusers
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    transformers.logging.disable_progress_bar()  # the job's own progress speaks; a console bar would interleave
+    # The job's own progress speaks; the libraries' bars would interleave with it on a console.
+    transformers.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
     with offline():
         try:
             tokenizer = CLIPTokenizer.from_pretrained(source.folder, subfolder="tokenizer", local_files_only=True)
