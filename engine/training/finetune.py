@@ -17,7 +17,7 @@ from engine.data.prompts import training_prompts
 from engine.errors import InputError
 from engine.jobs import Emit, Message, Progress, Requests
 from engine.models import stable_diffusion as sd
-from engine.training.train import TrainJob, _Run
+from engine.training.train import RunState, TrainJob
 
 # Prompts recorded with the run, for the Generate panel's history; a prompts.csv of thousands keeps its first ones.
 RECORDED_PROMPTS = 200
@@ -47,10 +47,10 @@ class FinetuneJob(TrainJob):
     def _preview_labels(self, n: int) -> torch.Tensor:
         return torch.arange(n) % max(len(self.prompts) - 1, 1)
 
-    def _decode(self, run: _Run, x: torch.Tensor) -> torch.Tensor:
+    def _decode(self, run: RunState, x: torch.Tensor) -> torch.Tensor:
         return sd.decode_latents(self.parts, x, self.cfg.facts.image_channels)
 
-    def _extra_weights(self, run: _Run) -> dict[str, Any] | None:
+    def _extra_weights(self, run: RunState) -> dict[str, Any] | None:
         return None  # the VAE and text encoder are the pretrained model's, read from its files
 
     def _load_model(self, emit: Emit) -> sd.Parts:
@@ -76,7 +76,7 @@ class FinetuneJob(TrainJob):
                      f"native size {parts.native_size} px, {cfg.train.objective} objective"))
         return parts
 
-    def _set_up(self, emit: Emit) -> _Run:
+    def _set_up(self, emit: Emit) -> RunState:
         self.parts = self._load_model(emit)
         run = super()._set_up(emit)
         self.prompts, index = prompt_table(training_prompts(run.data, self.cfg.pretrained.prompt_template,
@@ -88,7 +88,7 @@ class FinetuneJob(TrainJob):
             self.folder.write_facts(run.facts)
         return run
 
-    def _latent_stage(self, run: _Run, emit: Emit, requests: Requests) -> None:
+    def _latent_stage(self, run: RunState, emit: Emit, requests: Requests) -> None:
         """The training set into the model's latent space, once: the VAE is frozen, so every step would encode
         the same images again."""
         emit(Progress("encode", 0, 1))
@@ -96,14 +96,14 @@ class FinetuneJob(TrainJob):
         run.x_all = sd.encode_images(self.parts, run.x_all).to(run.acc.device)
         run.ae = self.parts.vae
 
-    def _network(self, run: _Run) -> torch.nn.Module:
+    def _network(self, run: RunState) -> torch.nn.Module:
         p = self.cfg.pretrained
         sd.add_lora(self.parts, p.lora_rank, p.train_text_encoder)
         if self.cfg.train.gradient_checkpointing:
             self.parts.unet.enable_gradient_checkpointing()
         return sd.PromptedUNet(self.parts, self.prompts, p.train_text_encoder)
 
-    def _announce(self, run: _Run, emit: Emit) -> None:
+    def _announce(self, run: RunState, emit: Emit) -> None:
         p = self.cfg.pretrained
         what = f"LoRA rank {p.lora_rank} adapters" if p.lora_rank else "the whole UNet"
         trained = sum(q.numel() for q in run.net.parameters() if q.requires_grad)

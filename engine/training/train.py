@@ -88,7 +88,7 @@ def data_summary(data: ImageSet, cfg: RunConfig, params: int) -> str:
 
 
 @dataclass
-class _Run:
+class RunState:
     """What set-up hands to the later stages of one run."""
 
     acc: Any
@@ -220,7 +220,7 @@ class TrainJob:
         """Whether the training set moves into a latent space before the diffusion model trains."""
         return self.cfg.autoencoder.enabled
 
-    def _network(self, run: _Run) -> torch.nn.Module:
+    def _network(self, run: RunState) -> torch.nn.Module:
         return build_model(self.cfg)
 
     def _null(self) -> int | None:
@@ -230,11 +230,11 @@ class TrainJob:
     def _preview_labels(self, n: int) -> torch.Tensor | None:
         return None if self._null() is None else torch.arange(n) % max(self.cfg.facts.num_classes, 1)
 
-    def _decode(self, run: _Run, x: torch.Tensor) -> torch.Tensor:
+    def _decode(self, run: RunState, x: torch.Tensor) -> torch.Tensor:
         """Samples of the diffusion model back to normalised pixels."""
         return autoencoder.decode(run.ae, x, run.facts["latent_scale"])
 
-    def _extra_weights(self, run: _Run) -> dict[str, Any] | None:
+    def _extra_weights(self, run: RunState) -> dict[str, Any] | None:
         """Weight files a checkpoint carries besides the network's: a latent model's autoencoder."""
         return {"autoencoder": run.ae.state_dict()} if run.latent else None
 
@@ -299,7 +299,7 @@ class TrainJob:
             "config": public_config(cfg.to_dict()),
         }
 
-    def _set_up(self, emit: Emit) -> _Run:
+    def _set_up(self, emit: Emit) -> RunState:
         """Data, normalisation, device and memory check, Accelerate, tensors; config and facts written."""
         from accelerate import Accelerator
 
@@ -324,10 +324,10 @@ class TrainJob:
         if acc.is_main_process:
             self.folder.write_config(cfg)
             self.folder.write_facts(facts)
-        return _Run(acc, data, norm, state, facts, *on_device)
+        return RunState(acc, data, norm, state, facts, *on_device)
 
     # -- stage 1 ----------------------------------------------------------------------------
-    def _latent_stage(self, run: _Run, emit: Emit, requests: Requests) -> None:
+    def _latent_stage(self, run: RunState, emit: Emit, requests: Requests) -> None:
         """Train (or load) the autoencoder and move the training set into its latent space; a stop during stage 1
         raises Cancelled with the run's figures, its checkpoint saved."""
         cfg, acc = self.cfg, run.acc
@@ -359,7 +359,7 @@ class TrainJob:
         return None
 
     # -- model ------------------------------------------------------------------------------
-    def _build_model(self, run: _Run) -> None:
+    def _build_model(self, run: RunState) -> None:
         """The network, its EMA and optimizer, restored from the checkpoint when resuming."""
         tc, acc = self.cfg.train, run.acc
         torch.manual_seed(tc.seed)
@@ -388,7 +388,7 @@ class TrainJob:
         run.levels = noise_levels(tc, run.x_all.shape[2:]).to(acc.device)
 
     # -- the loop ---------------------------------------------------------------------------
-    def _announce(self, run: _Run, emit: Emit) -> None:
+    def _announce(self, run: RunState, emit: Emit) -> None:
         cfg, tc, acc = self.cfg, self.cfg.train, run.acc
         world = acc.num_processes
         # The gradients of the processes' batches are averaged: the learning rate acts on the global batch.
@@ -399,7 +399,7 @@ class TrainJob:
                      f"{f' (latent {diffusion_size(cfg)})' if run.latent else ''}, steps {run.start}->"
                      f"{tc.steps}; global batch {tc.batch * world}{split}; lr {format_lr(tc.lr)}"))
 
-    def _train_step(self, run: _Run, step: int) -> tuple[torch.Tensor, float]:
+    def _train_step(self, run: RunState, step: int) -> tuple[torch.Tensor, float]:
         """One optimizer step on the batch of `step`; returns its loss and learning rate."""
         tc, acc = self.cfg.train, run.acc
         g = step_generator(tc.seed, step, acc.process_index, acc.num_processes)
@@ -415,7 +415,7 @@ class TrainJob:
         run.ema.update(step)
         return loss, lr
 
-    def _loop(self, run: _Run, emit: Emit, requests: Requests) -> tuple[int, bool, float]:
+    def _loop(self, run: RunState, emit: Emit, requests: Requests) -> tuple[int, bool, float]:
         """Train from run.start to the configured step count; returns (step, cancelled, last logged loss)."""
         cfg, tc, acc = self.cfg, self.cfg.train, run.acc
         self._announce(run, emit)
@@ -446,7 +446,7 @@ class TrainJob:
             log.close()
         return step, was_cancelled, meter.loss
 
-    def _save(self, run: _Run, step: int, emit: Emit) -> Path | None:
+    def _save(self, run: RunState, step: int, emit: Emit) -> Path | None:
         run.saved = step
         if not run.acc.is_main_process:
             return None
@@ -456,7 +456,7 @@ class TrainJob:
         emit(Checkpoint(step, str(path)))
         return path
 
-    def _preview(self, run: _Run, step: int, emit: Emit, requests: Requests) -> None:
+    def _preview(self, run: RunState, step: int, emit: Emit, requests: Requests) -> None:
         """A few samples from the EMA weights, shown in the app while training goes on."""
         cfg, tc, net = self.cfg, self.cfg.train, run.net
         dims = max(cfg.facts.spatial_dims, 2)
@@ -490,7 +490,7 @@ class TrainJob:
         emit(Preview(step, images))
 
     # -- finish -----------------------------------------------------------------------------
-    def _finish(self, run: _Run, step: int, was_cancelled: bool, loss: float, emit: Emit,
+    def _finish(self, run: RunState, step: int, was_cancelled: bool, loss: float, emit: Emit,
                 requests: Requests) -> dict[str, Any]:
         """The final preview and checkpoint, then the run's figures (raised with Cancelled after a stop)."""
         acc = run.acc
