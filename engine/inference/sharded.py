@@ -59,6 +59,7 @@ class ShardedRun:
                       "main_process": ranks.main}
             if plan.whole:
                 emit(Message(f"{job.out} already holds all {job.n} samples"))
+                ranks.close()
                 return {**result, "seconds": 0.0}
             emit(job.start_message(d, ranks.size))
             if plan.done_before:
@@ -75,6 +76,7 @@ class ShardedRun:
             if stopped:
                 result.update(n=plan.done_before + drawn, shards=str(shards.folder(job.out)))
                 job.finish(d, result, redrawn, still_wrong, emit)
+                ranks.close()
                 raise Cancelled("sampling stopped", result)
 
             def merge() -> None:
@@ -85,7 +87,9 @@ class ShardedRun:
 
             ranks.from_main(merge)
             result["seconds"] = time.perf_counter() - t0
-            return job.finish(d, result, redrawn, still_wrong, emit)
+            done = job.finish(d, result, redrawn, still_wrong, emit)
+            ranks.close()
+            return done
 
     def _plan(self, identity: dict[str, Any]) -> Plan:
         """The main process's look at what earlier attempts left (a resume), or a clean start."""

@@ -62,6 +62,21 @@ class Ranks:
             raise PeerLost(str(exc)) from exc
         return t.tolist()
 
+    def close(self) -> None:
+        """Every process waits for the others, then leaves the group. A process that exits while another is still
+        in the group made gloo abort it at exit ("terminate called without an active exception", exit -6)."""
+        if self.size == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            try:
+                dist.barrier()
+            except RuntimeError as exc:
+                raise PeerLost(str(exc)) from exc
+            finally:
+                dist.destroy_process_group()
+
     def from_main(self, work: Callable[[], T]) -> T:
         """`work()` done by the main process alone, its answer given to every process; a refusal (InputError)
         there is the same refusal everywhere, any other failure a RuntimeError elsewhere, so no process waits
