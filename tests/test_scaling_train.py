@@ -93,6 +93,28 @@ def test_too_many_processes_or_a_launch_inside_a_launch_is_one_line(tmp_path, ca
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_bad_input_is_refused_before_the_processes_start(tmp_path, capsys, monkeypatch):
+    """A missing file, a bad setting or a folder that is no run is one line at once, not after N start-ups."""
+    def no_launch(*a, **k):
+        raise AssertionError("the launcher was started")
+
+    monkeypatch.setattr(launch, "launch_command", no_launch)
+    data, _ = tiny_cli_setup(tmp_path, 8, "log_every = 1")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nlr = "fast"\n')
+    cases = [
+        (["train", str(tmp_path / "nothere.h5"), "--out", str(tmp_path / "run")], "nothere.h5: does not exist"),
+        (["train", str(data), "--out", str(tmp_path / "run"), "--config", str(bad)], "bad.toml: train.lr"),
+        (["train", "--resume", "--out", str(tmp_path)], "is not a training run to resume"),
+        (["sample", str(tmp_path / "norun"), "--n", "2", "--out", str(tmp_path / "s.h5")], "norun: does not exist"),
+    ]
+    for argv, words in cases:
+        assert main([*argv, "--num-processes", "2", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s.h5").exists()
+
+
 # What `accelerate launch` printed here when both processes refused a missing file (exit code 2).
 LAUNCHER_AFTER_BAD_INPUT = """medsynth: error: nothere.h5: does not exist
 medsynth: error: nothere.h5: does not exist
