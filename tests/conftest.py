@@ -79,17 +79,19 @@ def tiny_cli_setup(folder, n: int, train: str):
 COPIES = (4, 17, 31)  # synthetic indices that are copies of training images 10, 20, 30
 
 
-def make_evaluation_files(root):
+def make_evaluation_files(root, n_train: int = 120, n_test: int = 40, n_synth: int = 48,
+                          copies: dict[int, int] | None = None):
     """Training, held-out and "synthetic" phantom files for evaluation tests. The synthetic file is a
-    fresh phantom draw (a perfect generator) with three planted copies of training images."""
+    fresh phantom draw (a perfect generator) with planted copies of training images, {synthetic index: training
+    index} (COPIES' three by default)."""
     from engine.io.medsynth_writer import SampleWriter, write_image_set
 
-    train = make_phantoms(120, size=32, seed=0)
+    train = make_phantoms(n_train, size=32, seed=0)
     train_path = write_image_set(root / "train.h5", train)
-    test_path = write_image_set(root / "test.h5", make_phantoms(40, size=32, seed=5000))
-    synth = make_phantoms(48, size=32, seed=9000)
-    for k, i in enumerate(COPIES):
-        src = 10 * (k + 1)
+    test_path = write_image_set(root / "test.h5", make_phantoms(n_test, size=32, seed=5000))
+    synth = make_phantoms(n_synth, size=32, seed=9000)
+    copies = {i: 10 * (k + 1) for k, i in enumerate(COPIES)} if copies is None else copies
+    for i, src in copies.items():
         synth.images[i], synth.masks[i], synth.labels[i] = train.images[src], train.masks[src], train.labels[src]
     synth_path = root / "synth.h5"
     with SampleWriter(synth_path, len(synth), synth.images.shape[1:], masks=True, labels=True,
@@ -124,6 +126,19 @@ def open_main_window(qtbot, tmp_path, monkeypatch, size: tuple[int, int] | None 
         win.show()
         qtbot.waitExposed(win)
     return win
+
+
+@pytest.fixture
+def gallery(qtbot):
+    """The gallery in a shown window of a fixed size, for the gallery tests."""
+    from medsynth_gui.gallery import Gallery
+
+    g = Gallery()
+    qtbot.addWidget(g)
+    g.resize(900, 640)
+    g.show()
+    qtbot.waitExposed(g)
+    return g
 
 
 class StopAfter(Requests):

@@ -34,16 +34,6 @@ def prompted_phantoms(n: int = 24, size: int = 48):
     return s
 
 
-@pytest.fixture
-def gallery(qtbot):
-    g = Gallery()
-    qtbot.addWidget(g)
-    g.resize(900, 640)
-    g.show()
-    qtbot.waitExposed(g)
-    return g
-
-
 def tooltip(g: Gallery, row: int) -> str:
     return g.model.data(g.model.index(row), Qt.ItemDataRole.ToolTipRole)
 

@@ -27,16 +27,6 @@ def phantoms32():
     return make_phantoms(64, size=32, seed=5)
 
 
-@pytest.fixture
-def gallery(qtbot):
-    g = Gallery()
-    qtbot.addWidget(g)
-    g.resize(900, 640)
-    g.show()
-    qtbot.waitExposed(g)
-    return g
-
-
 def double_click(qtbot, view, pos) -> None:
     # Qt 6's item views act on a double-click only after a press on the same item.
     qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)

@@ -33,6 +33,7 @@ from engine.io.medsynth_h5 import (
 )
 from engine.io.medsynth_writer import SampleWriter, write_image_set
 from medsynth.cli import main
+from tests.test_h5_hostile import hostile
 
 ROOT = Path(__file__).resolve().parents[1]
 # Two findings in other languages and scripts, an empty prompt, and text that looks like markup.
@@ -135,14 +136,6 @@ def test_info_counts_the_distinct_prompts(tmp_path):
 
 
 # -- hostile files --------------------------------------------------------------------------------------------------
-def hostile(good: Path, folder: Path, name: str, mutate: Callable[[h5py.File], None]) -> Path:
-    path = folder / f"{name}.h5"
-    shutil.copy(good, path)
-    with h5py.File(path, "r+") as f:
-        mutate(f)
-    return path
-
-
 def refused(capsys, argv: list[str], folder: Path, *words: str) -> None:
     """The CLI in-process: exit 2, one stderr line naming the file and the fault, nothing new in `folder`."""
     capsys.readouterr()

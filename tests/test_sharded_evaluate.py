@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data.phantoms import make_phantoms
 from engine.evaluation.sharding import TOGETHER, Shards
 from engine.evaluation.stages import Stage
-from engine.io.medsynth_writer import SampleWriter, write_image_set
 from medsynth.cli import main
+from tests.conftest import make_evaluation_files
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -43,19 +42,7 @@ COPIES = {2: 5, 11: 20}
 def _files(root: Path) -> tuple[Path, Path, Path]:
     """Training, held-out and synthetic phantoms, the synthetic set a fresh draw with two planted copies. 19
     samples: the two processes' blocks differ in size, and a feature network's batches of 8 do not divide them."""
-    train = make_phantoms(40, size=32, seed=0)
-    train_path = write_image_set(root / "train.h5", train)
-    test_path = write_image_set(root / "test.h5", make_phantoms(16, size=32, seed=5000))
-    synth = make_phantoms(19, size=32, seed=9000)
-    for i, src in COPIES.items():
-        synth.images[i], synth.masks[i], synth.labels[i] = train.images[src], train.masks[src], train.labels[src]
-    synth_path = root / "synth.h5"
-    with SampleWriter(synth_path, len(synth), synth.images.shape[1:], masks=True, labels=True,
-                      class_names=synth.class_names, label_names=synth.label_names,
-                      normalisation={"modality": "MR", "lo": 0.0, "hi": 1000.0, "units": "a.u."},
-                      config={"data": {"path": str(train_path)}}) as w:
-        w.append(synth.images, np.arange(len(synth)), synth.masks, synth.labels)
-    return train_path, test_path, synth_path
+    return make_evaluation_files(root, n_train=40, n_test=16, n_synth=19, copies=COPIES)[1:]
 
 
 def _metrics(path: Path) -> tuple[dict, dict, np.ndarray, np.ndarray]:

@@ -128,20 +128,24 @@ def in_ranks(argv: list[str], world: int = 2, before=None, timeout: float = 90.0
     return ends
 
 
-def _on_rank(rank: int, act):
-    """A `before` that makes SampleWriter.append on `rank` call `act()` just before its second call: the rank has
-    written its first shard batch and is about to write the next."""
-    def before(r: int) -> None:
-        if r != rank:
-            return
-        real, calls = SampleWriter.append, [0]
+def _before_append(call: int, act) -> None:
+    """SampleWriter.append calls `act()` just before its `call`-th call in this (forked) process."""
+    real, calls = SampleWriter.append, [0]
 
-        def append(self, *a, **kw):
-            calls[0] += 1
-            if calls[0] == 2:
-                act()
-            return real(self, *a, **kw)
-        SampleWriter.append = append
+    def append(self, *a, **kw):
+        calls[0] += 1
+        if calls[0] == call:
+            act()
+        return real(self, *a, **kw)
+    SampleWriter.append = append
+
+
+def _on_rank(rank: int, act):
+    """A `before` that makes `rank` call `act()` when it has written its first shard batch and is about to write
+    the next."""
+    def before(r: int) -> None:
+        if r == rank:
+            _before_append(2, act)
     return before
 
 
@@ -247,14 +251,7 @@ def test_one_process_killed_mid_run_resumes_from_its_partial_file(tiny_run, refe
     out = tmp_path / "p.h5"
 
     def work():
-        real, calls = SampleWriter.append, [0]
-
-        def append(self, *a, **kw):
-            calls[0] += 1
-            if calls[0] == 3:
-                kill_me()
-            return real(self, *a, **kw)
-        SampleWriter.append = append
+        _before_append(3, kill_me)
         return cli(sample_args(tiny_run, out))
 
     assert in_child(work, timeout=60).killed
