@@ -61,36 +61,18 @@ class TqdmView:
         self.bars.clear()
 
 
-# SIGTERM: what SLURM and systemd send before they kill; SIGUSR1: what `#SBATCH --signal=USR1@120` sends ahead
-# of a pre-emption. Both stop cleanly and save, as the first Ctrl-C does.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else (signal.SIGTERM,)
-
-
 def run_job(job: Job, view: TqdmView) -> Done:
     """Run a job in the foreground; the first Ctrl-C, or a SIGTERM / SIGUSR1, asks it to stop cleanly (as the app's
     Stop does), a second Ctrl-C kills."""
+    from engine.runtime.stop_signals import stopping_on_signals
+
     requests = Requests()
     # Under a launcher every process gets the signal; one of them says so.
     say = view.write if os.environ.get("RANK", "0") == "0" else (lambda text: None)
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if requests.stop_asked():
-            raise KeyboardInterrupt
-        requests.stop()
-        say("stopping after this step (Ctrl-C again to abort without saving)...")
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        requests.stop()
-        say("terminated: stopping after this step and keeping what is done...")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    previous_stop = {sig: signal.signal(sig, on_sigterm) for sig in STOP_SIGNALS}
     try:
-        return execute(job, view, requests)
+        with stopping_on_signals(requests, say):
+            return execute(job, view, requests)
     finally:
-        signal.signal(signal.SIGINT, previous)
-        for sig, handler in previous_stop.items():
-            signal.signal(sig, handler)
         view.close()
 
 
@@ -141,6 +123,7 @@ def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import subprocess
 
     from engine.runtime import launch
+    from engine.runtime.stop_signals import STOP_SIGNALS, STOPPED_LAUNCHER_CODES
 
     device = getattr(args, "device", None) or "auto"
     gpus = launch.local_gpus() if device != "cpu" else 0
@@ -171,7 +154,7 @@ def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     rest, rc = shown.finish(rc)
     sys.stderr.write(rest)
     # The launcher ends with 128 + the signal it passed on to the processes, which stopped and saved.
-    return EXIT_CANCELLED if rc in {128 + sig for sig in (signal.SIGINT, *STOP_SIGNALS)} else rc
+    return EXIT_CANCELLED if rc in STOPPED_LAUNCHER_CODES else rc
 
 
 def exit_code(done: Done) -> int:

@@ -20,12 +20,13 @@ from engine.evaluation.stages import Stage
 from engine.inference.sample import SampleJob
 from engine.io.medsynth_writer import write_image_set
 from engine.jobs import Cancelled, Checkpoint, Done, Event, Job, Preview, Progress, Requests, execute
+from engine.runtime.launched_job import LaunchedJob
 from engine.training.finetune import FinetuneJob
 from engine.training.train import TrainJob
 from tests.conftest import StopAfter, make_evaluation_files, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-JOBS = (TrainJob, FinetuneJob, SampleJob, EvaluateJob, DemoJob)
+JOBS = (TrainJob, FinetuneJob, SampleJob, EvaluateJob, DemoJob, LaunchedJob)
 
 
 def test_every_job_class_is_known_here():
