@@ -3,6 +3,7 @@ seed → an HDF5 file that fills live."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from PySide6.QtCore import Signal
@@ -33,6 +34,7 @@ from medsynth_gui.labels import WrapLabel
 from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.pretrained_box import in_words
+from medsynth_gui.panels.processes_combo import ProcessesCombo
 from medsynth_gui.panels.prompt_box import PromptCombo, negative_edit
 from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import fresh_name, path_row
@@ -88,11 +90,7 @@ class GeneratePanel(JobPanel):
         self.redraw_check.setToolTip("Only where the classes count what the mask shows (\"1 lesion\", \"2 lesions\"): "
                                      "such a sample would carry a label that lies. Costs extra time.")
         form.addRow("", self.redraw_check)
-        self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("output .h5 file")
-        out_btn = QPushButton("Save as…")
-        out_btn.clicked.connect(self._pick_out)
-        form.addRow("Output", path_row(self.out_edit, out_btn))
+        self._build_output(form)
         self._show_text_fields()
         outer.addWidget(box)
         row = QHBoxLayout()
@@ -104,6 +102,17 @@ class GeneratePanel(JobPanel):
         outer.addWidget(self.status)
         outer.addWidget(self.error)
         outer.addStretch(1)
+
+    def _build_output(self, form: QFormLayout) -> None:
+        """Where the samples go, and on a machine with several GPUs, on how many they are drawn."""
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("output .h5 file")
+        out_btn = QPushButton("Save as…")
+        out_btn.clicked.connect(self._pick_out)
+        form.addRow("Output", path_row(self.out_edit, out_btn))
+        self.gpus_combo = ProcessesCombo()
+        form.addRow("GPUs", self.gpus_combo)
+        form.setRowVisible(self.gpus_combo, self.gpus_combo.offered)
 
     def _build_prompt(self, form: QFormLayout) -> None:
         """Shown for a model fine-tuned from text only."""
@@ -197,13 +206,13 @@ class GeneratePanel(JobPanel):
         try:
             from engine.inference.sample import SampleJob  # diffusers and torch: loaded when first needed
 
-            job = SampleJob(self.ckpt_edit.text().strip(), self.n_spin.value(), out, overwrite=replace,
-                            sampler_name=self.sampler.value(), steps=self.steps_spin.value(),
-                            seed=self.seed_spin.value(), class_index=class_index,
-                            class_mix=class_mix, guidance=self.guidance.value(),
-                            batch=16, redraw_mismatches=self.redraw_check.isChecked(),
-                            prompts=[prompt] if prompt else None,
-                            negative_prompt=self.negative_edit.text().strip() if self._text_model else "")
+            recipe = functools.partial(
+                SampleJob, self.ckpt_edit.text().strip(), self.n_spin.value(), out, overwrite=replace,
+                sampler_name=self.sampler.value(), steps=self.steps_spin.value(), seed=self.seed_spin.value(),
+                class_index=class_index, class_mix=class_mix, guidance=self.guidance.value(), batch=16,
+                redraw_mismatches=self.redraw_check.isChecked(), prompts=[prompt] if prompt else None,
+                negative_prompt=self.negative_edit.text().strip() if self._text_model else "")
+            job = recipe()
         except InputError as exc:
             self._on_failed(in_words(exc))
             return
@@ -213,7 +222,7 @@ class GeneratePanel(JobPanel):
         self.progress.setValue(0)
         self._announced = False
         self._out = out
-        self.launch(job, "Loading the model…")
+        self.launch_on(recipe, job, "Loading the model…", self.gpus_combo.processes(), self.gpus_combo.gpus)
 
     def _may_replace(self, path: Path) -> bool:
         """As a Save dialog asks: the file's samples would be lost, so only on a clear Replace."""

@@ -8,7 +8,7 @@ fit and react to the job's events and result in _on_event and _on_done.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from PySide6.QtWidgets import QProgressBar, QPushButton, QWidget
 
@@ -51,6 +51,18 @@ class JobPanel(QWidget):
     def launch(self, job: Job, status: str) -> None:
         self.status.setText(status)
         self.runner.start(job)
+
+    def launch_on(self, recipe: Callable[[], Job], job: Job, status: str, processes: int, gpus: int,
+                  device: str = "auto") -> None:
+        """Launch `job` here, or with several `processes` the job `recipe` builds, as that many processes on
+        this machine's `gpus` (or its CPU when `device` says so); their main process reports here."""
+        if processes > 1:
+            from engine.runtime.launch import on_cpu
+            from engine.runtime.launched_job import LaunchedJob
+
+            job = LaunchedJob(recipe, processes, cpu=on_cpu(device, gpus))
+            status = f"Starting {job.where()}…"
+        self.launch(job, status)
 
     def stop(self) -> None:
         """Ask the running job to stop; it ends at its next step and reports what it kept."""

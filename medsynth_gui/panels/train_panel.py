@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from medsynth_gui.panels.choice_combo import ChoiceCombo
 from medsynth_gui.panels.job_panel import JobPanel
 from medsynth_gui.panels.loss_plot import LossPlot
 from medsynth_gui.panels.pretrained_box import PretrainedBox, in_words
+from medsynth_gui.panels.processes_combo import ProcessesCombo
 from medsynth_gui.panels.ranged import ranged
 from medsynth_gui.panels.widgets import path_row
 
@@ -112,7 +114,8 @@ class TrainPanel(JobPanel):
                                 self.ae_steps_spin,
                                 self.batch_spin, self.lr_spin, self.loss_combo, self.objective_combo, self.size_spin,
                                 self.mask_combo,
-                                self.classes_check, self.device_combo, *self.pretrained.widgets()),
+                                self.classes_check, self.device_combo, self.gpus_combo,
+                                *self.pretrained.widgets()),
                           running=(self.sample_btn, self.save_btn))
 
     def _build_paths(self, form: QFormLayout) -> None:
@@ -154,6 +157,7 @@ class TrainPanel(JobPanel):
         self.classes_check = QCheckBox("class-conditional (when the data has labels)")
         self.mask_combo = ChoiceCombo(MaskMode)
         self.device_combo = ChoiceCombo(Device)
+        self.gpus_combo = ProcessesCombo()
         # Shown for latent presets only: how long stage 1 trains before the diffusion model starts.
         self.ae_steps_spin = ranged(QSpinBox(maximum=10_000_000, singleStep=100), spec("autoencoder", "steps"))
         self.ae_steps_spin.setToolTip("Stage 1 of a latent preset: the autoencoder's training steps, before the "
@@ -169,6 +173,8 @@ class TrainPanel(JobPanel):
         form.addRow("Masks", self.mask_combo)
         form.addRow("", self.classes_check)
         form.addRow("Device", self.device_combo)
+        form.addRow("GPUs", self.gpus_combo)
+        form.setRowVisible(self.gpus_combo, self.gpus_combo.offered)
 
     def _build_buttons(self) -> QHBoxLayout:
         buttons = QHBoxLayout()
@@ -328,12 +334,13 @@ class TrainPanel(JobPanel):
         from engine.training.jobs import train_job  # torch, diffusers, accelerate: loaded when first needed
 
         try:
-            job = train_job(self.config(), self.run_edit.text().strip(), preview_at_end=True)
+            recipe = functools.partial(train_job, self.config(), self.run_edit.text().strip(), preview_at_end=True)
+            job = recipe()
         except InputError as exc:
             self.show_error(in_words(exc))
             return
         self._reset_plot()
-        self._launch(job, 0)
+        self._launch(recipe, job, 0)
 
     def resume(self) -> None:
         self.show_error("")
@@ -345,21 +352,23 @@ class TrainPanel(JobPanel):
         run = RunDir(self.run_edit.text().strip())
         try:
             step = run.resume_step()
-            job = train_job(None, run.path, resume=True, steps=max(self.steps_spin.value(), step),
-                            preview_at_end=True)
+            recipe = functools.partial(train_job, None, run.path, resume=True,
+                                       steps=max(self.steps_spin.value(), step), preview_at_end=True)
+            job = recipe()
         except InputError as exc:
             self.show_error(in_words(exc))
             return
         self._reset_plot()
         self.plot.add((row["step"], row["loss"]) for row in run.loss_rows(upto=step))
-        self._launch(job, step)
+        self._launch(recipe, job, step)
 
-    def _launch(self, job: TrainJob, step: int) -> None:
+    def _launch(self, recipe: Callable[[], TrainJob], job: TrainJob, step: int) -> None:
         self.progress.setRange(0, job.cfg.train.steps)
         self.progress.setValue(step)
         self._t_start, self._step_start = time.monotonic(), step
         self.save_settings()
-        self.launch(job, "Loading data…")
+        self.launch_on(recipe, job, "Loading data…", self.gpus_combo.processes(), self.gpus_combo.gpus,
+                       self.device_combo.value())
 
     def stop(self) -> None:
         if self.runner.running:
@@ -446,6 +455,8 @@ class TrainPanel(JobPanel):
         if r.get("stage") == "autoencoder":
             # No diffusion checkpoint yet: nothing to generate from, and Resume goes on in stage 1.
             self.status.setText(f"{verb} in stage 1 (the autoencoder); Resume goes on from its last checkpoint")
+        elif r.get("step") is None:
+            self.status.setText(f"{verb} before training began")
         else:
             self.status.setText(f"{verb} at step {r.get('step')}{loss_text}{saved}")
         if r.get("seconds"):
