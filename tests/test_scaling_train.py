@@ -258,3 +258,18 @@ def test_each_process_batch_comes_from_the_checkpoint_not_config_json(tmp_path, 
     state = _state(RunDir(run).latest())
     assert state["step"] == 4 and state["global_batch"] == 8 and state["config"]["train"]["batch"] == 8
     assert any("global batch 8; lr" in getattr(ev, "text", "") for ev in said)
+
+
+def test_a_launch_that_shards_the_model_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, phantoms16):
+    """`accelerate launch` with a user's FSDP or DeepSpeed config sets these in each process; MedSynth trains with
+    DDP, and the main process saving alone would wait forever for the others' shards."""
+    data, cfg = tiny_cli_setup(tmp_path, 8, "log_every = 1")
+    for name in launch.SHARDING_ENV:
+        monkeypatch.setenv(name, "true")
+        assert main(["train", str(data), "--out", str(tmp_path / "run"), "--config", str(cfg), "--steps", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "MedSynth does not train with" in err and "--multi_gpu" in err
+        assert launch.SHARDING_ENV[name] in err
+        assert not (tmp_path / "run").exists()
+        monkeypatch.setenv(name, "false")
+    launch.check_replicated()  # "false", as accelerate writes it for a DDP config: nothing to refuse

@@ -33,6 +33,21 @@ def under_launcher() -> bool:
     return WORLD_ENV in os.environ
 
 
+# Set in each process by `accelerate launch` when the user's Accelerate config shards the model.
+SHARDING_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def check_replicated() -> None:
+    """MedSynth trains with DDP: each process holds the whole model, and the main process alone saves it, previews
+    and keeps the EMA. A launch whose Accelerate config shards the model (FSDP, DeepSpeed) is refused before any
+    work: the main process saving alone would wait forever for the others' shards."""
+    for name, what in SHARDING_ENV.items():
+        if os.environ.get(name, "false").lower() == "true":
+            raise InputError(None, f"your Accelerate config asks for {what}, which MedSynth does not train with (each "
+                                   "process holds the whole model, as under DDP); launch with `accelerate launch "
+                                   "--multi_gpu`, or `medsynth train --num-processes N`")
+
+
 def local_gpus() -> int:
     """CUDA devices this process can see (0 on a machine without one)."""
     import torch

@@ -303,6 +303,7 @@ class TrainJob:
         """Data, normalisation, device and memory check, Accelerate, tensors; config and facts written."""
         from accelerate import Accelerator
 
+        launch.check_replicated()
         cfg = self.cfg
         data = self._load_data(emit)
         state: dict[str, Any] = checkpoints.read_state(self.ckpt) if self.ckpt else {}
