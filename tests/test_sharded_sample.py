@@ -277,6 +277,11 @@ def test_one_process_stopped_early_is_completed_by_a_resume(tiny_run, reference,
     assert done.cancelled and done.result["n"] == 3 * BATCH
     with h5py.File(out, "r") as f:
         assert int(f.attrs["n_complete"]) == done.result["n"] < int(f.attrs["n_planned"])
+    # It says which run it belongs to, as a crash's file does: a resume with another setting is refused, naming it.
+    for flag, value, said in (("--steps", "3", "(steps 2, not 3)"), ("--guidance", "3", "guidance")):
+        other = cli(sample_args(tiny_run, out, "--resume", flag, value))
+        assert other["rc"] == 2 and other["stderr"].count("\n") == 1 and said in other["stderr"], other
+        assert str(out) in other["stderr"]
     again = cli(sample_args(tiny_run, out, "--resume"))
     assert again["rc"] == 0, again
     assert f"resuming: {done.result['n']} of {N} samples were drawn before" in again["stderr"]

@@ -386,9 +386,10 @@ class SampleJob:
                                                            "file": str(writer.writing)}))
             except Cancelled:
                 stopped = True  # the batches written so far are complete samples, and stay
-            # While unfinished the file said which job it belongs to, so that a resume of what a crash leaves checks
-            # every setting; the file as kept is a single process's like any other.
-            writer.drop_attrs(shards.SHARD_ATTR)
+            # While unfinished the file says which job it belongs to, so that a resume of what a crash or a stop
+            # leaves checks every setting; the file as finished is a single process's like any other.
+            if not stopped:
+                writer.drop_attrs(shards.SHARD_ATTR)
         result = self.finish(d, {"out": str(self.out), "n": done, "seconds": time.perf_counter() - t0,
                                  "checkpoint": str(d.gen.ckpt)}, redrawn, still_wrong, emit)
         if stopped:
