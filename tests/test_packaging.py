@@ -208,6 +208,34 @@ def test_the_app_fine_tunes_a_stable_diffusion_model_and_samples_from_a_prompt(a
         assert medsynth_h5.read_prompts(f) == ["a chest x-ray"] and f["images"].shape == (1, 3, 32, 32)
 
 
+def test_a_run_on_two_processes_starts_from_the_packaged_program(app, tmp_path, untouched):
+    """Accelerate's launcher and each of its processes are the packaged program itself (`-m MODULE`), with no Python
+    on the machine: `--num-processes 2` trains on two processes, and the job the app hands its processes runs."""
+    import functools
+    import pickle
+
+    from engine.config import resolve
+    from engine.settings import overrides
+    from engine.training.jobs import train_job
+    from tests.conftest import tiny_cli_setup
+
+    data, cfg = tiny_cli_setup(tmp_path, 32, "checkpoint_every = 100\nlog_every = 1")
+    home, run = tmp_path / "home", tmp_path / "run"
+    r = run_app(app, home, "train", str(data), "--out", str(run), "--config", str(cfg), "--steps", "3", "--device",
+                "cpu", "--num-processes", "2")
+    _quiet(r)
+    assert r.stderr.count("global batch 8 = 2 processes × 4") == 1, r.stderr[-3000:]
+    state = json.loads((run / "checkpoints" / "step_0000003" / "state.json").read_text())
+    assert state["processes"] == 2 and state["step"] == 3
+    # What the app's "All N GPUs" runs in each process (engine/runtime/launched_job.py), here as one process.
+    recipe = functools.partial(train_job, resolve(None, cfg, overrides(data=str(data), steps=2, device="cpu")),
+                               tmp_path / "app-run")
+    job = tmp_path / "job.pickle"
+    job.write_bytes(pickle.dumps(recipe))
+    _quiet(run_app(app, home, "-u", "-m", "engine.runtime.launched_main", str(job)))
+    assert (tmp_path / "app-run" / "checkpoints" / "step_0000002").is_dir()
+
+
 def test_the_unpacked_folder_installs_its_desktop_entry(app, tmp_path, untouched):
     data = tmp_path / "data"
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "XDG_DATA_HOME": str(data)}
