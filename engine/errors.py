@@ -16,3 +16,7 @@ class InputError(Exception):
         self.path = None if path is None else str(path)
         self.fault = fault
         super().__init__(f"{self.path}: {fault}" if self.path else fault)
+
+    def __reduce__(self) -> tuple[type, tuple[str | None, str]]:
+        # Rebuilt from its two parts when it crosses to another process (the default passes the message alone).
+        return type(self), (self.path, self.fault)

@@ -5,13 +5,14 @@ processes is one line. Real two-process launches (gloo on the CPU, the code path
 import functools
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from engine.config import resolve
 from engine.errors import InputError
 from engine.jobs import Checkpoint, Loss, Message, Preview, Progress, Requests, execute
-from engine.runtime.launched_job import LaunchedJob
+from engine.runtime.launched_job import LaunchedJob, LaunchFailed
 from engine.settings import overrides
 from engine.training import checkpoints
 from engine.training.jobs import train_job
@@ -96,3 +97,22 @@ def test_bad_input_found_by_the_processes_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists() or not RunDir(tmp_path / "run").steps()
     assert not [p for p in os.listdir("/tmp") if p.startswith("medsynth-launch-") and
                 (tmp_path.stat().st_mtime <= os.stat(f"/tmp/{p}").st_mtime)]
+
+
+@pytest.mark.parametrize("error, expected", [
+    (ValueError("rank 1 broke"), "process 1: ValueError: rank 1 broke (one of 2 processes)"),
+    (InputError("scan_017.nii.gz", "label 7 is not in dataset.json"),
+     "scan_017.nii.gz: label 7 is not in dataset.json"),
+], ids=["bug", "bad-input"])
+def test_another_process_failing_is_its_failure_not_a_stop(tmp_path, monkeypatch, error, expected):
+    """The launcher stops the main process when another fails; the run ends as that failure, in its one line."""
+    from tests.launched_jobs import FailsOnOneProcess
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # where each process finds `tests.launched_jobs`
+    job = LaunchedJob(functools.partial(FailsOnOneProcess, 1, error), 2, cpu=True)
+    kind = InputError if isinstance(error, InputError) else LaunchFailed
+    with pytest.raises(kind) as raised:
+        execute(job, lambda ev: None, Requests())
+    assert str(raised.value) == expected
+    if kind is LaunchFailed:
+        assert "Traceback" in "".join(raised.value.__notes__)  # the details, for the log file

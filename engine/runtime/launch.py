@@ -112,6 +112,8 @@ def launch_environment(cpu: bool) -> dict[str, str]:
 _LOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ")  # torch elastic's own log lines
 _ROOT_CAUSE = re.compile(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", re.DOTALL)
 ERROR_PREFIX = "medsynth: error:"
+# What a process launched for the app says, in one line, before the traceback of a failure (a bug, not bad input).
+FAILED_PREFIX = "medsynth: failed in"
 # A process's own ending that it has already told the user about: bad input (2), stopped and saved (130).
 SAID = (2, 130)
 

@@ -10,7 +10,6 @@ keeps what it did, as under `medsynth --num-processes` or SLURM.
 
 from __future__ import annotations
 
-import codecs
 import collections
 import contextlib
 import logging
@@ -100,55 +99,54 @@ class LaunchedJob:
         return self._outcome(ended, rc, output, stopped_at is not None)
 
     def _outcome(self, ended: job_channel.Ended | None, rc: int, output: _Output, stopped: bool) -> dict[str, Any]:
-        if ended is not None and ended.done is not None:
-            if ended.done.cancelled:
-                raise Cancelled("stopped", ended.done.result)
-            return ended.done.result
+        """The run's end as one process's would be: its result, Cancelled, an InputError or a LaunchFailed. Another
+        process's failure comes first: the launcher stops the main one, which would otherwise end as if stopped."""
+        done = ended.done if ended is not None else None
+        if done is not None and not done.cancelled:
+            return done.result
         if ended is not None and ended.input_fault is not None:
             raise InputError(*ended.input_fault)
-        if ended is not None and ended.failure is not None:
-            failed = LaunchFailed(ended.failure)
-            failed.add_note(ended.details)
-            raise failed
+        failed = output.first(launch.FAILED_PREFIX)  # the first process to fail: the others' failures follow from it
+        if failed is not None or (ended is not None and ended.failure is not None):
+            error = LaunchFailed(f"{failed if failed is not None else f'process 0: {ended.failure}'} "
+                                 f"(one of {self.processes} processes)")
+            error.add_note(output.text())
+            raise error
+        said = output.first(launch.ERROR_PREFIX)
+        if said is not None:  # another process refused its input: it said so in one line
+            raise InputError(None, said.strip())
+        if done is not None:
+            raise Cancelled("stopped", done.result)
         if stopped:
             raise Cancelled("stopped before the processes began", {})
-        said = output.error_line()
-        if said is not None:  # another process refused its input: it said so in one line
-            raise InputError(None, said)
-        failed = LaunchFailed(f"the {self.where()} ended with exit code {rc}: {output.last_line()}")
-        failed.add_note(output.text())
-        raise failed
+        error = LaunchFailed(f"the {self.where()} ended with exit code {rc}: {output.last_line()}")
+        error.add_note(output.text())
+        raise error
 
 
 class _Output:
-    """What the launcher and its processes print, as a user would see it (launch.LauncherOutput), read on a thread
-    so that the pipe never fills; it goes to the log, and its last lines explain a failure."""
+    """What the launcher and its processes print, read on a thread so that the pipe never fills: it goes to the log,
+    and its lines explain a failure."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
-        self.lines: collections.deque[str] = collections.deque(maxlen=200)
-        self._shown = launch.LauncherOutput()
+        self.lines: collections.deque[str] = collections.deque(maxlen=400)
         self._thread = threading.Thread(target=self._read, args=(proc,), name="launched-output", daemon=True)
         self._thread.start()
 
     def _read(self, proc: subprocess.Popen) -> None:
-        decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
         assert proc.stdout is not None
-        while chunk := proc.stdout.read1(1 << 16):
-            self._keep(self._shown.feed(decode.decode(chunk)))
-
-    def _keep(self, text: str) -> None:
-        for line in text.replace("\r", "\n").splitlines():
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
             if line.strip():
                 log.info("launched: %s", line)
                 self.lines.append(line)
 
     def join(self) -> None:
         self._thread.join(5)
-        self._keep(self._shown.finish(0)[0])
 
-    def error_line(self) -> str | None:
-        said = [line for line in self.lines if line.startswith(launch.ERROR_PREFIX)]
-        return said[-1][len(launch.ERROR_PREFIX):].strip() if said else None
+    def first(self, prefix: str) -> str | None:
+        """The rest of the first line that starts with `prefix`."""
+        return next((line[len(prefix):].strip() for line in self.lines if line.startswith(prefix)), None)
 
     def last_line(self) -> str:
         return self.lines[-1] if self.lines else "(nothing printed)"

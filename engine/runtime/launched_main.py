@@ -8,6 +8,7 @@ arrives as a signal from the launcher, as under SLURM. The exit codes are the CL
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import traceback
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from engine.errors import InputError
 from engine.jobs import Requests, execute
 from engine.runtime import job_channel
-from engine.runtime.launch import ERROR_PREFIX
+from engine.runtime.launch import ERROR_PREFIX, FAILED_PREFIX
 from engine.runtime.stop_signals import stopping_on_signals
 
 EXIT_INPUT, EXIT_FAILED, EXIT_STOPPED = 2, 1, 130
@@ -24,8 +25,6 @@ EXIT_INPUT, EXIT_FAILED, EXIT_STOPPED = 2, 1, 130
 
 def main(argv: Sequence[str] | None = None) -> int:
     job_file = (sys.argv[1:] if argv is None else list(argv))[0]
-    with open(job_file, "rb") as f:
-        recipe = pickle.load(f)  # written by the front end that launched this process, in its private folder
     end = job_channel.connect()
     requests = Requests()
     if end is not None:
@@ -38,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The front end asked for the stop, so it says so itself: nothing to tell it here.
         with stopping_on_signals(requests, nothing):
+            with open(job_file, "rb") as f:
+                recipe = pickle.load(f)  # written by the front end that launched this process, in its private folder
             done = execute(recipe(), emit, requests)
     except InputError as exc:
         print(f"{ERROR_PREFIX} {exc}", file=sys.stderr, flush=True)
@@ -46,9 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     except BaseException as exc:  # noqa: BLE001 — every failure must reach the front end, not only stderr
         details = traceback.format_exc()
+        what = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        # One line first, which the front end finds whichever process failed; then the traceback, for its log.
+        print(f"{FAILED_PREFIX} process {os.environ.get('RANK', '0')}: {what}", file=sys.stderr, flush=True)
         sys.stderr.write(details)
         if end is not None:
-            end.send(job_channel.Ended(failure=f"{type(exc).__name__}: {exc}", details=details))
+            end.send(job_channel.Ended(failure=what, details=details))
         return EXIT_FAILED
     if end is not None:
         end.send(job_channel.Ended(done=done))
