@@ -61,7 +61,7 @@ def test_a_machine_with_four_offers_all_four(qtbot, monkeypatch):
 
 
 @pytest.mark.slow
-def test_training_on_all_gpus_reports_once_and_stop_stops_every_process(qtbot, monkeypatch, tmp_path):
+def test_training_on_all_gpus_reports_once_stop_stops_every_process_and_resume_goes_on(qtbot, monkeypatch, tmp_path):
     from engine.data.phantoms import make_phantoms
     from engine.io.medsynth_writer import write_image_set
 
@@ -94,6 +94,17 @@ def test_training_on_all_gpus_reports_once_and_stop_stops_every_process(qtbot, m
     assert any("global batch 8 = 2 processes × 4" in s for s in statuses), statuses[:20]
     assert not _launched_left()
     assert panel.gpus_combo.isEnabled() and panel.run_btn.isEnabled()
+    # Resume on all GPUs goes on from the checkpoint the stop kept.
+    panel.steps_spin.setValue(stopped + 4)
+    with qtbot.waitSignal(panel.runner.done, timeout=180_000):
+        panel.resume_btn.click()
+    assert panel.status.text().startswith(f"Finished at step {stopped + 4}"), panel.status.text()
+    final = RunDir(tmp_path / "run").latest()
+    assert final.name == run.checkpoint_path(stopped + 4).name
+    assert json.loads((final / checkpoints.STATE).read_text())["processes"] == 2
+    logged = [json.loads(x)["step"] for x in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == stopped + 4
+    assert not _launched_left()
 
 
 @pytest.mark.slow
