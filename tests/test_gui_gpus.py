@@ -5,7 +5,9 @@ No GPU here: the machine is told it has two, and each process, finding none, run
 of two GPUs but for the device. Each launch takes ~15-40 s on 2 cores."""
 
 import json
+import os
 import subprocess
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -35,8 +37,20 @@ def _gpus(monkeypatch, n: int) -> None:
 
 
 def _launched_left() -> list[str]:
-    found = subprocess.run(["pgrep", "-af", "engine.runtime.launched_main"], capture_output=True, text=True)
-    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+    """The launcher and processes this test started (its descendants), alive: not another test run's."""
+    left, todo = [], [os.getpid()]
+    while todo:
+        found = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True).stdout.split()
+        for pid in found:
+            todo.append(int(pid))
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            except OSError:
+                continue
+            if state != "Z" and ("launched_main" in cmd or "accelerate.commands.launch" in cmd):
+                left.append(cmd)
+    return left
 
 
 @pytest.mark.parametrize("gpus", [0, 1])

@@ -116,3 +116,60 @@ def test_another_process_failing_is_its_failure_not_a_stop(tmp_path, monkeypatch
     assert str(raised.value) == expected
     if kind is LaunchFailed:
         assert "Traceback" in "".join(raised.value.__notes__)  # the details, for the log file
+
+
+FRONT_END = """
+import functools, sys
+from engine.config import resolve
+from engine.jobs import Requests, execute
+from engine.runtime.launched_job import LaunchedJob
+from engine.settings import overrides
+from engine.training.jobs import train_job
+
+data, cfg_file, run = sys.argv[1:4]
+cfg = resolve(None, cfg_file, overrides(data=data, steps=100_000, device="cpu"))
+execute(LaunchedJob(functools.partial(train_job, cfg, run), 2, cpu=True), lambda ev: None, Requests())
+"""
+
+
+@pytest.mark.slow
+def test_a_front_end_that_dies_stops_the_processes_which_keep_a_checkpoint(tmp_path):
+    """The app killed mid-run (a crash, `kill -9`): its processes must not train on for ever holding the GPUs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, cfg_file = tiny_cli_setup(tmp_path, 32, "checkpoint_every = 1000\nlog_every = 1")
+    run = tmp_path / "run"
+    front = subprocess.Popen([sys.executable, "-c", FRONT_END, str(data), str(cfg_file), str(run)],
+                             cwd=Path(__file__).resolve().parents[1])
+    log = run / "loss.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert front.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    def children(pid: int) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in found]
+
+    launcher = children(front.pid)
+    workers = [w for pid in launcher for w in children(pid)]
+    assert len(launcher) == 1 and len(workers) == 2, (launcher, workers)
+    front.send_signal(signal.SIGKILL)
+    front.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+
+    deadline = time.monotonic() + 90
+    while any(alive(pid) for pid in launcher + workers):
+        assert time.monotonic() < deadline, "the processes trained on without their front end"
+        time.sleep(0.5)
+    stopped = RunDir(run).steps()[-1]
+    assert stopped >= 3
+    checkpoints.verify(RunDir(run).checkpoint_path(stopped))

@@ -97,7 +97,8 @@ class MainEnd:
         self._lock = threading.Lock()
 
     def listen(self, requests: Requests) -> None:
-        """Take the front end's save-now and preview-now into `requests` from now on (a daemon thread)."""
+        """Take the front end's save-now and preview-now into `requests` from now on (a daemon thread). A front
+        end that goes away (the app closed, or killed) is a stop: the run keeps what it did and frees its GPUs."""
 
         def read() -> None:
             try:
@@ -108,7 +109,7 @@ class MainEnd:
                     elif what == PREVIEW_NOW:
                         requests.preview_now()
             except (EOFError, OSError):
-                return
+                requests.stop()
 
         threading.Thread(target=read, name="job-channel-requests", daemon=True).start()
 
