@@ -284,9 +284,11 @@ def _sample(args: argparse.Namespace) -> int:
     r = done.result
     if not r.get("main_process", True):
         return exit_code(done)  # the main process reports for all
-    if r.get("shards"):
+    if r.get("shards") or "in_file" in r:  # several processes, stopped
         drawn = "the samples drawn" if r.get("n") is None else f"{r['n']} of {job.n} samples drawn"
-        print(f"stopped with {drawn} kept in {r['shards']}; continue with the same command and --resume")
+        where = f"kept in {r['shards']}" if r.get("shards") else f"in {r['out']}"
+        first = f"; the first {r['in_file']} are in {r['out']}" if r.get("shards") and r.get("in_file") else ""
+        print(f"stopped with {drawn} {where}{first}; continue with the same command and --resume")
     else:
         print(f"wrote {r.get('n', 0)} samples to {r.get('out')} in {r.get('seconds', 0):.1f} s")
     return exit_code(done)

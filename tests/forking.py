@@ -45,18 +45,18 @@ def kill_me() -> None:
 
 
 def cli(argv: list[str]) -> dict:
-    """`medsynth ARGV` in this process: its exit code and stderr (one line per refusal)."""
+    """`medsynth ARGV` in this process: its exit code, stderr (one line per refusal) and stdout."""
     from medsynth.cli import main
 
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             rc = main(argv)
         except SystemExit as exc:
             rc = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
-            return {"rc": 1, "stderr": err.getvalue() + traceback.format_exc()}
-    return {"rc": rc, "stderr": err.getvalue()}
+            return {"rc": 1, "stderr": err.getvalue() + traceback.format_exc(), "stdout": out.getvalue()}
+    return {"rc": rc, "stderr": err.getvalue(), "stdout": out.getvalue()}
 
 
 def _own_tmpfs(folder: Path, size: str) -> None:

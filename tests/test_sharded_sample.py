@@ -229,18 +229,24 @@ def test_a_stop_on_one_process_stops_both_and_keeps_their_samples(tiny_run, refe
     out = tmp_path / "s.h5"
     ends = in_ranks(sample_args(tiny_run, out), before=_on_rank(1, lambda: os.kill(os.getpid(), signal.SIGTERM)))
     assert [e["rc"] for e in ends] == [130, 130], ends
-    assert not out.exists()
-    counts = shard_counts(out)
-    # Both stopped after the same round; each kept its batches in a finished shard (renamed, not .partial).
-    assert list(counts) == ["part-001-rank000.h5", "part-001-rank001.h5"]
-    assert counts["part-001-rank000.h5"] == counts["part-001-rank001.h5"] >= BATCH
+    # Both stopped after the same round, so what they drew is the run's first samples: the file holds them, as a
+    # single process's stopped file does, and nothing else is left.
+    assert not shards.folder(out).exists()
+    got, want = contents(out), contents(reference)
+    drawn = int(got["attrs"]["n_complete"])
+    assert drawn >= 2 * BATCH and drawn % (2 * BATCH) == 0
+    assert f"stopped with {drawn} of {N} samples drawn in {out}; continue" in ends[0]["stdout"], ends[0]
+    assert got["attrs"]["n_complete"] == drawn and got["attrs"]["n_planned"] == N
+    for name, values in want["data"].items():
+        np.testing.assert_array_equal(got["data"][name][:drawn], values[:drawn], err_msg=name)
+    assert shards.SHARD_ATTR in got["attrs"]  # it says which run it is part of: a resume checks the settings
 
     # The leftovers are not run over unasked, nor continued with other settings.
     fresh = cli(sample_args(tiny_run, out))
-    assert fresh["rc"] == 2 and fresh["stderr"].count("\n") == 1 and "interrupted run" in fresh["stderr"]
+    assert fresh["rc"] == 2 and fresh["stderr"].count("\n") == 1 and f"{out}: already exists" in fresh["stderr"]
     other = cli(sample_args(tiny_run, out, "--resume", "--seed", "5"))
-    assert other["rc"] == 2 and "part-001-rank000.h5" in other["stderr"] and "seed" in other["stderr"], other
-    assert shard_counts(out) == counts
+    assert other["rc"] == 2 and str(out) in other["stderr"] and "seed" in other["stderr"], other
+    assert int(contents(out)["attrs"]["n_complete"]) == drawn
 
     done = cli(sample_args(tiny_run, out, "--resume"))
     assert done["rc"] == 0, done

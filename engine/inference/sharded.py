@@ -73,19 +73,30 @@ class ShardedRun:
                 raise Cancelled("a process of this run was lost",
                                 {**result, "n": None, "lost": True, "shards": str(shards.folder(job.out))}) from None
             result.update(seconds=time.perf_counter() - t0, drawn=drawn)
+            stopped = stopped and plan.done_before + drawn < job.n  # a stop after the last batch ends the run
+
+            held = plan.done_before + drawn
+
+            def merge() -> int:
+                """FILE.h5 from the shards: all of it; after a stop, the samples drawn from the first without a gap
+                (every one drawn when all processes stopped after the same batch: then the shards go too), as a
+                single process's stopped file, which a resume continues."""
+                found = shards.pieces(job.out, identity, job.seeds_fit)
+                upto = shards.prefix(job.n, found) if stopped else None
+                if upto != 0:
+                    shards.merge(job.out, job.n, d.image_shape, job.header(d.gen), found, masks=d.masks,
+                                 labels=d.labels is not None, prompts=d.texts is not None, batch=job.batch,
+                                 progress=lambda k: emit(Progress("merge", k, upto or job.n, {})), upto=upto,
+                                 job=identity, keep_shards=upto is not None and upto < held)
+                return job.n if upto is None else upto
+
+            in_file = ranks.from_main(merge)
             if stopped:
-                result.update(n=plan.done_before + drawn, shards=str(shards.folder(job.out)))
+                kept = in_file < held or not in_file
+                result.update(n=held, in_file=in_file, shards=str(shards.folder(job.out)) if kept else None)
                 job.finish(d, result, redrawn, still_wrong, emit)
                 ranks.close()
                 raise Cancelled("sampling stopped", result)
-
-            def merge() -> None:
-                found = shards.pieces(job.out, identity, job.seeds_fit)
-                shards.merge(job.out, job.n, d.image_shape, job.header(d.gen), found, masks=d.masks,
-                             labels=d.labels is not None, prompts=d.texts is not None, batch=job.batch,
-                             progress=lambda k: emit(Progress("merge", k, job.n, {})))
-
-            ranks.from_main(merge)
             result["seconds"] = time.perf_counter() - t0
             done = job.finish(d, result, redrawn, still_wrong, emit)
             ranks.close()
@@ -126,9 +137,9 @@ class ShardedRun:
                 stop, everyone = ranks.all_sum([float(requests.stop_asked()), float(drawn)])
                 if r:
                     done = plan.done_before + int(everyone)
+                    # No file to watch: a shard's rows are not the run's sample numbers; FILE.h5 comes at the merge.
                     emit(Progress("sample", done, job.n,
-                                  {"per_sample_s": (time.perf_counter() - t0) / max(1, int(everyone)),
-                                   "file": str(getattr(w, "writing", job.out))}))
+                                  {"per_sample_s": (time.perf_counter() - t0) / max(1, int(everyone)), "file": ""}))
                 if stop or r == rounds:
                     break
                 if r < len(mine):

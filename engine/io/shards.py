@@ -232,16 +232,31 @@ def _cover(n: int, found: list[Piece]) -> list[Piece]:
     return cover
 
 
+def prefix(n: int, found: list[Piece]) -> int:
+    """How many of the run's samples, from the first, the pieces hold without a gap."""
+    at = 0
+    for p in sorted(found, key=lambda p: (p.lo, -p.hi)):
+        if p.lo > at:
+            break
+        at = max(at, p.hi)
+    return min(at, n)
+
+
 def merge(out: str | Path, n: int, image_shape: tuple[int, ...], header: Header, found: list[Piece], *,
           masks: bool, labels: bool, prompts: bool, batch: int,
-          progress: Callable[[int], None] | None = None) -> None:
+          progress: Callable[[int], None] | None = None, upto: int | None = None, job: dict[str, Any] | None = None,
+          keep_shards: bool = False) -> None:
     """Write FILE.h5 from the pieces (beside it, renamed onto it when whole), then remove the shard folder.
 
-    `header` is the single-process run's; the writer sets the counts, the version and the time as always."""
+    `header` is the single-process run's; the writer sets the counts, the version and the time as always. With
+    `upto` (a stopped run) FILE.h5 holds the run's first `upto` samples of `n`, as a single process's stopped file
+    does, and says which `job` it belongs to (a resume continues it); `keep_shards` when the shards hold samples
+    beyond those."""
     out = Path(out)
-    cover = _cover(n, found)
+    cover = _cover(n if upto is None else upto, found)
+    attrs = {} if upto is None else shard_attrs(job or {}, [(0, upto)])
     with SampleWriter(out, n, image_shape, masks=masks, labels=labels, prompts=prompts, header=header,
-                      overwrite=True, lock=False) as writer:
+                      overwrite=True, lock=False, attrs=attrs) as writer:
         with contextlib.ExitStack() as files:  # closed before the rename: FILE.h5 itself may be one of them
             opened: dict[Path, h5py.File] = {}
             merged = 0
@@ -255,4 +270,5 @@ def merge(out: str | Path, n: int, image_shape: tuple[int, ...], header: Header,
                     merged += hi - lo
                     if progress is not None:
                         progress(merged)
-    remove(out)
+    if not keep_shards:
+        remove(out)

@@ -242,6 +242,8 @@ class GeneratePanel(JobPanel):
             per = ev.info.get("per_sample_s", 0.0)
             self.status.setText(f"{ev.done} of {ev.total} samples · {per:.2f} s per sample")
             live = ev.info.get("file", self._out)  # filled beside the output, renamed onto it when done
+            if not live:
+                return  # several processes: each fills a shard, and the one file is shown when merged
             if not self._announced:
                 self._announced = True
                 self.file_started.emit(live)
@@ -251,13 +253,17 @@ class GeneratePanel(JobPanel):
     def _on_done(self, done: Done) -> None:
         r = done.result
         verb = "Stopped" if done.cancelled else "Done"
-        text = f"{verb}: {r.get('n', 0)} samples in {Path(r.get('out', '')).name} ({r.get('seconds', 0):.1f} s)"
+        n = r.get("in_file", r.get("n")) or 0  # several processes stopped: the file holds the first samples drawn
+        text = f"{verb}: {n} samples in {Path(r.get('out', '')).name} ({r.get('seconds', 0):.1f} s)"
         if r.get("redrawn"):
             left = r.get("mask_class_disagreements", 0)
             text += (f"; {r['redrawn']} drawn again because the mask contradicted the class"
                      + (f", {left} still do (flagged in the gallery)" if left else ""))
         self.status.setText(text)
-        if r.get("n"):
+        if n:
+            if not self._announced:
+                self._announced = True
+                self.file_started.emit(r["out"])
             self.file_done.emit(r["out"])
             if self.out_edit.text().strip() == r["out"]:
                 # Generate again means more samples, not the same file written over: the next free name.
