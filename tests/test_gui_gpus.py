@@ -151,3 +151,34 @@ def test_generating_on_all_gpus_fills_one_file_a_single_process_would(qtbot, mon
         np.testing.assert_array_equal(got["images"][:], want["images"][:])
         np.testing.assert_array_equal(got["masks"][:], want["masks"][:])
     assert not _launched_left()
+
+
+@pytest.mark.slow
+def test_stopping_a_generation_on_all_gpus_keeps_the_first_samples_in_the_file(qtbot, monkeypatch, tiny_run, tmp_path):
+    from engine.io import shards
+
+    _gpus(monkeypatch, 2)
+    panel = GeneratePanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.gpus_combo.setCurrentIndex(1)
+    panel.set_checkpoint(str(tiny_run))
+    panel.n_spin.setValue(2000)
+    panel.steps_spin.setValue(3)
+    out = tmp_path / "g.h5"
+    panel.out_edit.setText(str(out))
+    shown: list[str] = []
+    panel.file_started.connect(shown.append)
+    panel.start()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 64, timeout=180_000)
+    assert shown == []  # a shard is not shown: its rows are not the run's sample numbers
+    with qtbot.waitSignal(panel.file_done, timeout=180_000) as finished:
+        panel.stop_btn.click()
+    assert finished.args == [str(out)] and shown == [str(out)]
+    kept = int(panel.status.text().split("Stopped: ")[1].split()[0])
+    assert 64 <= kept < 2000 and f"{kept} samples in g.h5" in panel.status.text()
+    with h5py.File(out) as f:
+        assert int(f.attrs["n_complete"]) == kept and int(f.attrs["n_planned"]) == 2000
+        assert len(set(f["seeds"][:kept].tolist())) == kept  # each sample its own seed
+    assert not shards.folder(out).exists()
+    assert not _launched_left()
