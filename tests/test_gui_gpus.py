@@ -121,19 +121,25 @@ def test_training_on_all_gpus_reports_once_stop_stops_every_process_and_resume_g
     assert not _launched_left()
 
 
-@pytest.mark.slow
-def test_generating_on_all_gpus_fills_one_file_a_single_process_would(qtbot, monkeypatch, tiny_run, tmp_path):
+def _generate_on_two(qtbot, monkeypatch, run, n: int, out: Path) -> GeneratePanel:
+    """A Generate panel on a machine told it has two GPUs, set to draw `n` samples of `run` on both into `out`."""
     _gpus(monkeypatch, 2)
     panel = GeneratePanel()
     qtbot.addWidget(panel)
     panel.show()
     assert panel.gpus_combo.isVisible()
     panel.gpus_combo.setCurrentIndex(1)
-    panel.set_checkpoint(str(tiny_run))
-    panel.n_spin.setValue(40)  # three batches of up to 16: two for the main process, one for the other
+    panel.set_checkpoint(str(run))
+    panel.n_spin.setValue(n)
     panel.steps_spin.setValue(3)
-    out = tmp_path / "g.h5"
     panel.out_edit.setText(str(out))
+    return panel
+
+
+@pytest.mark.slow
+def test_generating_on_all_gpus_fills_one_file_a_single_process_would(qtbot, monkeypatch, tiny_run, tmp_path):
+    out = tmp_path / "g.h5"
+    panel = _generate_on_two(qtbot, monkeypatch, tiny_run, 40, out)  # batches of 16: two for the main process
     with qtbot.waitSignal(panel.file_done, timeout=180_000) as finished:
         panel.start()
     assert finished.args == [str(out)]
@@ -157,16 +163,8 @@ def test_generating_on_all_gpus_fills_one_file_a_single_process_would(qtbot, mon
 def test_stopping_a_generation_on_all_gpus_keeps_the_first_samples_in_the_file(qtbot, monkeypatch, tiny_run, tmp_path):
     from engine.io import shards
 
-    _gpus(monkeypatch, 2)
-    panel = GeneratePanel()
-    qtbot.addWidget(panel)
-    panel.show()
-    panel.gpus_combo.setCurrentIndex(1)
-    panel.set_checkpoint(str(tiny_run))
-    panel.n_spin.setValue(2000)
-    panel.steps_spin.setValue(3)
     out = tmp_path / "g.h5"
-    panel.out_edit.setText(str(out))
+    panel = _generate_on_two(qtbot, monkeypatch, tiny_run, 2000, out)
     shown: list[str] = []
     panel.file_started.connect(shown.append)
     panel.start()
