@@ -170,6 +170,7 @@ def test_stopping_a_generation_on_all_gpus_keeps_the_first_samples_in_the_file(q
     panel.start()
     qtbot.waitUntil(lambda: panel.progress.value() >= 64, timeout=180_000)
     assert shown == []  # a shard is not shown: its rows are not the run's sample numbers
+    assert panel.status.text().endswith("the gallery shows them when the GPUs finish")
     with qtbot.waitSignal(panel.file_done, timeout=180_000) as finished:
         panel.stop_btn.click()
     assert finished.args == [str(out)] and shown == [str(out)]

@@ -240,8 +240,9 @@ class GeneratePanel(JobPanel):
         if isinstance(ev, Progress) and ev.stage == "sample":
             self.progress.setValue(ev.done)
             per = ev.info.get("per_sample_s", 0.0)
-            self.status.setText(f"{ev.done} of {ev.total} samples · {per:.2f} s per sample")
             live = ev.info.get("file", self._out)  # filled beside the output, renamed onto it when done
+            later = "" if live else " · the gallery shows them when the GPUs finish"
+            self.status.setText(f"{ev.done} of {ev.total} samples · {per:.2f} s per sample{later}")
             if not live:
                 return  # several processes: each fills a shard, and the one file is shown when merged
             if not self._announced:
