@@ -15,9 +15,9 @@ from engine.errors import InputError
 from engine.evaluation.stages import STEPPED
 from engine.io.destination import os_error
 from engine.jobs import Checkpoint, Done, Event, Job, Message, Progress, Requests, execute
+from engine.runtime.launch import EXIT_INPUT, EXIT_STOPPED
 
-EXIT_INPUT = 2
-EXIT_CANCELLED = 130
+EXIT_CANCELLED = EXIT_STOPPED
 # What add_subparsers returns: each subcommand adds its parser to it.
 Subcommands = argparse._SubParsersAction
 

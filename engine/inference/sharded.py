@@ -73,9 +73,8 @@ class ShardedRun:
                 raise Cancelled("a process of this run was lost",
                                 {**result, "n": None, "lost": True, "shards": str(shards.folder(job.out))}) from None
             result.update(seconds=time.perf_counter() - t0, drawn=drawn)
-            stopped = stopped and plan.done_before + drawn < job.n  # a stop after the last batch ends the run
-
             held = plan.done_before + drawn
+            stopped = stopped and held < job.n  # a stop after the last batch ends the run
 
             def merge() -> int:
                 """FILE.h5 from the shards: all of it; after a stop, the samples drawn from the first without a gap

@@ -4,7 +4,8 @@ The front end listens on a local port (`Listener`) and hands the address and a o
 their environment; the main process (rank 0) connects (`connect`) and sends its events and, at the end, how it
 ended; the front end sends it the one-shot requests (save now, preview now). A stop does not travel here: the front
 end signals the launcher, which passes the stop on to every process (engine/runtime/stop_signals.py), as SLURM's
-does. Messages are pickled over an authenticated multiprocessing connection on 127.0.0.1 only.
+does; only a front end gone (the line closed) is a stop here. Messages are pickled over an authenticated
+multiprocessing connection on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -56,10 +57,6 @@ class Listener:
         except (OSError, EOFError):  # closed before anyone connected, or a stranger without the key
             return
         self._accepted.set()
-
-    @property
-    def connected(self) -> bool:
-        return self._accepted.is_set()
 
     def receive(self, timeout: float) -> list[Any]:
         """What the main process sent within `timeout` seconds (events, then an Ended); [] when nothing came."""

@@ -114,8 +114,10 @@ _ROOT_CAUSE = re.compile(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", re.DOTALL)
 ERROR_PREFIX = "medsynth: error:"
 # What a process launched for the app says, in one line, before the traceback of a failure (a bug, not bad input).
 FAILED_PREFIX = "medsynth: failed in"
-# A process's own ending that it has already told the user about: bad input (2), stopped and saved (130).
-SAID = (2, 130)
+# How a MedSynth process ends (the CLI, each launched process): bad input it said in one line, stopped and saved.
+EXIT_INPUT, EXIT_STOPPED = 2, 130
+# A process's own ending that it has already told the user about.
+SAID = (EXIT_INPUT, EXIT_STOPPED)
 
 
 class LauncherOutput:

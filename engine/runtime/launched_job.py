@@ -114,7 +114,7 @@ class LaunchedJob:
             raise error
         said = output.first(launch.ERROR_PREFIX)
         if said is not None:  # another process refused its input: it said so in one line
-            raise InputError(None, said.strip())
+            raise InputError(None, said)
         if done is not None:
             raise Cancelled("stopped", done.result)
         if stopped:

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from engine.errors import InputError
 from engine.jobs import Requests, execute
 from engine.runtime import job_channel
-from engine.runtime.launch import ERROR_PREFIX, FAILED_PREFIX
+from engine.runtime.launch import ERROR_PREFIX, EXIT_INPUT, EXIT_STOPPED, FAILED_PREFIX
 from engine.runtime.stop_signals import stopping_on_signals
 
-EXIT_INPUT, EXIT_FAILED, EXIT_STOPPED = 2, 1, 130
+EXIT_FAILED = 1  # as `python -m` ends on an exception
 
 
 def main(argv: Sequence[str] | None = None) -> int:
