@@ -505,9 +505,11 @@ class TrainJob:
         else:
             path = self.ckpt
         if acc.num_processes > 1:
-            # Every process waits for the main one's final checkpoint before exiting: a process
-            # that leaves the group early made gloo abort at exit (2 runs in 6 here).
+            # Every process waits for the main one's final checkpoint, then leaves the process group: a process that
+            # left early (2 runs in 6 here), or exited still in the group (1 CI run), made gloo abort it at exit
+            # ("terminate called without an active exception", exit -6), as engine/runtime/ranks.py says.
             acc.wait_for_everyone()
+            acc.end_training()
         return self._done(acc, step, was_cancelled, path, loss, time.perf_counter() - run.t0)
 
     def _done(self, acc: Any, step: int, cancelled: bool, checkpoint: Path | None, loss: float,
